@@ -1,0 +1,3 @@
+from baseforge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The `baseforge` command: one verb per module in this package.
+
+Each verb module defines `register(subparsers)`, which adds its parser and sets `run` as the
+handler. Verb modules import heavy libraries (torch, ...) inside `run` so `--help` stays fast.
+The CLI only parses, calls the library and prints; the library never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from baseforge import __version__
+from baseforge.errors import UserError
+
+# Order here is the order in `baseforge --help`.
+VERBS = [
+    "prepare",
+    "data",
+    "train",
+    "sample",
+    "eval",
+    "hellaswag",
+    "import_gpt2",
+    "export",
+    "report",
+    "finetune",
+    "answer",
+    "judge",
+]
+
+DESCRIPTION = """\
+Train a GPT-2-class base language model from scratch, on a CPU, one GPU or a multi-GPU node.
+
+Quick start (no download, ~10 minutes on 2 CPU cores):
+  baseforge train                      # prepares the built-in corpus, trains runs/demo, samples
+  baseforge sample runs/demo --prompt "def main("
+
+A real run:
+  baseforge prepare fineweb --out data/fineweb --tokenizer gpt2 --budget gpt2-small-seed
+  baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
+  torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
+
+Run `baseforge VERB --help` for each verb's options.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="baseforge",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"baseforge {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERBS:
+        try:
+            module = importlib.import_module(f"baseforge.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"baseforge.cli.{name}":
+                continue  # verb not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        if argv is None and len(sys.argv) == 1:
+            parser.print_help()
+            return 0
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"baseforge {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"baseforge {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `baseforge ... | head` closed the pipe: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,1 @@
+"""Text sources -> tokenization -> token shards + manifest -> batches. Needs no model."""

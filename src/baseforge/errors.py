@@ -1,0 +1,10 @@
+"""The one exception type for user mistakes.
+
+Library code raises `UserError` for anything the user can fix (a missing file, a bad config key,
+a corrupt shard, a vocab mismatch, out of memory). The CLI prints its message as one line on stderr
+and exits non-zero, without a traceback. Everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what is wrong and what to do."""

@@ -1,0 +1,116 @@
+"""Weight mapping between baseforge's GPT and Hugging Face `transformers` `GPT2LMHeadModel`.
+
+The module names already match; the only differences are that HF stores linear weights as
+`Conv1D` (in_features, out_features), i.e. transposed, and always has a QKV bias (zeros when
+baseforge has none). Works on state dicts so nothing here needs `transformers` installed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baseforge.model.config import ModelConfig
+
+_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_IGNORED_HF = ("attn.bias", "attn.masked_bias")  # causal-mask buffers in older transformers
+
+
+def exportable(config: ModelConfig) -> list[str]:
+    """Reasons this architecture cannot be expressed as a standard GPT2LMHeadModel (empty = fine)."""
+    reasons = []
+    if config.pos_emb != "learned":
+        reasons.append("rotary position embeddings (GPT-2 uses learned absolute positions)")
+    if config.norm != "layernorm":
+        reasons.append("RMSNorm (GPT-2 uses LayerNorm)")
+    if config.qk_norm:
+        reasons.append("QK-norm")
+    if config.mlp_act != "gelu":
+        reasons.append(f"{config.mlp_act} MLP activation (GPT-2 uses tanh-GELU)")
+    if config.logit_softcap:
+        reasons.append("logit soft-capping")
+    return reasons  # missing biases are fine: HF's zeros are exact
+
+
+def hf_config_dict(config: ModelConfig) -> dict:
+    """The `transformers` GPT2Config fields for this model (as a plain dict)."""
+    return dict(
+        model_type="gpt2",
+        architectures=["GPT2LMHeadModel"],
+        vocab_size=config.vocab_size,
+        n_positions=config.context,
+        n_ctx=config.context,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=None,
+        activation_function="gelu_new",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        tie_word_embeddings=config.tie_weights,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """A baseforge ModelConfig from a GPT2Config dict (config.json)."""
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"not a GPT-2 model (model_type={hf.get('model_type')!r})")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"unsupported GPT-2 activation {act!r}")
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context=hf.get("n_positions", hf.get("n_ctx", 1024)),
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        dropout=0.0,
+        qkv_bias=True,
+        bias=True,
+        tie_weights=hf.get("tie_word_embeddings", True),
+    )
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """baseforge state dict -> GPT2LMHeadModel state dict (all tensors contiguous, untied copies)."""
+    reasons = exportable(config)
+    if reasons:
+        raise ValueError("cannot export as GPT-2: " + "; ".join(reasons))
+    out = {}
+    for name, tensor in state.items():
+        if name.startswith("rope_"):
+            continue
+        if name == "lm_head.weight" and config.tie_weights:
+            continue  # HF re-ties it to transformer.wte.weight
+        out[name] = tensor.t().contiguous() if name.endswith(_TRANSPOSED) else tensor.clone()
+    e = config.n_embd
+    for i in range(config.n_layer):
+        zero = next(iter(state.values())).new_zeros
+        if not config.qkv_bias:
+            out[f"transformer.h.{i}.attn.c_attn.bias"] = zero(3 * e)
+        if not config.bias:
+            for sub, n in (("attn.c_proj", e), ("mlp.c_fc", 4 * e), ("mlp.c_proj", e), ("ln_1", e), ("ln_2", e)):
+                out[f"transformer.h.{i}.{sub}.bias"] = zero(n)
+    if not config.bias:
+        out["transformer.ln_f.bias"] = next(iter(state.values())).new_zeros(e)
+    return out
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel state dict -> baseforge state dict for a model built with `config`."""
+    out = {}
+    for name, tensor in hf_state.items():
+        if name.endswith(_IGNORED_HF):
+            continue
+        if not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name  # bare GPT2Model checkpoints (OpenAI's `gpt2` repo) lack the prefix
+        out[name] = tensor.t().contiguous() if name.endswith(_TRANSPOSED) else tensor
+    if "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    if config.tie_weights and not torch.equal(out["lm_head.weight"], out["transformer.wte.weight"]):
+        raise ValueError("checkpoint has an untied output head but the config ties it")
+    return out
