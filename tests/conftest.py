@@ -27,3 +27,35 @@ def shared_data() -> Path:
 def gpt2_available(shared_data) -> None:
     if not TIKTOKEN_CACHE.is_dir():
         pytest.skip(f"GPT-2 tiktoken cache not found at {TIKTOKEN_CACHE}")
+
+
+def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) -> Path:
+    """A small prepared data dir written with the tokenizer and shard writer directly, so trainer
+    tests do not depend on `prepare`. Documents are the text's paragraphs; every 10th is validation."""
+    import numpy as np
+
+    from baseforge.data.shards import write_manifest, write_shard
+    from baseforge.tokenizer import TrainedBPETokenizer
+
+    docs = [d for d in text.split("\n\n") if d.strip()]
+    tok = TrainedBPETokenizer.train(docs, vocab)
+    train, val = [], []
+    for i, ids in enumerate(tok.encode_batch(docs)):
+        (val if i % val_every == 0 else train).extend(ids + [tok.eot_id])
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard(out / "train_000000.bin", np.array(train), tok.vocab_size)
+    write_shard(out / "val_000000.bin", np.array(val), tok.vocab_size)
+    tok.save(out)
+    split = lambda name, ids: {"documents": 0, "tokens": len(ids), "shards": [{"file": f"{name}_000000.bin", "tokens": len(ids)}]}  # noqa: E731
+    write_manifest(out, {"tokenizer": tok.record(), "pack": "concat", "context": None, "sources": ["test"],
+                         "documents": len(docs), "tokens": len(train) + len(val),
+                         "splits": {"train": split("train", train), "val": split("val", val)}})
+    return out
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir(tmp_path_factory) -> Path:
+    path = SHARED / "corpora" / "tinyshakespeare.txt"
+    if not path.is_file():
+        pytest.skip(f"shared test data not found at {path}")
+    return build_data_dir(tmp_path_factory.mktemp("data") / "shakespeare", path.read_text())

@@ -205,7 +205,7 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.float() / cap)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
     def flops_per_token(self) -> float:

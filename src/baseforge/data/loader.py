@@ -1,0 +1,103 @@
+"""Batches of token windows from memory-mapped shards, addressed by position, not by state.
+
+The train split is cut into non-overlapping windows of `context + 1` tokens (inputs and targets
+shifted by one), never crossing a shard boundary. The run reads the stream of windows
+`perm_e(0), perm_e(1), ...` where epoch e's order is a seeded affine permutation
+k -> (a*k + c) mod n: it needs O(1) memory however large the data, and window j of the stream
+depends only on (seed, j). So a training step's batch is a pure function of the step number,
+which makes resume exact and lets any number of processes share one global batch:
+
+    global batch of step s   = stream windows [s*G, (s+1)*G)
+    rank r, micro-step m     = the b windows starting at s*G + m*(W*b) + r*b
+
+Validation reads the first windows of the val split in order, so every evaluation (of every
+model) sees the same tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from baseforge.data.shards import read_manifest, split_shards
+from baseforge.errors import UserError
+
+
+class TokenWindows:
+    """Windows of context+1 tokens over one split of a data dir."""
+
+    def __init__(self, data_dir: Path | str, split: str, context: int, manifest: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.manifest = manifest or read_manifest(self.data_dir)
+        self.split = split
+        self.context = context
+        self.shards = split_shards(self.data_dir, self.manifest, split)
+        counts = [max(0, (len(s) - 1) // context) for s in self.shards]
+        self.starts = np.cumsum([0] + counts).tolist()  # first window index of each shard
+        self.n = self.starts[-1]
+        if self.n == 0:
+            tokens = sum(len(s) for s in self.shards)
+            raise UserError(f"the {split} split of {self.data_dir} has {tokens} tokens: fewer than one window of "
+                            f"context {context} + 1; prepare more data or lower the context")
+
+    @property
+    def tokens(self) -> int:
+        return self.n * self.context
+
+    def window(self, k: int) -> np.ndarray:
+        """Window k (0 <= k < n), in storage order."""
+        shard = bisect.bisect_right(self.starts, k) - 1
+        offset = (k - self.starts[shard]) * self.context
+        return self.shards[shard][offset:offset + self.context + 1]
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([self.window(k) for k in indices]).astype(np.int64)
+        data = torch.from_numpy(rows)
+        return data[:, :-1], data[:, 1:]
+
+
+class TrainStream:
+    """The shuffled, endless stream of train windows; window j depends only on (seed, j)."""
+
+    def __init__(self, windows: TokenWindows, seed: int):
+        self.windows = windows
+        self.seed = seed
+        self._epoch = None
+        self._affine = (1, 0)
+
+    def _permute(self, k: int, epoch: int) -> int:
+        n = self.windows.n
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            a = int(rng.integers(1, max(n, 2)))
+            while math.gcd(a, n) != 1:
+                a = a % n + 1 if n > 1 else 1
+            self._affine, self._epoch = (a, int(rng.integers(0, n))), epoch
+        a, c = self._affine
+        return (a * k + c) % n
+
+    def indices(self, start: int, count: int) -> list[int]:
+        n = self.windows.n
+        return [self._permute(j % n, j // n) for j in range(start, start + count)]
+
+    def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
+        return self.windows.batch(self.indices(start, count))
+
+    def micro_batch(self, step: int, micro_step: int, rank: int, world: int, micro_batch: int,
+                    grad_accum: int) -> tuple[torch.Tensor, torch.Tensor]:
+        global_batch = micro_batch * grad_accum * world
+        start = step * global_batch + micro_step * world * micro_batch + rank * micro_batch
+        return self.batch(start, micro_batch)
+
+
+def eval_batches(windows: TokenWindows, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
+    """The fixed validation slice: the first max_tokens/context windows in order, split over ranks."""
+    n = min(windows.n, max(1, max_tokens // windows.context)) if max_tokens else windows.n
+    mine = list(range(rank, n, world))
+    for i in range(0, len(mine), batch_size):
+        yield windows.batch(mine[i:i + batch_size])

@@ -1,0 +1,94 @@
+"""The optimizers of a run: AdamW (the write-up's baseline), or Muon + AdamW.
+
+Both come back as one `Optimizers` object with the interface the loop needs (zero_grad,
+step, state_dict, load_state_dict, param_groups), so gradient accumulation, clipping, the
+LR schedule, the fp16 scaler and exact resume treat them alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from baseforge.config import TrainConfig
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    # Biases, norm gains and embeddings: the usual "do not decay" set (1-D params plus wte/wpe).
+    return param.ndim < 2 or name.startswith(("transformer.wte", "transformer.wpe"))
+
+
+def adamw_groups(named_params, cfg: TrainConfig, lr: float) -> list[dict]:
+    params = [(n, p) for n, p in named_params if p.requires_grad]
+    if cfg.decay_all:
+        return [{"params": [p for _, p in params], "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr}]
+    decay = [p for n, p in params if not _no_decay(n, p)]
+    rest = [p for n, p in params if _no_decay(n, p)]
+    return [{"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr},
+            {"params": rest, "weight_decay": 0.0, "lr": lr, "base_lr": lr}]
+
+
+def make_adamw(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    extra = {}
+    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        extra["fused"] = True  # one kernel for the whole update
+    return torch.optim.AdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+
+
+class Optimizers:
+    """One or more torch optimizers stepped together."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def set_lr_multiplier(self, multiplier: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["base_lr"] * multiplier
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self, scaler=None) -> None:
+        for opt in self.optimizers.values():
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+
+    def unscale_(self, scaler) -> None:
+        for opt in self.optimizers.values():
+            scaler.unscale_(opt)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise ValueError(f"checkpoint has optimizers {sorted(state)}, run has {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            # The run's config wins over the checkpoint for the hyperparameters (so --set lr=...
+            # on --resume takes effect); the moments and step counts come from the checkpoint.
+            keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
+            opt.load_state_dict(state[name])
+            for group, values in zip(opt.param_groups, keep):
+                group.update(values)
+
+
+def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    named = list(model.named_parameters())
+    if cfg.optimizer == "adamw":
+        return Optimizers(adamw=make_adamw(adamw_groups(named, cfg, cfg.lr), cfg, device))
+    from baseforge.train.muon import Muon, param_groups_for_muon
+
+    muon_params, adamw_params = param_groups_for_muon(model)
+    muon_ids = {id(p) for p in muon_params}
+    rest = [(n, p) for n, p in named if id(p) not in muon_ids]
+    muon = Muon([{"params": muon_params, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
+                momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    return Optimizers(muon=muon, adamw=make_adamw(adamw_groups(rest, cfg, cfg.lr), cfg, device))

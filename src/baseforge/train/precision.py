@@ -1,0 +1,86 @@
+"""Mixed precision: which dtype to compute in, the autocast context, and the fp16 grad scaler.
+
+`auto` picks bf16 where the device runs it natively (CUDA compute capability >= 8.0, and CPUs
+with bf16 instructions such as AVX512-BF16 or AMX, where oneDNN's bf16 matmuls are several
+times faster than fp32), fp16 with a GradScaler on older GPUs, and fp32 elsewhere. Weights and
+optimizer state stay fp32; only the forward/backward matmuls run in low precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from baseforge.errors import UserError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"config: device = {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("config: device = cuda but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return native or "AMX" in capability or "BF16" in capability
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise UserError("config: precision = fp16 is not supported on CPU; use bf16 or fp32")
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("config: this GPU has no bf16; use precision = fp16 (with loss scaling) or fp32")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp32"
+
+
+@dataclass
+class Precision:
+    name: str  # bf16 | fp16 | fp32
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name]
+
+    def autocast(self):
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        """A GradScaler for fp16 (whose small range underflows gradients), else None."""
+        if self.name != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+
+def setup_precision(name: str, device: torch.device) -> Precision:
+    if device.type == "cuda":
+        # TF32 for the fp32 matmuls that remain (the write-up's "AMP + TF32").
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Precision(resolve_precision(name, device), device)

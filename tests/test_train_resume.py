@@ -1,0 +1,62 @@
+"""Exact resume: an interrupted and resumed run equals an uninterrupted one, step by step, bit by bit."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.metrics import read_metrics
+from helpers import TINY, baseforge, popen, sets
+
+# Gradient accumulation (micro 4 x accum 2) and dropout 0.1 are on in TINY.
+STEPS = ["max_steps=40", "checkpoint_every=4", "n_embd=128", "context=64"]
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"], r.get("val_loss"), r["lr"], r["grad_norm"]) for r in read_metrics(run_dir)]
+
+
+def final_weights(run_dir):
+    return load_file(str(find_checkpoint(run_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(shakespeare_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    baseforge("train", "--data", shakespeare_dir, "--out", run, *sets(*TINY, *STEPS), check=True)
+    return run
+
+
+def interrupt_after_first_checkpoint(data, run, sig) -> None:
+    proc = popen("train", "--data", data, "--out", run, *sets(*TINY, *STEPS))
+    latest = run / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert "checkpoint saved" in err + out
+    step = int(latest.read_text().strip().split("_")[1])
+    assert 4 <= step < 40, f"interrupt landed at step {step}: the run was too fast to interrupt"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "sigint"])
+def test_resume_is_exact(shakespeare_dir, reference_run, tmp_path, sig):
+    run = tmp_path / "run"
+    interrupt_after_first_checkpoint(shakespeare_dir, run, sig)
+    result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from step" in result.stdout + result.stderr
+    assert losses(run) == losses(reference_run)  # every logged step, exactly
+    ref, got = final_weights(reference_run), final_weights(run)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert (ref[name] == got[name]).all(), name
