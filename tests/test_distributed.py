@@ -1,0 +1,82 @@
+"""torchrun + DDP on CPU (gloo): two processes are the reference's twin, resume crosses world sizes,
+and a dead rank takes the whole job down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.metrics import read_metrics
+from helpers import TINY, baseforge, cli_env, sets
+
+COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_every=4", "dist_timeout_s=60"]
+
+
+def torchrun(nproc: int, *args, **kwargs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(29500 + os.getpid() % 1000), "-m", "baseforge", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300, **kwargs)
+
+
+def curve(run):
+    return [r["loss"] for r in read_metrics(run)]
+
+
+@pytest.fixture(scope="module")
+def one_process(shakespeare_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("one") / "run"
+    # 1 process, micro 2: accumulation 4 to reach the global batch of 8.
+    result = baseforge("train", "--data", shakespeare_dir, "--out", run, *sets(*COMMON, "max_steps=8"))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_two_processes_match_one(shakespeare_dir, one_process, tmp_path):
+    run = tmp_path / "run"
+    # 2 processes, micro 2: accumulation 2 each, the same 8 sequences per step.
+    result = torchrun(2, "train", "--data", shakespeare_dir, "--out", run, *sets(*COMMON, "max_steps=8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "micro 2 x accum 2 x 2 processes" in result.stdout
+    assert curve(run) == pytest.approx(curve(one_process), rel=1e-4, abs=1e-4)
+    ref, got = (load_file(str(find_checkpoint(r) / "model.safetensors")) for r in (one_process, run))
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_checkpoint_from_two_processes_resumes_on_one(shakespeare_dir, one_process, tmp_path):
+    run = tmp_path / "run"
+    result = torchrun(2, "train", "--data", shakespeare_dir, "--out", run, *sets(*COMMON, "max_steps=8"),)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Roll the run back to its step-4 checkpoint, then continue it with one process.
+    (run / "checkpoints" / "latest").write_text("step_0000004\n")
+    result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "micro 2 x accum 4 x 1 processes" in result.stdout
+    assert curve(run) == pytest.approx(curve(one_process), rel=1e-4, abs=1e-4)
+
+
+def test_a_dead_rank_stops_the_job(shakespeare_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(30500 + os.getpid() % 1000), "-m", "baseforge", "train", "--data", str(shakespeare_dir),
+           "--out", str(run), *sets(*COMMON, "max_steps=100000", "dist_timeout_s=20")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, children
+    os.kill(int(children[-1]), signal.SIGKILL)  # one rank dies
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "failed" in err.lower() or "signal" in err.lower(), err[-2000:]

@@ -1,0 +1,126 @@
+"""Small parts of the trainer, each against a hand-computed answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from baseforge.config import TRAIN_PRESETS, resolve_config
+from baseforge.data.loader import TokenWindows, TrainStream, eval_batches
+from baseforge.errors import UserError
+from baseforge.train.autobatch import largest_fitting
+from baseforge.train.distributed import batch_geometry
+from baseforge.train.mfu import table_peak
+from baseforge.train.schedule import lr_multiplier
+
+
+def test_cosine_schedule_endpoints():
+    total, warm = 100, 10
+    assert lr_multiplier(0, total, "cosine", warm) == pytest.approx(0.1)
+    assert lr_multiplier(9, total, "cosine", warm) == pytest.approx(1.0)
+    assert lr_multiplier(10, total, "cosine", warm) == pytest.approx(1.0)
+    assert lr_multiplier(99, total, "cosine", warm, min_lr_ratio=0.1) == pytest.approx(0.1)
+    mid = 10 + (99 - 10) / 2
+    assert lr_multiplier(int(mid), total, "cosine", warm) == pytest.approx(0.55, abs=0.02)
+
+
+def test_wsd_schedule_is_flat_then_linear():
+    values = [lr_multiplier(s, 100, "wsd", 0, min_lr_ratio=0.0, decay_fraction=0.2) for s in range(100)]
+    assert values[:80] == [1.0] * 80
+    assert values[99] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(values[80:], values[81:]))
+    assert lr_multiplier(50, 100, "constant", 0) == 1.0
+
+
+def test_largest_fitting_binary_search():
+    tried = []
+
+    def fits(b):
+        tried.append(b)
+        return b <= 12
+
+    assert largest_fitting(48, fits) == 12  # divisors of 48: ... 8, 12, 16 ...
+    assert len(tried) <= 5
+    with pytest.raises(UserError, match="out of memory even at micro_batch 1"):
+        largest_fitting(8, lambda b: False)
+
+
+def test_batch_geometry_keeps_global_batch_across_world_sizes():
+    assert batch_geometry(32, 4, 1, 1) == (32, 4, 8)
+    assert batch_geometry(32, 4, 1, 2) == (32, 4, 4)
+    assert batch_geometry(0, 4, 3, 2) == (24, 4, 3)
+    with pytest.raises(UserError, match="not divisible"):
+        batch_geometry(32, 5, 1, 1)
+
+
+def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespeare_dir):
+    windows = TokenWindows(shakespeare_dir, "train", 64)
+    stream = TrainStream(windows, seed=7)
+    first_epoch = stream.indices(0, windows.n)
+    assert sorted(first_epoch) == list(range(windows.n))  # every window exactly once per epoch
+    assert stream.indices(0, 50) == TrainStream(windows, seed=7).indices(0, 50)  # depends only on (seed, j)
+    assert stream.indices(0, 50) != TrainStream(windows, seed=8).indices(0, 50)
+    # 2 ranks x micro 2 x accum 2 cover the same sequences as 1 rank x micro 2 x accum 4.
+    def rows(world, accum):
+        out = []
+        for m in range(accum):
+            for r in range(world):
+                out += stream.micro_batch(3, m, r, world, 2, accum)[0].tolist()
+        return sorted(out)
+
+    assert rows(2, 2) == rows(1, 4)
+    x, y = stream.batch(0, 2)
+    assert (x[:, 1:] == y[:, :-1]).all()  # targets are inputs shifted by one
+
+
+def test_eval_slice_is_fixed(shakespeare_dir):
+    windows = TokenWindows(shakespeare_dir, "val", 64)
+    a = [x.tolist() for x, _ in eval_batches(windows, 640, 3)]
+    b = [x.tolist() for x, _ in eval_batches(windows, 640, 5)]
+    assert sum(a, []) == sum(b, []) and len(sum(a, [])) == 10
+    split = [x.tolist() for r in range(2) for x, _ in eval_batches(windows, 640, 3, rank=r, world=2)]
+    assert sorted(sum(split, [])) == sorted(sum(a, []))
+
+
+def test_loader_rejects_data_shorter_than_a_window(tmp_path):
+    from conftest import build_data_dir
+
+    data = build_data_dir(tmp_path / "d", "a b c\n\n" * 40 + "hello world " * 50, vocab=260)
+    with pytest.raises(UserError, match="fewer than one window"):
+        TokenWindows(data, "val", 4096)
+
+
+def test_mfu_peak_table():
+    assert table_peak("NVIDIA GeForce RTX 3090", "bf16") == 71e12
+    assert table_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert table_peak("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert table_peak("Some Future GPU", "bf16") is None
+
+
+def test_config_layers_and_presets(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "cpu-tiny"\nlr = 5e-4\n[model]\nn_layer = 3\n[train]\nmax_steps = 7\n')
+    config = resolve_config(None, toml, ["max_steps=9", "compile=true"])
+    assert config.preset == "cpu-tiny"
+    assert config.train.lr == 5e-4 and config.model["n_layer"] == 3
+    assert config.train.max_steps == 9 and config.train.compile is True
+    assert TRAIN_PRESETS["gpt2-small-seed"]["lr"] == 4e-4 and TRAIN_PRESETS["gpt2-small-seed"]["weight_decay"] == 0.1
+    seed = resolve_config("gpt2-small-seed").model_config()
+    assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == \
+        (50257, 1024, 768, 0.1, False, False)
+    with pytest.raises(UserError, match="not valid TOML"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("lr = = 3")
+        resolve_config(None, bad)
+    with pytest.raises(UserError, match="divisible"):
+        resolve_config("cpu-tiny", None, ["n_head=3"])
+
+
+def test_token_budget_default_is_20_tokens_per_parameter():
+    from baseforge.train.loop import total_steps
+
+    cfg = resolve_config("gpt2-small-seed").train
+    steps = total_steps(cfg, 163_009_536, 32 * 1024)
+    assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
