@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baseforge.model.config import ModelConfig
+from baseforge.model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -178,9 +179,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None):
-        """Logits for every position, and the mean cross-entropy when `targets` is given.
+        """(logits, None) without targets; (None, mean cross-entropy) with them.
 
-        Targets equal to -100 carry no loss (used to mask prompts when fine-tuning).
+        With targets the output head and the loss are fused so the logits are never built whole;
+        targets equal to -100 carry no loss (used to mask prompts when fine-tuning).
         With `cache`, `idx` holds only the new positions; the cache supplies the rest.
         """
         B, T = idx.shape
@@ -199,14 +201,16 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
+        if targets is not None:
+            # Fused head + loss: the full logits tensor is never built (see loss.py).
+            loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                        self.config.logit_softcap)
+            return None, loss
         logits = self.lm_head(x)
         if self.config.logit_softcap:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits.float() / cap)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return logits, None
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
