@@ -91,6 +91,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache of another dtype (e.g. under autocast)
         if past == 0:
             mask, causal = None, True
         elif T == 1:
@@ -205,7 +206,7 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.float() / cap)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
     def flops_per_token(self) -> float:
