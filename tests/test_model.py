@@ -281,3 +281,32 @@ def test_flops_per_token_gpt2_small():
         model = GPT(preset("gpt2-124m"))
     n = 124_439_808 - 1024 * 768
     assert model.flops_per_token() == 6 * n + 12 * 12 * 768 * 1024
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_loads_with_from_pretrained(tmp_path, tied):
+    # The files an export writes (config.json + model.safetensors) open with plain transformers.
+    import json
+
+    from safetensors.torch import save_file
+
+    config = ModelConfig(**TINY, tie_weights=tied, qkv_bias=False)
+    model = randomise(GPT(config))
+    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config_dict(config)))
+    save_file(hf.to_hf_state_dict(model.state_dict(), config), str(tmp_path / "model.safetensors"))
+    ref = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert (ref.lm_head.weight is ref.transformer.wte.weight) == tied
+    idx = tokens()
+    with torch.no_grad():
+        assert (model(idx)[0] - ref(idx).logits).abs().max().item() < 1e-4
+
+
+def test_modern_presets():
+    for name in ("gpt2-small-modern", "cpu-small-modern"):
+        config = preset(name)
+        assert len(hf.exportable(config)) == 5 and not config.bias and not config.tie_weights
+        assert config.zero_init_head and config.dropout == 0.0
+    assert preset("gpt2-small-modern").vocab_size == 50304
+    assert MODEL_PRESETS["cpu-small-modern"]["vocab_size"] is None
+    twin, base = MODEL_PRESETS["cpu-small-modern"], MODEL_PRESETS["cpu-small"]
+    assert all(twin[k] == base[k] for k in ("context", "n_layer", "n_head", "n_embd"))
