@@ -67,3 +67,15 @@ MODEL_PRESETS: dict[str, dict] = {
     "cpu-small": dict(vocab_size=None, context=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0,
                       qkv_bias=False, tie_weights=True),
 }
+
+# The modern options together (as in modded-nanogpt / nanochat): rotary positions, RMSNorm,
+# QK-norm, squared-ReLU MLP, an untied zero-initialised head, soft-capped logits, no biases.
+# Not exportable to HF GPT-2 (see hf.exportable).
+_MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_weights=False,
+               zero_init_head=True, logit_softcap=15.0, qkv_bias=False, bias=False, dropout=0.0)
+MODEL_PRESETS.update({
+    # GPT-2 small's shape; vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
+    "gpt2-small-modern": dict(MODEL_PRESETS["gpt2-124m"], **_MODERN, vocab_size=50304),
+    # The twin of cpu-small.
+    "cpu-small-modern": dict(MODEL_PRESETS["cpu-small"], **_MODERN),
+})

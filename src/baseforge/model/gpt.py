@@ -92,6 +92,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache of another dtype (e.g. under autocast)
         if past == 0:
             mask, causal = None, True
         elif T == 1:

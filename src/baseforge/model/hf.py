@@ -12,7 +12,8 @@ import torch
 from baseforge.model.config import ModelConfig
 
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_IGNORED_HF = ("attn.bias", "attn.masked_bias")  # causal-mask buffers in older transformers
+_IGNORED_HF = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in older transformers;
+# the leading dot matters: "c_attn.bias" (the real QKV bias) also ends with "attn.bias".
 
 
 def exportable(config: ModelConfig) -> list[str]:
@@ -31,8 +32,14 @@ def exportable(config: ModelConfig) -> list[str]:
     return reasons  # missing biases are fine: HF's zeros are exact
 
 
-def hf_config_dict(config: ModelConfig) -> dict:
-    """The `transformers` GPT2Config fields for this model (as a plain dict)."""
+def hf_config_dict(config: ModelConfig, eot_id: int | None = None) -> dict:
+    """The `transformers` GPT2Config fields for this model (as a plain dict).
+
+    `eot_id` becomes bos/eos; by default GPT-2's <|endoftext|> (50256) when the vocabulary holds
+    it, else none (a trained tokenizer's id is only known to the caller).
+    """
+    if eot_id is None and config.vocab_size > 50256:
+        eot_id = 50256
     return dict(
         model_type="gpt2",
         architectures=["GPT2LMHeadModel"],
@@ -50,8 +57,8 @@ def hf_config_dict(config: ModelConfig) -> dict:
         layer_norm_epsilon=1e-5,
         initializer_range=0.02,
         tie_word_embeddings=config.tie_weights,
-        bos_token_id=50256,
-        eos_token_id=50256,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
     )
 
 
@@ -62,6 +69,14 @@ def config_from_hf(hf: dict) -> ModelConfig:
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"unsupported GPT-2 activation {act!r}")
+    # Variants GPT-2's code allows but baseforge's blocks do not compute: refuse, never approximate.
+    n_inner = hf.get("n_inner")
+    if n_inner not in (None, 4 * hf["n_embd"]):
+        raise ValueError(f"unsupported MLP width n_inner={n_inner} (baseforge uses 4 * n_embd)")
+    if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        raise ValueError(f"unsupported layer_norm_epsilon={hf['layer_norm_epsilon']} (baseforge uses 1e-5)")
+    if hf.get("scale_attn_by_inverse_layer_idx", False) or not hf.get("scale_attn_weights", True):
+        raise ValueError("unsupported attention scaling (baseforge uses 1/sqrt(head_dim))")
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         context=hf.get("n_positions", hf.get("n_ctx", 1024)),
@@ -76,7 +91,11 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """baseforge state dict -> GPT2LMHeadModel state dict (all tensors contiguous, untied copies)."""
+    """baseforge state dict -> GPT2LMHeadModel state dict (all tensors contiguous, untied copies).
+
+    A tied head is left out, as `save_pretrained` does: `from_pretrained` re-ties it, and
+    `load_state_dict` needs `strict=False` (the only missing key is then `lm_head.weight`).
+    """
     reasons = exportable(config)
     if reasons:
         raise ValueError("cannot export as GPT-2: " + "; ".join(reasons))
@@ -101,16 +120,28 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """GPT2LMHeadModel state dict -> baseforge state dict for a model built with `config`."""
+    """GPT2LMHeadModel state dict -> baseforge state dict for a model built with `config`.
+
+    Biases that `config` lacks (qkv_bias/bias false, e.g. a re-imported export) are dropped when
+    they are all zero, and refused otherwise.
+    """
     out = {}
     for name, tensor in hf_state.items():
         if name.endswith(_IGNORED_HF):
             continue
         if not name.startswith(("transformer.", "lm_head.")):
             name = "transformer." + name  # bare GPT2Model checkpoints (OpenAI's `gpt2` repo) lack the prefix
+        if name.endswith(".bias") and not _has_bias(name, config):
+            if torch.count_nonzero(tensor):
+                raise ValueError(f"checkpoint has a non-zero {name} but the config has no such bias")
+            continue
         out[name] = tensor.t().contiguous() if name.endswith(_TRANSPOSED) else tensor
     if "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     if config.tie_weights and not torch.equal(out["lm_head.weight"], out["transformer.wte.weight"]):
         raise ValueError("checkpoint has an untied output head but the config ties it")
     return out
+
+
+def _has_bias(name: str, config: ModelConfig) -> bool:
+    return config.qkv_bias if name.endswith("attn.c_attn.bias") else config.bias

@@ -1,0 +1,92 @@
+"""Sampling from a GPT with its KV cache: the prompt is run once, then each new token costs one position.
+
+When prompt + new tokens outgrow the model's context, the window is cropped to the last `context`
+tokens and re-run from an empty cache (positions restart at 0, as for a fresh prompt). From then on
+every token pays a full `context`-long forward: exactly what recomputing the whole cropped window
+would give, which is what the tests compare against. A model trained at context T was never shown
+positions beyond T, so a sliding window is the honest thing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+
+from baseforge.model.gpt import GPT, KVCache
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> int:
+    """One token id from a (vocab,) row of logits. temperature 0 = greedy (argmax)."""
+    logits = logits.float()
+    if temperature == 0:
+        return int(logits.argmax())
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, not {temperature}")
+    logits = logits / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, not {top_k}")
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Draw on the CPU with a CPU generator so a seed gives the same stream on any device.
+    probs = torch.softmax(logits, dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None, eot_id: int | None = None,
+             stop_at_eot: bool = False, device: torch.device | str | None = None,
+             autocast_dtype: torch.dtype | None = None,
+             on_token: Callable[[int], None] | None = None) -> list[int]:
+    """Continue `prompt_ids` by up to `max_new_tokens` tokens; returns the new ids only.
+
+    temperature 0 is greedy; `top_k` keeps the k most likely tokens; `seed` makes sampling
+    reproducible (None = fresh randomness). With `stop_at_eot`, generation ends at `eot_id`,
+    which is not returned. `device` is where the model lives (default: its parameters' device);
+    `autocast_dtype` (e.g. torch.bfloat16) runs the forward under autocast. `on_token` is called
+    with each new id as soon as it is sampled (for streaming output). The model runs in eval mode
+    without gradients; its training mode is restored afterwards.
+    """
+    if not prompt_ids:
+        raise ValueError("generate needs a non-empty prompt (start with the end-of-text token if needed)")
+    if stop_at_eot and eot_id is None:
+        raise ValueError("stop_at_eot needs eot_id")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    context = model.config.context
+    generator = torch.Generator()  # CPU: see sample_next
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    cache_dtype = autocast_dtype or next(model.parameters()).dtype
+
+    ids = list(prompt_ids)
+    new: list[int] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), amp:
+            cache = KVCache(model.config, batch=1, max_len=context, device=device, dtype=cache_dtype)
+            cache.pos = context  # empty slot count is zero: forces the first prefill below
+            for _ in range(max_new_tokens):
+                if cache.pos == context:  # first step, or the window is full: crop and re-prefill
+                    cache.pos = 0  # stale entries are overwritten before they are read
+                    x = torch.tensor([ids[-context:]], dtype=torch.long, device=device)
+                else:
+                    x = torch.tensor([[ids[-1]]], dtype=torch.long, device=device)
+                logits, _ = model(x, cache=cache)
+                token = sample_next(logits[0, -1], temperature, top_k, generator)
+                if stop_at_eot and token == eot_id:
+                    break
+                ids.append(token)
+                new.append(token)
+                if on_token is not None:
+                    on_token(token)
+    finally:
+        model.train(was_training)
+    return new

@@ -1,0 +1,184 @@
+"""Muon against exact references: the SVD's U V^T, a hand-written step, and bit-exact resume."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from baseforge.model import GPT, ModelConfig
+from baseforge.train.muon import NS_COEFFS, Muon, orthogonalize, param_groups_for_muon
+
+# What 5 quintic Newton-Schulz steps really give (see test_polynomial_band): singular values whose
+# share of the Frobenius norm is at least ~1.3e-3 land in [0.6, 1.203]; bf16 adds a little.
+BAND = (0.6, 1.21)
+
+
+def test_polynomial_band():
+    # The scalar map each singular value goes through, in float64: x -> a x + b x^3 + c x^5, 5 times.
+    a, b, c = NS_COEFFS
+    x = torch.logspace(-2.85, 0, 100_000, dtype=torch.float64)  # 1.4e-3 .. 1
+    y = x.clone()
+    for _ in range(5):
+        y = a * y + b * y**3 + c * y**5
+    assert 0.6 <= y.min() and y.max() <= 1.2025
+
+
+@pytest.mark.parametrize("shape", [(128, 32), (32, 128), (256, 768), (768, 256), (288, 96), (100, 100)])
+def test_orthogonalize_close_to_exact_uv(shape):
+    torch.manual_seed(0)
+    g = torch.randn(*shape)
+    if shape[0] == shape[1]:  # a square Gaussian has near-zero singular values: use a well-conditioned one
+        q, _ = torch.linalg.qr(torch.randn(*shape))
+        g = q @ torch.diag(torch.linspace(0.05, 3.0, shape[0])) @ torch.linalg.qr(torch.randn(*shape))[0]
+    o = orthogonalize(g).float()
+    assert o.shape == g.shape
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    inner = u.mT @ o @ vh.mT  # = I for the exact U V^T; diagonal with values in BAND for Newton-Schulz
+    diag = torch.diagonal(inner)
+    assert BAND[0] <= diag.min() and diag.max() <= BAND[1], (diag.min(), diag.max())
+    assert (inner - torch.diag(diag)).abs().max() < 0.05  # same singular vectors as the SVD
+    sv = torch.linalg.svdvals(o)
+    assert BAND[0] <= sv.min() and sv.max() <= BAND[1]
+    # Relative to the exact orthogonal factor: within the band's width, far from the raw gradient.
+    exact = u @ vh
+    assert torch.linalg.matrix_norm(o - exact, ord=2) < 0.41
+    assert torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g, ord=2) - exact, ord=2) > 0.5
+
+
+def test_tiny_singular_values_are_not_lifted_in_five_steps():
+    # Honest limit: directions with a tiny share of the norm stay small (they are mostly noise).
+    torch.manual_seed(0)
+    q1, q2 = torch.linalg.qr(torch.randn(64, 64))[0], torch.linalg.qr(torch.randn(64, 64))[0]
+    s = torch.ones(64)
+    s[-1] = 1e-5
+    o = orthogonalize(q1 @ torch.diag(s) @ q2.mT).float()
+    d = torch.diagonal(q1.mT @ o @ q2)
+    assert d[:-1].min() >= BAND[0] and d[-1] < 0.1
+
+
+def test_one_step_by_hand():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(96, 32))
+    w0 = w.detach().clone()
+    g = torch.randn(96, 32)
+    w.grad = g.clone()
+    opt = Muon([w], lr=0.05, momentum=0.9, weight_decay=0.1)
+    opt.step()
+    # First step: M = 0.1 g; Nesterov U = g + 0.9 (M - g) = 0.19 g; orthogonalisation ignores the scale.
+    expected = w0 * (1 - 0.05 * 0.1) - 0.05 * 3**0.5 * orthogonalize(0.19 * g).float()
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(w.grad, g)  # .grad is read, never written
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], 0.1 * g)
+
+
+def test_plain_momentum_without_nesterov():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 16))
+    opt = Muon([w], lr=0.1, momentum=0.5, nesterov=False)
+    g1, g2 = torch.randn(16, 16), torch.randn(16, 16)
+    for g in (g1, g2):
+        w.grad = g
+        opt.step()
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], 0.25 * g1 + 0.5 * g2)
+
+
+def test_refuses_non_matrices():
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([torch.nn.Parameter(torch.zeros(8))])
+    with pytest.raises(ValueError):
+        Muon([torch.nn.Parameter(torch.zeros(4, 4))], lr=0)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2",
+                                                    tie_weights=False, zero_init_head=True, bias=False,
+                                                    qkv_bias=False)])
+def test_param_groups_for_muon(options):
+    model = GPT(ModelConfig(vocab_size=64, context=16, n_layer=2, n_head=2, n_embd=16, **options))
+    muon, adamw = param_groups_for_muon(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = sorted(names[id(p)] for p in muon)
+    assert muon_names == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
+                                for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    adamw_names = {names[id(p)] for p in adamw}
+    assert "transformer.wte.weight" in adamw_names and all(p.ndim == 2 for p in muon)
+    assert ("lm_head.weight" in adamw_names) == (not model.config.tie_weights)
+    assert ("transformer.wpe.weight" in adamw_names) == (model.config.pos_emb == "learned")
+    # every parameter exactly once
+    assert len(muon) + len(adamw) == len(list(model.parameters()))
+    assert not {id(p) for p in muon} & {id(p) for p in adamw}
+    Muon(muon)  # accepted as they are
+
+
+def _train(model, opt, steps, start=0):
+    for step in range(start, start + steps):
+        g = torch.Generator().manual_seed(step)
+        idx = torch.randint(0, 64, (4, 16), generator=g)
+        _, loss = model(idx, idx.roll(-1, dims=1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+def test_resume_is_bit_exact():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, context=16, n_layer=2, n_head=2, n_embd=32, tie_weights=False)
+    model = GPT(config)
+    twin = copy.deepcopy(model)
+
+    opt = Muon(param_groups_for_muon(model)[0], lr=0.02, weight_decay=0.01)
+    first = _train(model, opt, 6)
+    _train(model, opt, 6, start=6)
+
+    opt_a = Muon(param_groups_for_muon(twin)[0], lr=0.02, weight_decay=0.01)
+    assert _train(twin, opt_a, 6) == first
+    buffer = io.BytesIO()  # through a file, as a checkpoint would
+    torch.save({"model": twin.state_dict(), "opt": opt_a.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = GPT(config)
+    resumed.load_state_dict(saved["model"])
+    opt_b = Muon(param_groups_for_muon(resumed)[0], lr=0.5)  # hyperparameters come from the state dict
+    opt_b.load_state_dict(saved["opt"])
+    assert opt_b.param_groups[0]["lr"] == 0.02
+    _train(resumed, opt_b, 6, start=6)
+
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    torch.manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(24, 8))
+    w2 = torch.nn.Parameter(w1.detach().clone())
+    x, y = torch.randn(32, 8), torch.randn(32, 24)
+    opt1, opt2 = Muon([w1], lr=0.1), Muon([w2], lr=0.1)
+    ((x @ w1.T - y) ** 2).mean().backward()
+    for xs, ys in zip(x.chunk(4), y.chunk(4)):  # 4 micro-batches, loss scaled by 1/4
+        (((xs @ w2.T - ys) ** 2).mean() / 4).backward()
+    torch.testing.assert_close(w1.grad, w2.grad)
+    opt1.step()
+    opt2.step()
+    # bf16 orthogonalisation: grads equal to fp32 rounding may differ by one bf16 ulp in the update
+    torch.testing.assert_close(w1, w2, rtol=0, atol=0.1 * 2**-7)
+
+
+def test_muon_trains_a_tiny_model():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, context=16, n_layer=2, n_head=2, n_embd=32, tie_weights=False))
+    muon, adamw = param_groups_for_muon(model)
+    opts = [Muon(muon, lr=0.02), torch.optim.AdamW(adamw, lr=3e-3)]
+    idx = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        _, loss = model(idx, idx.roll(-1, dims=1))
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        for o in opts:
+            o.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
