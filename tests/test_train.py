@@ -121,7 +121,8 @@ def test_user_errors_are_one_line(shakespeare_dir, tmp_path):
 def test_resume_refuses_other_tokenizer(shakespeare_dir, tmp_path):
     from conftest import build_data_dir
 
-    other = build_data_dir(tmp_path / "other", (shakespeare_dir / "tokenizer.json").read_text()[:200000], vocab=300)
+    text = "\n\n".join(f"paragraph {i}: " + "the quick brown fox jumps over the lazy dog " * 20 for i in range(200))
+    other = build_data_dir(tmp_path / "other", text, vocab=300)
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=2", "checkpoint_every=2")
     assert_clean_error(baseforge("train", "--data", other, "--out", run, "--resume"), "tokenizer")

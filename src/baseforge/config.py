@@ -40,6 +40,7 @@ class TrainConfig:
     decay_all: bool = True  # false: no weight decay on biases, norms and embeddings
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0  # decoupled, so scaled by muon_lr: keep it small
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     # Schedule: "constant", "cosine" (warmup, cosine to min_lr), "wsd" (warmup-stable-decay).
     schedule: str = "cosine"
@@ -64,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 0.0  # also checkpoint every this many minutes; 0 = off
     keep_last: int = 3  # checkpoints kept besides the best
+    early_stop_evals: int = 0  # stop when validation loss has not improved for this many evaluations; 0 = off
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 64
     dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
@@ -78,7 +80,7 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
         for key in ("global_batch", "max_steps", "max_tokens", "warmup_steps", "eval_tokens", "keep_last",
-                    "sample_tokens", "weight_decay", "grad_clip", "checkpoint_minutes", "eps"):
+                    "sample_tokens", "weight_decay", "muon_weight_decay", "early_stop_evals", "grad_clip", "checkpoint_minutes", "eps"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
         if not self.lr > 0:

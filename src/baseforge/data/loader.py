@@ -101,3 +101,29 @@ def eval_batches(windows: TokenWindows, max_tokens: int, batch_size: int, rank: 
     mine = list(range(rank, n, world))
     for i in range(0, len(mine), batch_size):
         yield windows.batch(mine[i:i + batch_size])
+
+
+class TokenData:
+    """A prepared data dir as the trainer sees it: tokenizer, shuffled train stream, fixed val slice.
+
+    The trainer only calls `micro_batch`, `val_batches` and reads `tokenizer`, `train_tokens` and
+    `source`, so other data (the instruction set of the fine-tuning test) plugs in the same way.
+    """
+
+    def __init__(self, data_dir: Path | str, context: int, seed: int):
+        from baseforge.tokenizer import load_tokenizer
+
+        self.source = Path(data_dir)
+        manifest = read_manifest(self.source)
+        self.tokenizer = load_tokenizer(manifest["tokenizer"], self.source)
+        self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
+        self.val = TokenWindows(self.source, "val", context, manifest) if "val" in manifest["splits"] else None
+        self.train_tokens = self.stream.windows.tokens
+
+    def micro_batch(self, step, micro_step, rank, world, micro_batch, grad_accum):
+        return self.stream.micro_batch(step, micro_step, rank, world, micro_batch, grad_accum)
+
+    def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
+        if self.val is None:
+            return iter(())
+        return eval_batches(self.val, max_tokens, batch_size, rank, world)

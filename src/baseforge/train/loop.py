@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 
 from baseforge.config import RunConfig
-from baseforge.data.loader import TokenWindows, TrainStream, eval_batches
+from baseforge.data.loader import TokenData
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 from baseforge.model import GPT
-from baseforge.tokenizer import load_tokenizer
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier,
                                          batch_geometry, device_for, init_distributed, shutdown)
@@ -64,18 +63,27 @@ def total_steps(cfg, n_params: int, tokens_per_step: int) -> int:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, data_dir: Path | str, run_dir: Path | str, resume: bool = False,
-                 log=print):
+    """Trains `config`'s model on `data` into `run_dir`.
+
+    `data` is a data dir (pretraining) or any object with TokenData's interface (fine-tuning);
+    `init_weights` starts from given tensors instead of a random initialisation.
+    """
+
+    def __init__(self, config: RunConfig, data, run_dir: Path | str, resume: bool = False, log=print,
+                 init_weights: dict | None = None):
         self.config, self.cfg = config, config.train
-        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.run_dir = Path(run_dir)
         self.log = log
         self.dist: DistInfo = init_distributed(self.cfg.dist_timeout_s)
         self.device = device_for(self.dist, resolve_device(self.cfg.device))
         self.precision = setup_precision(self.cfg.precision, self.device)
         self.main = self.dist.is_main
 
-        manifest = read_manifest(self.data_dir)
-        self.tokenizer = load_tokenizer(manifest["tokenizer"], self.data_dir)
+        if isinstance(data, (str, Path)):
+            context = config.model_config(read_manifest(data)["tokenizer"]["vocab_size"]).context
+            data = TokenData(data, context, self.cfg.seed)
+        self.data = data
+        self.tokenizer = data.tokenizer
         self.resume_from = self._find_resume() if resume else None
         if not resume and (self.run_dir / ckpt.CHECKPOINTS / "latest").exists():
             raise UserError(f"{self.run_dir} already holds a run; continue it with --resume, "
@@ -85,15 +93,13 @@ class Trainer:
             raise UserError(f"model vocab_size {self.model_config.vocab_size} is smaller than the data's "
                             f"tokenizer ({self.tokenizer.name}, {self.tokenizer.vocab_size} tokens); "
                             f"set vocab_size={self.tokenizer.vocab_size} or prepare the data with another tokenizer")
-        context = self.model_config.context
-        self.train_windows = TokenWindows(self.data_dir, "train", context, manifest)
-        self.val_windows = TokenWindows(self.data_dir, "val", context, manifest) if "val" in manifest["splits"] else None
-        self.stream = TrainStream(self.train_windows, self.cfg.seed)
-
         # Measure the device peak before seeding: the measurement draws random numbers.
         self.peak, self.peak_source = device_peak(self.device, self.precision.name)
         torch.manual_seed(self.cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)
+        self.model = GPT(self.model_config)
+        if init_weights is not None:
+            ckpt.load_model_tensors(self.model, init_weights)
+        self.model.to(self.device)
         self.n_params = self.model.num_params()
         self.flops_per_token = self.model.flops_per_token()
         self._set_geometry()
@@ -106,7 +112,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.fwd_model = DDP(self.fwd_model, device_ids=ids)
         self.state = {"tokens": 0, "best_val": None, "skipped": 0, "bad_in_row": 0, "clipped": 0,
-                      "elapsed_s": 0.0, "row": self._empty_row()}
+                      "elapsed_s": 0.0, "evals_since_best": 0, "row": self._empty_row()}
         self.step = 0
         if self.resume_from is not None:
             saved = ckpt.restore_training(self.resume_from, self.model, self.optimizers, self.scaler, self.device)
@@ -128,7 +134,7 @@ class Trainer:
         theirs, ours = state["tokenizer"], self.tokenizer.record()
         if (theirs["name"], theirs["vocab_size"]) != (ours["name"], ours["vocab_size"]):
             raise UserError(f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} "
-                            f"tokens) but {self.data_dir} uses {ours['name']} ({ours['vocab_size']}); "
+                            f"tokens) but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); "
                             "resume with the run's own data")
         return path
 
@@ -150,7 +156,7 @@ class Trainer:
 
         def run_steps(b: int) -> None:
             opt = build_optimizers(self.model, self.cfg, self.device)
-            x, y = self.stream.batch(0, b)
+            x, y = self.data.micro_batch(0, 0, 0, 1, b, 1)
             for _ in range(2):
                 with self.precision.autocast():
                     _, loss = self.model(x.to(self.device), y.to(self.device))
@@ -170,7 +176,7 @@ class Trainer:
             return model
         try:
             compiled = torch.compile(model)
-            x, y = self.stream.batch(0, 1)
+            x, y = self.data.micro_batch(0, 0, 0, 1, 1, 1)
             with self.precision.autocast():
                 compiled(x.to(self.device), y.to(self.device))[1].backward()
             model.zero_grad(set_to_none=True)
@@ -193,8 +199,8 @@ class Trainer:
             self.step, self.total, self.cfg.schedule, self.warmup, self.cfg.min_lr_ratio, self.cfg.decay_fraction))
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y = self.stream.micro_batch(self.step, micro, self.dist.rank, self.dist.world,
-                                           self.micro_batch, self.grad_accum)
+            x, y = self.data.micro_batch(self.step, micro, self.dist.rank, self.dist.world,
+                                         self.micro_batch, self.grad_accum)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.fwd_model.no_sync()
@@ -218,20 +224,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        if self.val_windows is None:
-            return None
         model = self.fwd_model.module if self.dist.enabled else self.fwd_model
         model.eval()
         total, count = 0.0, 0
-        for x, y in eval_batches(self.val_windows, self.cfg.eval_tokens, self.micro_batch,
-                                 self.dist.rank, self.dist.world):
+        for x, y in self.data.val_batches(self.cfg.eval_tokens, self.micro_batch, self.dist.rank, self.dist.world):
             with self.precision.autocast():
                 _, loss = model(x.to(self.device), y.to(self.device))
-            total += loss.item() * y.numel()
-            count += y.numel()
+            n = int((y != -100).sum())
+            total += loss.item() * n
+            count += n
         model.train()
         total, count = all_reduce_sum([total, float(count)], self.dist, self.device)
-        return total / max(count, 1)
+        return total / count if count else None
 
     def run(self) -> dict:
         cfg, main = self.cfg, self.main
@@ -271,9 +275,15 @@ class Trainer:
                 row["seconds"] += dt
                 self.state["elapsed_s"] += dt
                 last = self.step == self.total
-                if self.step % cfg.log_every == 0 or last:
+                if self.step % cfg.log_every == 0 or last or self.step % cfg.eval_every == 0:
                     self._log_row(row, metrics, progress, evaluate=self.step % cfg.eval_every == 0 or last)
                     row = self.state["row"] = self._empty_row()
+                if cfg.early_stop_evals and self.state["evals_since_best"] >= cfg.early_stop_evals and not last:
+                    if main:
+                        self.log(f"early stop at step {self.step}: validation loss has not improved for "
+                                 f"{cfg.early_stop_evals} evaluations; best {self.state['best_val']:.4f}")
+                    last = True
+                    self.total = self.step
                 due_time = cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt_time > 60 * cfg.checkpoint_minutes
                 stopping = any_rank(stop.signal is not None, self.dist, self.device)
                 due = self.step % cfg.checkpoint_every == 0 or last or stopping or any_rank(due_time, self.dist, self.device)
@@ -284,7 +294,7 @@ class Trainer:
                 if stopping:
                     if main:
                         self.log(f"stopped by signal at step {self.step}; checkpoint saved. "
-                                 f"Continue with: baseforge train --out {self.run_dir} --data {self.data_dir} --resume")
+                                 f"Continue with: baseforge train --out {self.run_dir} --data {self.data.source} --resume")
                     shutdown(self.dist)
                     return {"stopped": True, "step": self.step, "signal": stop.signal}
         summary = self.finish()
@@ -306,9 +316,10 @@ class Trainer:
             if val is not None:
                 out["val_loss"] = val
                 best = self.state["best_val"]
-                self.state["is_best"] = best is None or val < best
-                if self.state["is_best"]:
-                    self.state["best_val"] = val
+                improved = best is None or val < best
+                self.state["evals_since_best"] = 0 if improved else self.state["evals_since_best"] + 1
+                if improved:
+                    self.state["best_val"], self.state["best_step"] = val, self.step
         if self.main:
             metrics.write(out)
             seconds_per_step = self.state["elapsed_s"] / max(self.step - self._start_step, 1)
@@ -317,10 +328,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.main:
-            state = {k: v for k, v in self.state.items() if k != "is_best"}
+            state = dict(self.state)
             ckpt.save_checkpoint(self.run_dir, step=self.step, model=self.model, optimizers=self.optimizers,
                                  scaler=self.scaler, state=state, config=self.config, tokenizer=self.tokenizer,
-                                 keep_last=self.cfg.keep_last, is_best=self.state.pop("is_best", False))
+                                 keep_last=self.cfg.keep_last, is_best=self.state.get("best_step") == self.step)
             from baseforge.train.charts import write_charts
 
             write_charts(self.run_dir)
@@ -337,7 +348,7 @@ class Trainer:
                  f"tokens = micro {self.micro_batch} x accum {self.grad_accum} x {self.dist.world} processes")
         self.log(f"{self.total} steps, {format_count(self.total * self.tokens_per_step)} tokens "
                  f"({self.total * self.tokens_per_step / self.n_params:.1f} per parameter); "
-                 f"train split {format_count(self.train_windows.tokens)} tokens")
+                 f"train split {format_count(self.data.train_tokens)} tokens")
 
     def finish(self) -> dict:
         row = getattr(self, "last_row", {})

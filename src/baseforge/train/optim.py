@@ -90,5 +90,5 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     muon_ids = {id(p) for p in muon_params}
     rest = [(n, p) for n, p in named if id(p) not in muon_ids]
     muon = Muon([{"params": muon_params, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
-                momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
     return Optimizers(muon=muon, adamw=make_adamw(adamw_groups(rest, cfg, cfg.lr), cfg, device))
