@@ -7,6 +7,11 @@ its log-sum-exp, its loss and, when gradients are needed, its gradients at once 
 last operation, so d loss / d logits = softmax - onehot is known in the forward pass); backward
 only scales the stored gradients. The same matmuls run, in the autocast dtype, but the big tensor
 is gone. Targets equal to -100 carry no loss; the loss is the mean over the others.
+
+The per-chunk softmax math has two implementations of the same formula: an eager one that works
+in place (fewest passes over memory without a compiler), and a functional one that
+`torch.compile` fuses into a couple of loops (about 5x faster on a CPU); `use_compiled_kernel()`
+switches to the latter when a run asks for compilation. Tests check both against F.cross_entropy.
 """
 
 from __future__ import annotations
@@ -16,18 +21,72 @@ import torch
 CHUNK_ELEMENTS = 1 << 25  # logits per chunk: 32M floats = 128 MB (fewer, larger matmuls run faster)
 
 
-def _compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return default
+def _chunk_eager(z, safe, valid, softcap: float, need_grad: bool):
+    """(sum of losses, d loss_sum / d logits in z's dtype or None) for one chunk of logits z."""
+    z = z.float()
+    if softcap:
+        t = torch.tanh(z / softcap)
+        z = softcap * t
+    target_logit = z.gather(1, safe[:, None]).squeeze(1)
+    peak = z.amax(dim=-1, keepdim=True)
+    e = z.sub_(peak).exp_()  # one exp pass, in place: its row sums give both lse and softmax
+    sums = e.sum(dim=-1, keepdim=True)
+    loss = ((peak.squeeze(1) + sums.log().squeeze(1) - target_logit) * valid).sum()
+    if not need_grad:
+        return loss, None
+    g = e.div_(sums)
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0
+    if not bool(valid.all()):
+        g *= valid[:, None]
+    if softcap:
+        g *= 1 - t * t
+    return loss, g
+
+
+def _chunk_functional(z, safe, valid, softcap: float, need_grad: bool):
+    """The same formula as _chunk_eager, written for torch.compile to fuse."""
+    zf = z.float()
+    if softcap:
+        t = torch.tanh(zf / softcap)
+        zf = softcap * t
+    peak = zf.amax(dim=-1, keepdim=True)
+    e = (zf - peak).exp()
+    sums = e.sum(dim=-1, keepdim=True)
+    lse = (peak + sums.log()).squeeze(1)
+    loss = ((lse - zf.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+    if not need_grad:
+        return loss, None
+    onehot = torch.arange(z.shape[1], device=z.device)[None, :] == safe[:, None]
+    g = (e / sums - onehot.float()) * valid[:, None]
+    if softcap:
+        g = g * (1 - t * t)
+    return loss, g
+
+
+_kernel = _chunk_eager
+_compiled = None  # the compiled kernel, once built (False: compiling failed here)
+
+
+def use_compiled_kernel(enabled: bool = True) -> bool:
+    """Switch the per-chunk math to its compiled form (True if available; else stays eager)."""
+    global _kernel, _compiled
+    if enabled and _compiled is None:
+        try:
+            _compiled = torch.compile(_chunk_functional, dynamic=None)
+            z, safe, valid = torch.randn(4, 8), torch.tensor([0, 1, 2, 3]), torch.ones(4)
+            _compiled(z, safe, valid, 0.0, True)  # compile now, so a missing compiler shows here
+        except Exception:  # noqa: BLE001 - no compiler, unsupported platform, ...: stay eager
+            _compiled = False
+    _kernel = _compiled if enabled and _compiled else _chunk_eager
+    return _kernel is not _chunk_eager
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, softcap: float):
-        dtype = _compute_dtype(h.device.type, h.dtype)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
         hc, wc = h.to(dtype), weight.to(dtype)
-        valid = targets != -100
+        valid = (targets != -100).float()
         safe = targets.clamp(min=0)
         count = valid.sum().clamp(min=1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -37,24 +96,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
         for start in range(0, h.shape[0], rows):
             end = start + rows
-            z = (hc[start:end] @ wc.t()).float()
-            if softcap:
-                t = torch.tanh(z / softcap)
-                z = softcap * t
-            v = valid[start:end]
-            target_logit = z.gather(1, safe[start:end, None]).squeeze(1)
-            # One exp pass, in place: z -> exp(z - max); its row sums give both lse and softmax.
-            peak = z.amax(dim=-1, keepdim=True)
-            e = z.sub_(peak).exp_()
-            sums = e.sum(dim=-1, keepdim=True)
-            lse = (peak + sums.log()).squeeze(1)
-            total += ((lse - target_logit) * v).sum()
-            if need_h or need_w:
-                g = e.div_(sums)  # softmax
-                g[torch.arange(g.shape[0], device=g.device), safe[start:end]] -= 1.0
-                g *= v[:, None]
-                if softcap:
-                    g *= 1 - t * t
+            loss, g = _kernel(hc[start:end] @ wc.t(), safe[start:end], valid[start:end], softcap,
+                              need_h or need_w)
+            total += loss
+            if g is not None:
                 g = g.to(dtype)
                 if need_h:
                     grad_h[start:end] = g @ wc
@@ -72,6 +117,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None
 
 
+@torch.compiler.disable  # a whole-model torch.compile runs this as is; its inner kernel is compiled apart
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          softcap: float = 0.0) -> torch.Tensor:
     """mean CE of softmax(softcap(h @ weight.T)) against targets; h (N, C), weight (V, C), targets (N,)."""

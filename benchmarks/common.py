@@ -1,0 +1,41 @@
+"""Shared set-up for the benchmarks: synthetic token shards and the shared GPT-2 tokenizer cache."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+if (SHARED / "gpt2" / "tiktoken-cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "gpt2" / "tiktoken-cache"))
+
+
+def synthetic_data_dir(out: Path, train_tokens: int, val_tokens: int = 1 << 16, shard_tokens: int = 50_000_000,
+                       seed: int = 0) -> Path:
+    """A data dir of uniformly random GPT-2 token ids: throughput does not depend on what the tokens say."""
+    from baseforge.data.shards import write_manifest, write_shard
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, total in (("train", train_tokens), ("val", val_tokens)):
+        shards, left, k = [], total, 0
+        while left > 0:
+            n = min(left, shard_tokens)
+            name = f"{split}_{k:06d}.bin"
+            write_shard(out / name, rng.integers(0, 50257, n, dtype=np.uint16), 50257)
+            shards.append({"file": name, "tokens": n})
+            left, k = left - n, k + 1
+        splits[split] = {"documents": 0, "tokens": total, "shards": shards}
+    write_manifest(out, {"tokenizer": {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}, "pack": "concat",
+                         "context": None, "sources": ["synthetic"], "documents": 0,
+                         "tokens": train_tokens + val_tokens, "splits": splits})
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
