@@ -40,8 +40,6 @@ def make_trainer(data: Path, run: Path, overrides: list[str]):
 
 
 def throughput(args) -> dict:
-    from baseforge.model.loss import use_compiled_kernel
-
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic_data_dir(Path(tmp) / "data", 4_000_000)
         trainers = {}
@@ -52,16 +50,12 @@ def throughput(args) -> dict:
             print(f"{name}: set up in {time.perf_counter() - t0:.1f}s"
                   + (" (compiled)" if "compile" in name and compiled else
                      " (compile fell back to eager)" if "compile" in name else ""), flush=True)
-            use_compiled_kernel("compile" in name)
             for _ in range(args.warmup):
                 trainers[name].train_step()
                 trainers[name].step += 1
         times = {name: [] for name in trainers}
-        from baseforge.model.loss import use_compiled_kernel
-
         for r in range(args.rounds):
             for name, trainer in trainers.items():
-                use_compiled_kernel("compile" in name)  # a process-wide switch: set it per variant
                 for _ in range(args.steps):
                     t0 = time.perf_counter()
                     trainer.train_step()

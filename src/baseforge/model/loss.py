@@ -8,10 +8,9 @@ last operation, so d loss / d logits = softmax - onehot is known in the forward 
 only scales the stored gradients. The same matmuls run, in the autocast dtype, but the big tensor
 is gone. Targets equal to -100 carry no loss; the loss is the mean over the others.
 
-The per-chunk softmax math has two implementations of the same formula: an eager one that works
-in place (fewest passes over memory without a compiler), and a functional one that
-`torch.compile` fuses into a couple of loops (about 5x faster on a CPU); `use_compiled_kernel()`
-switches to the latter when a run asks for compilation. Tests check both against F.cross_entropy.
+The per-chunk softmax works in place, in as few passes over memory as eager PyTorch allows.
+(A torch.compile'd version of it measured no faster inside a real training step on this CPU:
+benchmarks/results/train-throughput.md.)
 """
 
 from __future__ import annotations
@@ -43,44 +42,6 @@ def _chunk_eager(z, safe, valid, softcap: float, need_grad: bool):
     return loss, g
 
 
-def _chunk_functional(z, safe, valid, softcap: float, need_grad: bool):
-    """The same formula as _chunk_eager, written for torch.compile to fuse."""
-    zf = z.float()
-    if softcap:
-        t = torch.tanh(zf / softcap)
-        zf = softcap * t
-    peak = zf.amax(dim=-1, keepdim=True)
-    e = (zf - peak).exp()
-    sums = e.sum(dim=-1, keepdim=True)
-    lse = (peak + sums.log()).squeeze(1)
-    loss = ((lse - zf.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
-    if not need_grad:
-        return loss, None
-    onehot = torch.arange(z.shape[1], device=z.device)[None, :] == safe[:, None]
-    g = (e / sums - onehot.float()) * valid[:, None]
-    if softcap:
-        g = g * (1 - t * t)
-    return loss, g
-
-
-_kernel = _chunk_eager
-_compiled = None  # the compiled kernel, once built (False: compiling failed here)
-
-
-def use_compiled_kernel(enabled: bool = True) -> bool:
-    """Switch the per-chunk math to its compiled form (True if available; else stays eager)."""
-    global _kernel, _compiled
-    if enabled and _compiled is None:
-        try:
-            _compiled = torch.compile(_chunk_functional, dynamic=None)
-            z, safe, valid = torch.randn(4, 8), torch.tensor([0, 1, 2, 3]), torch.ones(4)
-            _compiled(z, safe, valid, 0.0, True)  # compile now, so a missing compiler shows here
-        except Exception:  # noqa: BLE001 - no compiler, unsupported platform, ...: stay eager
-            _compiled = False
-    _kernel = _compiled if enabled and _compiled else _chunk_eager
-    return _kernel is not _chunk_eager
-
-
 class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, softcap: float):
@@ -96,7 +57,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
         for start in range(0, h.shape[0], rows):
             end = start + rows
-            loss, g = _kernel(hc[start:end] @ wc.t(), safe[start:end], valid[start:end], softcap,
+            loss, g = _chunk_eager(hc[start:end] @ wc.t(), safe[start:end], valid[start:end], softcap,
                               need_h or need_w)
             total += loss
             if g is not None:
@@ -117,7 +78,6 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None
 
 
-@torch.compiler.disable  # a whole-model torch.compile runs this as is; its inner kernel is compiled apart
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          softcap: float = 0.0) -> torch.Tensor:
     """mean CE of softmax(softcap(h @ weight.T)) against targets; h (N, C), weight (V, C), targets (N,)."""

@@ -174,9 +174,6 @@ class Trainer:
     def _maybe_compile(self, model):
         if not self.cfg.compile:
             return model
-        from baseforge.model.loss import use_compiled_kernel
-
-        use_compiled_kernel(True)  # the fused loss's softmax math, compiled on its own
         try:
             compiled = torch.compile(model)
             x, y = self.data.micro_batch(0, 0, 0, 1, 1, 1)
