@@ -117,7 +117,7 @@ TRAIN_PRESETS: dict[str, dict] = {
     "gpt2-medium": dict(_WRITEUP, lr=3e-4),
     "gpt2-large": dict(_WRITEUP, lr=2.5e-4),
     "gpt2-xl": dict(_WRITEUP, lr=2e-4),
-    "cpu-tiny": dict(_CPU, max_steps=300),
+    "cpu-tiny": dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
     "cpu-small": dict(_CPU, max_steps=600, lr=1.5e-3),
 }
 PRESETS = [name for name in MODEL_PRESETS if name in TRAIN_PRESETS]

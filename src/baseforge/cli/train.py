@@ -8,7 +8,7 @@ from pathlib import Path
 
 DEMO_DATA = Path("data/builtin")
 DEMO_RUN = Path("runs/demo")
-DEMO_PRESET = "cpu-small"
+DEMO_PRESET = "cpu-tiny"
 DEMO_TOKENIZER = "bpe:4096"
 
 EPILOG = f"""\
@@ -64,7 +64,7 @@ def run(args) -> int:
         from baseforge.data.prepare import prepare
 
         print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
-        prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER)
+        prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
     if args.resume:
         saved = out / "config.json"
         if not saved.is_file():

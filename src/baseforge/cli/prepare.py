@@ -1,0 +1,88 @@
+"""`baseforge prepare`: tokenize text into a data dir of token shards."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+SOURCE is one or more of:
+  builtin                 the running Python's standard library source (~12 MB, no download)
+  FILE.txt                one document per file
+  FILE.jsonl[.gz]         one document per line (its "text" field)
+  FILE.parquet            one document per row (its "text" column)
+  DIR                     every such file in DIR, recursively, in sorted order
+  fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu) from the Hub (--sample sample-10BT by default)
+  hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
+
+examples:
+  baseforge prepare builtin --out data/builtin --tokenizer bpe:4096
+  baseforge prepare corpus/ --out data/mine --tokenizer gpt2 --val-fraction 0.01
+  baseforge prepare fineweb --out data/fineweb --tokenizer gpt2 --budget gpt2-small-seed
+  baseforge prepare fineweb --local /mirror/fineweb --out data/fineweb --max-tokens 1e9
+  baseforge prepare fineweb --out data/fw-test --test-start 0 --test-tokens 10e6
+
+The data dir holds shards (train_000000.bin, val_000000.bin, ...) and manifest.json; see
+`baseforge data info DIR`. An interrupted prepare resumes from its last complete shard when run
+again with the same arguments. GPT-2's BPE comes from tiktoken (downloaded once, or offline from
+TIKTOKEN_CACHE_DIR or BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
+"""
+
+
+def _count(text: str) -> int:
+    value = float(text)
+    if value < 0 or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text} is not a whole non-negative number")
+    return int(value)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prepare", help="tokenize text sources into token shards",
+                       description="Tokenize text into a data dir of token shards + manifest.json.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--out", type=Path, required=True, help="data dir to write")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (tiktoken) or bpe:N (trained here)")
+    p.add_argument("--pack", choices=["concat", "crop"], default="concat",
+                   help="concat: documents joined by end-of-text; crop: also cut each to --context tokens")
+    p.add_argument("--context", type=int, help="context length, for --pack crop")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
+    p.add_argument("--test-start", type=_count, default=0, help="first held-out token of the fixed test slice")
+    p.add_argument("--test-tokens", type=_count, default=0, help="length of the fixed test slice (0 = none)")
+    p.add_argument("--max-tokens", type=_count, help="stop after this many tokens in all")
+    p.add_argument("--budget", metavar="PRESET",
+                   help="prepare 20 tokens per parameter of a model preset (its tokens_per_param), plus held-out")
+    p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
+    p.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard (default 1e8)")
+    p.add_argument("--local", help="read a Hub source from this local copy laid out like the repo")
+    p.add_argument("--sample", help="Hub sample/config folder, e.g. sample-10BT (default), sample-100BT")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data dir")
+    p.set_defaults(run=run)
+
+
+def budget_tokens(preset: str) -> int:
+    """Training tokens of a preset's default budget (tokens_per_param x parameters)."""
+    import torch
+
+    from baseforge.config import resolve_config
+    from baseforge.model import GPT
+
+    config = resolve_config(preset)
+    with torch.device("meta"):
+        n = GPT(config.model_config(50257)).num_params()
+    return int(config.train.tokens_per_param * n)
+
+
+def run(args) -> int:
+    from baseforge.data.prepare import prepare
+
+    max_train = budget_tokens(args.budget) if args.budget else None
+    if max_train:
+        print(f"budget: {max_train:,} training tokens for {args.budget}")
+    prepare(args.sources, args.out, args.tokenizer, pack=args.pack, context=args.context,
+            val_fraction=args.val_fraction, test_start=args.test_start, test_tokens=args.test_tokens,
+            max_tokens=args.max_tokens, max_train_tokens=max_train, workers=args.workers,
+            shard_tokens=args.shard_tokens, local=args.local, sample=args.sample, text_column=args.text_column,
+            overwrite=args.overwrite)
+    return 0

@@ -1,0 +1,309 @@
+"""`prepare`: documents -> token ids (in worker processes) -> packed, split, fixed-size shards.
+
+Streaming: documents are read lazily, tokenized in batches by a process pool whose results come
+back in order (`imap`), and written shard by shard, so memory stays flat however large the corpus
+and the output is byte-identical for any number of workers.
+
+Splits: document i is held out when floor((i+1)*f) > floor(i*f) for f = val_fraction (exactly a
+fraction f of the documents, spread evenly). Held-out tokens go to `val`, except the optional fixed
+`test` slice, tokens [test_start, test_start + test_tokens) of the held-out stream.
+
+Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
+`crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
+that drops. Whenever a train shard is full, the held-out buffers are flushed too and a progress
+record is saved, so an interrupted prepare resumes from its last complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from baseforge.data.shards import MANIFEST, token_dtype, write_manifest, write_shard
+from baseforge.data.sources import open_source
+from baseforge.errors import UserError
+from baseforge.fileio import atomic_write_json
+from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
+
+PROGRESS = ".prepare-progress.json"
+PENDING = ".prepare-pending.npy"
+DOCS_PER_TASK = 64  # documents per worker task: big enough to amortise IPC, small enough to stream
+BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
+
+
+def held_out(i: int, fraction: float) -> bool:
+    return int((i + 1) * fraction) > int(i * fraction)
+
+
+# --- worker side ------------------------------------------------------------------------------------
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(record: dict, directory: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(record, Path(directory))
+
+
+def _encode(docs: list[str]) -> list[list[int]]:
+    return _worker_tokenizer.encode_batch(docs)
+
+
+# --- the pipeline -------------------------------------------------------------------------------------
+def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
+    kind, size = parse_spec(spec)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    tok = TrainedBPETokenizer.train(train_texts, size)
+    tok.save(out_dir)
+    return tok
+
+
+def _bpe_sample(sources, val_fraction):
+    chars = 0
+    for i, doc in enumerate(_documents(sources)):
+        if not held_out(i, val_fraction):
+            yield doc
+            chars += len(doc)
+            if chars >= BPE_SAMPLE_CHARS:
+                return
+
+
+def _documents(sources):
+    for source in sources:
+        yield from source.documents()
+
+
+class SplitWriter:
+    """Accumulates one split's tokens and writes them as numbered shards."""
+
+    def __init__(self, out_dir: Path, split: str, vocab_size: int, state: dict | None = None):
+        self.out_dir, self.split, self.vocab_size = out_dir, split, vocab_size
+        state = state or {}
+        self.shards = state.get("shards", [])
+        self.documents = state.get("documents", 0)
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        self.buffer.append(ids)
+        self.buffered += len(ids)
+
+    def flush(self, limit: int | None = None) -> np.ndarray | None:
+        """Write up to `limit` buffered tokens (all if None) as one shard; keep the rest buffered."""
+        if not self.buffered:
+            return None
+        tokens = np.concatenate(self.buffer)
+        take = tokens if limit is None else tokens[:limit]
+        name = f"{self.split}_{len(self.shards):06d}.bin"
+        write_shard(self.out_dir / name, take, self.vocab_size)
+        self.shards.append({"file": name, "tokens": int(len(take))})
+        rest = tokens[len(take):]
+        self.buffer, self.buffered = ([rest], len(rest)) if len(rest) else ([], 0)
+        return rest
+
+    @property
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards)
+
+    def state(self) -> dict:
+        return {"shards": self.shards, "documents": self.documents}
+
+    def entry(self) -> dict:
+        return {"documents": self.documents, "tokens": self.tokens, "shards": self.shards}
+
+
+def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, pack: str = "concat",
+            context: int | None = None, val_fraction: float = 0.01, test_start: int = 0, test_tokens: int = 0,
+            max_tokens: int | None = None, max_train_tokens: int | None = None, workers: int | None = None,
+            shard_tokens: int = 100_000_000, local: str | None = None, sample: str | None = None,
+            text_column: str = "text", overwrite: bool = False, log=print) -> dict:
+    """Tokenize `sources` into a data dir; returns its manifest (see shards.py for the format)."""
+    out = Path(out_dir)
+    if not sources:
+        raise UserError("no SOURCE given")
+    if pack not in ("concat", "crop"):
+        raise UserError(f"--pack must be 'concat' or 'crop', not {pack!r}")
+    if pack == "crop" and not context:
+        raise UserError("--pack crop needs --context N (the length documents are cropped to)")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), not {val_fraction}")
+    if shard_tokens < 1:
+        raise UserError("--shard-tokens must be positive")
+    parse_spec(tokenizer)
+    args = dict(sources=list(sources), tokenizer=tokenizer, pack=pack, context=context, val_fraction=val_fraction,
+                test_start=test_start, test_tokens=test_tokens, max_tokens=max_tokens,
+                max_train_tokens=max_train_tokens, shard_tokens=shard_tokens, sample=sample, text_column=text_column)
+    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+    if (out / MANIFEST).exists():
+        existing = json.loads((out / MANIFEST).read_text())
+        if existing.get("args_key") == key and not overwrite:
+            log(f"{out} is already prepared with these arguments")
+            return existing
+        if not overwrite:
+            raise UserError(f"{out} already holds prepared data (made with other arguments); "
+                            "use --overwrite to replace it, or choose another --out")
+        (out / MANIFEST).unlink()  # the dir is no longer a valid data dir until the new manifest lands
+    progress = _read_progress(out, key) if not overwrite else None
+    out.mkdir(parents=True, exist_ok=True)
+    opened = [open_source(s, local=local, sample=sample, text_column=text_column) for s in sources]
+
+    if progress and parse_spec(tokenizer)[0] == "bpe":
+        tok = load_tokenizer(progress["tokenizer"], out)
+    else:
+        tok = make_tokenizer(tokenizer, out, _bpe_sample(opened, val_fraction))
+    writers = {s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
+               for s in ("train", "val", "test")}
+    counts = (progress or {}).get("counts", {"documents": 0, "tokens": 0, "held_out_tokens": 0,
+                                             "cropped_documents": 0, "cropped_tokens": 0})
+    start_doc = counts["documents"]
+    if progress:
+        pending = np.load(out / PENDING)
+        if len(pending):
+            writers["train"].add(pending)
+        log(f"resuming: {start_doc} documents and {counts['tokens']} tokens already done")
+
+    workers = max(1, workers or os.cpu_count() or 1)
+    docs = islice(_documents(opened), start_doc, None)
+    tasks = iter(lambda: list(islice(docs, DOCS_PER_TASK)), [])
+    pool = None
+    if workers > 1:
+        ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.record(), str(out)))
+        results = pool.imap(_encode, tasks, chunksize=1)
+    else:
+        results = (tok.encode_batch(batch) for batch in tasks)
+    eot, dtype = tok.eot_id, token_dtype(tok.vocab_size)
+    meter = _Meter(log, max_tokens or max_train_tokens)
+    done = False
+    try:
+        for batch in results:
+            for ids in batch:
+                i = counts["documents"]
+                doc = np.asarray(ids + [eot], dtype=dtype)
+                if pack == "crop" and len(doc) > context:
+                    counts["cropped_documents"] += 1
+                    counts["cropped_tokens"] += len(doc) - context
+                    doc = doc[:context]
+                counts["documents"] += 1
+                counts["tokens"] += len(doc)
+                if held_out(i, val_fraction):
+                    _route_held_out(doc, counts, writers, test_start, test_tokens)
+                else:
+                    writers["train"].add(doc)
+                    writers["train"].documents += 1
+                if writers["train"].buffered >= shard_tokens:
+                    _checkpoint(out, key, tok, writers, counts, shard_tokens)
+                if (max_tokens and counts["tokens"] >= max_tokens) or \
+                        (max_train_tokens and writers["train"].tokens + writers["train"].buffered >= max_train_tokens):
+                    done = True
+                    break
+            meter.update(counts["documents"], counts["tokens"])
+            if done:
+                break
+    finally:
+        if pool is not None:
+            pool.terminate()
+    if counts["documents"] == 0:
+        raise UserError(f"the input is empty: no documents in {', '.join(sources)}")
+    while writers["train"].buffered:
+        writers["train"].flush(shard_tokens)
+    for split in ("val", "test"):
+        writers[split].flush()
+    splits = {s: w.entry() for s, w in writers.items() if w.shards}
+    if "train" not in splits:
+        raise UserError("no training tokens: the input is too small for the validation fraction")
+    manifest = {"tokenizer": tok.record(), "pack": pack, "context": context, "sources": list(sources),
+                "documents": counts["documents"], "tokens": counts["tokens"], "splits": splits,
+                "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
+                "args_key": key, "args": args}
+    write_manifest(out, manifest)
+    for stale in (PROGRESS, PENDING):
+        (out / stale).unlink(missing_ok=True)
+    _remove_stale_shards(out, splits)
+    meter.finish(counts, splits, pack)
+    return {"format": "baseforge-tokens", **manifest}
+
+
+def _route_held_out(doc, counts, writers, test_start, test_tokens) -> None:
+    """Held-out tokens [test_start, test_start + test_tokens) go to test, the rest to val."""
+    pos = counts["held_out_tokens"]
+    counts["held_out_tokens"] += len(doc)
+    lo, hi = test_start, test_start + test_tokens
+    a, b = max(pos, lo), min(pos + len(doc), hi)
+    if test_tokens and a < b:
+        if a > pos:
+            writers["val"].add(doc[:a - pos])
+        writers["test"].add(doc[a - pos:b - pos])
+        writers["test"].documents += 1
+        if b < pos + len(doc):
+            writers["val"].add(doc[b - pos:])
+    else:
+        writers["val"].add(doc)
+        writers["val"].documents += 1
+
+
+def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> None:
+    """Write a full train shard, flush the held-out buffers, record progress (for resume)."""
+    rest = writers["train"].flush(shard_tokens)
+    for split in ("val", "test"):
+        writers[split].flush()
+    from baseforge.fileio import atomic_path
+
+    with atomic_path(out / PENDING) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, rest if rest is not None else np.zeros(0, dtype=token_dtype(tok.vocab_size)))
+    atomic_write_json(out / PROGRESS, {"args_key": key, "tokenizer": tok.record(), "counts": counts,
+                                       "splits": {s: w.state() for s, w in writers.items()}})
+
+
+def _read_progress(out: Path, key: str) -> dict | None:
+    try:
+        progress = json.loads((out / PROGRESS).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if progress.get("args_key") != key or not (out / PENDING).is_file():
+        return None  # another prepare's leftovers: start over
+    return progress
+
+
+def _remove_stale_shards(out: Path, splits: dict) -> None:
+    keep = {s["file"] for entry in splits.values() for s in entry["shards"]}
+    for path in out.glob("*_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
+        if path.name not in keep:
+            path.unlink()
+
+
+class _Meter:
+    """Progress on stderr: documents, tokens, rate and (when the total is known) ETA."""
+
+    def __init__(self, log, total_tokens: int | None, every_s: float = 5.0):
+        self.log, self.total, self.every = log, total_tokens, every_s
+        self.start = self.last = time.monotonic()
+
+    def update(self, docs: int, tokens: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = tokens / max(now - self.start, 1e-9)
+        eta = f", eta {(self.total - tokens) / rate / 60:.1f} min" if self.total and rate else ""
+        print(f"prepare: {docs:,} documents, {tokens:,} tokens, {rate / 1e3:.0f}k tokens/s{eta}",
+              file=sys.stderr, flush=True)
+
+    def finish(self, counts, splits, pack) -> None:
+        seconds = time.monotonic() - self.start
+        sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
+        self.log(f"prepared {counts['documents']:,} documents, {counts['tokens']:,} tokens ({sizes}) "
+                 f"in {seconds:.1f}s ({counts['tokens'] / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)")
+        if pack == "crop":
+            total = counts["tokens"] + counts["cropped_tokens"]
+            self.log(f"crop dropped {counts['cropped_tokens']:,} tokens ({100 * counts['cropped_tokens'] / max(total, 1):.1f}%) "
+                     f"from {counts['cropped_documents']:,} documents longer than the context")
