@@ -124,3 +124,14 @@ def test_token_budget_default_is_20_tokens_per_parameter():
     cfg = resolve_config("gpt2-small-seed").train
     steps = total_steps(cfg, 163_009_536, 32 * 1024)
     assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
+
+
+def test_shipped_recipes_resolve():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        config = resolve_config(None, path)
+        assert config.preset in TRAIN_PRESETS, path
+        config.model_config()

@@ -34,7 +34,7 @@ from baseforge.fileio import atomic_write_json
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
 PROGRESS = ".prepare-progress.json"
-PENDING = ".prepare-pending.npy"
+PENDING = ".prepare-pending-{}.npy"  # train tokens past the last full shard; numbered by that shard
 DOCS_PER_TASK = 64  # documents per worker task: big enough to amortise IPC, small enough to stream
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
 
@@ -52,8 +52,21 @@ def _init_worker(record: dict, directory: str) -> None:
     _worker_tokenizer = load_tokenizer(record, Path(directory))
 
 
-def _encode(docs: list[str]) -> list[list[int]]:
-    return _worker_tokenizer.encode_batch(docs)
+def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All documents' ids, each followed by end-of-text, as one array, plus each document's length.
+
+    One numpy array crosses the process boundary instead of lists of Python ints: pickling those
+    cost the parent more than tokenizing cost a worker.
+    """
+    ids = tok.encode_batch(docs)
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter((t for x in ids for t in (*x, tok.eot_id)), dtype=token_dtype(tok.vocab_size),
+                       count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return encode_documents(_worker_tokenizer, docs)
 
 
 # --- the pipeline -------------------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
                                              "cropped_documents": 0, "cropped_tokens": 0})
     start_doc = counts["documents"]
     if progress:
-        pending = np.load(out / PENDING)
+        pending = np.load(out / progress["pending"])
         if len(pending):
             writers["train"].add(pending)
         log(f"resuming: {start_doc} documents and {counts['tokens']} tokens already done")
@@ -179,15 +192,13 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.record(), str(out)))
         results = pool.imap(_encode, tasks, chunksize=1)
     else:
-        results = (tok.encode_batch(batch) for batch in tasks)
-    eot, dtype = tok.eot_id, token_dtype(tok.vocab_size)
+        results = (encode_documents(tok, batch) for batch in tasks)
     meter = _Meter(log, max_tokens or max_train_tokens)
     done = False
     try:
-        for batch in results:
-            for ids in batch:
+        for flat, lengths in results:
+            for doc in np.split(flat, np.cumsum(lengths)[:-1]):
                 i = counts["documents"]
-                doc = np.asarray(ids + [eot], dtype=dtype)
                 if pack == "crop" and len(doc) > context:
                     counts["cropped_documents"] += 1
                     counts["cropped_tokens"] += len(doc) - context
@@ -225,8 +236,8 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
                 "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
                 "args_key": key, "args": args}
     write_manifest(out, manifest)
-    for stale in (PROGRESS, PENDING):
-        (out / stale).unlink(missing_ok=True)
+    for stale in [out / PROGRESS, *out.glob(PENDING.format("*"))]:
+        stale.unlink(missing_ok=True)
     _remove_stale_shards(out, splits)
     meter.finish(counts, splits, pack)
     return {"format": "baseforge-tokens", **manifest}
@@ -257,11 +268,17 @@ def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> None:
         writers[split].flush()
     from baseforge.fileio import atomic_path
 
-    with atomic_path(out / PENDING) as tmp:
+    # The pending file is named after the shard count and written first, so a kill between the two
+    # writes leaves the previous progress record pointing at the previous (intact) pending file.
+    pending = PENDING.format(len(writers["train"].shards))
+    with atomic_path(out / pending) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, rest if rest is not None else np.zeros(0, dtype=token_dtype(tok.vocab_size)))
     atomic_write_json(out / PROGRESS, {"args_key": key, "tokenizer": tok.record(), "counts": counts,
-                                       "splits": {s: w.state() for s, w in writers.items()}})
+                                       "pending": pending, "splits": {s: w.state() for s, w in writers.items()}})
+    for old in out.glob(PENDING.format("*")):
+        if old.name != pending:
+            old.unlink()
 
 
 def _read_progress(out: Path, key: str) -> dict | None:
@@ -269,7 +286,7 @@ def _read_progress(out: Path, key: str) -> dict | None:
         progress = json.loads((out / PROGRESS).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if progress.get("args_key") != key or not (out / PENDING).is_file():
+    if progress.get("args_key") != key or not (out / progress.get("pending", "-")).is_file():
         return None  # another prepare's leftovers: start over
     return progress
 
@@ -279,6 +296,8 @@ def _remove_stale_shards(out: Path, splits: dict) -> None:
     for path in out.glob("*_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
         if path.name not in keep:
             path.unlink()
+    for tmp in out.glob(".*.tmp"):  # half-written files of a killed run (see fileio.atomic_path)
+        tmp.unlink()
 
 
 class _Meter:
