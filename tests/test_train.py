@@ -126,3 +126,19 @@ def test_resume_refuses_other_tokenizer(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=2", "checkpoint_every=2")
     assert_clean_error(baseforge("train", "--data", other, "--out", run, "--resume"), "tokenizer")
+
+
+def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakespeare_dir, tmp_path, capsys):
+    # On a CPU nothing runs out of memory, so the search ends at the whole per-process batch; the
+    # steps it tried must not change the run (the model and RNG are restored afterwards).
+    logs = []
+    config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=auto", "global_batch=8", "max_steps=3",
+                                               "checkpoint_every=3"])
+    auto = Trainer(config, shakespeare_dir, tmp_path / "auto", log=logs.append)
+    assert (auto.micro_batch, auto.grad_accum) == (8, 1)
+    assert any("micro_batch auto: 8 fits; gradient accumulation 1" in line for line in logs)
+    auto.run()
+    fixed = run_in_process(shakespeare_dir, tmp_path / "fixed", "micro_batch=8", "global_batch=8", "max_steps=3",
+                           "checkpoint_every=3")
+    assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [r["loss"] for r in read_metrics(tmp_path / "fixed")]
+    assert fixed.micro_batch == 8
