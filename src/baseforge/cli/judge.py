@@ -1,0 +1,79 @@
+"""`baseforge judge`: score instruction-test answers with an LLM judge, all models side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  # OpenAI (or any OpenAI-compatible server): the key comes from $OPENAI_API_KEY
+  baseforge judge runs/seed-ift/answers.jsonl runs/gpt2-ift/answers.jsonl --judge gpt-4.1
+  # a local Ollama
+  baseforge judge answers-*.jsonl --backend ollama --judge llama3.1:70b
+  # any other OpenAI-compatible endpoint (vLLM, llama.cpp server, ...)
+  baseforge judge a.jsonl b.jsonl --judge my-model --base-url http://127.0.0.1:8000/v1 --api-key-env NONE
+
+Each item's answers from every model go into one prompt in a seeded shuffled order; the judge
+returns scores 0-100. Replies are cached (--cache, default judge-cache.jsonl beside the first
+answers file): a rerun sends no request it has already paid for, and an interrupted run resumes.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("judge", help="score answers with an LLM judge (OpenAI-compatible or Ollama)",
+                       description="Score instruction-test answers with an LLM judge.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("answers", nargs="+", type=Path, metavar="ANSWERS.jsonl")
+    p.add_argument("--judge", required=True, metavar="MODEL", help="the judge model's name")
+    p.add_argument("--backend", choices=["openai", "ollama"], default="openai")
+    p.add_argument("--base-url", help="default: https://api.openai.com/v1 or http://localhost:11434")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (NONE: send no key)")
+    p.add_argument("--cache", type=Path, help="cache file (JSON lines)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-item answer order")
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--out", type=Path, help="write per-item scores here (JSON lines)")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some items failed")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from baseforge.errors import UserError
+    from baseforge.eval.judge import Backend, Cache, judge, load_answers, summarize
+    from baseforge.fileio import atomic_write_text
+
+    items = load_answers(args.answers)
+    key = None
+    if args.backend == "openai" and args.api_key_env != "NONE":
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise UserError(f"no API key: set ${args.api_key_env} (or --api-key-env NONE for a server without keys)")
+    base = args.base_url or ("https://api.openai.com/v1" if args.backend == "openai" else "http://localhost:11434")
+    backend = Backend(args.backend, args.judge, base, key, args.timeout)
+    cache = Cache(args.cache or args.answers[0].parent / "judge-cache.jsonl")
+    result = judge(items, backend, cache, seed=args.seed, retries=args.retries, backoff_s=args.backoff,
+                   log=lambda m: print(m, file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n"))
+    rows = summarize(result)
+    if args.out:
+        atomic_write_text(args.out, "".join(json.dumps({"id": i, "scores": s}) + "\n"
+                                            for i, s in sorted(result.scores.items())))
+    if args.json:
+        print(json.dumps({"models": rows, "failed": result.failed, "requests": result.requests}, indent=2))
+    else:
+        print(f"\n{'model':<28}{'mean':>8}{'95% CI':>18}{'n':>6}")
+        for r in rows:
+            print(f"{r['model']:<28}{r['mean']:>8.2f}   [{r['low']:6.2f}, {r['high']:6.2f}]{r['n']:>6}")
+        print(f"{len(result.scores)} items judged, {result.requests} requests sent")
+    if result.failed:
+        ids = ", ".join(sorted(result.failed))
+        print(f"{len(result.failed)} item(s) failed after {args.retries} retries and are left out: {ids}",
+              file=sys.stderr)
+        return 0 if args.allow_failures else 1
+    return 0

@@ -1,0 +1,251 @@
+"""The LLM judge of the instruction-following test: every model's answer to one question, in one prompt.
+
+Answers files (written by `baseforge answer`) hold one JSON object per line:
+
+    {"id": "test-0007", "model": "seed-163m", "instruction": "...", "input": "...",
+     "reference": "<the dataset's output>", "answer": "<the model's response>"}
+
+For each item id, the answers of all models go into ONE prompt, labelled A, B, C, ... in an order
+shuffled by (seed, id), and the judge returns a JSON object of integer scores 0-100 per label.
+Scoring side by side keeps every model on the same scale (the write-up's final form).
+
+Backends: OpenAI-compatible chat completions (`POST {base}/chat/completions`, bearer key from an
+environment variable) and Ollama (`POST {base}/api/chat`). Rate limits (429, honouring
+Retry-After), server errors, timeouts, refused connections and malformed replies are retried with
+exponential backoff and jitter. Every judged item is appended to a cache (JSON lines, keyed by a
+hash of backend, judge model and prompt), so a rerun never pays twice and an interrupted run
+resumes. Items that still fail are reported by id and left out of the means, never dropped silently.
+
+The table gives each model's mean score with a 95% t-interval (mean ± t(0.975, n-1) · s / √n).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import string
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baseforge.errors import UserError
+
+FIELDS = ("id", "model", "instruction", "input", "reference", "answer")
+PROMPT = """You are grading answers to an instruction against a reference answer.
+
+### Instruction:
+{instruction}
+{input_block}
+### Reference answer:
+{reference}
+
+### Answers to grade:
+{answers}
+
+Score every answer from 0 to 100 for correctness and helpfulness against the reference (100 = as good
+as the reference). Reply with only a JSON object mapping each label to an integer score, for example
+{example}"""
+
+
+# --- answers --------------------------------------------------------------------------------------
+def load_answers(paths: list[Path]) -> dict[str, dict]:
+    """{item id: {"instruction", "input", "reference", "answers": {model: answer}}} from answers files."""
+    items: dict[str, dict] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"answers file {path} not found")
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{lineno}: not valid JSON") from None
+            missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+            if missing:
+                raise UserError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")
+            item = items.setdefault(row["id"], {"instruction": row["instruction"], "input": row["input"],
+                                                "reference": row["reference"], "answers": {}})
+            if row["model"] in item["answers"]:
+                raise UserError(f"{path}:{lineno}: model {row['model']!r} answers item {row['id']} twice")
+            item["answers"][row["model"]] = row["answer"]
+    if not items:
+        raise UserError("the answers files hold no answers")
+    return items
+
+
+def build_prompt(item_id: str, item: dict, seed: int) -> tuple[str, dict[str, str]]:
+    """(prompt, {label: model}) with the models in an order shuffled by (seed, item id)."""
+    models = sorted(item["answers"])
+    random.Random(f"{seed}:{item_id}").shuffle(models)
+    labels = dict(zip(string.ascii_uppercase, models))
+    answers = "\n\n".join(f"[{label}]\n{item['answers'][model]}" for label, model in labels.items())
+    example = json.dumps({label: 50 for label in labels})
+    input_block = f"\n### Input:\n{item['input']}\n" if item["input"] else ""
+    return PROMPT.format(instruction=item["instruction"], input_block=input_block, reference=item["reference"],
+                         answers=answers, example=example), labels
+
+
+class Malformed(ValueError):
+    pass
+
+
+def parse_scores(text: str, labels) -> dict[str, int]:
+    """The judge's {label: score}; JSON may sit in a code fence or among other text."""
+    for candidate in re.findall(r"\{[^{}]*\}", text, flags=re.S):
+        try:
+            obj = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and set(labels) <= set(obj):
+            scores = {}
+            for label in labels:
+                value = obj[label]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise Malformed(f"score for {label} is {value!r}, not a number from 0 to 100")
+                scores[label] = int(round(value))
+            return scores
+    raise Malformed(f"no JSON object with scores for {', '.join(labels)} in the reply")
+
+
+# --- backends -------------------------------------------------------------------------------------
+class Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Backend:
+    kind: str  # "openai" or "ollama"
+    model: str
+    base_url: str
+    api_key: str | None = None
+    timeout: float = 60.0
+
+    def request(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self.kind == "openai":
+            url = self.base_url.rstrip("/") + "/chat/completions"
+            body = {"model": self.model, "messages": messages, "temperature": 0}
+        else:
+            url = self.base_url.rstrip("/") + "/api/chat"
+            body = {"model": self.model, "messages": messages, "stream": False, "options": {"temperature": 0}}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                reply = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or exc.code >= 500:
+                retry = exc.headers.get("Retry-After")
+                raise Transient(f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit()
+                                else None) from None
+            raise UserError(f"judge backend answered HTTP {exc.code} at {url}: {exc.read()[:200]!r}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            raise Transient(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Malformed("the reply body is not JSON") from None
+        try:
+            if self.kind == "openai":
+                return reply["choices"][0]["message"]["content"]
+            return reply["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise Malformed("the reply has no message content") from None
+
+
+# --- the judging loop -------------------------------------------------------------------------------
+class Cache:
+    """Append-only JSON lines; a torn last line (a killed run) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def put(self, entry: dict) -> None:
+        self.entries[entry["key"]] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("\n" + json.dumps(entry) + "\n")  # leading newline: never glue onto a torn line
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class Result:
+    scores: dict[str, dict[str, int]] = field(default_factory=dict)  # item id -> {model: score}
+    failed: dict[str, str] = field(default_factory=dict)  # item id -> last error
+    requests: int = 0
+
+
+def judge(items: dict[str, dict], backend: Backend, cache: Cache, *, seed: int = 0, retries: int = 5,
+          backoff_s: float = 1.0, log=None) -> Result:
+    result = Result()
+    for n, (item_id, item) in enumerate(sorted(items.items()), 1):
+        prompt, labels = build_prompt(item_id, item, seed)
+        key = hashlib.sha256(json.dumps([backend.kind, backend.model, prompt]).encode()).hexdigest()
+        entry = cache.entries.get(key)
+        error = None
+        for attempt in range(retries + 1):
+            if entry is not None:
+                break
+            try:
+                result.requests += 1
+                text = backend.request(prompt)
+                entry = {"key": key, "id": item_id, "labels": labels, "scores": parse_scores(text, labels),
+                         "reply": text}
+                cache.put(entry)
+            except (Transient, Malformed) as exc:
+                error = str(exc)
+                if attempt < retries:
+                    wait = getattr(exc, "retry_after", None) or backoff_s * 2 ** attempt
+                    time.sleep(wait * (1 + 0.25 * random.random()))
+        if entry is None:
+            result.failed[item_id] = error or "unknown error"
+        else:
+            result.scores[item_id] = {entry["labels"][label]: score for label, score in entry["scores"].items()}
+        if log:
+            log(f"judged {n}/{len(items)} items ({len(result.failed)} failed, {result.requests} requests)")
+    return result
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5% quantile (exact table for small df, Cornish-Fisher expansion beyond)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if df in table:
+        return table[df]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def summarize(result: Result) -> list[dict]:
+    """Per model: mean, n, 95% CI half-width and bounds; sorted by mean, best first."""
+    per_model: dict[str, list[int]] = defaultdict(list)
+    for scores in result.scores.values():
+        for model, score in scores.items():
+            per_model[model].append(score)
+    rows = []
+    for model, values in per_model.items():
+        n = len(values)
+        mean = sum(values) / n
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+        half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+        rows.append({"model": model, "mean": mean, "n": n, "ci95": half, "low": mean - half, "high": mean + half})
+    return sorted(rows, key=lambda r: -r["mean"])
