@@ -79,7 +79,13 @@ def run(args) -> int:
                             f"continue it with `baseforge train --resume`, or remove it to start over")
         config = resolve_config(args.preset or (DEMO_PRESET if demo else None), args.config, args.overrides)
 
+    import torch
+
     from baseforge.train.loop import Trainer
 
-    result = Trainer(config, data, out, resume=args.resume).run()
+    try:
+        result = Trainer(config, data, out, resume=args.resume).run()
+    except torch.OutOfMemoryError:
+        raise UserError(f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
+                        "micro_batch=auto), the context, or the model size; checkpoints so far are kept") from None
     return 130 if result.get("stopped") else 0
