@@ -33,8 +33,8 @@ def test_grad_accum_matches_one_big_batch(shakespeare_dir, tmp_path):
     a = run_in_process(shakespeare_dir, tmp_path / "a", *common, "micro_batch=2", "global_batch=8")
     b = run_in_process(shakespeare_dir, tmp_path / "b", *common, "micro_batch=8", "global_batch=8")
     assert a.grad_accum == 4 and b.grad_accum == 1
-    la = [r["loss"] for r in read_metrics(tmp_path / "a")]
-    lb = [r["loss"] for r in read_metrics(tmp_path / "b")]
+    la = [r["loss"] for r in read_metrics(tmp_path / "a")][1:]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "b")][1:]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-5)
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
@@ -44,7 +44,9 @@ def test_run_dir_artifacts(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=12", "checkpoint_every=4", "keep_last=2")
     rows = read_metrics(run)
-    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["step"] for r in rows] == list(range(0, 13))
+    assert rows[0]["loss"] is None and rows[0]["val_loss"] > rows[-1]["val_loss"]
+    rows = rows[1:]
     for key in ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "clip_frac", "mem_gb"):
         assert key in rows[0]
     assert [r["step"] for r in rows if "val_loss" in r] == [5, 10, 12]

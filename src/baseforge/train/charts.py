@@ -18,8 +18,9 @@ def write_charts(run_dir: Path | str) -> Path | None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    tokens = [r["tokens"] for r in rows]
     val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    rows = [r for r in rows if r.get("loss") is not None]  # the step-0 row holds only val_loss
+    tokens = [r["tokens"] for r in rows]
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     axes[0].plot(tokens, [r["loss"] for r in rows], label="train", lw=1)
     if val:

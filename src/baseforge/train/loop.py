@@ -248,6 +248,11 @@ class Trainer:
         self.model.train()
         last_ckpt_time = time.monotonic()
         row = self.state["row"]
+        if self.step == 0:  # where validation starts, so the curve shows how far training moved it
+            self.state["initial_val"] = self.evaluate()
+            if main and self.state["initial_val"] is not None:
+                metrics.write({"step": 0, "tokens": 0, "loss": None, "val_loss": self.state["initial_val"]})
+                self.log(f"step 0 | val {self.state['initial_val']:.4f}")
         with StopRequested() as stop:
             while self.step < self.total:
                 t0 = time.perf_counter()
@@ -355,6 +360,7 @@ class Trainer:
         summary = {"steps": self.step, "tokens": self.state["tokens"], "params": self.n_params,
                    "train_seconds": self.state["elapsed_s"],
                    "tokens_per_s": self.state["tokens"] / max(self.state["elapsed_s"], 1e-9),
+                   "initial_val_loss": self.state.get("initial_val"),
                    "final_loss": row.get("loss"), "final_val_loss": row.get("val_loss"),
                    "best_val_loss": self.state["best_val"], "skipped_steps": self.state["skipped"],
                    "clip_frac": self.state["clipped"] / max(self.step, 1), "precision": self.precision.name,

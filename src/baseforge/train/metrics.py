@@ -3,7 +3,8 @@
 `RUN/metrics.jsonl` holds one JSON object per logged step:
 
     step, tokens         optimizer steps done and tokens trained on so far
-    loss                 mean training loss over the steps since the last row
+    loss                 mean training loss over the steps since the last row (null on the step-0
+                         row, which holds only the validation loss before training)
     val_loss             validation loss on the fixed slice (only on rows where it was evaluated)
     lr                   learning rate of the first param group at this step
     grad_norm            global gradient norm before clipping (mean since the last row)
