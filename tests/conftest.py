@@ -16,14 +16,14 @@ if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED}")
     return SHARED
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gpt2_available(shared_data) -> None:
     if not TIKTOKEN_CACHE.is_dir():
         pytest.skip(f"GPT-2 tiktoken cache not found at {TIKTOKEN_CACHE}")

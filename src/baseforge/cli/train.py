@@ -84,7 +84,7 @@ def run(args) -> int:
     from baseforge.train.loop import Trainer
 
     try:
-        result = Trainer(config, data, out, resume=args.resume).run()
+        result = Trainer(config, data, out, resume=args.resume, log=lambda m: print(m, flush=True)).run()
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
                         "micro_batch=auto), the context, or the model size; checkpoints so far are kept") from None

@@ -23,14 +23,15 @@ def sample_folder(sample: str) -> str:
     return sample.strip("/")
 
 
-def _offline_error(spec: str, exc: Exception) -> UserError:
-    return UserError(f"cannot reach the Hugging Face Hub for {spec} ({type(exc).__name__}: {str(exc)[:60]}); "
-                     f"offline, download the "
-                     f"parquet files elsewhere and pass --local DIR (a folder laid out like the repo, "
-                     f"e.g. DIR/sample/10BT/000_00000.parquet)")
+LOCAL_HINT = ("offline, download the parquet files elsewhere and pass --local DIR (a folder laid out like the "
+              "repo, e.g. DIR/sample/10BT/000_00000.parquet)")
 
 
-def _check_reachable(spec: str) -> None:
+def _offline_error(spec: str, exc: Exception, hint: str = LOCAL_HINT) -> UserError:
+    return UserError(f"cannot reach the Hugging Face Hub for {spec} ({type(exc).__name__}: {str(exc)[:60]}); {hint}")
+
+
+def check_reachable(spec: str, hint: str = LOCAL_HINT) -> None:
     """Fail at once when the Hub's host does not resolve (huggingface_hub would retry for ~20 s)."""
     import socket
     from urllib.parse import urlparse
@@ -38,12 +39,12 @@ def _check_reachable(spec: str) -> None:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        raise _offline_error(spec, RuntimeError("HF_HUB_OFFLINE is set"))
+        raise _offline_error(spec, RuntimeError("HF_HUB_OFFLINE is set"), hint)
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.getaddrinfo(host, 443)
     except OSError as exc:
-        raise _offline_error(spec, exc) from None
+        raise _offline_error(spec, exc, hint) from None
 
 
 class LazyFile:
@@ -83,7 +84,7 @@ def hub_files(spec: str, *, local: str | None = None, sample: str | None = None,
         return files[:max_files]
     from huggingface_hub import HfApi
 
-    _check_reachable(spec)
+    check_reachable(spec)
     try:
         names = HfApi().list_repo_files(repo, repo_type="dataset")
     except Exception as exc:  # noqa: BLE001

@@ -23,7 +23,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # In fp32 whatever autocast does (a bf16 input with fp32 weights has no fused kernel).
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight, self.eps).type_as(x)
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:

@@ -174,3 +174,16 @@ def restore_training(ckpt: Path, model, optimizers, scaler, device) -> dict:
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write_json(Path(run_dir) / "config.json", config.to_dict())
+
+
+def write_weights_checkpoint(run_dir: Path, model, config: RunConfig, tokenizer: Tokenizer, state: dict) -> Path:
+    """A checkpoint with weights only (no optimizer state): imported models. Readable by load_model."""
+    root = Path(run_dir) / CHECKPOINTS
+    name = "step_0000000"
+    with atomic_dir(root / name) as tmp:
+        save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": "0"})
+        (tmp / "state.json").write_text(json.dumps({"step": 0, **state, "tokenizer": tokenizer.record()}, indent=2))
+        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        tokenizer.save(tmp)
+    atomic_write_text(root / "latest", name + "\n")
+    return root / name

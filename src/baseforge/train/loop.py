@@ -244,7 +244,7 @@ class Trainer:
             ckpt.write_run_config(self.run_dir, self.config)
             self._announce()
         metrics = MetricsLog(self.run_dir) if main else None
-        progress = Progress(self.total)
+        progress = Progress(self.total, self.log)
         self.model.train()
         last_ckpt_time = time.monotonic()
         row = self.state["row"]

@@ -18,9 +18,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-import time
 from pathlib import Path
 
 from baseforge.fileio import atomic_write_text
@@ -74,9 +71,9 @@ def format_count(n: float) -> str:
 class Progress:
     """One line per logged step: where the run is, how fast, and when it will finish."""
 
-    def __init__(self, total_steps: int, stream=sys.stdout):
+    def __init__(self, total_steps: int, log=print):
         self.total = total_steps
-        self.stream = stream
+        self.log = log
 
     def update(self, row: dict, remaining_steps: int, seconds_per_step: float) -> None:
         parts = [f"step {row['step']}/{self.total}", f"loss {row['loss']:.4f}"]
@@ -87,7 +84,7 @@ class Progress:
         if row.get("mfu") is not None:
             parts.append(f"mfu {100 * row['mfu']:.1f}%")
         parts.append(f"eta {format_duration(remaining_steps * seconds_per_step)}")
-        print(" | ".join(parts), file=self.stream, flush=True)
+        self.log(" | ".join(parts))
 
 
 def memory_gb(device) -> float:
@@ -101,17 +98,3 @@ def memory_gb(device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
     except ImportError:  # pragma: no cover (Windows)
         return 0.0
-
-
-class Timer:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        elapsed, self.start = now - self.start, now
-        return elapsed
-
-
-def is_tty(stream=sys.stderr) -> bool:
-    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"

@@ -1,0 +1,69 @@
+"""`baseforge eval`: held-out loss and perplexity of one or more models on the same tokens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+EPILOG = """\
+MODEL is a run dir, a checkpoint dir, hf:PATH (a transformers GPT-2 folder) or a Hub name (gpt2,
+gpt2-medium, ...; downloaded when online).
+
+examples:
+  baseforge eval runs/seed --data data/fineweb
+  # the write-up's yardstick: your model against OpenAI's on exactly the same held-out tokens
+  baseforge import-gpt2 gpt2 --out runs/openai-gpt2
+  baseforge eval runs/seed runs/openai-gpt2 hf:/models/gpt2-medium --data data/fineweb --split test
+  baseforge eval runs/seed --data data/fineweb --tokens 10e6 --json
+
+All models are scored with the same context (the smallest among them, or --context) on the first
+--tokens tokens of the split, in order: the same targets for every model and every rerun.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="held-out loss / perplexity, several models side by side",
+                       description="Mean cross-entropy and perplexity on a fixed held-out token slice.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--data", type=Path, required=True, help="prepared data dir")
+    p.add_argument("--split", default="val", help="val (default) or test")
+    p.add_argument("--tokens", type=float, default=1_048_576, help="tokens to score (default 1M)")
+    p.add_argument("--context", type=int, help="window length (default: the smallest model context)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; default fp32 for exactness)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from baseforge.data.shards import read_manifest
+    from baseforge.eval.loss import check_vocab, heldout_loss
+    from baseforge.eval.models import load_any
+    from baseforge.train.precision import resolve_device
+
+    device = resolve_device(args.device)
+    manifest = read_manifest(args.data)
+    loaded = [load_any(spec, device, args.which) for spec in args.models]
+    for m in loaded:
+        check_vocab(m.name, m.model, m.tokenizer.name, args.data, manifest)
+    context = args.context or min(m.model.config.context for m in loaded)
+    rows = []
+    for m in loaded:
+        result = heldout_loss(m.model, args.data, split=args.split, tokens=int(args.tokens), context=context,
+                              batch_size=args.batch_size, device=device,
+                              autocast_dtype=torch.bfloat16 if args.bf16 else None)
+        rows.append({"model": m.name, **result})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["model"]) for r in rows) + 2
+    print(f"{'model':<{width}}{'loss':>10}{'perplexity':>12}{'tokens':>12}   ({args.split}, context {context})")
+    for r in rows:
+        print(f"{r['model']:<{width}}{r['loss']:>10.4f}{r['perplexity']:>12.2f}{r['tokens']:>12,}")
+    return 0

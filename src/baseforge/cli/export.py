@@ -1,0 +1,55 @@
+"""`baseforge export`: a run as a standard transformers GPT2LMHeadModel folder, optionally pushed to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  baseforge export runs/seed --out exports/seed
+  baseforge export runs/seed --which best --out exports/seed --push-to-hub you/gpt2-seed-163m
+
+then, anywhere:
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  model = AutoModelForCausalLM.from_pretrained("exports/seed")
+
+Models with rotary embeddings, RMSNorm, QK-norm, ReLU² or soft-capped logits (the modern presets)
+are not GPT-2 architectures: export says so and stops (their baseforge checkpoints are plain
+safetensors all the same).
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="export a run as a transformers GPT-2 folder (and push to the Hub)",
+                       description="Export a run as a transformers GPT2LMHeadModel folder.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--which", choices=["latest", "best"], default="latest")
+    p.add_argument("--push-to-hub", metavar="NAME", help="upload the folder to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo private")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from baseforge.errors import UserError
+    from baseforge.eval.hf_export import export_run
+
+    out = export_run(args.run_dir, args.out, args.which)
+    print(f"exported {args.run_dir} to {out}")
+    if args.push_to_hub:
+        from baseforge.data.hub import check_reachable
+
+        check_reachable(args.push_to_hub, hint="the export folder is complete; upload it later")
+        from huggingface_hub import HfApi
+
+        try:
+            api = HfApi()
+            api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
+            api.upload_folder(repo_id=args.push_to_hub, folder_path=str(out))
+        except Exception as exc:  # noqa: BLE001 - auth, network, permissions
+            raise UserError(f"push to {args.push_to_hub} failed: {type(exc).__name__}: {str(exc)[:200]} "
+                            "(log in with `hf auth login` or set HF_TOKEN)") from None
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    return 0

@@ -1,0 +1,52 @@
+"""`baseforge hellaswag`: HellaSwag accuracy (completion style, acc and acc_norm)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  baseforge hellaswag runs/seed --data hellaswag_val.jsonl.gz --limit 1000
+  baseforge hellaswag runs/seed runs/openai-gpt2 --json
+
+Without --data the validation set is downloaded once to ~/.cache/baseforge/. Reference: OpenAI
+GPT-2 124M scores acc_norm 0.2955 (llm.c's completion-style evaluation); random is 0.25.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("hellaswag", help="HellaSwag accuracy of one or more models",
+                       description="HellaSwag, completion style: acc and acc_norm.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--data", type=Path, help="hellaswag_val.jsonl(.gz) (default: download once)")
+    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--which", choices=["latest", "best"], default="latest")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from baseforge.eval.hellaswag import evaluate_hellaswag
+    from baseforge.eval.models import load_any
+    from baseforge.train.precision import resolve_device
+
+    device = resolve_device(args.device)
+    rows = []
+    for spec in args.models:
+        m = load_any(spec, device, args.which)
+        result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device,
+                                    progress=lambda s: print(s, file=sys.stderr))
+        rows.append({"model": spec, **result})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["model"]) for r in rows) + 2
+    print(f"{'model':<{width}}{'acc':>8}{'acc_norm':>10}{'items':>8}")
+    for r in rows:
+        print(f"{r['model']:<{width}}{r['acc']:>8.4f}{r['acc_norm']:>10.4f}{r['items']:>8}")
+    return 0

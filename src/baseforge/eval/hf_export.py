@@ -1,0 +1,143 @@
+"""Export a run as a standard `transformers` GPT2LMHeadModel folder, import OpenAI's GPT-2 as a run.
+
+The export folder holds config.json, model.safetensors, generation_config.json, tokenizer files
+and a model card (README.md): `AutoModelForCausalLM.from_pretrained(DIR)` and
+`AutoTokenizer.from_pretrained(DIR)` load it with no remote code. GPT-2's tokenizer is written as
+vocab.json + merges.txt, rebuilt from tiktoken's ranks (each token's merge is the last step of
+running BPE on its own bytes); a trained byte-level BPE ships its tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from baseforge.errors import UserError
+from baseforge.fileio import atomic_write_json, atomic_write_text
+from baseforge.model import hf as hf_map
+from baseforge.tokenizer import EOT, GPT2Tokenizer, Tokenizer, TrainedBPETokenizer
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (used by vocab.json and merges.txt)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _last_merge(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
+    parts = [bytes([b]) for b in token]
+    limit = ranks[token]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < limit and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            break
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"cannot find the merge that makes token {token!r}")
+    return parts[0], parts[1]
+
+
+def write_gpt2_tokenizer(tok: GPT2Tokenizer, out: Path, context: int) -> None:
+    ranks = tok.enc._mergeable_ranks  # tiktoken's bytes -> rank table
+    u = bytes_to_unicode()
+    text = lambda b: "".join(u[x] for x in b)  # noqa: E731
+    vocab = {text(b): r for b, r in ranks.items()}
+    vocab[EOT] = tok.eot_id
+    merges = [_last_merge(ranks, b) for b, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(b) > 1]
+    atomic_write_json(out / "vocab.json", vocab)
+    atomic_write_text(out / "merges.txt", "#version: 0.2\n" + "".join(f"{text(a)} {text(b)}\n" for a, b in merges))
+    atomic_write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": context, "add_prefix_space": False,
+        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
+    atomic_write_json(out / "special_tokens_map.json", {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
+
+
+def write_trained_tokenizer(tok: TrainedBPETokenizer, out: Path, context: int) -> None:
+    atomic_write_text(out / "tokenizer.json", tok.tok.to_str())
+    atomic_write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context,
+        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
+
+
+def model_card(name: str, info: dict, summary: dict | None) -> str:
+    config = info["config"].to_dict()
+    state = info["state"]
+    lines = [f"# {name}", "", "A GPT-2-architecture base language model trained from scratch with "
+             "[baseforge](https://github.com/) (no instruction tuning).", "",
+             f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
+             f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens"]
+    if state.get("best_val") is not None:
+        lines.append(f"- best validation loss: {state['best_val']:.4f}")
+    if summary:
+        lines.append(f"- final train loss {summary.get('final_loss')}, final validation loss "
+                     f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "
+                     f"on {summary.get('processes', 1)} x {summary.get('device')}")
+    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+              "```", "", "Training config:", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
+    """Write a GPT2LMHeadModel folder for a run; raises UserError naming what cannot be exported."""
+    from safetensors.torch import save_file
+
+    from baseforge.train.checkpoint import load_model
+
+    model, tok, info = load_model(run, "cpu", which)
+    config = model.config
+    reasons = hf_map.exportable(config)
+    if reasons:
+        raise UserError("cannot export as a standard GPT-2: " + "; ".join(reasons) +
+                        " (baseforge reads these checkpoints; transformers' GPT2LMHeadModel cannot)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = hf_map.to_hf_state_dict(model.state_dict(), config)
+    from baseforge.fileio import atomic_path
+
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_json(out / "config.json", hf_map.hf_config_dict(config, eot_id=tok.eot_id))
+    atomic_write_json(out / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id})
+    if isinstance(tok, GPT2Tokenizer):
+        write_gpt2_tokenizer(tok, out, config.context)
+    else:
+        write_trained_tokenizer(tok, out, config.context)
+    summary_file = Path(run) / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    atomic_write_text(out / "README.md", model_card(Path(run).resolve().name, info, summary))
+    return out
+
+
+def import_gpt2(source: str, out: Path | str) -> Path:
+    """OpenAI GPT-2 weights (a transformers folder or Hub name) as a baseforge run with one checkpoint."""
+    from baseforge.config import RunConfig, TrainConfig
+    from baseforge.eval.models import download_hf, load_hf_folder
+    from baseforge.train.checkpoint import CHECKPOINTS, write_run_config, write_weights_checkpoint
+
+    out = Path(out)
+    if (out / CHECKPOINTS).exists():
+        raise UserError(f"{out} already holds a run; choose another --out")
+    path = Path(source[3:] if source.startswith("hf:") else source)
+    if not path.exists():
+        path = download_hf(source)
+    model, _ = load_hf_folder(path)
+    from dataclasses import asdict
+
+    config = RunConfig("imported", asdict(model.config), TrainConfig())
+    tokenizer: Tokenizer = GPT2Tokenizer()
+    write_run_config(out, config)
+    write_weights_checkpoint(out, model, config, tokenizer, {"tokens": 0, "source": str(source)})
+    return out

@@ -1,0 +1,51 @@
+"""Held-out loss: mean cross-entropy and perplexity of models on exactly the same tokens.
+
+The slice is the first `tokens` tokens of a split, cut into windows of `context` tokens + 1 in
+order (data.loader.eval_batches), so every model and every rerun scores identical targets. For a
+side-by-side comparison use one context for all models (the smallest), as the write-up did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+
+from baseforge.data.loader import TokenWindows, eval_batches
+from baseforge.data.shards import read_manifest
+from baseforge.errors import UserError
+
+
+def check_vocab(name: str, model, model_tokenizer: str, data_dir: Path, manifest: dict) -> None:
+    data_tok = manifest["tokenizer"]
+    if data_tok["name"] != model_tokenizer:
+        raise UserError(f"{name} uses tokenizer {model_tokenizer} but {data_dir} was prepared with "
+                        f"{data_tok['name']}: prepare the data with the model's tokenizer")
+    if data_tok["vocab_size"] > model.config.vocab_size:
+        raise UserError(f"{name} has a vocabulary of {model.config.vocab_size} tokens but {data_dir} uses "
+                        f"{data_tok['vocab_size']}: vocab mismatch")
+
+
+@torch.no_grad()
+def heldout_loss(model, data_dir: Path | str, *, split: str = "val", tokens: int = 1_048_576, context: int | None = None,
+                 batch_size: int = 8, device="cpu", autocast_dtype: torch.dtype | None = None) -> dict:
+    """{"loss", "perplexity", "tokens"} of `model` on the fixed slice of `split`."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    context = min(context or model.config.context, model.config.context)
+    windows = TokenWindows(data_dir, split, context, manifest)
+    model.eval()
+    total, count = 0.0, 0
+    amp = (torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype) if autocast_dtype
+           else contextlib.nullcontext())
+    for x, y in eval_batches(windows, tokens, batch_size):
+        with amp:
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    if not count:
+        raise UserError(f"no tokens to evaluate in the {split} split of {data_dir}")
+    mean = total / count
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}

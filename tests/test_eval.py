@@ -1,0 +1,151 @@
+"""Evaluation and interop against transformers: loss on the same tokens, export, import, HellaSwag."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baseforge.data.shards import write_manifest, write_shard
+from baseforge.eval.hellaswag import evaluate_hellaswag, score_item
+from baseforge.model import GPT, ModelConfig
+from baseforge.tokenizer import GPT2Tokenizer
+from helpers import assert_clean_error, baseforge
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def gpt2_data(tmp_path_factory, shared_data, gpt2_available):
+    """A data dir of GPT-2 tokens (tiktoken) from Tiny Shakespeare; the val split holds 4096 tokens."""
+    tok = GPT2Tokenizer()
+    text = (shared_data / "corpora" / "tinyshakespeare.txt").read_text()[:200_000]
+    ids = np.array(tok.encode(text), dtype=np.int64)
+    out = tmp_path_factory.mktemp("gpt2data")
+    write_shard(out / "train_000000.bin", ids[4096:], tok.vocab_size)
+    write_shard(out / "val_000000.bin", ids[:4096], tok.vocab_size)
+    entry = lambda name, n: {"documents": 1, "tokens": n, "shards": [{"file": name, "tokens": n}]}  # noqa: E731
+    write_manifest(out, {"tokenizer": tok.record(), "pack": "concat", "context": None, "sources": ["test"],
+                         "documents": 2, "tokens": len(ids),
+                         "splits": {"train": entry("train_000000.bin", len(ids) - 4096),
+                                    "val": entry("val_000000.bin", 4096)}})
+    return out, ids[:4096]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    out = tmp_path_factory.mktemp("hf") / "gpt2-tiny"
+    model.save_pretrained(out)
+    return out, model
+
+
+def test_eval_hf_model_matches_transformers_loss(gpt2_data, hf_dir):
+    data, val = gpt2_data
+    path, model = hf_dir
+    result = baseforge("eval", f"hf:{path}", "--data", data, "--tokens", "1024", "--json")
+    assert result.returncode == 0, result.stderr
+    ours = json.loads(result.stdout)[0]
+    # transformers on the same windows: 16 windows of 64 inputs + shifted targets, in order.
+    windows = torch.tensor(val[:16 * 64 + 1]).long()
+    losses = []
+    with torch.no_grad():
+        for i in range(16):
+            chunk = windows[i * 64:(i + 1) * 64 + 1]
+            logits = model(chunk[None, :-1]).logits[0]
+            losses.append(F.cross_entropy(logits, chunk[1:]).item())
+    assert ours["tokens"] == 1024
+    assert abs(ours["loss"] - sum(losses) / len(losses)) < 1e-4
+    assert ours["perplexity"] == pytest.approx(np.exp(ours["loss"]))
+
+
+def test_import_then_export_round_trips_every_tensor(hf_dir, tmp_path, gpt2_available):
+    path, model = hf_dir
+    run = tmp_path / "run"
+    assert baseforge("import-gpt2", path, "--out", run).returncode == 0
+    result = baseforge("export", run, "--out", tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    theirs, ours = model.state_dict(), back.state_dict()
+    for name, tensor in theirs.items():
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        assert torch.equal(tensor, ours[name]), name
+    # The exported tokenizer is GPT-2's: the same ids as tiktoken.
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    text = "Hello world! It's 2026, über-café\n\n  spaces   and <|endoftext|> text."
+    assert tok.encode(text) == GPT2Tokenizer().enc.encode(text, allowed_special="all")
+    assert "baseforge" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_export_gives_baseforge_logits_in_transformers(shakespeare_dir, tmp_path):
+    from baseforge.config import resolve_config
+    from baseforge.train.checkpoint import load_model
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    run = tmp_path / "run"
+    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=2", "bias=false"]), shakespeare_dir, run,
+            log=lambda *a: None).run()
+    result = baseforge("export", run, "--out", tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    ours, tokenizer, _ = load_model(run)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    idx = torch.randint(0, ours.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() < 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert hf_tok.encode("To be, or not to be") == tokenizer.encode("To be, or not to be")
+
+
+def test_modern_models_refuse_export_clearly(shakespeare_dir, tmp_path):
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    run = tmp_path / "run"
+    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=1", "pos_emb=rope", "norm=rmsnorm"]),
+            shakespeare_dir, run, log=lambda *a: None).run()
+    assert_clean_error(baseforge("export", run, "--out", tmp_path / "x"), "rotary", "RMSNorm")
+
+
+def test_hellaswag_scoring_by_hand(gpt2_available):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50257, context=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    tok = GPT2Tokenizer()
+    item = {"ctx": "The cat sat on the", "endings": ["mat.", "moon and sang.", "dog", "floor"], "label": 0}
+    sums, means = score_item(model, tok, item)
+    ctx = tok.encode(item["ctx"])
+    for k, ending in enumerate(item["endings"]):
+        ids = ctx + tok.encode(" " + ending)
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([ids]))[0][0], dim=-1)
+        picked = [logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))]
+        assert sums[k] == pytest.approx(sum(picked), abs=1e-4)
+        assert means[k] == pytest.approx(sum(picked) / len(picked), abs=1e-4)
+
+
+def test_random_model_scores_near_chance_on_hellaswag(shared_data, gpt2_available):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50257, context=128, n_layer=1, n_head=2, n_embd=16)).eval()
+    result = evaluate_hellaswag(model, GPT2Tokenizer(), shared_data / "eval" / "hellaswag_val.jsonl.gz", limit=300)
+    assert result["items"] == 300
+    assert 0.17 < result["acc"] < 0.33 and 0.17 < result["acc_norm"] < 0.33
+
+
+def test_eval_errors_are_one_line(gpt2_data, shakespeare_dir, hf_dir, tmp_path):
+    data, _ = gpt2_data
+    path, _ = hf_dir
+    assert_clean_error(baseforge("eval", f"hf:{tmp_path / 'none'}", "--data", data), "does not exist")
+    assert_clean_error(baseforge("eval", f"hf:{path}", "--data", shakespeare_dir), "tokenizer")
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    assert_clean_error(baseforge("eval", f"hf:{llama}", "--data", data), "GPT-2")
+    assert_clean_error(baseforge("eval", f"hf:{path}", "--data", tmp_path / "nodata"), "does not exist")
