@@ -149,3 +149,35 @@ def test_eval_errors_are_one_line(gpt2_data, shakespeare_dir, hf_dir, tmp_path):
     (llama / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
     assert_clean_error(baseforge("eval", f"hf:{llama}", "--data", data), "GPT-2")
     assert_clean_error(baseforge("eval", f"hf:{path}", "--data", tmp_path / "nodata"), "does not exist")
+
+
+def test_report_page_with_saved_evals(shakespeare_dir, tmp_path, shared_data):
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    run = tmp_path / "run"
+    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=4", "checkpoint_every=4"]), shakespeare_dir, run,
+            log=lambda *a: None).run()
+    saved = baseforge("eval", run, "--data", shakespeare_dir, "--tokens", "1024", "--save-to", run)
+    assert saved.returncode == 0, saved.stderr
+    result = baseforge("report", run)
+    assert result.returncode == 0, result.stderr
+    md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
+    assert "heldout-loss" in md and "## Losses" in md and "charts/training.png" in md
+    assert "data:image/png;base64," in page and "<table>" in page
+    assert_clean_error(baseforge("report", tmp_path / "nothing"), "not a run dir")
+
+
+def test_hellaswag_during_training(gpt2_data, shared_data, tmp_path):
+    from baseforge.train.metrics import read_metrics
+    from helpers import TINY, sets
+
+    data, _ = gpt2_data
+    hs = shared_data / "eval" / "hellaswag_val.jsonl.gz"
+    run = tmp_path / "run"
+    result = baseforge("train", "--data", data, "--out", run, "--preset", "cpu-tiny",
+                       *sets(*TINY, "max_steps=4", "hellaswag_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"))
+    assert result.returncode == 0, result.stderr
+    scored = [r["step"] for r in read_metrics(run) if "hellaswag_acc_norm" in r]
+    assert scored == [2, 4]

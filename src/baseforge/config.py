@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_minutes: float = 0.0  # also checkpoint every this many minutes; 0 = off
     keep_last: int = 3  # checkpoints kept besides the best
     early_stop_evals: int = 0  # stop when validation loss has not improved for this many evaluations; 0 = off
+    hellaswag_every: int = 0  # also score HellaSwag every this many steps (0 = off)
+    hellaswag_data: str = ""  # hellaswag_val.jsonl(.gz); empty = download once
+    hellaswag_limit: int = 500  # items per in-training HellaSwag evaluation
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 64
     dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
@@ -80,7 +83,7 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
         for key in ("global_batch", "max_steps", "max_tokens", "warmup_steps", "eval_tokens", "keep_last",
-                    "sample_tokens", "weight_decay", "muon_weight_decay", "early_stop_evals", "grad_clip", "checkpoint_minutes", "eps"):
+                    "sample_tokens", "hellaswag_every", "hellaswag_limit", "weight_decay", "muon_weight_decay", "early_stop_evals", "grad_clip", "checkpoint_minutes", "eps"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
         if not self.lr > 0:

@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; default fp32 for exactness)")
+    p.add_argument("--save-to", type=Path, metavar="RUN_DIR", help="also keep the results in RUN_DIR/evals/ (for the report)")
     p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(run=run)
 
@@ -59,6 +60,10 @@ def run(args) -> int:
                               batch_size=args.batch_size, device=device,
                               autocast_dtype=torch.bfloat16 if args.bf16 else None)
         rows.append({"model": m.name, **result})
+    if args.save_to:
+        from baseforge.eval.report import save_eval
+
+        save_eval(args.save_to, "heldout-loss", rows)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

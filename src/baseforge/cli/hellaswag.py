@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--which", choices=["latest", "best"], default="latest")
     p.add_argument("--device", default="auto")
+    p.add_argument("--save-to", type=Path, metavar="RUN_DIR", help="also keep the results in RUN_DIR/evals/ (for the report)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
@@ -42,6 +43,10 @@ def run(args) -> int:
         result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device,
                                     progress=lambda s: print(s, file=sys.stderr))
         rows.append({"model": spec, **result})
+    if args.save_to:
+        from baseforge.eval.report import save_eval
+
+        save_eval(args.save_to, "hellaswag", rows)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -50,6 +50,25 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+def evaluators(cfg) -> dict:
+    """In-training evaluations the config asks for (HellaSwag every hellaswag_every steps)."""
+    if not cfg.hellaswag_every:
+        return {}
+    from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
+
+    path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
+    load_items(path, 1)  # a missing file or an offline download fails now, not mid-run
+
+    def hellaswag(model, tokenizer):
+        from baseforge.train.checkpoint import unwrap
+
+        inner = unwrap(model)
+        result = evaluate_hellaswag(inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device)
+        return {"acc_norm": result["acc_norm"]}
+
+    return {"hellaswag": hellaswag}
+
+
 def run(args) -> int:
     from baseforge.config import RunConfig, apply_overrides, describe_keys, resolve_config
     from baseforge.errors import UserError
@@ -84,7 +103,8 @@ def run(args) -> int:
     from baseforge.train.loop import Trainer
 
     try:
-        result = Trainer(config, data, out, resume=args.resume, log=lambda m: print(m, flush=True)).run()
+        result = Trainer(config, data, out, resume=args.resume, log=lambda m: print(m, flush=True),
+                         evaluators=evaluators(config.train)).run()
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
                         "micro_batch=auto), the context, or the model size; checkpoints so far are kept") from None

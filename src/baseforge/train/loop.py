@@ -70,9 +70,11 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, data, run_dir: Path | str, resume: bool = False, log=print,
-                 init_weights: dict | None = None):
+                 init_weights: dict | None = None, evaluators: dict | None = None):
         self.config, self.cfg = config, config.train
         self.run_dir = Path(run_dir)
+        # Extra evaluations on the main process, every hellaswag_every steps: {name: fn(model, tokenizer) -> dict}.
+        self.evaluators = evaluators or {}
         self.log = log
         self.dist: DistInfo = init_distributed(self.cfg.dist_timeout_s)
         self.device = device_for(self.dist, resolve_device(self.cfg.device))
@@ -280,7 +282,8 @@ class Trainer:
                 row["seconds"] += dt
                 self.state["elapsed_s"] += dt
                 last = self.step == self.total
-                if self.step % cfg.log_every == 0 or last or self.step % cfg.eval_every == 0:
+                due_hellaswag = cfg.hellaswag_every and self.step % cfg.hellaswag_every == 0
+                if self.step % cfg.log_every == 0 or last or self.step % cfg.eval_every == 0 or due_hellaswag:
                     self._log_row(row, metrics, progress, evaluate=self.step % cfg.eval_every == 0 or last)
                     row = self.state["row"] = self._empty_row()
                 if cfg.early_stop_evals and self.state["evals_since_best"] >= cfg.early_stop_evals and not last:
@@ -325,6 +328,13 @@ class Trainer:
                 self.state["evals_since_best"] = 0 if improved else self.state["evals_since_best"] + 1
                 if improved:
                     self.state["best_val"], self.state["best_step"] = val, self.step
+        if self.main and self.cfg.hellaswag_every and (self.step % self.cfg.hellaswag_every == 0 or
+                                                       self.step == self.total):
+            model = self.fwd_model.module if self.dist.enabled else self.fwd_model
+            for name, evaluate in self.evaluators.items():
+                for key, value in evaluate(model, self.tokenizer).items():
+                    out[f"{name}_{key}"] = value
+            model.train()
         if self.main:
             metrics.write(out)
             seconds_per_step = self.state["elapsed_s"] / max(self.step - self._start_step, 1)

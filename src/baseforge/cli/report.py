@@ -1,0 +1,24 @@
+"""`baseforge report RUN_DIR`: one page (Markdown and HTML) with config, charts, losses, evals."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="write RUN/report.md and RUN/report.html",
+                       description="One page about a run: config, charts, throughput, losses and evaluations.",
+                       epilog="example:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n\n"
+                              "Evaluations saved with `--save-to RUN` (eval, hellaswag) appear on the page.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from baseforge.eval.report import build_report
+
+    md, page = build_report(args.run_dir)
+    print(f"wrote {md} and {page}")
+    return 0
