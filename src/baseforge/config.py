@@ -123,6 +123,15 @@ TRAIN_PRESETS: dict[str, dict] = {
     "cpu-tiny": dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
     "cpu-small": dict(_CPU, max_steps=600, lr=1.5e-3),
 }
+# The modern recipe: Muon for the hidden matrices, AdamW for embeddings/head/gains, warmup-stable-decay.
+# CPU values from a small grid on benchmarks/bench_recipes.py's setting (muon_lr 0.02/0.03/0.05, lr 3e-3/6e-3).
+_MODERN = dict(optimizer="muon", muon_lr=0.03, muon_momentum=0.95, lr=3e-3, schedule="wsd", warmup_steps=0,
+               warmup_fraction=0.02, decay_fraction=0.3, min_lr_ratio=0.0)
+TRAIN_PRESETS.update({
+    "cpu-small-modern": dict(TRAIN_PRESETS["cpu-small"], **_MODERN),
+    # For a GPU: ~5 tokens per parameter (0.8B tokens), where the speedrun recipes reach GPT-2 small's loss.
+    "gpt2-small-modern": dict(_WRITEUP, **_MODERN, muon_lr=0.02, global_batch=64, tokens_per_param=5.0),
+})
 PRESETS = [name for name in MODEL_PRESETS if name in TRAIN_PRESETS]
 
 MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}
