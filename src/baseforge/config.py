@@ -130,7 +130,7 @@ _MODERN = dict(optimizer="muon", muon_lr=0.03, muon_momentum=0.95, lr=3e-3, sche
 TRAIN_PRESETS.update({
     "cpu-small-modern": dict(TRAIN_PRESETS["cpu-small"], **_MODERN),
     # For a GPU: ~5 tokens per parameter (0.8B tokens), where the speedrun recipes reach GPT-2 small's loss.
-    "gpt2-small-modern": dict(_WRITEUP, **_MODERN, muon_lr=0.02, global_batch=64, tokens_per_param=5.0),
+    "gpt2-small-modern": dict(_WRITEUP, **{**_MODERN, "muon_lr": 0.02}, global_batch=64, tokens_per_param=5.0),
 })
 PRESETS = [name for name in MODEL_PRESETS if name in TRAIN_PRESETS]
 
