@@ -44,6 +44,8 @@ INTERVENTIONS = {  # each alone, on top of the seed recipe
 }
 RECIPES = {"seed": SEED, "modern": SEED + MODERN_MODEL + MODERN_OPTIM,
            **{name: SEED + extra for name, extra in INTERVENTIONS.items()}}
+# Numerics checks (--recipes seed-fp32,seed-compile): does the curve move beyond seed noise?
+CHECKS = {"seed-fp32": SEED + ["precision=fp32"], "seed-compile": SEED + ["compile=true"]}
 
 
 def prepare_data(out: Path) -> Path:
@@ -59,7 +61,7 @@ def run(recipe: str, seed: int, data: Path, tmp: Path, steps: int, eval_every: i
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
 
-    overrides = SHAPE + COMMON + RECIPES[recipe] + [f"seed={seed}", f"max_steps={steps}", f"eval_every={eval_every}"]
+    overrides = SHAPE + COMMON + {**RECIPES, **CHECKS}[recipe] + [f"seed={seed}", f"max_steps={steps}", f"eval_every={eval_every}"]
     run_dir = tmp / f"{recipe}-{seed}"
     Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +78,9 @@ def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default=",".join(RECIPES), type=lambda s: s.split(","))
+    p.add_argument("--recipes", default=",".join(RECIPES), type=lambda s: s.split(","),
+                   help=f"from: {', '.join(RECIPES)}, {', '.join(CHECKS)}")
+    p.add_argument("--out", default="recipes", help="results file stem in benchmarks/results/")
     p.add_argument("--seeds", type=int, default=3, help="seeds for seed and modern")
     p.add_argument("--intervention-seeds", type=int, default=1)
     p.add_argument("--tokens", type=int, default=614_400, help="token budget per run")
@@ -87,22 +91,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(Path(tmp) / "data")
         for recipe in args.recipes:
-            seeds = args.seeds if recipe in ("seed", "modern") else args.intervention_seeds
+            seeds = args.seeds if recipe in ("seed", "modern") or recipe in CHECKS else args.intervention_seeds
             for seed in range(seeds):
                 t0 = time.perf_counter()
                 curves.setdefault(recipe, []).append(run(recipe, seed, data, Path(tmp), steps, args.eval_every))
                 print(f"{recipe} seed {seed}: final val {curves[recipe][-1][-1][1]:.4f} "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recipes.json").write_text(json.dumps(curves))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(curves))
     report(curves, args)
 
 
 def report(curves: dict, args) -> None:
-    target = statistics.mean(c[-1][1] for c in curves["seed"])
+    base = "seed" if "seed" in curves else next(iter(curves))
+    target = statistics.mean(c[-1][1] for c in curves[base])
     lines = [f"# Recipe comparison ({args.tokens:,} tokens per run, 4 layers x 192, context 128, bpe:2048)", "",
              f"Command: `python benchmarks/bench_recipes.py --tokens {args.tokens} --seeds {args.seeds}`", "",
-             f"Target: the seed recipe's final validation loss, mean of {len(curves['seed'])} seeds = {target:.4f}.", "",
+             f"Target: the {base} recipe's final validation loss, mean of {len(curves[base])} seeds = {target:.4f}.", "",
              "| recipe | seeds | final val loss (mean ± sd) | tokens to reach the target (mean) | fraction of the seed budget |",
              "|---|---:|---:|---:|---:|"]
     for recipe, runs in curves.items():
@@ -116,7 +121,7 @@ def report(curves: dict, args) -> None:
         else:
             reach_s, frac = f"not reached by {sum(r is None for r in reach)} seed(s)", "-"
         lines.append(f"| {recipe} | {len(runs)} | {statistics.mean(finals):.4f} ± {sd:.4f} | {reach_s} | {frac} |")
-    (RESULTS / "recipes.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
 
@@ -141,7 +146,7 @@ def report(curves: dict, args) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "recipes.png", dpi=100)
+    fig.savefig(RESULTS / f"{args.out}.png", dpi=100)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,24 @@ def test_resume_is_exact(shakespeare_dir, reference_run, tmp_path, sig):
     assert ref.keys() == got.keys()
     for name in ref:
         assert (ref[name] == got[name]).all(), name
+
+
+MODERN = ["pos_emb=rope", "norm=rmsnorm", "qk_norm=true", "mlp_act=relu2", "tie_weights=false",
+          "zero_init_head=true", "logit_softcap=15", "bias=false", "optimizer=muon", "schedule=wsd"]
+
+
+def test_modern_recipe_with_muon_resumes_exactly(shakespeare_dir, tmp_path):
+    """Muon's momentum buffers and the WSD schedule survive a resume bit for bit (accumulation on)."""
+    args = ["--data", shakespeare_dir]
+    ref = baseforge("train", *args, "--out", tmp_path / "ref", *sets(*TINY, *MODERN, "max_steps=8",
+                                                                     "checkpoint_every=4"))
+    assert ref.returncode == 0, ref.stderr
+    cut = tmp_path / "cut"
+    first = baseforge("train", *args, "--out", cut, *sets(*TINY, *MODERN, "max_steps=8", "checkpoint_every=4"))
+    assert first.returncode == 0
+    (cut / "checkpoints" / "latest").write_text("step_0000004\n")  # roll back to the middle
+    again = baseforge("train", *args, "--out", cut, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert losses(cut) == losses(tmp_path / "ref")
+    ref_w, got_w = final_weights(tmp_path / "ref"), final_weights(cut)
+    assert all((ref_w[k] == got_w[k]).all() for k in ref_w)

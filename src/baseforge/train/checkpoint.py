@@ -187,3 +187,14 @@ def write_weights_checkpoint(run_dir: Path, model, config: RunConfig, tokenizer:
         tokenizer.save(tmp)
     atomic_write_text(root / "latest", name + "\n")
     return root / name
+
+
+def discard_after(run_dir: Path, step: int) -> None:
+    """On resume from `step`: checkpoints of later steps belong to an abandoned future; remove them."""
+    root = Path(run_dir) / CHECKPOINTS
+    for path in root.glob("step_*"):
+        if path.is_dir() and int(path.name.split("_")[1]) > step:
+            shutil.rmtree(path, ignore_errors=True)
+    best = _pointer(root, "best")
+    if best and not (root / best).is_dir():
+        (root / "best").unlink()

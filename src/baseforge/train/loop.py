@@ -122,6 +122,7 @@ class Trainer:
             self.state.update({k: saved[k] for k in self.state if k in saved})
             if self.main:
                 truncate_metrics(self.run_dir, self.step)
+                ckpt.discard_after(self.run_dir, self.step)
         self._start_step = self.step
         self.total = total_steps(self.cfg, self.n_params, self.tokens_per_step)
         if self.cfg.warmup_steps:
