@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 EPILOG = """\
@@ -43,6 +42,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from baseforge.cli import emit_results
     from baseforge.data.shards import read_manifest
     from baseforge.eval.loss import check_vocab, heldout_loss
     from baseforge.eval.models import load_any
@@ -60,15 +60,6 @@ def run(args) -> int:
                               batch_size=args.batch_size, device=device,
                               autocast_dtype=torch.bfloat16 if args.bf16 else None)
         rows.append({"model": m.name, **result})
-    if args.save_to:
-        from baseforge.eval.report import save_eval
-
-        save_eval(args.save_to, "heldout-loss", rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(r["model"]) for r in rows) + 2
-    print(f"{'model':<{width}}{'loss':>10}{'perplexity':>12}{'tokens':>12}   ({args.split}, context {context})")
-    for r in rows:
-        print(f"{r['model']:<{width}}{r['loss']:>10.4f}{r['perplexity']:>12.2f}{r['tokens']:>12,}")
+    emit_results(rows, [("loss", ">10.4f"), ("perplexity", ">12.2f"), ("tokens", ">12,")], as_json=args.json,
+                 save_to=args.save_to, name="heldout-loss", note=f"({args.split}, context {context})")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from baseforge.cli import emit_results
     from baseforge.eval.hellaswag import evaluate_hellaswag
     from baseforge.eval.models import load_any
     from baseforge.train.precision import resolve_device
@@ -43,15 +43,6 @@ def run(args) -> int:
         result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device,
                                     progress=lambda s: print(s, file=sys.stderr))
         rows.append({"model": spec, **result})
-    if args.save_to:
-        from baseforge.eval.report import save_eval
-
-        save_eval(args.save_to, "hellaswag", rows)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    width = max(len(r["model"]) for r in rows) + 2
-    print(f"{'model':<{width}}{'acc':>8}{'acc_norm':>10}{'items':>8}")
-    for r in rows:
-        print(f"{r['model']:<{width}}{r['acc']:>8.4f}{r['acc_norm']:>10.4f}{r['items']:>8}")
+    emit_results(rows, [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("items", ">8")], as_json=args.json,
+                 save_to=args.save_to, name="hellaswag")
     return 0
