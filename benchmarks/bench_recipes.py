@@ -85,20 +85,22 @@ def main() -> None:
     p.add_argument("--intervention-seeds", type=int, default=1)
     p.add_argument("--tokens", type=int, default=614_400, help="token budget per run")
     p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--reuse", action="store_true", help="keep the finished runs in the results file")
     args = p.parse_args()
     steps = args.tokens // (16 * 128)
-    curves: dict[str, list] = {}
+    RESULTS.mkdir(exist_ok=True)
+    saved = RESULTS / f"{args.out}.json"
+    curves: dict[str, list] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(Path(tmp) / "data")
         for recipe in args.recipes:
             seeds = args.seeds if recipe in ("seed", "modern") or recipe in CHECKS else args.intervention_seeds
-            for seed in range(seeds):
+            for seed in range(len(curves.get(recipe, [])), seeds):  # --reuse skips finished runs
                 t0 = time.perf_counter()
                 curves.setdefault(recipe, []).append(run(recipe, seed, data, Path(tmp), steps, args.eval_every))
+                saved.write_text(json.dumps(curves))  # after every run: a long benchmark can be resumed
                 print(f"{recipe} seed {seed}: final val {curves[recipe][-1][-1][1]:.4f} "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(curves))
     report(curves, args)
 
 
