@@ -1,7 +1,7 @@
 """`prepare`: documents -> token ids (in worker processes) -> packed, split, fixed-size shards.
 
 Streaming: documents are read lazily, tokenized in batches by a process pool whose results come
-back in order (`imap`), and written shard by shard, so memory stays flat however large the corpus
+back in order (a bounded window of tasks in flight), and written shard by shard, so memory stays flat however large the corpus
 and the output is byte-identical for any number of workers.
 
 Splits: document i is held out when floor((i+1)*f) > floor(i*f) for f = val_fraction (exactly a
@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections import deque
 from itertools import islice
 from pathlib import Path
 
@@ -67,6 +68,21 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.nd
 
 def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return encode_documents(_worker_tokenizer, docs)
+
+
+def _in_order(pool, tasks, ahead: int):
+    """Worker results in task order, with at most `ahead` tasks in flight.
+
+    Pool.imap would read the whole input ahead (its feeder thread has no bound) and queue every
+    result the parent has not consumed yet; this keeps memory flat however large the corpus.
+    """
+    pending = deque()
+    for task in tasks:
+        pending.append(pool.apply_async(_encode, (task,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 # --- the pipeline -------------------------------------------------------------------------------------
@@ -190,7 +206,7 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     if workers > 1:
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.record(), str(out)))
-        results = pool.imap(_encode, tasks, chunksize=1)
+        results = _in_order(pool, tasks, ahead=4 * workers)
     else:
         results = (encode_documents(tok, batch) for batch in tasks)
     meter = _Meter(log, max_tokens or max_train_tokens)

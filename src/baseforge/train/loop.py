@@ -302,8 +302,8 @@ class Trainer:
                     last_ckpt_time = time.monotonic()
                 if stopping:
                     if main:
-                        self.log(f"stopped by signal at step {self.step}; checkpoint saved. "
-                                 f"Continue with: baseforge train --out {self.run_dir} --data {self.data.source} --resume")
+                        self.log(f"stopped by signal at step {self.step}; checkpoint saved in {self.run_dir}. "
+                                 "To continue, run the same command again with --resume")
                     shutdown(self.dist)
                     return {"stopped": True, "step": self.step, "signal": stop.signal}
         summary = self.finish()
