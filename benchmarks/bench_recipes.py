@@ -34,7 +34,7 @@ SEED = ["pos_emb=learned", "norm=layernorm", "mlp_act=gelu", "tie_weights=false"
         "optimizer=adamw", "lr=2e-3", "schedule=cosine", "warmup_fraction=0.05", "min_lr_ratio=0.1"]
 MODERN_MODEL = ["pos_emb=rope", "norm=rmsnorm", "qk_norm=true", "mlp_act=relu2", "tie_weights=false",
                 "zero_init_head=true", "logit_softcap=15", "bias=false"]
-MODERN_OPTIM = ["optimizer=muon", "muon_lr=0.03", "lr=3e-3", "schedule=wsd", "warmup_fraction=0.02",
+MODERN_OPTIM = ["optimizer=muon", "muon_lr=0.03", "lr=6e-3", "schedule=wsd", "warmup_fraction=0.02",
                 "decay_fraction=0.3", "min_lr_ratio=0.0"]
 INTERVENTIONS = {  # each alone, on top of the seed recipe
     "+rope": ["pos_emb=rope"], "+rmsnorm": ["norm=rmsnorm"], "+qk_norm": ["qk_norm=true"],

@@ -80,6 +80,8 @@ def model_card(name: str, info: dict, summary: dict | None) -> str:
              f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens"]
     if state.get("best_val") is not None:
         lines.append(f"- best validation loss: {state['best_val']:.4f}")
+    if summary and summary.get("data"):
+        lines.append(f"- data: `{summary['data']}`")
     if summary:
         lines.append(f"- final train loss {summary.get('final_loss')}, final validation loss "
                      f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "

@@ -368,7 +368,8 @@ class Trainer:
 
     def finish(self) -> dict:
         row = getattr(self, "last_row", {})
-        summary = {"steps": self.step, "tokens": self.state["tokens"], "params": self.n_params,
+        summary = {"data": str(self.data.source), "steps": self.step, "tokens": self.state["tokens"],
+                   "params": self.n_params,
                    "train_seconds": self.state["elapsed_s"],
                    "tokens_per_s": self.state["tokens"] / max(self.state["elapsed_s"], 1e-9),
                    "initial_val_loss": self.state.get("initial_val"),
