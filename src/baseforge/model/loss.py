@@ -78,6 +78,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None
 
 
+@torch.compiler.disable  # data-dependent Python control flow: a whole-model torch.compile calls it eagerly
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          softcap: float = 0.0) -> torch.Tensor:
     """mean CE of softmax(softcap(h @ weight.T)) against targets; h (N, C), weight (V, C), targets (N,)."""
