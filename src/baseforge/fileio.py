@@ -1,4 +1,6 @@
-"""Atomic writes: a file or folder appears complete under its final name, or not at all.
+"""File I/O: atomic writes, and one reader of JSON-lines files.
+
+Atomic writes: a file or folder appears complete under its final name, or not at all.
 
 Everything baseforge writes (shards, manifests, checkpoints, pointers, charts) goes to a
 temporary name in the same folder and is renamed into place, so a crash or a kill never
@@ -7,12 +9,14 @@ leaves a half-written file that looks valid.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 @contextmanager
@@ -81,3 +85,25 @@ def _fsync_dir(path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file.
+
+    A line that is not a JSON object raises UserError naming file:line; callers check the fields.
+    """
+    from baseforge.errors import UserError
+
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{lineno}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: not a JSON object")
+            yield lineno, row

@@ -15,13 +15,12 @@ line, so the corpus is never held in memory.
 
 from __future__ import annotations
 
-import gzip
-import json
 import sysconfig
 from pathlib import Path
 from typing import Iterator
 
 from baseforge.errors import UserError
+from baseforge.fileio import read_jsonl
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
 
@@ -70,18 +69,10 @@ def read_documents(path: Path, text_column: str = "text") -> Iterator[str]:
         elif name.endswith(".parquet"):
             yield from _parquet_documents(path, text_column)
         else:
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise UserError(f"{path}:{lineno}: not valid JSON") from None
-                    if not isinstance(row, dict) or not isinstance(row.get(text_column), str):
-                        raise UserError(f"{path}:{lineno}: no {text_column!r} string field")
-                    yield row[text_column]
+            for lineno, row in read_jsonl(path):
+                if not isinstance(row.get(text_column), str):
+                    raise UserError(f"{path}:{lineno}: no {text_column!r} string field")
+                yield row[text_column]
     except (OSError, EOFError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 

@@ -9,8 +9,6 @@ Random guessing scores 0.25. Rows are read from the rowanz/hellaswag jsonl (ctx,
 
 from __future__ import annotations
 
-import gzip
-import json
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from baseforge.errors import UserError
+from baseforge.fileio import read_jsonl
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 
@@ -46,17 +45,14 @@ def load_items(path: Path | None, limit: int | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"HellaSwag file {path} not found")
-    opener = gzip.open if path.name.endswith(".gz") else open
     items = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if limit is not None and len(items) >= limit:
-                break
-            try:
-                row = json.loads(line)
-                items.append({"ctx": row["ctx"], "endings": list(row["endings"]), "label": int(row["label"])})
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise UserError(f"{path}:{lineno}: not a HellaSwag row (ctx, endings, label)") from None
+    for lineno, row in read_jsonl(path):
+        if limit is not None and len(items) >= limit:
+            break
+        try:
+            items.append({"ctx": row["ctx"], "endings": list(row["endings"]), "label": int(row["label"])})
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{path}:{lineno}: not a HellaSwag row (ctx, endings, label)") from None
     return items
 
 

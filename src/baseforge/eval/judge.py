@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from baseforge.errors import UserError
+from baseforge.fileio import read_jsonl
 
 FIELDS = ("id", "model", "instruction", "input", "reference", "answer")
 PROMPT = """You are grading answers to an instruction against a reference answer.
@@ -62,13 +63,7 @@ def load_answers(paths: list[Path]) -> dict[str, dict]:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"answers file {path} not found")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{lineno}: not valid JSON") from None
+        for lineno, row in read_jsonl(path):
             missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
             if missing:
                 raise UserError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")

@@ -17,7 +17,6 @@ import torch
 
 from baseforge.config import RunConfig
 from baseforge.data.loader import TokenData
-from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.train import checkpoint as ckpt
@@ -82,8 +81,7 @@ class Trainer:
         self.main = self.dist.is_main
 
         if isinstance(data, (str, Path)):
-            context = config.model_config(read_manifest(data)["tokenizer"]["vocab_size"]).context
-            data = TokenData(data, context, self.cfg.seed)
+            data = TokenData(data, config.get("context"), self.cfg.seed)
         self.data = data
         self.tokenizer = data.tokenizer
         self.resume_from = self._find_resume() if resume else None
@@ -149,6 +147,8 @@ class Trainer:
             micro = self._find_micro_batch(cfg.global_batch // world if cfg.global_batch else 64)
         self.global_batch, self.micro_batch, self.grad_accum = batch_geometry(
             cfg.global_batch, micro, cfg.grad_accum, world)
+        if cfg.micro_batch == "auto" and self.main:
+            self.log(f"micro_batch auto: {micro} fits; gradient accumulation {self.grad_accum}")
         self.tokens_per_step = self.global_batch * self.model_config.context
 
     def _find_micro_batch(self, per_rank: int) -> int:
@@ -170,8 +170,6 @@ class Trainer:
         micro = largest_fitting(per_rank, step_fits(run_steps, self.device))
         self.model.load_state_dict(initial)
         torch.set_rng_state(rng)
-        if self.main:
-            self.log(f"micro_batch auto: {micro} fits; gradient accumulation {per_rank // micro}")
         return micro
 
     def _maybe_compile(self, model):
@@ -225,9 +223,14 @@ class Trainer:
         self.optimizers.zero_grad()
         return loss_sum.item(), grad_norm, applied
 
+    @property
+    def _local_model(self):
+        """The (possibly compiled) model without the DDP wrapper: for evaluations, which do not sync."""
+        return self.fwd_model.module if self.dist.enabled else self.fwd_model
+
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        model = self.fwd_model.module if self.dist.enabled else self.fwd_model
+        model = self._local_model
         model.eval()
         total, count = 0.0, 0
         for x, y in self.data.val_batches(self.cfg.eval_tokens, self.micro_batch, self.dist.rank, self.dist.world):
@@ -331,7 +334,7 @@ class Trainer:
                     self.state["best_val"], self.state["best_step"] = val, self.step
         if self.main and self.cfg.hellaswag_every and (self.step % self.cfg.hellaswag_every == 0 or
                                                        self.step == self.total):
-            model = self.fwd_model.module if self.dist.enabled else self.fwd_model
+            model = self._local_model
             for name, evaluate in self.evaluators.items():
                 for key, value in evaluate(model, self.tokenizer).items():
                     out[f"{name}_{key}"] = value
@@ -344,9 +347,8 @@ class Trainer:
 
     def save(self) -> None:
         if self.main:
-            state = dict(self.state)
             ckpt.save_checkpoint(self.run_dir, step=self.step, model=self.model, optimizers=self.optimizers,
-                                 scaler=self.scaler, state=state, config=self.config, tokenizer=self.tokenizer,
+                                 scaler=self.scaler, state=self.state, config=self.config, tokenizer=self.tokenizer,
                                  keep_last=self.cfg.keep_last, is_best=self.state.get("best_step") == self.step)
             from baseforge.train.charts import write_charts
 
