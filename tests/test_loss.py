@@ -52,3 +52,31 @@ def test_no_grad_path_computes_loss_only():
         got = fused.linear_cross_entropy(h, w, targets)
     torch.testing.assert_close(got, reference(h, w, targets, 0.0))
 
+
+
+def test_bf16_loss_and_grads_match_autocast_reference():
+    """Under bf16 autocast: what F.cross_entropy on autocast's bf16 logits gives, within bf16 rounding."""
+    torch.manual_seed(0)
+    h = torch.randn(96, 32, requires_grad=True)
+    w = (torch.randn(500, 32) * 0.3).requires_grad_()
+    targets = torch.randint(0, 500, (96,))
+    targets[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused.linear_cross_entropy(h, w, targets)
+        want = F.cross_entropy((h @ w.t()).float(), targets, ignore_index=-100)  # logits in bf16, CE in fp32
+    got_grads = torch.autograd.grad(got, (h, w))
+    want_grads = torch.autograd.grad(want, (h, w))
+    assert abs(got.item() - want.item()) < 2e-3
+    for g, ref in zip(got_grads, want_grads):
+        assert g.dtype == torch.float32
+        assert (g - ref).abs().max().item() < 2e-2 * ref.abs().max().item()
+
+
+def test_target_probability_underflow_gives_the_exact_loss():
+    """A target whose probability underflows to 0 still gets its finite loss (lse - logit)."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    w = torch.tensor([[300.0, 0.0], [0.0, 0.0], [0.0, 2.0]])  # row 0's target 1 is 300 nats below the top
+    targets = torch.tensor([1, 2])
+    got = fused.linear_cross_entropy(h, w, targets)
+    torch.testing.assert_close(got, reference(h, w, targets, 0.0))
+    assert 140 < got.item() < 160

@@ -67,6 +67,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+# PyTorch's fused (flash) attention kernel for CPUs runs bf16 no faster than fp32, while plain bf16
+# matmuls run 2x faster: up to about 512 positions, matmuls + softmax do forward and backward in
+# about half the time of the fused kernel (benchmarks/results/train-throughput.md); from ~1024 on
+# the fused kernel, which skips the masked half and never builds the T x T scores, wins.
+EXPLICIT_ATTENTION_MAX_LEN = 512
+
+
+def explicit_attention_is_faster(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= EXPLICIT_ATTENTION_MAX_LEN
+
+
+def explicit_causal_attention(q, k, v, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v, as SDPA computes it with is_causal=True."""
+    T = q.size(-2)
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+    probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return probs @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -102,7 +124,10 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
         dropout = self.config.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        if causal and explicit_attention_is_faster(q):
+            y = explicit_causal_attention(q, k, v, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

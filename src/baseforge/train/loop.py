@@ -25,6 +25,7 @@ from baseforge.train.distributed import (DistInfo, all_reduce_mean, all_reduce_s
 from baseforge.train.metrics import MetricsLog, Progress, format_count, format_duration, memory_gb, truncate_metrics
 from baseforge.train.mfu import device_peak
 from baseforge.train.optim import build_optimizers
+from baseforge.train.host import keep_freed_memory
 from baseforge.train.precision import resolve_device, setup_precision
 from baseforge.train.schedule import lr_multiplier
 
@@ -78,6 +79,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.cfg.dist_timeout_s)
         self.device = device_for(self.dist, resolve_device(self.cfg.device))
         self.precision = setup_precision(self.cfg.precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.main = self.dist.is_main
 
         if isinstance(data, (str, Path)):
