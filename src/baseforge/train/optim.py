@@ -30,10 +30,13 @@ def adamw_groups(named_params, cfg: TrainConfig, lr: float) -> list[dict]:
 
 
 def make_adamw(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    extra = {}
-    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        extra["fused"] = True  # one kernel for the whole update
-    return torch.optim.AdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+    args = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if device.type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        try:  # one kernel for the whole update: on CPU 3.5x faster than foreach (benchmarks/results/train-throughput.md)
+            return torch.optim.AdamW(groups, fused=True, **args)
+        except RuntimeError:  # a torch without the fused kernel for this device
+            pass
+    return torch.optim.AdamW(groups, **args)
 
 
 class Optimizers:
