@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from baseforge.data import sources
 from baseforge.data.prepare import prepare
 from baseforge.data.shards import read_manifest, read_shard, split_shards, write_shard
 from baseforge.errors import UserError
@@ -54,15 +55,35 @@ def test_gpt2_ids_are_exactly_tiktokens(shared_data, gpt2_available, tmp_path):
     assert all_tokens(tmp_path / "w", "train").tolist() == want
 
 
-def test_output_is_byte_identical_for_1_and_2_workers(shared_data, tmp_path):
-    src = str(shared_data / "corpora" / "webtext")
+def test_output_is_byte_identical_for_1_and_2_workers(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "PIECE_BYTES", 5000)  # many small jsonl pieces
+    srcs = [str(shared_data / "corpora" / "webtext"), str(shared_data / "corpora" / "c4-sample")]
     for w in (1, 2):
-        prepare([src], tmp_path / f"w{w}", "bpe:512", val_fraction=0.2, shard_tokens=100_000, workers=w, log=quiet)
+        prepare(srcs, tmp_path / f"w{w}", "bpe:512", val_fraction=0.2, shard_tokens=100_000, workers=w, log=quiet)
     files = sorted(p.name for p in (tmp_path / "w1").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "w2").iterdir())
     assert len([f for f in files if f.startswith("train_")]) > 3
     for name in files:
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("piece_bytes", [64, 3000, 1 << 20])
+def test_jsonl_pieces_cut_anywhere_read_every_line_once(shared_data, tmp_path, monkeypatch, piece_bytes):
+    monkeypatch.setattr(sources, "PIECE_BYTES", piece_bytes)
+    source = sources.open_source(str(shared_data / "corpora" / "c4-sample"))
+    assert list(source.documents()) == c4_docs(shared_data)
+    # The C++ reader and the line-by-line one agree, and tricky strings fall back to the latter.
+    tricky = [{"text": "emoji \U0001F600, nul \x00, quote \", tab \t"}, {"text": "lone \ud800 surrogate"},
+              {"text": "x", "n": 1}, {"text": "y", "n": "changes type"}]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(row) + "\n" for row in tricky) + "\n", encoding="utf-8")
+    assert list(sources.open_source(str(mixed)).documents()) == [row["text"] for row in tricky]
+    piece = next(sources.open_source(str(shared_data / "corpora" / "c4-sample")).pieces())
+    assert piece._read_arrow() == piece._read_python()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(1, 7)) + "{oops\n")
+    with pytest.raises(UserError, match=r"bad.jsonl:7: not valid JSON"):
+        list(sources.open_source(str(bad)).documents())
 
 
 def test_splits_crop_and_test_slice(shared_data, tmp_path):
@@ -78,6 +99,35 @@ def test_splits_crop_and_test_slice(shared_data, tmp_path):
     assert train[-1] == eot or len(train) % 64 == 0
     full = prepare([src], tmp_path / "f", "bpe:400", val_fraction=0.25, test_start=10, test_tokens=50, log=quiet)
     assert m["tokens"] + m["cropped"]["tokens"] == full["tokens"]
+
+
+@pytest.mark.parametrize("crop", [None, 128])
+def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available, tmp_path, crop):
+    """Train, val and test are exactly the documents the held-out rule picks (cropped if asked),
+    and a train-token budget stops right after the document that reaches it."""
+    import tiktoken
+
+    from baseforge.data.prepare import held_out
+
+    enc = tiktoken.get_encoding("gpt2")
+    docs = [enc.encode_ordinary(d) + [enc.eot_token] for d in c4_docs(shared_data)]
+    docs = [d[:crop] if crop else d for d in docs]
+    train = [t for i, d in enumerate(docs) if not held_out(i, 0.05) for t in d]
+    held = [t for i, d in enumerate(docs) if held_out(i, 0.05) for t in d]
+    src = str(shared_data / "corpora" / "c4-sample")
+    pack = dict(pack="crop", context=crop) if crop else {}
+    lo, hi = len(held) // 4, len(held) // 2  # the test slice: held-out tokens [lo, hi)
+    prepare([src], tmp_path / "d", "gpt2", val_fraction=0.05, test_start=lo, test_tokens=hi - lo, workers=2,
+            shard_tokens=len(train) // 5, log=quiet, **pack)
+    assert all_tokens(tmp_path / "d", "train").tolist() == train
+    assert all_tokens(tmp_path / "d", "test").tolist() == held[lo:hi]
+    assert all_tokens(tmp_path / "d", "val").tolist() == held[:lo] + held[hi:]
+    budget = len(train) // 2
+    m = prepare([src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, log=quiet, **pack)
+    got = all_tokens(tmp_path / "b", "train").tolist()
+    ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])
+    assert got == train[:ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it
+    assert m["splits"]["train"]["documents"] == sum(1 for i in range(m["documents"]) if not held_out(i, 0.05))
 
 
 def test_fineweb_from_a_local_copy_laid_out_like_the_hub(tmp_path):

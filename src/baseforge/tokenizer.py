@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from baseforge.errors import UserError
 
 EOT = "<|endoftext|>"
@@ -29,6 +31,10 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         raise NotImplementedError
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's ids as a numpy array (no list of Python ints on the way, where the library allows)."""
+        return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -73,7 +79,15 @@ class GPT2Tokenizer(Tokenizer):
         self.eot_id = self.enc.eot_token
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(texts, num_threads=1)
+        # Not encode_ordinary_batch: even with num_threads=1 it hands every text to a thread pool,
+        # which halves the rate on short documents (benchmarks/results/prepare.md).
+        return [self.enc.encode_ordinary(t) for t in texts]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        if not hasattr(self.enc, "encode_to_numpy"):  # tiktoken < 0.8
+            return super().encode_arrays(texts)
+        # disallowed_special=() and no allowed ones: "<|endoftext|>" in a text is plain text, as in encode_ordinary
+        return [self.enc.encode_to_numpy(t, disallowed_special=()) for t in texts]
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
