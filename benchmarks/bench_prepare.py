@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,8 +101,8 @@ def throughput(args) -> None:
         write_parquet(inputs["parquet"], inputs["jsonl"])
         rows = []
         for rep in range(args.repeats):
-            raw = {f"raw: encode_ordinary_batch(num_threads=1)": run_rate(RAW, inputs["jsonl"], "batch"),
-                   f"raw: encode_ordinary, one text at a time": run_rate(RAW, inputs["jsonl"], "loop")}
+            raw = {"raw: encode_ordinary_batch(num_threads=1)": run_rate(RAW, inputs["jsonl"], "batch"),
+                   "raw: encode_ordinary, one text at a time": run_rate(RAW, inputs["jsonl"], "loop")}
             best = max(raw.values())  # per-worker rates are measured against the faster raw rate
             rows += [(name, 1, rate, best) for name, rate in raw.items()]
             for fmt in args.formats:

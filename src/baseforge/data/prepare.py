@@ -24,14 +24,13 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from baseforge.data.shards import MANIFEST, token_dtype, write_manifest, write_shard
+from baseforge.data.packing import BackgroundWrites, Router, SplitWriter, held_out
+from baseforge.data.shards import MANIFEST, token_dtype, write_manifest
 from baseforge.data.sources import open_source
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_path, atomic_write_text
@@ -40,13 +39,6 @@ from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, l
 PROGRESS = ".prepare-progress.json"
 PENDING = ".prepare-pending-{}.npy"  # train tokens past the last full shard; numbered by that shard
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
-
-
-def held_out(i, fraction: float):
-    """Is document i (an int, or an array of them) held out? The same float64 arithmetic either way."""
-    if isinstance(i, np.ndarray):
-        return ((i + 1) * fraction).astype(np.int64) > (i * fraction).astype(np.int64)
-    return int((i + 1) * fraction) > int(i * fraction)
 
 
 # --- worker side ------------------------------------------------------------------------------------
@@ -118,45 +110,6 @@ def _bpe_sample(sources, val_fraction):
 def _documents(sources):
     for source in sources:
         yield from source.documents()
-
-
-class SplitWriter:
-    """Accumulates one split's tokens and writes them as numbered shards."""
-
-    def __init__(self, out_dir: Path, split: str, vocab_size: int, state: dict | None = None):
-        self.out_dir, self.split, self.vocab_size = out_dir, split, vocab_size
-        state = state or {}
-        self.shards = state.get("shards", [])
-        self.documents = state.get("documents", 0)
-        self.buffer: list[np.ndarray] = []
-        self.buffered = 0
-
-    def add(self, ids: np.ndarray) -> None:
-        self.buffer.append(ids)
-        self.buffered += len(ids)
-
-    def flush(self, jobs: list, limit: int | None = None) -> np.ndarray | None:
-        """Queue up to `limit` buffered tokens (all if None) as one shard's write; keep the rest buffered."""
-        if not self.buffered:
-            return None
-        tokens = np.concatenate(self.buffer)
-        take = tokens if limit is None else tokens[:limit]
-        name = f"{self.split}_{len(self.shards):06d}.bin"
-        jobs.append(partial(write_shard, self.out_dir / name, take, self.vocab_size))
-        self.shards.append({"file": name, "tokens": int(len(take))})
-        rest = tokens[len(take):]
-        self.buffer, self.buffered = ([rest], len(rest)) if len(rest) else ([], 0)
-        return rest
-
-    @property
-    def tokens(self) -> int:
-        return sum(s["tokens"] for s in self.shards)
-
-    def state(self) -> dict:
-        return {"shards": self.shards, "documents": self.documents}
-
-    def entry(self) -> dict:
-        return {"documents": self.documents, "tokens": self.tokens, "shards": self.shards}
 
 
 def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, pack: str = "concat",
@@ -261,78 +214,6 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     return {"format": "baseforge-tokens", **manifest}
 
 
-class Router:
-    """Sends each batch of tokenized documents, in order, to the train, val and test buffers.
-
-    Whole-batch numpy operations for the 99% of documents that go to train (a Python loop per
-    document cost the parent process as much as a worker's tokenizing); held-out documents, which
-    may straddle the test slice, one at a time.
-    """
-
-    def __init__(self, writers: dict, counts: dict, crop: int | None, val_fraction: float, test_start: int,
-                 test_tokens: int, max_tokens: int | None, max_train_tokens: int | None):
-        self.writers, self.counts, self.crop, self.val_fraction = writers, counts, crop, val_fraction
-        self.test_start, self.test_tokens = test_start, test_tokens
-        self.max_tokens, self.max_train_tokens = max_tokens, max_train_tokens
-
-    def add_batch(self, flat: np.ndarray, lengths: np.ndarray) -> bool:
-        """Route one batch; True once a token limit is reached (the batch is cut after that document)."""
-        counts, train = self.counts, self.writers["train"]
-        held = held_out(counts["documents"] + np.arange(len(lengths)), self.val_fraction)
-        if self.crop:
-            cut = lengths > self.crop
-            counts["cropped_documents"] += int(cut.sum())
-            counts["cropped_tokens"] += int((lengths - self.crop)[cut].sum())
-            starts = np.cumsum(lengths) - lengths
-            flat = flat[np.arange(len(flat)) - np.repeat(starts, lengths) < self.crop]
-            lengths = np.minimum(lengths, self.crop)
-        done, keep = self._limit(lengths, held)
-        if keep < len(lengths):
-            flat, lengths, held = flat[:int(lengths[:keep].sum())], lengths[:keep], held[:keep]
-        counts["documents"] += keep
-        counts["tokens"] += int(lengths.sum())
-        if not held.any():
-            train.add(flat)
-            train.documents += keep
-            return done
-        held_tokens = np.repeat(held, lengths)
-        train.add(flat[~held_tokens])
-        train.documents += int((~held).sum())
-        starts = np.cumsum(lengths) - lengths
-        for j in np.flatnonzero(held):
-            self._held_out(flat[starts[j]:starts[j] + lengths[j]])
-        return done
-
-    def _limit(self, lengths: np.ndarray, held: np.ndarray) -> tuple[bool, int]:
-        """(limit reached?, documents of this batch to keep): stop after the document that reaches it."""
-        reached = []
-        if self.max_tokens:
-            reached.append(self.counts["tokens"] + np.cumsum(lengths) >= self.max_tokens)
-        if self.max_train_tokens:
-            train = self.writers["train"]
-            reached.append(train.tokens + train.buffered + np.cumsum(np.where(held, 0, lengths)) >= self.max_train_tokens)
-        first = min((int(np.argmax(r)) for r in reached if r.any()), default=None)
-        return (False, len(lengths)) if first is None else (True, first + 1)
-
-    def _held_out(self, doc: np.ndarray) -> None:
-        """Held-out tokens [test_start, test_start + test_tokens) go to test, the rest to val."""
-        counts, writers = self.counts, self.writers
-        pos = counts["held_out_tokens"]
-        counts["held_out_tokens"] += len(doc)
-        lo, hi = self.test_start, self.test_start + self.test_tokens
-        a, b = max(pos, lo), min(pos + len(doc), hi)
-        if self.test_tokens and a < b:
-            if a > pos:
-                writers["val"].add(doc[:a - pos])
-            writers["test"].add(doc[a - pos:b - pos])
-            writers["test"].documents += 1
-            if b < pos + len(doc):
-                writers["val"].add(doc[b - pos:])
-        else:
-            writers["val"].add(doc)
-            writers["val"].documents += 1
-
-
 def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> list:
     """The writes of a full train shard, the held-out buffers and a progress record (for resume), in order."""
     jobs = []
@@ -358,31 +239,6 @@ def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> list:
                 old.unlink()
 
     return jobs + [save_pending, record_progress]
-
-
-class BackgroundWrites:
-    """Checkpoints' writes, on one thread, in order, so the workers need not wait for the disk (a
-    100M-token shard and its fsync take about a second, in which 16 workers tokenize 60M tokens).
-    One checkpoint is written while the next one's tokens gather: never more than two in memory."""
-
-    def __init__(self):
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="prepare-writes")
-        self.last = None
-
-    def run(self, jobs: list) -> None:
-        self.wait()
-        self.last = self.thread.submit(lambda: [job() for job in jobs])
-
-    def wait(self) -> None:
-        if self.last is not None:
-            self.last.result()  # re-raises a failed write here, in the main thread
-            self.last = None
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self.thread.shutdown()
 
 
 def _read_progress(out: Path, key: str) -> dict | None:
