@@ -74,9 +74,14 @@ def test_bf16_loss_and_grads_match_autocast_reference():
 
 def test_target_probability_underflow_gives_the_exact_loss():
     """A target whose probability underflows to 0 still gets its finite loss (lse - logit)."""
-    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     w = torch.tensor([[300.0, 0.0], [0.0, 0.0], [0.0, 2.0]])  # row 0's target 1 is 300 nats below the top
-    targets = torch.tensor([1, 2])
+    targets = torch.tensor([1, 2, -100])  # row 2 is masked, and its "target" (index 0 after clamping) is fine
     got = fused.linear_cross_entropy(h, w, targets)
     torch.testing.assert_close(got, reference(h, w, targets, 0.0))
     assert 140 < got.item() < 160
+    h = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    w = torch.tensor([[0.0, 0.0], [300.0, 0.0]])
+    masked_underflow = torch.tensor([0, -100])  # row 1's clamped target 0 underflows, but it is masked
+    got = fused.linear_cross_entropy(h, w, masked_underflow)
+    torch.testing.assert_close(got, reference(h, w, masked_underflow, 0.0))

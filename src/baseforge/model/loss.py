@@ -76,10 +76,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             p = torch.softmax(p, dim=-1, out=p)  # in place: one kernel, fp32 accumulation inside
             at_target = (torch.arange(end - start, device=h.device), ts)
             losses = -p[at_target].float().log()
-            if bool(torch.isinf(losses).any()):
-                bad = torch.isinf(losses)
+            if not all_valid:
+                losses = losses.masked_fill(~valid[start:end], 0.0)
+            bad = torch.isinf(losses)
+            if bool(bad.any()):
                 losses[bad] = _exact_row_losses(hs[bad], wc, ts[bad], softcap)
-            total += losses.sum() if all_valid else (losses * valid[start:end]).sum()
+            total += losses.sum()
             if not (need_h or need_w):
                 continue
             p[at_target] -= 1  # p is now d(sum of row losses) / d logits
