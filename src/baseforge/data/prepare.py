@@ -31,7 +31,7 @@ import numpy as np
 
 from baseforge.data.packing import BackgroundWrites, Router, SplitWriter, held_out
 from baseforge.data.shards import MANIFEST, token_dtype, write_manifest
-from baseforge.data.sources import open_source
+from baseforge.data.sources import open_source, preload_readers
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_path, atomic_write_text
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
@@ -167,6 +167,7 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     if workers > 1:
         global _worker_tokenizer
         _worker_tokenizer = tok
+        preload_readers()
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.record(), str(out)))
         _worker_tokenizer = None
