@@ -18,7 +18,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from baseforge.model.gpt import explicit_causal_attention
 
-SHAPES = [(16, 6, 128, 64), (8, 6, 256, 64), (4, 6, 512, 64), (2, 12, 1024, 64)]  # batch, heads, length, head dim
+SHAPES = [
+    (16, 6, 128, 64),
+    (8, 6, 256, 64),
+    (4, 6, 512, 64),
+    (2, 12, 1024, 64),
+]  # batch, heads, length, head dim
 
 
 def fused(q, k, v):
@@ -43,7 +48,10 @@ def main() -> None:
             q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
             grad = torch.randn(shape, dtype=dtype)
             a, b = time_ms(fused, q, k, v, grad), time_ms(explicit_causal_attention, q, k, v, grad)
-            print(f"{str(shape):<22}{str(dtype).split('.')[1]:<10}{a:>10.1f}ms{b:>8.1f}ms{b / a:>15.2f}x", flush=True)
+            print(
+                f"{str(shape):<22}{str(dtype).split('.')[1]:<10}{a:>10.1f}ms{b:>8.1f}ms{b / a:>15.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,23 @@ def write_parquet(path: Path, jsonl: Path) -> None:
 
     texts = [json.loads(line)["text"] for line in open(jsonl)]
     n = len(texts)
-    pq.write_table(pa.table({"text": texts, "id": [f"<urn:{i}>" for i in range(n)], "dump": ["CC-MAIN"] * n,
-                             "url": ["http://x"] * n, "date": ["2024"] * n, "file_path": ["s3://x"] * n,
-                             "language": ["en"] * n, "language_score": [0.9] * n,
-                             "token_count": [0] * n}), path, row_group_size=1000)
+    pq.write_table(
+        pa.table(
+            {
+                "text": texts,
+                "id": [f"<urn:{i}>" for i in range(n)],
+                "dump": ["CC-MAIN"] * n,
+                "url": ["http://x"] * n,
+                "date": ["2024"] * n,
+                "file_path": ["s3://x"] * n,
+                "language": ["en"] * n,
+                "language_score": [0.9] * n,
+                "token_count": [0] * n,
+            }
+        ),
+        path,
+        row_group_size=1000,
+    )
 
 
 RAW = """
@@ -88,8 +101,13 @@ print(m["tokens"] / (time.perf_counter() - t))
 
 def run_rate(code: str, *args) -> float:
     """A measurement in a fresh process, as `baseforge prepare` would run (the timer is inside)."""
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )
     return float(out.stdout.split()[-1])
 
 
@@ -101,14 +119,18 @@ def throughput(args) -> None:
         write_parquet(inputs["parquet"], inputs["jsonl"])
         rows = []
         for rep in range(args.repeats):
-            raw = {"raw: encode_ordinary_batch(num_threads=1)": run_rate(RAW, inputs["jsonl"], "batch"),
-                   "raw: encode_ordinary, one text at a time": run_rate(RAW, inputs["jsonl"], "loop")}
+            raw = {
+                "raw: encode_ordinary_batch(num_threads=1)": run_rate(RAW, inputs["jsonl"], "batch"),
+                "raw: encode_ordinary, one text at a time": run_rate(RAW, inputs["jsonl"], "loop"),
+            }
             best = max(raw.values())  # per-worker rates are measured against the faster raw rate
             rows += [(name, 1, rate, best) for name, rate in raw.items()]
             for fmt in args.formats:
                 for workers in (1, 2):
                     rate = run_rate(PREPARE, inputs[fmt], Path(tmp) / f"out-{fmt}{workers}-{rep}", workers)
-                    rows.append((f"prepare {fmt}, {workers} worker{'s' * (workers > 1)}", workers, rate, best))
+                    rows.append(
+                        (f"prepare {fmt}, {workers} worker{'s' * (workers > 1)}", workers, rate, best)
+                    )
             print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
         print(f"input: {size / 1e6:.0f} MB of text as jsonl and as parquet; {args.repeats} repeat(s)\n")
         print(f"{'':<46}{'tokens/s':>12}{'per worker vs fastest raw':>28}")
@@ -122,23 +144,33 @@ def memory(args) -> None:
         for scale in (1, 10):
             src = Path(tmp) / f"corpus{scale}.jsonl"
             size = write_jsonl(src, docs, args.mb * scale)
-            code = ("import resource, sys; sys.path.insert(0, %r); import common;"
-                    "from baseforge.data.prepare import prepare;"
-                    "m = prepare([%r], %r, 'gpt2', workers=2, shard_tokens=1_000_000, log=lambda *a: None);"
-                    "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-                    "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
-                    "print(m['tokens'], me, kids)") % (str(Path(__file__).parent), str(src), str(Path(tmp) / f"o{scale}"))
-            tokens, me, kids = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                       check=True).stdout.split())
-            print(f"{size / 1e6:6.0f} MB input, {tokens:>12,} tokens: peak RSS main {me / 1024:.0f} MB, "
-                  f"largest worker {kids / 1024:.0f} MB")
+            code = (
+                "import resource, sys; sys.path.insert(0, %r); import common;"
+                "from baseforge.data.prepare import prepare;"
+                "m = prepare([%r], %r, 'gpt2', workers=2, shard_tokens=1_000_000, log=lambda *a: None);"
+                "me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+                "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss;"
+                "print(m['tokens'], me, kids)"
+            ) % (str(Path(__file__).parent), str(src), str(Path(tmp) / f"o{scale}"))
+            tokens, me, kids = map(
+                int,
+                subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                ).stdout.split(),
+            )
+            print(
+                f"{size / 1e6:6.0f} MB input, {tokens:>12,} tokens: peak RSS main {me / 1024:.0f} MB, "
+                f"largest worker {kids / 1024:.0f} MB"
+            )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mb", type=float, default=20, help="input size in MB (memory: the 1x size)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--formats", default="parquet,jsonl", type=lambda v: v.split(","), help="input formats to time")
+    p.add_argument(
+        "--formats", default="parquet,jsonl", type=lambda v: v.split(","), help="input formats to time"
+    )
     p.add_argument("--memory", action="store_true")
     args = p.parse_args()
     memory(args) if args.memory else throughput(args)

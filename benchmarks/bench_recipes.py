@@ -28,22 +28,64 @@ from common import SHARED  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = ["n_layer=4", "n_embd=192", "n_head=4", "context=128", "vocab_size=none", "dropout=0"]
-COMMON = ["micro_batch=16", "global_batch=16", "log_every=25", "sample_tokens=0", "checkpoint_every=1000000",
-          "precision=bf16", "eval_tokens=65536", "grad_clip=1.0", "weight_decay=0.1"]
-SEED = ["pos_emb=learned", "norm=layernorm", "mlp_act=gelu", "tie_weights=false", "qkv_bias=false", "bias=true",
-        "optimizer=adamw", "lr=2e-3", "schedule=cosine", "warmup_fraction=0.05", "min_lr_ratio=0.1"]
-MODERN_MODEL = ["pos_emb=rope", "norm=rmsnorm", "qk_norm=true", "mlp_act=relu2", "tie_weights=false",
-                "zero_init_head=true", "logit_softcap=15", "bias=false"]
-MODERN_OPTIM = ["optimizer=muon", "muon_lr=0.03", "lr=6e-3", "schedule=wsd", "warmup_fraction=0.02",
-                "decay_fraction=0.3", "min_lr_ratio=0.0"]
+COMMON = [
+    "micro_batch=16",
+    "global_batch=16",
+    "log_every=25",
+    "sample_tokens=0",
+    "checkpoint_every=1000000",
+    "precision=bf16",
+    "eval_tokens=65536",
+    "grad_clip=1.0",
+    "weight_decay=0.1",
+]
+SEED = [
+    "pos_emb=learned",
+    "norm=layernorm",
+    "mlp_act=gelu",
+    "tie_weights=false",
+    "qkv_bias=false",
+    "bias=true",
+    "optimizer=adamw",
+    "lr=2e-3",
+    "schedule=cosine",
+    "warmup_fraction=0.05",
+    "min_lr_ratio=0.1",
+]
+MODERN_MODEL = [
+    "pos_emb=rope",
+    "norm=rmsnorm",
+    "qk_norm=true",
+    "mlp_act=relu2",
+    "tie_weights=false",
+    "zero_init_head=true",
+    "logit_softcap=15",
+    "bias=false",
+]
+MODERN_OPTIM = [
+    "optimizer=muon",
+    "muon_lr=0.03",
+    "lr=6e-3",
+    "schedule=wsd",
+    "warmup_fraction=0.02",
+    "decay_fraction=0.3",
+    "min_lr_ratio=0.0",
+]
 INTERVENTIONS = {  # each alone, on top of the seed recipe
-    "+rope": ["pos_emb=rope"], "+rmsnorm": ["norm=rmsnorm"], "+qk_norm": ["qk_norm=true"],
-    "+relu2": ["mlp_act=relu2"], "+zero_head": ["zero_init_head=true"], "+softcap": ["logit_softcap=15"],
+    "+rope": ["pos_emb=rope"],
+    "+rmsnorm": ["norm=rmsnorm"],
+    "+qk_norm": ["qk_norm=true"],
+    "+relu2": ["mlp_act=relu2"],
+    "+zero_head": ["zero_init_head=true"],
+    "+softcap": ["logit_softcap=15"],
     "+muon": ["optimizer=muon", "muon_lr=0.03"],
     "+wsd": ["schedule=wsd", "warmup_fraction=0.02", "decay_fraction=0.3", "min_lr_ratio=0.0"],
 }
-RECIPES = {"seed": SEED, "modern": SEED + MODERN_MODEL + MODERN_OPTIM,
-           **{name: SEED + extra for name, extra in INTERVENTIONS.items()}}
+RECIPES = {
+    "seed": SEED,
+    "modern": SEED + MODERN_MODEL + MODERN_OPTIM,
+    **{name: SEED + extra for name, extra in INTERVENTIONS.items()},
+}
 # Numerics checks (--recipes seed-fp32,seed-compile): does the curve move beyond seed noise?
 CHECKS = {"seed-fp32": SEED + ["precision=fp32"], "seed-compile": SEED + ["compile=true"]}
 
@@ -57,11 +99,18 @@ def prepare_data(out: Path) -> Path:
     return out
 
 
-def run(recipe: str, seed: int, data: Path, tmp: Path, steps: int, eval_every: int) -> list[tuple[int, float]]:
+def run(
+    recipe: str, seed: int, data: Path, tmp: Path, steps: int, eval_every: int
+) -> list[tuple[int, float]]:
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
 
-    overrides = SHAPE + COMMON + {**RECIPES, **CHECKS}[recipe] + [f"seed={seed}", f"max_steps={steps}", f"eval_every={eval_every}"]
+    overrides = (
+        SHAPE
+        + COMMON
+        + {**RECIPES, **CHECKS}[recipe]
+        + [f"seed={seed}", f"max_steps={steps}", f"eval_every={eval_every}"]
+    )
     run_dir = tmp / f"{recipe}-{seed}"
     Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -78,8 +127,12 @@ def tokens_to_reach(curve: list[tuple[int, float]], target: float) -> float | No
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default=",".join(RECIPES), type=lambda s: s.split(","),
-                   help=f"from: {', '.join(RECIPES)}, {', '.join(CHECKS)}")
+    p.add_argument(
+        "--recipes",
+        default=",".join(RECIPES),
+        type=lambda s: s.split(","),
+        help=f"from: {', '.join(RECIPES)}, {', '.join(CHECKS)}",
+    )
     p.add_argument("--out", default="recipes", help="results file stem in benchmarks/results/")
     p.add_argument("--seeds", type=int, default=3, help="seeds for seed and modern")
     p.add_argument("--intervention-seeds", type=int, default=1)
@@ -94,24 +147,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(Path(tmp) / "data")
         for recipe in args.recipes:
-            seeds = args.seeds if recipe in ("seed", "modern") or recipe in CHECKS else args.intervention_seeds
+            seeds = (
+                args.seeds if recipe in ("seed", "modern") or recipe in CHECKS else args.intervention_seeds
+            )
             for seed in range(len(curves.get(recipe, [])), seeds):  # --reuse skips finished runs
                 t0 = time.perf_counter()
-                curves.setdefault(recipe, []).append(run(recipe, seed, data, Path(tmp), steps, args.eval_every))
+                curves.setdefault(recipe, []).append(
+                    run(recipe, seed, data, Path(tmp), steps, args.eval_every)
+                )
                 saved.write_text(json.dumps(curves))  # after every run: a long benchmark can be resumed
-                print(f"{recipe} seed {seed}: final val {curves[recipe][-1][-1][1]:.4f} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                print(
+                    f"{recipe} seed {seed}: final val {curves[recipe][-1][-1][1]:.4f} "
+                    f"({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
     report(curves, args)
 
 
 def report(curves: dict, args) -> None:
     base = "seed" if "seed" in curves else next(iter(curves))
     target = statistics.mean(c[-1][1] for c in curves[base])
-    lines = [f"# Recipe comparison ({args.tokens:,} tokens per run, 4 layers x 192, context 128, bpe:2048)", "",
-             f"Command: `python benchmarks/bench_recipes.py --tokens {args.tokens} --seeds {args.seeds}`", "",
-             f"Target: the {base} recipe's final validation loss, mean of {len(curves[base])} seeds = {target:.4f}.", "",
-             "| recipe | seeds | final val loss (mean ± sd) | tokens to reach the target (mean) | fraction of the seed budget |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# Recipe comparison ({args.tokens:,} tokens per run, 4 layers x 192, context 128, bpe:2048)",
+        "",
+        f"Command: `python benchmarks/bench_recipes.py --tokens {args.tokens} --seeds {args.seeds}`",
+        "",
+        f"Target: the {base} recipe's final validation loss, "
+        f"mean of {len(curves[base])} seeds = {target:.4f}.",
+        "",
+        "| recipe | seeds | final val loss (mean ± sd) | tokens to reach the target (mean) "
+        "| fraction of the seed budget |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for recipe, runs in curves.items():
         finals = [c[-1][1] for c in runs]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
@@ -122,7 +189,9 @@ def report(curves: dict, args) -> None:
             reach_s = f"{mean_reach:,.0f}"
         else:
             reach_s, frac = f"not reached by {sum(r is None for r in reach)} seed(s)", "-"
-        lines.append(f"| {recipe} | {len(runs)} | {statistics.mean(finals):.4f} ± {sd:.4f} | {reach_s} | {frac} |")
+        lines.append(
+            f"| {recipe} | {len(runs)} | {statistics.mean(finals):.4f} ± {sd:.4f} | {reach_s} | {frac} |"
+        )
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
@@ -137,10 +206,17 @@ def report(curves: dict, args) -> None:
         values = [[c[i][1] for c in runs] for i in range(n)]
         mean = [statistics.mean(v) for v in values]
         style = dict(lw=2.5) if recipe in ("seed", "modern") else dict(lw=1, alpha=0.7)
-        line, = ax.plot(tokens[:n], mean, label=f"{recipe} ({len(runs)} seed{'s' * (len(runs) > 1)})", **style)
+        (line,) = ax.plot(
+            tokens[:n], mean, label=f"{recipe} ({len(runs)} seed{'s' * (len(runs) > 1)})", **style
+        )
         if len(runs) > 1:
-            ax.fill_between(tokens[:n], [min(v) for v in values], [max(v) for v in values], color=line.get_color(),
-                            alpha=0.15)
+            ax.fill_between(
+                tokens[:n],
+                [min(v) for v in values],
+                [max(v) for v in values],
+                color=line.get_color(),
+                alpha=0.15,
+            )
     ax.axhline(target, color="gray", ls="--", lw=1, label="seed recipe's final val loss")
     ax.set_xlabel("tokens")
     ax.set_ylabel("validation loss")

@@ -23,13 +23,30 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, synthetic_data_dir  # noqa: E402
+from common import synthetic_data_dir  # noqa: E402
 
-REFERENCE = ["n_layer=6", "n_embd=384", "n_head=6", "context=256", "vocab_size=50257", "micro_batch=8",
-             "global_batch=8", "dropout=0", "optimizer=adamw", "max_steps=100000", "log_every=100000",
-             "eval_every=100000", "checkpoint_every=100000", "sample_tokens=0"]
-VARIANTS = {"fp32": ["precision=fp32"], "bf16": ["precision=bf16"],
-            "fp32+compile": ["precision=fp32", "compile=true"], "bf16+compile": ["precision=bf16", "compile=true"]}
+REFERENCE = [
+    "n_layer=6",
+    "n_embd=384",
+    "n_head=6",
+    "context=256",
+    "vocab_size=50257",
+    "micro_batch=8",
+    "global_batch=8",
+    "dropout=0",
+    "optimizer=adamw",
+    "max_steps=100000",
+    "log_every=100000",
+    "eval_every=100000",
+    "checkpoint_every=100000",
+    "sample_tokens=0",
+]
+VARIANTS = {
+    "fp32": ["precision=fp32"],
+    "bf16": ["precision=bf16"],
+    "fp32+compile": ["precision=fp32", "compile=true"],
+    "bf16+compile": ["precision=bf16", "compile=true"],
+}
 
 
 def make_trainer(data: Path, run: Path, overrides: list[str]):
@@ -47,9 +64,17 @@ def throughput(args) -> dict:
             t0 = time.perf_counter()
             trainers[name] = make_trainer(data, Path(tmp) / name, VARIANTS[name])
             compiled = trainers[name].fwd_model is not trainers[name].model
-            print(f"{name}: set up in {time.perf_counter() - t0:.1f}s"
-                  + (" (compiled)" if "compile" in name and compiled else
-                     " (compile fell back to eager)" if "compile" in name else ""), flush=True)
+            print(
+                f"{name}: set up in {time.perf_counter() - t0:.1f}s"
+                + (
+                    " (compiled)"
+                    if "compile" in name and compiled
+                    else " (compile fell back to eager)"
+                    if "compile" in name
+                    else ""
+                ),
+                flush=True,
+            )
             for _ in range(args.warmup):
                 trainers[name].train_step()
                 trainers[name].step += 1
@@ -66,10 +91,15 @@ def throughput(args) -> dict:
         for name, trainer in trainers.items():
             per_step = statistics.median(times[name])
             tps = trainer.tokens_per_step / per_step
-            rows[name] = {"tokens_per_s": tps, "mfu": trainer.flops_per_token * tps / trainer.peak,
-                          "peak_tflops": trainer.peak / 1e12, "peak_source": trainer.peak_source,
-                          "step_s_median": per_step, "params": trainer.n_params,
-                          "compiled": trainer.fwd_model is not trainer.model}
+            rows[name] = {
+                "tokens_per_s": tps,
+                "mfu": trainer.flops_per_token * tps / trainer.peak,
+                "peak_tflops": trainer.peak / 1e12,
+                "peak_source": trainer.peak_source,
+                "step_s_median": per_step,
+                "params": trainer.n_params,
+                "compiled": trainer.fwd_model is not trainer.model,
+            }
         return rows
 
 
@@ -81,15 +111,24 @@ def memory(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for tokens in (10_000_000, 100_000_000):
             data = synthetic_data_dir(Path(tmp) / f"d{tokens}", tokens)
-            code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r});"
-                    "from bench_train import make_trainer; from common import peak_rss_mb; from pathlib import Path;"
-                    f"t = make_trainer(Path({str(data)!r}), Path({tmp!r}) / 'run{tokens}', ['precision=bf16']);"
-                    "[t.train_step() for _ in range(3)]; print(peak_rss_mb())")
-            rss = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                       check=True).stdout.split()[-1])
+            code = (
+                f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r});"
+                "from bench_train import make_trainer; from common import peak_rss_mb;"
+                "from pathlib import Path;"
+                f"t = make_trainer(Path({str(data)!r}), Path({tmp!r}) / 'run{tokens}', ['precision=bf16']);"
+                "[t.train_step() for _ in range(3)]; print(peak_rss_mb())"
+            )
+            rss = float(
+                subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                ).stdout.split()[-1]
+            )
             out[tokens] = rss
-            print(f"{tokens / 1e6:.0f}M tokens of data ({tokens * 2 / 1e6:.0f} MB of shards): peak RSS {rss:.0f} MB",
-                  flush=True)
+            print(
+                f"{tokens / 1e6:.0f}M tokens of data ({tokens * 2 / 1e6:.0f} MB of shards): "
+                f"peak RSS {rss:.0f} MB",
+                flush=True,
+            )
     return out
 
 
@@ -110,8 +149,10 @@ def main() -> None:
         print(f"\n{'variant':<14}{'tokens/s':>10}{'MFU':>8}{'peak TFLOP/s':>14}{'vs fp32':>9}")
         for name, r in result.items():
             ratio = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
-            print(f"{name:<14}{r['tokens_per_s']:>10.0f}{100 * r['mfu']:>7.1f}%{r['peak_tflops']:>10.3f} "
-                  f"({r['peak_source']}){ratio:>9}")
+            print(
+                f"{name:<14}{r['tokens_per_s']:>10.0f}{100 * r['mfu']:>7.1f}%{r['peak_tflops']:>10.3f} "
+                f"({r['peak_source']}){ratio:>9}"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

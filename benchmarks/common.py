@@ -14,8 +14,9 @@ if (SHARED / "gpt2" / "tiktoken-cache").is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "gpt2" / "tiktoken-cache"))
 
 
-def synthetic_data_dir(out: Path, train_tokens: int, val_tokens: int = 1 << 16, shard_tokens: int = 50_000_000,
-                       seed: int = 0) -> Path:
+def synthetic_data_dir(
+    out: Path, train_tokens: int, val_tokens: int = 1 << 16, shard_tokens: int = 50_000_000, seed: int = 0
+) -> Path:
     """A data dir of uniformly random GPT-2 token ids: throughput does not depend on what the tokens say."""
     from baseforge.data.shards import write_manifest, write_shard
 
@@ -31,9 +32,18 @@ def synthetic_data_dir(out: Path, train_tokens: int, val_tokens: int = 1 << 16, 
             shards.append({"file": name, "tokens": n})
             left, k = left - n, k + 1
         splits[split] = {"documents": 0, "tokens": total, "shards": shards}
-    write_manifest(out, {"tokenizer": {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}, "pack": "concat",
-                         "context": None, "sources": ["synthetic"], "documents": 0,
-                         "tokens": train_tokens + val_tokens, "splits": splits})
+    write_manifest(
+        out,
+        {
+            "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256},
+            "pack": "concat",
+            "context": None,
+            "sources": ["synthetic"],
+            "documents": 0,
+            "tokens": train_tokens + val_tokens,
+            "splits": splits,
+        },
+    )
     return out
 
 

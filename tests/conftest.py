@@ -46,10 +46,26 @@ def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) 
     write_shard(out / "train_000000.bin", np.array(train), tok.vocab_size)
     write_shard(out / "val_000000.bin", np.array(val), tok.vocab_size)
     tok.save(out)
-    split = lambda name, ids: {"documents": 0, "tokens": len(ids), "shards": [{"file": f"{name}_000000.bin", "tokens": len(ids)}]}  # noqa: E731
-    write_manifest(out, {"tokenizer": tok.record(), "pack": "concat", "context": None, "sources": ["test"],
-                         "documents": len(docs), "tokens": len(train) + len(val),
-                         "splits": {"train": split("train", train), "val": split("val", val)}})
+
+    def split(name, ids):
+        return {
+            "documents": 0,
+            "tokens": len(ids),
+            "shards": [{"file": f"{name}_000000.bin", "tokens": len(ids)}],
+        }
+
+    write_manifest(
+        out,
+        {
+            "tokenizer": tok.record(),
+            "pack": "concat",
+            "context": None,
+            "sources": ["test"],
+            "documents": len(docs),
+            "tokens": len(train) + len(val),
+            "splits": {"train": split("train", train), "val": split("val", val)},
+        },
+    )
     return out
 
 

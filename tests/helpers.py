@@ -10,8 +10,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # A model small enough for tests: trains a step in milliseconds.
-TINY = ["n_layer=2", "n_embd=64", "n_head=2", "context=64", "micro_batch=4", "global_batch=8", "dropout=0.1",
-        "log_every=1", "eval_every=5", "eval_tokens=2048", "sample_tokens=0", "precision=fp32", "warmup_steps=3"]
+TINY = [
+    "n_layer=2",
+    "n_embd=64",
+    "n_head=2",
+    "context=64",
+    "micro_batch=4",
+    "global_batch=8",
+    "dropout=0.1",
+    "log_every=1",
+    "eval_every=5",
+    "eval_tokens=2048",
+    "sample_tokens=0",
+    "precision=fp32",
+    "warmup_steps=3",
+]
 
 
 def cli_env() -> dict:
@@ -21,13 +34,24 @@ def cli_env() -> dict:
 
 
 def baseforge(*args, check=False, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "baseforge", *map(str, args)], capture_output=True, text=True,
-                          env=cli_env(), check=check, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "baseforge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=check,
+        **kwargs,
+    )
 
 
 def popen(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "baseforge", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", "baseforge", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
 
 
 def sets(*items) -> list[str]:

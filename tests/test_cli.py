@@ -7,8 +7,6 @@ import pytest
 from helpers import TINY, assert_clean_error, baseforge, sets
 
 
-
-
 def test_top_level_help_lists_verbs_and_quick_start():
     result = baseforge("--help")
     assert result.returncode == 0
@@ -32,8 +30,10 @@ def test_sample_from_a_run(shakespeare_dir, tmp_path):
     first, second = baseforge(*args), baseforge(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("ROMEO:") and first.stdout == second.stdout  # greedy is deterministic
-    seeded = [baseforge("sample", run, "--prompt", "A", "--max-new-tokens", "10", "--seed", "3").stdout
-              for _ in range(2)]
+    seeded = [
+        baseforge("sample", run, "--prompt", "A", "--max-new-tokens", "10", "--seed", "3").stdout
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1]
     assert_clean_error(baseforge("sample", tmp_path / "nope", "--prompt", "x"), "does not exist")
     assert_clean_error(baseforge("sample", run, "--max-new-tokens", "0"), "--max-new-tokens")

@@ -59,7 +59,9 @@ def test_output_is_byte_identical_for_1_and_2_workers(shared_data, tmp_path, mon
     monkeypatch.setattr(sources, "PIECE_BYTES", 5000)  # many small jsonl pieces
     srcs = [str(shared_data / "corpora" / "webtext"), str(shared_data / "corpora" / "c4-sample")]
     for w in (1, 2):
-        prepare(srcs, tmp_path / f"w{w}", "bpe:512", val_fraction=0.2, shard_tokens=100_000, workers=w, log=quiet)
+        prepare(
+            srcs, tmp_path / f"w{w}", "bpe:512", val_fraction=0.2, shard_tokens=100_000, workers=w, log=quiet
+        )
     files = sorted(p.name for p in (tmp_path / "w1").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "w2").iterdir())
     assert len([f for f in files if f.startswith("train_")]) > 3
@@ -73,8 +75,12 @@ def test_jsonl_pieces_cut_anywhere_read_every_line_once(shared_data, tmp_path, m
     source = sources.open_source(str(shared_data / "corpora" / "c4-sample"))
     assert list(source.documents()) == c4_docs(shared_data)
     # The C++ reader and the line-by-line one agree, and tricky strings fall back to the latter.
-    tricky = [{"text": "emoji \U0001F600, nul \x00, quote \", tab \t"}, {"text": "lone \ud800 surrogate"},
-              {"text": "x", "n": 1}, {"text": "y", "n": "changes type"}]
+    tricky = [
+        {"text": 'emoji \U0001f600, nul \x00, quote ", tab \t'},
+        {"text": "lone \ud800 surrogate"},
+        {"text": "x", "n": 1},
+        {"text": "y", "n": "changes type"},
+    ]
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps(row) + "\n" for row in tricky) + "\n", encoding="utf-8")
     assert list(sources.open_source(str(mixed)).documents()) == [row["text"] for row in tricky]
@@ -88,8 +94,17 @@ def test_jsonl_pieces_cut_anywhere_read_every_line_once(shared_data, tmp_path, m
 
 def test_splits_crop_and_test_slice(shared_data, tmp_path):
     src = str(shared_data / "corpora" / "c4-sample")
-    m = prepare([src], tmp_path / "c", "bpe:400", pack="crop", context=64, val_fraction=0.25,
-                test_start=10, test_tokens=50, log=quiet)
+    m = prepare(
+        [src],
+        tmp_path / "c",
+        "bpe:400",
+        pack="crop",
+        context=64,
+        val_fraction=0.25,
+        test_start=10,
+        test_tokens=50,
+        log=quiet,
+    )
     assert m["splits"]["val"]["documents"] + m["splits"]["test"]["documents"] >= m["documents"] // 4
     assert m["splits"]["test"]["tokens"] == 50
     assert m["cropped"]["documents"] > 0 and m["cropped"]["tokens"] > 0
@@ -97,7 +112,9 @@ def test_splits_crop_and_test_slice(shared_data, tmp_path):
     eot = m["tokenizer"]["eot_id"]
     train = all_tokens(tmp_path / "c", "train")
     assert train[-1] == eot or len(train) % 64 == 0
-    full = prepare([src], tmp_path / "f", "bpe:400", val_fraction=0.25, test_start=10, test_tokens=50, log=quiet)
+    full = prepare(
+        [src], tmp_path / "f", "bpe:400", val_fraction=0.25, test_start=10, test_tokens=50, log=quiet
+    )
     assert m["tokens"] + m["cropped"]["tokens"] == full["tokens"]
 
 
@@ -117,8 +134,18 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
     src = str(shared_data / "corpora" / "c4-sample")
     pack = dict(pack="crop", context=crop) if crop else {}
     lo, hi = len(held) // 4, len(held) // 2  # the test slice: held-out tokens [lo, hi)
-    prepare([src], tmp_path / "d", "gpt2", val_fraction=0.05, test_start=lo, test_tokens=hi - lo, workers=2,
-            shard_tokens=len(train) // 5, log=quiet, **pack)
+    prepare(
+        [src],
+        tmp_path / "d",
+        "gpt2",
+        val_fraction=0.05,
+        test_start=lo,
+        test_tokens=hi - lo,
+        workers=2,
+        shard_tokens=len(train) // 5,
+        log=quiet,
+        **pack,
+    )
     assert all_tokens(tmp_path / "d", "train").tolist() == train
     assert all_tokens(tmp_path / "d", "test").tolist() == held[lo:hi]
     assert all_tokens(tmp_path / "d", "val").tolist() == held[:lo] + held[hi:]
@@ -126,7 +153,7 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
     m = prepare([src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, log=quiet, **pack)
     got = all_tokens(tmp_path / "b", "train").tolist()
     ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])
-    assert got == train[:ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it
+    assert got == train[: ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it
     assert m["splits"]["train"]["documents"] == sum(1 for i in range(m["documents"]) if not held_out(i, 0.05))
 
 
@@ -136,22 +163,54 @@ def test_fineweb_from_a_local_copy_laid_out_like_the_hub(tmp_path):
     columns = ["text", "id", "dump", "url", "date", "file_path", "language", "language_score", "token_count"]
     texts = []
     for k in range(2):
-        rows = [f"Document {k}-{i}: the weather in city {i} is {'sunny' if i % 2 else 'rainy'} today." * 5
-                for i in range(300)]
+        rows = [
+            f"Document {k}-{i}: the weather in city {i} is {'sunny' if i % 2 else 'rainy'} today." * 5
+            for i in range(300)
+        ]
         texts += rows
-        table = pa.table({"text": rows, "id": [f"<urn:{k}-{i}>" for i in range(300)], "dump": ["CC-MAIN"] * 300,
-                          "url": ["http://x"] * 300, "date": ["2024"] * 300, "file_path": ["s3://x"] * 300,
-                          "language": ["en"] * 300, "language_score": [0.9] * 300, "token_count": [60] * 300})
+        table = pa.table(
+            {
+                "text": rows,
+                "id": [f"<urn:{k}-{i}>" for i in range(300)],
+                "dump": ["CC-MAIN"] * 300,
+                "url": ["http://x"] * 300,
+                "date": ["2024"] * 300,
+                "file_path": ["s3://x"] * 300,
+                "language": ["en"] * 300,
+                "language_score": [0.9] * 300,
+                "token_count": [60] * 300,
+            }
+        )
         assert table.column_names == columns
         pq.write_table(table, root / "sample" / "10BT" / f"00{k}_00000.parquet", row_group_size=64)
-    result = baseforge("prepare", "fineweb", "--local", root, "--out", tmp_path / "d", "--tokenizer", "bpe:300",
-                       "--val-fraction", "0.1")
+    result = baseforge(
+        "prepare",
+        "fineweb",
+        "--local",
+        root,
+        "--out",
+        tmp_path / "d",
+        "--tokenizer",
+        "bpe:300",
+        "--val-fraction",
+        "0.1",
+    )
     assert result.returncode == 0, result.stderr
     m = read_manifest(tmp_path / "d")
     assert m["documents"] == 600 and m["sources"] == ["fineweb"]
     # --max-tokens stops early, at a document boundary past the limit.
-    result = baseforge("prepare", "fineweb", "--local", root, "--out", tmp_path / "e", "--tokenizer", "bpe:300",
-                       "--max-tokens", "5000")
+    result = baseforge(
+        "prepare",
+        "fineweb",
+        "--local",
+        root,
+        "--out",
+        tmp_path / "e",
+        "--tokenizer",
+        "bpe:300",
+        "--max-tokens",
+        "5000",
+    )
     assert result.returncode == 0, result.stderr
     assert 5000 <= read_manifest(tmp_path / "e")["tokens"] < 5200
 
@@ -166,14 +225,18 @@ def test_hub_unreachable_is_one_clear_line(tmp_path):
     finally:
         os.environ.pop("HF_HUB_OFFLINE")
     assert_clean_error(result, "Hugging Face Hub", "--local")
-    result = baseforge("prepare", "fineweb-edu", "--out", tmp_path / "d", "--tokenizer", "bpe:300", timeout=120)
+    result = baseforge(
+        "prepare", "fineweb-edu", "--out", tmp_path / "d", "--tokenizer", "bpe:300", timeout=120
+    )
     assert_clean_error(result, "Hugging Face Hub", "--local")
 
 
 def test_interrupted_prepare_resumes_to_the_same_bytes(shared_data, tmp_path):
     src = str(shared_data / "corpora" / "tinyshakespeare.txt")
     args = ["--tokenizer", "gpt2", "--val-fraction", "0", "--shard-tokens", "20000", "--workers", "1"]
-    ref = baseforge("prepare", src, str(shared_data / "corpora" / "webtext"), "--out", tmp_path / "ref", *args)
+    ref = baseforge(
+        "prepare", src, str(shared_data / "corpora" / "webtext"), "--out", tmp_path / "ref", *args
+    )
     assert ref.returncode == 0, ref.stderr
     proc = popen("prepare", src, str(shared_data / "corpora" / "webtext"), "--out", tmp_path / "cut", *args)
     deadline = time.monotonic() + 60
@@ -182,7 +245,9 @@ def test_interrupted_prepare_resumes_to_the_same_bytes(shared_data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "cut" / "manifest.json").exists()  # an unfinished dir never looks valid
-    again = baseforge("prepare", src, str(shared_data / "corpora" / "webtext"), "--out", tmp_path / "cut", *args)
+    again = baseforge(
+        "prepare", src, str(shared_data / "corpora" / "webtext"), "--out", tmp_path / "cut", *args
+    )
     assert again.returncode == 0, again.stderr
     ref_files = sorted(p.name for p in (tmp_path / "ref").iterdir())
     assert ref_files == sorted(p.name for p in (tmp_path / "cut").iterdir())
@@ -197,7 +262,10 @@ def test_shard_round_trip_and_corruption(tmp_path):
     assert read_shard(tmp_path / "a.bin").tolist() == tokens.tolist()
     assert read_shard(tmp_path / "a.bin").dtype == np.uint16
     write_shard(tmp_path / "b.bin", np.array([70000, 1]), 100000)
-    assert read_shard(tmp_path / "b.bin").tolist() == [70000, 1] and read_shard(tmp_path / "b.bin").dtype == np.uint32
+    assert (
+        read_shard(tmp_path / "b.bin").tolist() == [70000, 1]
+        and read_shard(tmp_path / "b.bin").dtype == np.uint32
+    )
     data = (tmp_path / "a.bin").read_bytes()
     (tmp_path / "t.bin").write_bytes(data[:-3])
     with pytest.raises(UserError, match="t.bin is corrupt or truncated"):
@@ -215,12 +283,17 @@ def test_user_errors_are_one_clear_line(shared_data, tmp_path):
     assert_clean_error(baseforge("prepare", "nosuchsource", "--out", out), "not found")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.jsonl").write_text("")
-    assert_clean_error(baseforge("prepare", tmp_path / "empty", "--out", out, "--tokenizer", "bpe:300"), "empty")
+    assert_clean_error(
+        baseforge("prepare", tmp_path / "empty", "--out", out, "--tokenizer", "bpe:300"), "empty"
+    )
     src = shared_data / "corpora" / "tinyshakespeare.txt"
-    assert_clean_error(baseforge("prepare", src, "--out", out, "--tokenizer", "wordpiece"), "unknown tokenizer")
+    assert_clean_error(
+        baseforge("prepare", src, "--out", out, "--tokenizer", "wordpiece"), "unknown tokenizer"
+    )
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
-    assert_clean_error(baseforge("prepare", tmp_path / "bad.jsonl", "--out", out, "--tokenizer", "bpe:300"),
-                       "bad.jsonl:2")
+    assert_clean_error(
+        baseforge("prepare", tmp_path / "bad.jsonl", "--out", out, "--tokenizer", "bpe:300"), "bad.jsonl:2"
+    )
     assert not (out / "manifest.json").exists()
     # A good data dir, then a corrupted shard: data info --check names it; training refuses it.
     good = baseforge("prepare", src, "--out", out, "--tokenizer", "bpe:300", "--val-fraction", "0")

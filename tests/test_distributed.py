@@ -21,8 +21,18 @@ COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_eve
 
 
 def torchrun(nproc: int, *args, **kwargs):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(29500 + os.getpid() % 1000), "-m", "baseforge", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "baseforge",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300, **kwargs)
 
 
@@ -53,7 +63,15 @@ def test_two_processes_match_one(shakespeare_dir, one_process, tmp_path):
 
 def test_checkpoint_from_two_processes_resumes_on_one(shakespeare_dir, one_process, tmp_path):
     run = tmp_path / "run"
-    result = torchrun(2, "train", "--data", shakespeare_dir, "--out", run, *sets(*COMMON, "max_steps=8"),)
+    result = torchrun(
+        2,
+        "train",
+        "--data",
+        shakespeare_dir,
+        "--out",
+        run,
+        *sets(*COMMON, "max_steps=8"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # Roll the run back to its step-4 checkpoint, then continue it with one process.
     (run / "checkpoints" / "latest").write_text("step_0000004\n")
@@ -65,9 +83,23 @@ def test_checkpoint_from_two_processes_resumes_on_one(shakespeare_dir, one_proce
 
 def test_a_dead_rank_stops_the_job(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(30500 + os.getpid() % 1000), "-m", "baseforge", "train", "--data", str(shakespeare_dir),
-           "--out", str(run), *sets(*COMMON, "max_steps=100000", "dist_timeout_s=20")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(30500 + os.getpid() % 1000),
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(run),
+        *sets(*COMMON, "max_steps=100000", "dist_timeout_s=20"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.monotonic() + 120
     while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:

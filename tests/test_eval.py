@@ -28,18 +28,37 @@ def gpt2_data(tmp_path_factory, shared_data, gpt2_available):
     write_shard(out / "train_000000.bin", ids[4096:], tok.vocab_size)
     write_shard(out / "val_000000.bin", ids[:4096], tok.vocab_size)
     entry = lambda name, n: {"documents": 1, "tokens": n, "shards": [{"file": name, "tokens": n}]}  # noqa: E731
-    write_manifest(out, {"tokenizer": tok.record(), "pack": "concat", "context": None, "sources": ["test"],
-                         "documents": 2, "tokens": len(ids),
-                         "splits": {"train": entry("train_000000.bin", len(ids) - 4096),
-                                    "val": entry("val_000000.bin", 4096)}})
+    write_manifest(
+        out,
+        {
+            "tokenizer": tok.record(),
+            "pack": "concat",
+            "context": None,
+            "sources": ["test"],
+            "documents": 2,
+            "tokens": len(ids),
+            "splits": {
+                "train": entry("train_000000.bin", len(ids) - 4096),
+                "val": entry("val_000000.bin", 4096),
+            },
+        },
+    )
     return out, ids[:4096]
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    config = transformers.GPT2Config(
+        vocab_size=50257,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
     model = transformers.GPT2LMHeadModel(config).eval()
     out = tmp_path_factory.mktemp("hf") / "gpt2-tiny"
     model.save_pretrained(out)
@@ -53,11 +72,11 @@ def test_eval_hf_model_matches_transformers_loss(gpt2_data, hf_dir):
     assert result.returncode == 0, result.stderr
     ours = json.loads(result.stdout)[0]
     # transformers on the same windows: 16 windows of 64 inputs + shifted targets, in order.
-    windows = torch.tensor(val[:16 * 64 + 1]).long()
+    windows = torch.tensor(val[: 16 * 64 + 1]).long()
     losses = []
     with torch.no_grad():
         for i in range(16):
-            chunk = windows[i * 64:(i + 1) * 64 + 1]
+            chunk = windows[i * 64 : (i + 1) * 64 + 1]
             logits = model(chunk[None, :-1]).logits[0]
             losses.append(F.cross_entropy(logits, chunk[1:]).item())
     assert ours["tokens"] == 1024
@@ -91,8 +110,12 @@ def test_export_gives_baseforge_logits_in_transformers(shakespeare_dir, tmp_path
     from helpers import TINY
 
     run = tmp_path / "run"
-    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=2", "bias=false"]), shakespeare_dir, run,
-            log=lambda *a: None).run()
+    Trainer(
+        resolve_config("cpu-tiny", None, [*TINY, "max_steps=2", "bias=false"]),
+        shakespeare_dir,
+        run,
+        log=lambda *a: None,
+    ).run()
     result = baseforge("export", run, "--out", tmp_path / "export")
     assert result.returncode == 0, result.stderr
     ours, tokenizer, _ = load_model(run)
@@ -110,8 +133,12 @@ def test_modern_models_refuse_export_clearly(shakespeare_dir, tmp_path):
     from helpers import TINY
 
     run = tmp_path / "run"
-    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=1", "pos_emb=rope", "norm=rmsnorm"]),
-            shakespeare_dir, run, log=lambda *a: None).run()
+    Trainer(
+        resolve_config("cpu-tiny", None, [*TINY, "max_steps=1", "pos_emb=rope", "norm=rmsnorm"]),
+        shakespeare_dir,
+        run,
+        log=lambda *a: None,
+    ).run()
     assert_clean_error(baseforge("export", run, "--out", tmp_path / "x"), "rotary", "RMSNorm")
 
 
@@ -134,7 +161,9 @@ def test_hellaswag_scoring_by_hand(gpt2_available):
 def test_random_model_scores_near_chance_on_hellaswag(shared_data, gpt2_available):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=128, n_layer=1, n_head=2, n_embd=16)).eval()
-    result = evaluate_hellaswag(model, GPT2Tokenizer(), shared_data / "eval" / "hellaswag_val.jsonl.gz", limit=300)
+    result = evaluate_hellaswag(
+        model, GPT2Tokenizer(), shared_data / "eval" / "hellaswag_val.jsonl.gz", limit=300
+    )
     assert result["items"] == 300
     assert 0.17 < result["acc"] < 0.33 and 0.17 < result["acc_norm"] < 0.33
 
@@ -157,8 +186,12 @@ def test_report_page_with_saved_evals(shakespeare_dir, tmp_path, shared_data):
     from helpers import TINY
 
     run = tmp_path / "run"
-    Trainer(resolve_config("cpu-tiny", None, [*TINY, "max_steps=4", "checkpoint_every=4"]), shakespeare_dir, run,
-            log=lambda *a: None).run()
+    Trainer(
+        resolve_config("cpu-tiny", None, [*TINY, "max_steps=4", "checkpoint_every=4"]),
+        shakespeare_dir,
+        run,
+        log=lambda *a: None,
+    ).run()
     saved = baseforge("eval", run, "--data", shakespeare_dir, "--tokens", "1024", "--save-to", run)
     assert saved.returncode == 0, saved.stderr
     result = baseforge("report", run)
@@ -176,8 +209,16 @@ def test_hellaswag_during_training(gpt2_data, shared_data, tmp_path):
     data, _ = gpt2_data
     hs = shared_data / "eval" / "hellaswag_val.jsonl.gz"
     run = tmp_path / "run"
-    result = baseforge("train", "--data", data, "--out", run, "--preset", "cpu-tiny",
-                       *sets(*TINY, "max_steps=4", "hellaswag_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"))
+    result = baseforge(
+        "train",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--preset",
+        "cpu-tiny",
+        *sets(*TINY, "max_steps=4", "hellaswag_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"),
+    )
     assert result.returncode == 0, result.stderr
     scored = [r["step"] for r in read_metrics(run) if "hellaswag_acc_norm" in r]
     assert scored == [2, 4]

@@ -11,7 +11,9 @@ from baseforge.model import GPT, ModelConfig
 
 def make_model(pos_emb: str, seed: int = 0, **changes) -> GPT:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=97, context=24, n_layer=2, n_head=2, n_embd=32, pos_emb=pos_emb, **changes)
+    config = ModelConfig(
+        vocab_size=97, context=24, n_layer=2, n_head=2, n_embd=32, pos_emb=pos_emb, **changes
+    )
     model = GPT(config)
     with torch.no_grad():  # larger weights than GPT-2's init: peaked, varied logits, no argmax near-ties
         for p in model.parameters():
@@ -25,9 +27,9 @@ def by_recomputing(model: GPT, prompt: list[int], n: int, temperature=0.0, seed=
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _ in range(n):
-            window = torch.tensor([ids[-model.config.context:]])
+            window = torch.tensor([ids[-model.config.context :]])
             ids.append(sample_next(model(window)[0][0, -1], temperature, None, generator))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 PROMPT = [5, 17, 3, 88, 41, 2, 60]
@@ -81,7 +83,7 @@ def test_stop_at_eot_and_streaming_callback():
     eot = free[5]
     streamed = []
     out = generate(model, PROMPT, 20, temperature=0, eot_id=eot, stop_at_eot=True, on_token=streamed.append)
-    assert out == free[:free.index(eot)] == streamed
+    assert out == free[: free.index(eot)] == streamed
     # without stop_at_eot the id is just a token
     assert generate(model, PROMPT, 20, temperature=0, eot_id=eot) == free
     with pytest.raises(ValueError):

@@ -24,8 +24,9 @@ print(applied, before - rss_mb())
 def test_keep_freed_memory_keeps_large_blocks():
     def run(mode):
         env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_* variables: those make the setting a no-op
-        out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True,
-                             env=env).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env
+        ).stdout.split()
         return out[0] == "True", float(out[1])
 
     applied, released = run("on")

@@ -8,8 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baseforge.data.instructions import (RESPONSE_HEADER, InstructionData, encode_example, format_prompt,
-                                         split_examples)
+from baseforge.data.instructions import (
+    RESPONSE_HEADER,
+    InstructionData,
+    encode_example,
+    format_prompt,
+    split_examples,
+)
 from baseforge.model import GPT, ModelConfig
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_clean_error, baseforge, sets
@@ -27,7 +32,9 @@ def ift_file(shared_data):
 @pytest.fixture(scope="module")
 def base_run(shakespeare_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("base") / "run"
-    result = baseforge("train", "--data", shakespeare_dir, "--out", run, *sets(*TINY, "max_steps=4", "context=128"))
+    result = baseforge(
+        "train", "--data", shakespeare_dir, "--out", run, *sets(*TINY, "max_steps=4", "context=128")
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -42,22 +49,24 @@ def test_split_is_85_5_10_and_stable(ift_file):
 
 def test_prompt_format_is_the_books():
     ex = {"instruction": "Add.", "input": "2 + 2", "output": "4"}
-    assert format_prompt(ex) == ("Below is an instruction that describes a task. Write a response that "
-                                 "appropriately completes the request.\n\n### Instruction:\nAdd.\n\n### Input:\n"
-                                 "2 + 2\n\n### Response:\n")
+    assert format_prompt(ex) == (
+        "Below is an instruction that describes a task. Write a response that "
+        "appropriately completes the request.\n\n### Instruction:\nAdd.\n\n### Input:\n"
+        "2 + 2\n\n### Response:\n"
+    )
     assert "### Input" not in format_prompt({**ex, "input": ""})
 
 
 def test_loss_mask_leaves_prompt_tokens_out(shakespeare_dir):
-    from baseforge.tokenizer import load_tokenizer
     from baseforge.data.shards import read_manifest
+    from baseforge.tokenizer import load_tokenizer
 
     tok = load_tokenizer(read_manifest(shakespeare_dir)["tokenizer"], shakespeare_dir)
     ex = {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky."}
     inputs, targets = encode_example(tok, ex, 512, mask_prompt=True)
     prompt_len = len(tok.encode(format_prompt(ex)))
-    assert all(t == -100 for t in targets[:prompt_len - 1])
-    assert targets[prompt_len - 1:] == (tok.encode(ex["output"]) + [tok.eot_id])  # the response and its EOT
+    assert all(t == -100 for t in targets[: prompt_len - 1])
+    assert targets[prompt_len - 1 :] == (tok.encode(ex["output"]) + [tok.eot_id])  # the response and its EOT
     _, unmasked = encode_example(tok, ex, 512, mask_prompt=False)
     assert -100 not in unmasked
     # The model's loss equals a hand-computed CE over the response positions only.
@@ -73,8 +82,8 @@ def test_loss_mask_leaves_prompt_tokens_out(shakespeare_dir):
 
 
 def test_batches_are_padded_and_a_pure_function_of_the_step(ift_file, shakespeare_dir):
-    from baseforge.tokenizer import load_tokenizer
     from baseforge.data.shards import read_manifest
+    from baseforge.tokenizer import load_tokenizer
 
     tok = load_tokenizer(read_manifest(shakespeare_dir)["tokenizer"], shakespeare_dir)
     a = InstructionData(ift_file, tok, 256, seed=5)
@@ -91,8 +100,17 @@ def test_batches_are_padded_and_a_pure_function_of_the_step(ift_file, shakespear
 
 def test_finetune_answer_judge_end_to_end(ift_file, base_run, tmp_path):
     out = tmp_path / "ift"
-    result = baseforge("finetune", base_run, "--data", ift_file, "--out", out, "--limit", "40",
-                       *sets("micro_batch=4", "global_batch=8", "precision=fp32"))
+    result = baseforge(
+        "finetune",
+        base_run,
+        "--data",
+        ift_file,
+        "--out",
+        out,
+        "--limit",
+        "40",
+        *sets("micro_batch=4", "global_batch=8", "precision=fp32"),
+    )
     assert result.returncode == 0, result.stderr
     rows = read_metrics(out)
     assert rows[-1]["step"] == 10  # 2 epochs of 40 examples at 8 a step
@@ -108,17 +126,46 @@ def test_finetune_answer_judge_end_to_end(ift_file, base_run, tmp_path):
     assert set(rows[0]) == {"id", "model", "instruction", "input", "reference", "answer"}
     # A second "model": the base run answering directly, then both judged side by side.
     base_answers = tmp_path / "base.jsonl"
-    assert baseforge("answer", base_run, "--data", ift_file, "--out", base_answers, "--limit", "3",
-                     "--max-new-tokens", "12", "--name", "base").returncode == 0
+    assert (
+        baseforge(
+            "answer",
+            base_run,
+            "--data",
+            ift_file,
+            "--out",
+            base_answers,
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--name",
+            "base",
+        ).returncode
+        == 0
+    )
     server = JudgeServer()
     try:
-        judged = baseforge("judge", answers, base_answers, "--judge", "j", "--base-url", server.url,
-                           "--api-key-env", "NONE", "--json", "--backoff", "0.01")
+        judged = baseforge(
+            "judge",
+            answers,
+            base_answers,
+            "--judge",
+            "j",
+            "--base-url",
+            server.url,
+            "--api-key-env",
+            "NONE",
+            "--json",
+            "--backoff",
+            "0.01",
+        )
     finally:
         server.close()
     assert judged.returncode == 0, judged.stderr
     table = json.loads(judged.stdout)
-    assert sorted(r["model"] for r in table["models"]) == ["base", "ift"] and all(r["n"] == 3 for r in table["models"])
+    assert sorted(r["model"] for r in table["models"]) == ["base", "ift"] and all(
+        r["n"] == 3 for r in table["models"]
+    )
 
 
 def test_finetune_resumes_exactly(ift_file, base_run, tmp_path):
@@ -136,10 +183,14 @@ def test_finetune_resumes_exactly(ift_file, base_run, tmp_path):
 
 
 def test_finetune_errors_are_one_line(base_run, tmp_path):
-    assert_clean_error(baseforge("finetune", base_run, "--data", tmp_path / "none.json", "--out", tmp_path / "o"),
-                       "not found")
+    assert_clean_error(
+        baseforge("finetune", base_run, "--data", tmp_path / "none.json", "--out", tmp_path / "o"),
+        "not found",
+    )
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": 1}]')
     assert_clean_error(baseforge("finetune", base_run, "--data", bad, "--out", tmp_path / "o"), "instruction")
     bad.write_text("{not json")
-    assert_clean_error(baseforge("finetune", base_run, "--data", bad, "--out", tmp_path / "o"), "not valid JSON")
+    assert_clean_error(
+        baseforge("finetune", base_run, "--data", bad, "--out", tmp_path / "o"), "not valid JSON"
+    )

@@ -42,16 +42,20 @@ class JudgeServer:
                 if fault == "slow":
                     time.sleep(1.0)
                 prompt = body["messages"][0]["content"]
-                answers = dict(re.findall(r"\[([A-Z])\]\n(.*?)(?=\n\n\[[A-Z]\]|\n\nScore every)", prompt, re.S))
+                answers = dict(
+                    re.findall(r"\[([A-Z])\]\n(.*?)(?=\n\n\[[A-Z]\]|\n\nScore every)", prompt, re.S)
+                )
                 scores = {label: min(100, len(text)) for label, text in answers.items()}
                 if fault == "missing":
                     scores.pop(next(iter(scores)))
                 content = "Here you go:\n```json\n" + json.dumps(scores) + "\n```"
                 if fault == "garbage":
                     content = "I think they are all fine."
-                reply = ({"choices": [{"message": {"role": "assistant", "content": content}}]}
-                         if self.path.endswith("/chat/completions") else
-                         {"message": {"role": "assistant", "content": content}, "done": True})
+                reply = (
+                    {"choices": [{"message": {"role": "assistant", "content": content}}]}
+                    if self.path.endswith("/chat/completions")
+                    else {"message": {"role": "assistant", "content": content}, "done": True}
+                )
                 data = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -78,22 +82,39 @@ def server():
 
 def write_answers(tmp_path, model, answers):
     path = tmp_path / f"{model}.jsonl"
-    path.write_text("".join(json.dumps({"id": f"test-{i:04d}", "model": model, "instruction": f"Say {i}",
-                                        "input": "" if i % 2 else "context", "reference": "ref",
-                                        "answer": a}) + "\n" for i, a in enumerate(answers)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"test-{i:04d}",
+                    "model": model,
+                    "instruction": f"Say {i}",
+                    "input": "" if i % 2 else "context",
+                    "reference": "ref",
+                    "answer": a,
+                }
+            )
+            + "\n"
+            for i, a in enumerate(answers)
+        )
+    )
     return path
 
 
 @pytest.fixture
 def answer_files(tmp_path):
-    return [write_answers(tmp_path, "short", ["x" * 10, "x" * 20, "x" * 30]),
-            write_answers(tmp_path, "long", ["y" * 40, "y" * 60, "y" * 80])]
+    return [
+        write_answers(tmp_path, "short", ["x" * 10, "x" * 20, "x" * 30]),
+        write_answers(tmp_path, "long", ["y" * 40, "y" * 60, "y" * 80]),
+    ]
 
 
 @pytest.mark.parametrize("kind,prefix", [("openai", "/v1"), ("ollama", "")])
 def test_scores_reach_the_right_model_despite_shuffling(server, answer_files, tmp_path, kind, prefix):
     items = load_answers(answer_files)
-    backend = Backend(kind, "judge-model", server.url + prefix, "key" if kind == "openai" else None, timeout=5)
+    backend = Backend(
+        kind, "judge-model", server.url + prefix, "key" if kind == "openai" else None, timeout=5
+    )
     result = judge(items, backend, Cache(tmp_path / "cache.jsonl"), seed=1, backoff_s=0.01)
     assert result.failed == {}
     assert result.scores["test-0001"] == {"short": 20, "long": 60}
@@ -102,7 +123,7 @@ def test_scores_reach_the_right_model_despite_shuffling(server, answer_files, tm
     rows = {r["model"]: r for r in summarize(result)}
     assert rows["long"]["mean"] == 60 and rows["short"]["mean"] == 20
     # Hand-computed t-interval: scores 10, 20, 30 -> sd 10, half-width 4.303 * 10 / sqrt(3) = 24.84.
-    assert rows["short"]["ci95"] == pytest.approx(4.303 * 10 / 3 ** 0.5)
+    assert rows["short"]["ci95"] == pytest.approx(4.303 * 10 / 3**0.5)
     assert server.paths[0] == ("/v1/chat/completions" if kind == "openai" else "/api/chat")
 
 
@@ -126,7 +147,9 @@ def test_faults_are_retried_and_the_cache_means_no_second_payment(server, answer
 def test_items_failing_after_all_retries_are_reported_not_lost(server, answer_files, tmp_path):
     server.faults = ["500"] * 3
     backend = Backend("ollama", "j", server.url, timeout=5)
-    result = judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"), retries=2, backoff_s=0.01)
+    result = judge(
+        load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"), retries=2, backoff_s=0.01
+    )
     assert list(result.failed) == ["test-0000"] and "HTTP 500" in result.failed["test-0000"]
     assert sorted(result.scores) == ["test-0001", "test-0002"]
 
@@ -141,8 +164,23 @@ def test_parse_scores_accepts_fenced_json_and_rejects_bad_scores():
 
 def test_cli_end_to_end_and_errors(server, answer_files, tmp_path):
     server.faults = ["429"]
-    args = ["judge", *answer_files, "--judge", "j", "--base-url", server.url, "--api-key-env", "NONE",
-            "--backoff", "0.01", "--cache", tmp_path / "c.jsonl", "--json", "--out", tmp_path / "scores.jsonl"]
+    args = [
+        "judge",
+        *answer_files,
+        "--judge",
+        "j",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "NONE",
+        "--backoff",
+        "0.01",
+        "--cache",
+        tmp_path / "c.jsonl",
+        "--json",
+        "--out",
+        tmp_path / "scores.jsonl",
+    ]
     result = baseforge(*args)
     assert result.returncode == 0, result.stderr
     table = json.loads(result.stdout)
@@ -151,11 +189,20 @@ def test_cli_end_to_end_and_errors(server, answer_files, tmp_path):
     server.faults = ["500"] * 50
     (tmp_path / "c.jsonl").unlink()
     failing = baseforge(*args[:-5], "--retries", "1", "--cache", tmp_path / "c2.jsonl")
-    assert failing.returncode == 1 and "failed after 1 retries" in failing.stderr and "test-0000" in failing.stderr
-    assert_clean_error(baseforge("judge", tmp_path / "nope.jsonl", "--judge", "j", "--api-key-env", "NONE"),
-                       "not found")
+    assert (
+        failing.returncode == 1
+        and "failed after 1 retries" in failing.stderr
+        and "test-0000" in failing.stderr
+    )
+    assert_clean_error(
+        baseforge("judge", tmp_path / "nope.jsonl", "--judge", "j", "--api-key-env", "NONE"), "not found"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')
-    assert_clean_error(baseforge("judge", bad, "--judge", "j", "--api-key-env", "NONE"), "bad.jsonl:1", "model")
-    env_missing = baseforge("judge", *answer_files, "--judge", "j", "--api-key-env", "BASEFORGE_TEST_NO_SUCH_KEY")
+    assert_clean_error(
+        baseforge("judge", bad, "--judge", "j", "--api-key-env", "NONE"), "bad.jsonl:1", "model"
+    )
+    env_missing = baseforge(
+        "judge", *answer_files, "--judge", "j", "--api-key-env", "BASEFORGE_TEST_NO_SUCH_KEY"
+    )
     assert_clean_error(env_missing, "no API key")

@@ -53,7 +53,6 @@ def test_no_grad_path_computes_loss_only():
     torch.testing.assert_close(got, reference(h, w, targets, 0.0))
 
 
-
 def test_bf16_loss_and_grads_match_autocast_reference():
     """Under bf16 autocast: what F.cross_entropy on autocast's bf16 logits gives, within bf16 rounding."""
     torch.manual_seed(0)

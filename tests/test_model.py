@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from baseforge.model import GPT, MODEL_PRESETS, KVCache, ModelConfig
+from baseforge.model import GPT, MODEL_PRESETS, KVCache, ModelConfig, hf
 from baseforge.model import gpt as gpt_module
-from baseforge.model import hf
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -32,6 +31,7 @@ def meta_count(module_factory) -> int:
 
 # --- parameter counts ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name,expected", [("gpt2-small-seed", 163_009_536), ("gpt2-124m", 124_439_808)])
 def test_param_count_exact(name, expected):
     with torch.device("meta"):
@@ -42,8 +42,12 @@ def test_param_count_exact(name, expected):
 @pytest.mark.parametrize("name", ["gpt2-124m", "gpt2-medium", "gpt2-large", "gpt2-xl"])
 def test_param_count_matches_hf(name):
     # Known: 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200 (HF GPT2LMHeadModel, tied head).
-    known = {"gpt2-124m": 124_439_808, "gpt2-medium": 354_823_168,
-             "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+    known = {
+        "gpt2-124m": 124_439_808,
+        "gpt2-medium": 354_823_168,
+        "gpt2-large": 774_030_080,
+        "gpt2-xl": 1_557_611_200,
+    }
     config = preset(name)
     ours = meta_count(lambda: GPT(config))
     theirs = meta_count(lambda: GPT2LMHeadModel(GPT2Config(**hf.hf_config_dict(config))))
@@ -52,11 +56,22 @@ def test_param_count_matches_hf(name):
 
 # --- HF GPT-2 reference ----------------------------------------------------------------------
 
+
 def random_hf(seed=0, **changes) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                     eos_token_id=None, **changes)
+    cfg = GPT2Config(
+        vocab_size=300,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        **changes,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():  # HF inits biases and norms to 0/1: randomise everything so the mapping is tested
         for p in model.parameters():
@@ -111,7 +126,9 @@ def test_load_from_hf_same_logits_and_loss(tied):
 def test_load_bare_gpt2model_checkpoint():
     # OpenAI's `gpt2` repo holds a GPT2Model state dict: no `transformer.` prefix and no lm_head.
     ref = random_hf()
-    bare = {k.removeprefix("transformer."): v for k, v in ref.state_dict().items() if k.startswith("transformer.")}
+    bare = {
+        k.removeprefix("transformer."): v for k, v in ref.state_dict().items() if k.startswith("transformer.")
+    }
     config = hf.config_from_hf(ref.config.to_dict())
     model = GPT(config).eval()
     model.load_state_dict(hf.from_hf_state_dict(bare, config))
@@ -120,9 +137,17 @@ def test_load_bare_gpt2model_checkpoint():
         assert (model(idx)[0] - ref(idx).logits).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("tied,qkv_bias,bias", [(True, True, True), (False, True, True),
-                                                (True, False, True), (False, False, True),
-                                                (False, False, False), (True, True, False)])
+@pytest.mark.parametrize(
+    "tied,qkv_bias,bias",
+    [
+        (True, True, True),
+        (False, True, True),
+        (True, False, True),
+        (False, False, True),
+        (False, False, False),
+        (True, True, False),
+    ],
+)
 def test_export_to_hf_same_logits(tied, qkv_bias, bias):
     config = ModelConfig(**TINY, tie_weights=tied, qkv_bias=qkv_bias, bias=bias)
     model = randomise(GPT(config))
@@ -156,8 +181,13 @@ def test_import_refuses_nonzero_bias_the_config_lacks():
 def test_config_from_hf_refuses_other_variants():
     base = GPT2Config(**hf.hf_config_dict(ModelConfig(**TINY))).to_dict()
     hf.config_from_hf(base)
-    for change in (dict(n_inner=100), dict(activation_function="relu"), dict(layer_norm_epsilon=1e-6),
-                   dict(scale_attn_by_inverse_layer_idx=True), dict(model_type="llama")):
+    for change in (
+        dict(n_inner=100),
+        dict(activation_function="relu"),
+        dict(layer_norm_epsilon=1e-6),
+        dict(scale_attn_by_inverse_layer_idx=True),
+        dict(model_type="llama"),
+    ):
         with pytest.raises(ValueError):
             hf.config_from_hf({**base, **change})
 
@@ -181,6 +211,7 @@ def test_modern_options_not_exportable(option):
 
 # --- every preset and option combination runs --------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(MODEL_PRESETS))
 def test_every_preset_runs_tiny(name):
     # The preset's options with a tiny shape (the full shapes are covered by the meta-device counts).
@@ -200,40 +231,69 @@ def test_every_preset_builds_on_meta():
             GPT(preset(name))
 
 
-OPTIONS = dict(pos_emb=["learned", "rope"], norm=["layernorm", "rmsnorm"], qk_norm=[False, True],
-               mlp_act=["gelu", "relu2"], logit_softcap=[0.0, 15.0], bias=[True, False])
+OPTIONS = dict(
+    pos_emb=["learned", "rope"],
+    norm=["layernorm", "rmsnorm"],
+    qk_norm=[False, True],
+    mlp_act=["gelu", "relu2"],
+    logit_softcap=[0.0, 15.0],
+    bias=[True, False],
+)
 
 
 @pytest.mark.parametrize("head", ["tied", "untied", "zero"])
 def test_every_option_combination_runs(head):
-    heads = dict(tied=dict(tie_weights=True), untied=dict(tie_weights=False),
-                 zero=dict(tie_weights=False, zero_init_head=True))[head]
+    heads = dict(
+        tied=dict(tie_weights=True),
+        untied=dict(tie_weights=False),
+        zero=dict(tie_weights=False, zero_init_head=True),
+    )[head]
     torch.manual_seed(0)
     idx = torch.randint(0, 50, (2, 8))
     for values in itertools.product(*OPTIONS.values()):
         options = dict(zip(OPTIONS, values))
-        config = ModelConfig(vocab_size=50, context=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1,
-                             qkv_bias=options["bias"], **options, **heads)
+        config = ModelConfig(
+            vocab_size=50,
+            context=8,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            dropout=0.1,
+            qkv_bias=options["bias"],
+            **options,
+            **heads,
+        )
         model = GPT(config)
         logits, _ = model(idx)
         _, loss = model(idx, idx)
         loss.backward()
         assert torch.isfinite(loss), options
         assert len(hf.exportable(config)) == sum(
-            options[k] != v for k, v in dict(pos_emb="learned", norm="layernorm", qk_norm=False,
-                                                mlp_act="gelu", logit_softcap=0.0).items())
+            options[k] != v
+            for k, v in dict(
+                pos_emb="learned", norm="layernorm", qk_norm=False, mlp_act="gelu", logit_softcap=0.0
+            ).items()
+        )
         if options["logit_softcap"]:
             assert logits.abs().max() <= options["logit_softcap"]
 
 
 def test_invalid_configs_refused():
-    for bad in (dict(n_embd=30), dict(pos_emb="alibi"), dict(norm="batch"), dict(mlp_act="swiglu"),
-                dict(zero_init_head=True), dict(dropout=1.0), dict(pos_emb="rope", n_head=32)):
+    for bad in (
+        dict(n_embd=30),
+        dict(pos_emb="alibi"),
+        dict(norm="batch"),
+        dict(mlp_act="swiglu"),
+        dict(zero_init_head=True),
+        dict(dropout=1.0),
+        dict(pos_emb="rope", n_head=32),
+    ):
         with pytest.raises(ValueError):
             ModelConfig(**{**TINY, **bad})
 
 
 # --- init ----------------------------------------------------------------------------------------
+
 
 def test_init_follows_gpt2():
     torch.manual_seed(0)
@@ -259,6 +319,7 @@ def test_init_follows_gpt2():
 
 # --- KV cache ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 def test_kv_cache_matches_full_forward(pos_emb):
     config = ModelConfig(**TINY, pos_emb=pos_emb, qk_norm=pos_emb == "rope")
@@ -269,12 +330,13 @@ def test_kv_cache_matches_full_forward(pos_emb):
         cache = KVCache(config, batch=2, max_len=32, device="cpu", dtype=torch.float32)
         # prefill 11, then a block of 4 (causal within the block), then 5 one at a time
         parts = [model(idx[:, :11], cache=cache)[0], model(idx[:, 11:15], cache=cache)[0]]
-        parts += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(15, 20)]
+        parts += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(15, 20)]
     assert cache.pos == 20
     assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-5
 
 
 # --- attention paths ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
 def test_explicit_attention_matches_sdpa(dtype, tol):

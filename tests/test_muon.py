@@ -92,16 +92,32 @@ def test_refuses_non_matrices():
         Muon([torch.nn.Parameter(torch.zeros(4, 4))], lr=0)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2",
-                                                    tie_weights=False, zero_init_head=True, bias=False,
-                                                    qkv_bias=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(
+            pos_emb="rope",
+            norm="rmsnorm",
+            qk_norm=True,
+            mlp_act="relu2",
+            tie_weights=False,
+            zero_init_head=True,
+            bias=False,
+            qkv_bias=False,
+        ),
+    ],
+)
 def test_param_groups_for_muon(options):
     model = GPT(ModelConfig(vocab_size=64, context=16, n_layer=2, n_head=2, n_embd=16, **options))
     muon, adamw = param_groups_for_muon(model)
     names = {id(p): n for n, p in model.named_parameters()}
     muon_names = sorted(names[id(p)] for p in muon)
-    assert muon_names == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
-                                for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert muon_names == sorted(
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )
     adamw_names = {names[id(p)] for p in adamw}
     assert "transformer.wte.weight" in adamw_names and all(p.ndim == 2 for p in muon)
     assert ("lm_head.weight" in adamw_names) == (not model.config.tie_weights)

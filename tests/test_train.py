@@ -96,8 +96,15 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
 def test_non_finite_steps_stop_clearly_and_keep_last_good_checkpoint(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=2", "checkpoint_every=2")
-    result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume",
-                       *sets("max_steps=40", "lr=1e30", "max_bad_steps=3", "grad_clip=0"))
+    result = baseforge(
+        "train",
+        "--data",
+        shakespeare_dir,
+        "--out",
+        run,
+        "--resume",
+        *sets("max_steps=40", "lr=1e30", "max_bad_steps=3", "grad_clip=0"),
+    )
     assert_clean_error(result, "not finite for 3 steps in a row")
     assert find_checkpoint(run).name == "step_0000002"
 
@@ -110,8 +117,10 @@ def test_user_errors_are_one_line(shakespeare_dir, tmp_path):
     assert_clean_error(baseforge("train", *data, *sets("micro_batch=many")), "micro_batch")
     assert_clean_error(baseforge("train", *data, "--preset", "gpt3"), "unknown preset")
     assert_clean_error(baseforge("train", "--data", tmp_path / "nope", "--out", run), "does not exist")
-    assert_clean_error(baseforge("train", *data, "--preset", "gpt2-124m", *sets("vocab_size=256")),
-                       "vocab_size 256 is smaller")
+    assert_clean_error(
+        baseforge("train", *data, "--preset", "gpt2-124m", *sets("vocab_size=256")),
+        "vocab_size 256 is smaller",
+    )
     assert not run.exists() or not (run / "checkpoints").exists()
     # An existing run is never overwritten without --resume.
     run_in_process(shakespeare_dir, run, "max_steps=2", "checkpoint_every=2")
@@ -123,7 +132,9 @@ def test_user_errors_are_one_line(shakespeare_dir, tmp_path):
 def test_resume_refuses_other_tokenizer(shakespeare_dir, tmp_path):
     from conftest import build_data_dir
 
-    text = "\n\n".join(f"paragraph {i}: " + "the quick brown fox jumps over the lazy dog " * 20 for i in range(200))
+    text = "\n\n".join(
+        f"paragraph {i}: " + "the quick brown fox jumps over the lazy dog " * 20 for i in range(200)
+    )
     other = build_data_dir(tmp_path / "other", text, vocab=300)
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=2", "checkpoint_every=2")
@@ -134,13 +145,22 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
     # On a CPU nothing runs out of memory, so the search ends at the whole per-process batch; the
     # steps it tried must not change the run (the model and RNG are restored afterwards).
     logs = []
-    config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=auto", "global_batch=8", "max_steps=3",
-                                               "checkpoint_every=3"])
+    config = resolve_config(
+        "cpu-tiny", None, [*TINY, "micro_batch=auto", "global_batch=8", "max_steps=3", "checkpoint_every=3"]
+    )
     auto = Trainer(config, shakespeare_dir, tmp_path / "auto", log=logs.append)
     assert (auto.micro_batch, auto.grad_accum) == (8, 1)
     assert any("micro_batch auto: 8 fits; gradient accumulation 1" in line for line in logs)
     auto.run()
-    fixed = run_in_process(shakespeare_dir, tmp_path / "fixed", "micro_batch=8", "global_batch=8", "max_steps=3",
-                           "checkpoint_every=3")
-    assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [r["loss"] for r in read_metrics(tmp_path / "fixed")]
+    fixed = run_in_process(
+        shakespeare_dir,
+        tmp_path / "fixed",
+        "micro_batch=8",
+        "global_batch=8",
+        "max_steps=3",
+        "checkpoint_every=3",
+    )
+    assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [
+        r["loss"] for r in read_metrics(tmp_path / "fixed")
+    ]
     assert fixed.micro_batch == 8

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from baseforge.config import TRAIN_PRESETS, resolve_config
@@ -62,6 +61,7 @@ def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespear
     assert sorted(first_epoch) == list(range(windows.n))  # every window exactly once per epoch
     assert stream.indices(0, 50) == TrainStream(windows, seed=7).indices(0, 50)  # depends only on (seed, j)
     assert stream.indices(0, 50) != TrainStream(windows, seed=8).indices(0, 50)
+
     # 2 ranks x micro 2 x accum 2 cover the same sequences as 1 rank x micro 2 x accum 4.
     def rows(world, accum):
         out = []
@@ -106,10 +106,19 @@ def test_config_layers_and_presets(tmp_path):
     assert config.preset == "cpu-tiny"
     assert config.train.lr == 5e-4 and config.model["n_layer"] == 3
     assert config.train.max_steps == 9 and config.train.compile is True
-    assert TRAIN_PRESETS["gpt2-small-seed"]["lr"] == 4e-4 and TRAIN_PRESETS["gpt2-small-seed"]["weight_decay"] == 0.1
+    assert (
+        TRAIN_PRESETS["gpt2-small-seed"]["lr"] == 4e-4
+        and TRAIN_PRESETS["gpt2-small-seed"]["weight_decay"] == 0.1
+    )
     seed = resolve_config("gpt2-small-seed").model_config()
-    assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == \
-        (50257, 1024, 768, 0.1, False, False)
+    assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == (
+        50257,
+        1024,
+        768,
+        0.1,
+        False,
+        False,
+    )
     with pytest.raises(UserError, match="not valid TOML"):
         bad = tmp_path / "bad.toml"
         bad.write_text("lr = = 3")

@@ -17,7 +17,10 @@ STEPS = ["max_steps=40", "checkpoint_every=4", "n_embd=128", "context=64"]
 
 
 def losses(run_dir):
-    return [(r["step"], r["loss"], r.get("val_loss"), r.get("lr"), r.get("grad_norm")) for r in read_metrics(run_dir)]
+    return [
+        (r["step"], r["loss"], r.get("val_loss"), r.get("lr"), r.get("grad_norm"))
+        for r in read_metrics(run_dir)
+    ]
 
 
 def final_weights(run_dir):
@@ -62,18 +65,31 @@ def test_resume_is_exact(shakespeare_dir, reference_run, tmp_path, sig):
         assert (ref[name] == got[name]).all(), name
 
 
-MODERN = ["pos_emb=rope", "norm=rmsnorm", "qk_norm=true", "mlp_act=relu2", "tie_weights=false",
-          "zero_init_head=true", "logit_softcap=15", "bias=false", "optimizer=muon", "schedule=wsd"]
+MODERN = [
+    "pos_emb=rope",
+    "norm=rmsnorm",
+    "qk_norm=true",
+    "mlp_act=relu2",
+    "tie_weights=false",
+    "zero_init_head=true",
+    "logit_softcap=15",
+    "bias=false",
+    "optimizer=muon",
+    "schedule=wsd",
+]
 
 
 def test_modern_recipe_with_muon_resumes_exactly(shakespeare_dir, tmp_path):
     """Muon's momentum buffers and the WSD schedule survive a resume bit for bit (accumulation on)."""
     args = ["--data", shakespeare_dir]
-    ref = baseforge("train", *args, "--out", tmp_path / "ref", *sets(*TINY, *MODERN, "max_steps=8",
-                                                                     "checkpoint_every=4"))
+    ref = baseforge(
+        "train", *args, "--out", tmp_path / "ref", *sets(*TINY, *MODERN, "max_steps=8", "checkpoint_every=4")
+    )
     assert ref.returncode == 0, ref.stderr
     cut = tmp_path / "cut"
-    first = baseforge("train", *args, "--out", cut, *sets(*TINY, *MODERN, "max_steps=8", "checkpoint_every=4"))
+    first = baseforge(
+        "train", *args, "--out", cut, *sets(*TINY, *MODERN, "max_steps=8", "checkpoint_every=4")
+    )
     assert first.returncode == 0
     (cut / "checkpoints" / "latest").write_text("step_0000004\n")  # roll back to the middle
     again = baseforge("train", *args, "--out", cut, "--resume")

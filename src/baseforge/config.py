@@ -55,7 +55,9 @@ class TrainConfig:
     seed: int = 1337
     # Numerics and speed.
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    precision: str = "auto"  # "auto" (bf16 where supported, else fp16 on CUDA, else fp32), "bf16", "fp16", "fp32"
+    precision: str = (
+        "auto"  # "auto" (bf16 where supported, else fp16 on CUDA, else fp32), "bf16", "fp16", "fp32"
+    )
     compile: bool = False  # torch.compile the model; falls back to eager where it cannot run
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
     # Logging, evaluation, checkpoints.
@@ -82,8 +84,23 @@ class TrainConfig:
         for key in ("grad_accum", "log_every", "eval_every", "checkpoint_every", "max_bad_steps"):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
-        for key in ("global_batch", "max_steps", "max_tokens", "warmup_steps", "eval_tokens", "keep_last",
-                    "sample_tokens", "hellaswag_every", "hellaswag_limit", "weight_decay", "muon_weight_decay", "early_stop_evals", "grad_clip", "checkpoint_minutes", "eps"):
+        for key in (
+            "global_batch",
+            "max_steps",
+            "max_tokens",
+            "warmup_steps",
+            "eval_tokens",
+            "keep_last",
+            "sample_tokens",
+            "hellaswag_every",
+            "hellaswag_limit",
+            "weight_decay",
+            "muon_weight_decay",
+            "early_stop_evals",
+            "grad_clip",
+            "checkpoint_minutes",
+            "eps",
+        ):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
         if not self.lr > 0:
@@ -107,33 +124,71 @@ class TrainConfig:
 
 
 # Training recipes per preset; the model shape comes from MODEL_PRESETS under the same name.
-_WRITEUP = dict(lr=4e-4, weight_decay=0.1, schedule="cosine", warmup_fraction=0.05, min_lr_ratio=0.1,
-                grad_clip=1.0, micro_batch="auto", global_batch=32, tokens_per_param=20.0,
-                eval_every=500, eval_tokens=10_485_760, checkpoint_every=1000, checkpoint_minutes=30.0,
-                log_every=10)
-_CPU = dict(lr=2e-3, weight_decay=0.1, schedule="cosine", warmup_steps=30, min_lr_ratio=0.1, grad_clip=1.0,
-            micro_batch=16, global_batch=16, eval_every=100, eval_tokens=65_536, checkpoint_every=200,
-            log_every=10, sample_prompt="def ")
+_WRITEUP = dict(
+    lr=4e-4,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_fraction=0.05,
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+    micro_batch="auto",
+    global_batch=32,
+    tokens_per_param=20.0,
+    eval_every=500,
+    eval_tokens=10_485_760,
+    checkpoint_every=1000,
+    checkpoint_minutes=30.0,
+    log_every=10,
+)
+_CPU = dict(
+    lr=2e-3,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_steps=30,
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+    micro_batch=16,
+    global_batch=16,
+    eval_every=100,
+    eval_tokens=65_536,
+    checkpoint_every=200,
+    log_every=10,
+    sample_prompt="def ",
+)
 TRAIN_PRESETS: dict[str, dict] = {
     "gpt2-small-seed": _WRITEUP,
     "gpt2-124m": _WRITEUP,
     "gpt2-medium": dict(_WRITEUP, lr=3e-4),
     "gpt2-large": dict(_WRITEUP, lr=2.5e-4),
     "gpt2-xl": dict(_WRITEUP, lr=2e-4),
-    "cpu-tiny": dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
+    "cpu-tiny": dict(
+        _CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500
+    ),
     "cpu-small": dict(_CPU, max_steps=600, lr=1.5e-3),
 }
 # The modern recipe: Muon for the hidden matrices, AdamW for embeddings/head/gains, warmup-stable-decay.
-# CPU values: the best of a small grid on benchmarks/bench_recipes.py's setting, seed 0 (muon_lr 0.02/0.03/0.05
+# CPU values: the best of a small grid in benchmarks/bench_recipes.py, seed 0 (muon_lr 0.02/0.03/0.05
 # at lr 3e-3, then lr 3e-3/6e-3 at muon_lr 0.03).
-_MODERN = dict(optimizer="muon", muon_lr=0.03, muon_momentum=0.95, lr=6e-3, schedule="wsd", warmup_steps=0,
-               warmup_fraction=0.02, decay_fraction=0.3, min_lr_ratio=0.0)
-TRAIN_PRESETS.update({
-    "cpu-small-modern": dict(TRAIN_PRESETS["cpu-small"], **_MODERN),
-    # For a GPU: ~5 tokens per parameter (0.8B tokens), where the speedrun recipes reach GPT-2 small's loss.
-    "gpt2-small-modern": dict(_WRITEUP, **{**_MODERN, "muon_lr": 0.02, "lr": 3e-3}, global_batch=64,
-                              tokens_per_param=5.0),
-})
+_MODERN = dict(
+    optimizer="muon",
+    muon_lr=0.03,
+    muon_momentum=0.95,
+    lr=6e-3,
+    schedule="wsd",
+    warmup_steps=0,
+    warmup_fraction=0.02,
+    decay_fraction=0.3,
+    min_lr_ratio=0.0,
+)
+TRAIN_PRESETS.update(
+    {
+        "cpu-small-modern": dict(TRAIN_PRESETS["cpu-small"], **_MODERN),
+        # For a GPU: ~5 tokens per parameter (0.8B tokens), where speedrun recipes reach GPT-2 small
+        "gpt2-small-modern": dict(
+            _WRITEUP, **{**_MODERN, "muon_lr": 0.02, "lr": 3e-3}, global_batch=64, tokens_per_param=5.0
+        ),
+    }
+)
 PRESETS = [name for name in MODEL_PRESETS if name in TRAIN_PRESETS]
 
 MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}
@@ -237,8 +292,9 @@ def load_toml(path: Path | str) -> dict:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def resolve_config(preset: str | None, toml_path: Path | str | None = None,
-                   overrides: list[str] | tuple = ()) -> RunConfig:
+def resolve_config(
+    preset: str | None, toml_path: Path | str | None = None, overrides: list[str] | tuple = ()
+) -> RunConfig:
     """Preset, then TOML file (flat keys or [model]/[train] tables; may name a `preset`), then --set."""
     table = load_toml(toml_path) if toml_path else {}
     name = preset or table.pop("preset", None) or "cpu-small"

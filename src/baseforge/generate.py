@@ -17,8 +17,12 @@ import torch
 from baseforge.model.gpt import GPT, KVCache
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> int:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
     """One token id from a (vocab,) row of logits. temperature 0 = greedy (argmax)."""
     logits = logits.float()
     if temperature == 0:
@@ -36,11 +40,19 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, seed: int | None = None, eot_id: int | None = None,
-             stop_at_eot: bool = False, device: torch.device | str | None = None,
-             autocast_dtype: torch.dtype | None = None,
-             on_token: Callable[[int], None] | None = None) -> list[int]:
+def generate(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    eot_id: int | None = None,
+    stop_at_eot: bool = False,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
     """Continue `prompt_ids` by up to `max_new_tokens` tokens; returns the new ids only.
 
     temperature 0 is greedy; `top_k` keeps the k most likely tokens; `seed` makes sampling
@@ -61,8 +73,11 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature
         generator.seed()
     else:
         generator.manual_seed(seed)
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
+    amp = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     cache_dtype = autocast_dtype or next(model.parameters()).dtype
 
     ids = list(prompt_ids)

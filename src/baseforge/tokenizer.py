@@ -61,20 +61,27 @@ class GPT2Tokenizer(Tokenizer):
                 import tiktoken.load
 
                 ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
-                    str(Path(local) / "vocab.bpe"), str(Path(local) / "encoder.json"))
+                    str(Path(local) / "vocab.bpe"), str(Path(local) / "encoder.json")
+                )
                 self.enc = tiktoken.Encoding(
-                    "gpt2", pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-                    mergeable_ranks=ranks, special_tokens={EOT: 50256})
+                    "gpt2",
+                    pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+                    mergeable_ranks=ranks,
+                    special_tokens={EOT: 50256},
+                )
             else:
                 self.enc = tiktoken.get_encoding("gpt2")
         except FileNotFoundError as exc:
-            raise UserError(f"{GPT2_DIR_ENV}={local}: {exc.strerror}: {exc.filename}; "
-                            "that folder must hold OpenAI's vocab.bpe and encoder.json") from None
+            raise UserError(
+                f"{GPT2_DIR_ENV}={local}: {exc.strerror}: {exc.filename}; "
+                "that folder must hold OpenAI's vocab.bpe and encoder.json"
+            ) from None
         except Exception as exc:  # tiktoken raises requests' errors when it cannot download
             raise UserError(
                 "cannot load the GPT-2 tokenizer: tiktoken could not download it "
                 f"({type(exc).__name__}). Offline, set TIKTOKEN_CACHE_DIR to a tiktoken cache, "
-                f"or {GPT2_DIR_ENV} to a folder with OpenAI's vocab.bpe and encoder.json") from None
+                f"or {GPT2_DIR_ENV} to a folder with OpenAI's vocab.bpe and encoder.json"
+            ) from None
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.enc.eot_token
 
@@ -86,7 +93,8 @@ class GPT2Tokenizer(Tokenizer):
     def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
         if not hasattr(self.enc, "encode_to_numpy"):  # tiktoken < 0.8
             return super().encode_arrays(texts)
-        # disallowed_special=() and no allowed ones: "<|endoftext|>" in a text is plain text, as in encode_ordinary
+        # disallowed_special=() and no allowed ones: "<|endoftext|>" in a text is plain text,
+        # as in encode_ordinary
         return [self.enc.encode_to_numpy(t, disallowed_special=()) for t in texts]
 
     def encode(self, text: str) -> list[int]:
@@ -112,16 +120,22 @@ class TrainedBPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "TrainedBPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 257 + 1:
-            raise UserError(f"bpe:{vocab_size}: a byte-level BPE needs at least 258 tokens (256 bytes + {EOT})")
+            raise UserError(
+                f"bpe:{vocab_size}: a byte-level BPE needs at least 258 tokens (256 bytes + {EOT})"
+            )
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=[EOT],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok, f"bpe:{vocab_size}")
 

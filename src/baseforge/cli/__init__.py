@@ -47,8 +47,15 @@ Run `baseforge VERB --help` for each verb's options.
 """
 
 
-def emit_results(rows: list[dict], columns: list[tuple[str, str]], *, as_json: bool, save_to=None,
-                 name: str = "", note: str = "") -> None:
+def emit_results(
+    rows: list[dict],
+    columns: list[tuple[str, str]],
+    *,
+    as_json: bool,
+    save_to=None,
+    name: str = "",
+    note: str = "",
+) -> None:
     """Print per-model results as a table or JSON, and keep them with a run for its report.
 
     columns: (key, format spec) pairs after the model name, e.g. ("loss", ">10.4f").

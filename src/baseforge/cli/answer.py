@@ -16,9 +16,13 @@ reference, answer. --name sets the model's name in the judge's table (default: t
 
 
 def register(sub) -> None:
-    p = sub.add_parser("answer", help="answer the instruction test split (for judge)",
-                       description="Greedy answers to the test split of an instruction set.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "answer",
+        help="answer the instruction test split (for judge)",
+        description="Greedy answers to the test split of an instruction set.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -34,7 +38,15 @@ def run(args) -> int:
     from baseforge.eval.instruct import answer
     from baseforge.train.precision import resolve_device
 
-    rows = answer(args.run_dir, args.data, args.out, name=args.name, max_new_tokens=args.max_new_tokens,
-                  limit=args.limit, which=args.which, device=resolve_device(args.device))
+    rows = answer(
+        args.run_dir,
+        args.data,
+        args.out,
+        name=args.name,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+        which=args.which,
+        device=resolve_device(args.device),
+    )
     print(f"wrote {len(rows)} answers to {args.out}")
     return 0

@@ -8,10 +8,13 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="inspect a prepared data dir",
-                       description="Inspect a prepared data dir.",
-                       epilog="example:\n  baseforge data info data/fineweb --check",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "data",
+        help="inspect a prepared data dir",
+        description="Inspect a prepared data dir.",
+        epilog="example:\n  baseforge data info data/fineweb --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     info = actions.add_parser("info", help="documents, tokens, shards, tokenizer, split sizes")
     info.add_argument("data_dir", type=Path, metavar="DATA_DIR")
@@ -24,11 +27,18 @@ def run(args) -> int:
     from baseforge.data.shards import read_manifest, split_shards
 
     manifest = read_manifest(args.data_dir)
-    summary = {"data_dir": str(args.data_dir), "tokenizer": manifest["tokenizer"], "pack": manifest.get("pack"),
-               "sources": manifest.get("sources"), "documents": manifest.get("documents"),
-               "tokens": manifest.get("tokens"),
-               "splits": {name: {"documents": s.get("documents"), "tokens": s["tokens"], "shards": len(s["shards"])}
-                          for name, s in manifest["splits"].items()}}
+    summary = {
+        "data_dir": str(args.data_dir),
+        "tokenizer": manifest["tokenizer"],
+        "pack": manifest.get("pack"),
+        "sources": manifest.get("sources"),
+        "documents": manifest.get("documents"),
+        "tokens": manifest.get("tokens"),
+        "splits": {
+            name: {"documents": s.get("documents"), "tokens": s["tokens"], "shards": len(s["shards"])}
+            for name, s in manifest["splits"].items()
+        },
+    }
     if manifest.get("cropped", {}).get("tokens"):
         summary["cropped"] = manifest["cropped"]
     if args.check:
@@ -38,20 +48,27 @@ def run(args) -> int:
                 if top >= manifest["tokenizer"]["vocab_size"]:
                     from baseforge.errors import UserError
 
-                    raise UserError(f"{split} shard holds token id {top} >= vocab size "
-                                    f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare")
+                    raise UserError(
+                        f"{split} shard holds token id {top} >= vocab size "
+                        f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare"
+                    )
         summary["check"] = "ok"
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     tok = manifest["tokenizer"]
-    print(f"{args.data_dir}: {summary['documents']:,} documents, {summary['tokens']:,} tokens, "
-          f"tokenizer {tok['name']} ({tok['vocab_size']} tokens), packing {summary['pack']}")
+    print(
+        f"{args.data_dir}: {summary['documents']:,} documents, {summary['tokens']:,} tokens, "
+        f"tokenizer {tok['name']} ({tok['vocab_size']} tokens), packing {summary['pack']}"
+    )
     for name, s in summary["splits"].items():
         docs = f"{s['documents']:,} documents, " if s["documents"] is not None else ""
         print(f"  {name:<6} {docs}{s['tokens']:,} tokens in {s['shards']} shard(s)")
     if "cropped" in summary:
-        print(f"  crop dropped {summary['cropped']['tokens']:,} tokens from {summary['cropped']['documents']:,} documents")
+        print(
+            f"  crop dropped {summary['cropped']['tokens']:,} tokens "
+            f"from {summary['cropped']['documents']:,} documents"
+        )
     if args.check:
         print("check: every shard is intact")
     return 0

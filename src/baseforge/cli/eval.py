@@ -22,9 +22,13 @@ All models are scored with the same context (the smallest among them, or --conte
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="held-out loss / perplexity, several models side by side",
-                       description="Mean cross-entropy and perplexity on a fixed held-out token slice.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="held-out loss / perplexity, several models side by side",
+        description="Mean cross-entropy and perplexity on a fixed held-out token slice.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, required=True, help="prepared data dir")
     p.add_argument("--split", default="val", help="val (default) or test")
@@ -34,7 +38,12 @@ def register(sub) -> None:
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; default fp32 for exactness)")
-    p.add_argument("--save-to", type=Path, metavar="RUN_DIR", help="also keep the results in RUN_DIR/evals/ (for the report)")
+    p.add_argument(
+        "--save-to",
+        type=Path,
+        metavar="RUN_DIR",
+        help="also keep the results in RUN_DIR/evals/ (for the report)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(run=run)
 
@@ -56,10 +65,23 @@ def run(args) -> int:
     context = args.context or min(m.model.config.context for m in loaded)
     rows = []
     for m in loaded:
-        result = heldout_loss(m.model, args.data, split=args.split, tokens=int(args.tokens), context=context,
-                              batch_size=args.batch_size, device=device,
-                              autocast_dtype=torch.bfloat16 if args.bf16 else None)
+        result = heldout_loss(
+            m.model,
+            args.data,
+            split=args.split,
+            tokens=int(args.tokens),
+            context=context,
+            batch_size=args.batch_size,
+            device=device,
+            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        )
         rows.append({"model": m.name, **result})
-    emit_results(rows, [("loss", ">10.4f"), ("perplexity", ">12.2f"), ("tokens", ">12,")], as_json=args.json,
-                 save_to=args.save_to, name="heldout-loss", note=f"({args.split}, context {context})")
+    emit_results(
+        rows,
+        [("loss", ">10.4f"), ("perplexity", ">12.2f"), ("tokens", ">12,")],
+        as_json=args.json,
+        save_to=args.save_to,
+        name="heldout-loss",
+        note=f"({args.split}, context {context})",
+    )
     return 0

@@ -1,4 +1,4 @@
-"""`baseforge export`: a run as a standard transformers GPT2LMHeadModel folder, optionally pushed to the Hub."""
+"""`baseforge export`: a run as a transformers folder, optionally pushed to the Hub."""
 
 from __future__ import annotations
 
@@ -21,9 +21,13 @@ safetensors all the same).
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a run as a transformers GPT-2 folder (and push to the Hub)",
-                       description="Export a run as a transformers GPT2LMHeadModel folder.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="export a run as a transformers GPT-2 folder (and push to the Hub)",
+        description="Export a run as a transformers GPT2LMHeadModel folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--which", choices=["latest", "best"], default="latest")
@@ -49,7 +53,9 @@ def run(args) -> int:
             api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
             api.upload_folder(repo_id=args.push_to_hub, folder_path=str(out))
         except Exception as exc:  # noqa: BLE001 - auth, network, permissions
-            raise UserError(f"push to {args.push_to_hub} failed: {type(exc).__name__}: {str(exc)[:200]} "
-                            "(log in with `hf auth login` or set HF_TOKEN)") from None
+            raise UserError(
+                f"push to {args.push_to_hub} failed: {type(exc).__name__}: {str(exc)[:200]} "
+                "(log in with `hf auth login` or set HF_TOKEN)"
+            ) from None
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return 0

@@ -24,9 +24,13 @@ key can be changed with --set (lr, max_steps, micro_batch, precision, ...).
 
 
 def register(sub) -> None:
-    p = sub.add_parser("finetune", help="instruction-tune a base model (the instruction-following test)",
-                       description="Fine-tune a base model on Alpaca-style instruction data.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "finetune",
+        help="instruction-tune a base model (the instruction-following test)",
+        description="Fine-tune a base model on Alpaca-style instruction data.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL", help="a baseforge run or checkpoint (import OpenAI GPT-2 first)")
     p.add_argument("--data", type=Path, required=True, help="JSON list of {instruction, input, output}")
     p.add_argument("--out", type=Path, required=True, help="run dir of the fine-tuned model")
@@ -40,6 +44,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from baseforge.eval.instruct import finetune
 
-    result = finetune(args.model, args.data, args.out, args.overrides, mask_prompt=not args.no_mask_prompt,
-                      resume=args.resume, limit=args.limit, log=lambda m: print(m, flush=True))
+    result = finetune(
+        args.model,
+        args.data,
+        args.out,
+        args.overrides,
+        mask_prompt=not args.no_mask_prompt,
+        resume=args.resume,
+        limit=args.limit,
+        log=lambda m: print(m, flush=True),
+    )
     return 130 if result.get("stopped") else 0

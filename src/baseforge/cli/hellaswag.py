@@ -17,15 +17,24 @@ GPT-2 124M scores acc_norm 0.2955 (llm.c's completion-style evaluation); random 
 
 
 def register(sub) -> None:
-    p = sub.add_parser("hellaswag", help="HellaSwag accuracy of one or more models",
-                       description="HellaSwag, completion style: acc and acc_norm.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "hellaswag",
+        help="HellaSwag accuracy of one or more models",
+        description="HellaSwag, completion style: acc and acc_norm.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, help="hellaswag_val.jsonl(.gz) (default: download once)")
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--which", choices=["latest", "best"], default="latest")
     p.add_argument("--device", default="auto")
-    p.add_argument("--save-to", type=Path, metavar="RUN_DIR", help="also keep the results in RUN_DIR/evals/ (for the report)")
+    p.add_argument(
+        "--save-to",
+        type=Path,
+        metavar="RUN_DIR",
+        help="also keep the results in RUN_DIR/evals/ (for the report)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
@@ -40,9 +49,15 @@ def run(args) -> int:
     rows = []
     for spec in args.models:
         m = load_any(spec, device, args.which)
-        result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device,
-                                    progress=lambda s: print(s, file=sys.stderr))
+        result = evaluate_hellaswag(
+            m.model, m.tokenizer, args.data, args.limit, device, progress=lambda s: print(s, file=sys.stderr)
+        )
         rows.append({"model": spec, **result})
-    emit_results(rows, [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("items", ">8")], as_json=args.json,
-                 save_to=args.save_to, name="hellaswag")
+    emit_results(
+        rows,
+        [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("items", ">8")],
+        as_json=args.json,
+        save_to=args.save_to,
+        name="hellaswag",
+    )
     return 0

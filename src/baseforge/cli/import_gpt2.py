@@ -16,9 +16,13 @@ The run then works everywhere a baseforge run does: sample, eval, hellaswag, fin
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-gpt2", help="import OpenAI GPT-2 weights as a baseforge run",
-                       description="Import a transformers GPT-2 checkpoint (safetensors or .bin) as a run.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "import-gpt2",
+        help="import OpenAI GPT-2 weights as a baseforge run",
+        description="Import a transformers GPT-2 checkpoint (safetensors or .bin) as a run.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", metavar="SOURCE", help="a local transformers folder or a Hub name")
     p.add_argument("--out", type=Path, required=True, help="run dir to create")
     p.set_defaults(run=run)

@@ -24,19 +24,28 @@ answers file): a rerun sends no request it has already paid for, and an interrup
 
 
 def register(sub) -> None:
-    p = sub.add_parser("judge", help="score answers with an LLM judge (OpenAI-compatible or Ollama)",
-                       description="Score instruction-test answers with an LLM judge.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "judge",
+        help="score answers with an LLM judge (OpenAI-compatible or Ollama)",
+        description="Score instruction-test answers with an LLM judge.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("answers", nargs="+", type=Path, metavar="ANSWERS.jsonl")
     p.add_argument("--judge", required=True, metavar="MODEL", help="the judge model's name")
     p.add_argument("--backend", choices=["openai", "ollama"], default="openai")
     p.add_argument("--base-url", help="default: https://api.openai.com/v1 or http://localhost:11434")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (NONE: send no key)")
+    p.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key (NONE: send no key)",
+    )
     p.add_argument("--cache", type=Path, help="cache file (JSON lines)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-item answer order")
     p.add_argument("--retries", type=int, default=5)
-    p.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    p.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--out", type=Path, help="write per-item scores here (JSON lines)")
@@ -54,16 +63,29 @@ def run(args) -> int:
     if args.backend == "openai" and args.api_key_env != "NONE":
         key = os.environ.get(args.api_key_env)
         if not key:
-            raise UserError(f"no API key: set ${args.api_key_env} (or --api-key-env NONE for a server without keys)")
-    base = args.base_url or ("https://api.openai.com/v1" if args.backend == "openai" else "http://localhost:11434")
+            raise UserError(
+                f"no API key: set ${args.api_key_env} (or --api-key-env NONE for a server without keys)"
+            )
+    base = args.base_url or (
+        "https://api.openai.com/v1" if args.backend == "openai" else "http://localhost:11434"
+    )
     backend = Backend(args.backend, args.judge, base, key, args.timeout)
     cache = Cache(args.cache or args.answers[0].parent / "judge-cache.jsonl")
-    result = judge(items, backend, cache, seed=args.seed, retries=args.retries, backoff_s=args.backoff,
-                   log=lambda m: print(m, file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n"))
+    result = judge(
+        items,
+        backend,
+        cache,
+        seed=args.seed,
+        retries=args.retries,
+        backoff_s=args.backoff,
+        log=lambda m: print(m, file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n"),
+    )
     rows = summarize(result)
     if args.out:
-        atomic_write_text(args.out, "".join(json.dumps({"id": i, "scores": s}) + "\n"
-                                            for i, s in sorted(result.scores.items())))
+        atomic_write_text(
+            args.out,
+            "".join(json.dumps({"id": i, "scores": s}) + "\n" for i, s in sorted(result.scores.items())),
+        )
     if args.json:
         print(json.dumps({"models": rows, "failed": result.failed, "requests": result.requests}, indent=2))
     else:
@@ -73,7 +95,9 @@ def run(args) -> int:
         print(f"{len(result.scores)} items judged, {result.requests} requests sent")
     if result.failed:
         ids = ", ".join(sorted(result.failed))
-        print(f"{len(result.failed)} item(s) failed after {args.retries} retries and are left out: {ids}",
-              file=sys.stderr)
+        print(
+            f"{len(result.failed)} item(s) failed after {args.retries} retries and are left out: {ids}",
+            file=sys.stderr,
+        )
         return 0 if args.allow_failures else 1
     return 0

@@ -37,21 +37,36 @@ def _count(text: str) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenize text sources into token shards",
-                       description="Tokenize text into a data dir of token shards + manifest.json.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize text sources into token shards",
+        description="Tokenize text into a data dir of token shards + manifest.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.add_argument("--out", type=Path, required=True, help="data dir to write")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (tiktoken) or bpe:N (trained here)")
-    p.add_argument("--pack", choices=["concat", "crop"], default="concat",
-                   help="concat: documents joined by end-of-text; crop: also cut each to --context tokens")
+    p.add_argument(
+        "--pack",
+        choices=["concat", "crop"],
+        default="concat",
+        help="concat: documents joined by end-of-text; crop: also cut each to --context tokens",
+    )
     p.add_argument("--context", type=int, help="context length, for --pack crop")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
-    p.add_argument("--test-start", type=_count, default=0, help="first held-out token of the fixed test slice")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)"
+    )
+    p.add_argument(
+        "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
+    )
     p.add_argument("--test-tokens", type=_count, default=0, help="length of the fixed test slice (0 = none)")
     p.add_argument("--max-tokens", type=_count, help="stop after this many tokens in all")
-    p.add_argument("--budget", metavar="PRESET",
-                   help="prepare 20 tokens per parameter of a model preset (its tokens_per_param), plus held-out")
+    p.add_argument(
+        "--budget",
+        metavar="PRESET",
+        help="prepare 20 tokens per parameter of a model preset (its tokens_per_param), plus held-out",
+    )
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
     p.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard (default 1e8)")
     p.add_argument("--local", help="read a Hub source from this local copy laid out like the repo")
@@ -80,9 +95,22 @@ def run(args) -> int:
     max_train = budget_tokens(args.budget) if args.budget else None
     if max_train:
         print(f"budget: {max_train:,} training tokens for {args.budget}")
-    prepare(args.sources, args.out, args.tokenizer, pack=args.pack, context=args.context,
-            val_fraction=args.val_fraction, test_start=args.test_start, test_tokens=args.test_tokens,
-            max_tokens=args.max_tokens, max_train_tokens=max_train, workers=args.workers,
-            shard_tokens=args.shard_tokens, local=args.local, sample=args.sample, text_column=args.text_column,
-            overwrite=args.overwrite)
+    prepare(
+        args.sources,
+        args.out,
+        args.tokenizer,
+        pack=args.pack,
+        context=args.context,
+        val_fraction=args.val_fraction,
+        test_start=args.test_start,
+        test_tokens=args.test_tokens,
+        max_tokens=args.max_tokens,
+        max_train_tokens=max_train,
+        workers=args.workers,
+        shard_tokens=args.shard_tokens,
+        local=args.local,
+        sample=args.sample,
+        text_column=args.text_column,
+        overwrite=args.overwrite,
+    )
     return 0

@@ -7,11 +7,14 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="write RUN/report.md and RUN/report.html",
-                       description="One page about a run: config, charts, throughput, losses and evaluations.",
-                       epilog="example:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n\n"
-                              "Evaluations saved with `--save-to RUN` (eval, hellaswag) appear on the page.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="write RUN/report.md and RUN/report.html",
+        description="One page about a run: config, charts, throughput, losses and evaluations.",
+        epilog="example:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n\n"
+        "Evaluations saved with `--save-to RUN` (eval, hellaswag) appear on the page.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.set_defaults(run=run)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 EPILOG = """\
 examples:
   baseforge sample runs/demo --prompt "def main("
-  baseforge sample runs/seed --prompt "Every effort moves you" --max-new-tokens 100 --temperature 0.8 --top-k 50
+  baseforge sample runs/seed --prompt "Every effort moves you" --max-new-tokens 100 --top-k 50
   baseforge sample runs/seed/checkpoints/step_0001000 --prompt "The" --temperature 0   # greedy
   baseforge sample runs/seed --which best --num-samples 3 --seed 1
 
@@ -19,9 +19,13 @@ are dropped and the cache is rebuilt.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="generate text from a trained model",
-                       description="Generate text from a run or checkpoint.", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sample",
+        help="generate text from a trained model",
+        description="Generate text from a run or checkpoint.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", type=Path, metavar="CHECKPOINT_OR_RUN")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     p.add_argument("--max-new-tokens", type=int, default=100)
@@ -47,8 +51,14 @@ def run(args) -> int:
     model, tokenizer, _ = load_model(args.model, resolve_device(args.device), which=args.which)
     prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     for i in range(args.num_samples):
-        ids = generate(model, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k or None, seed=args.seed + i)
+        ids = generate(
+            model,
+            prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k or None,
+            seed=args.seed + i,
+        )
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
         print(args.prompt + tokenizer.decode(ids))

@@ -36,17 +36,33 @@ and exits; --resume continues bit-exactly.
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="pretrain a model (no arguments: the built-in CPU demo)",
-                       description=__doc__.split("\n")[0].strip("`"), epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="pretrain a model (no arguments: the built-in CPU demo)",
+        description=__doc__.split("\n")[0].strip("`"),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, help=f"prepared data dir (default: {DEMO_DATA}, prepared if missing)")
     p.add_argument("--out", type=Path, help=f"run dir (default: {DEMO_RUN})")
-    p.add_argument("--preset", help="model + recipe preset: cpu-tiny, cpu-small, gpt2-small-seed, gpt2-124m, ...")
+    p.add_argument(
+        "--preset", help="model + recipe preset: cpu-tiny, cpu-small, gpt2-small-seed, gpt2-124m, ..."
+    )
     p.add_argument("--config", type=Path, help="TOML file of config keys")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--help-config", action="store_true", help="list every config key and its default, then exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    p.add_argument(
+        "--help-config", action="store_true", help="list every config key and its default, then exit"
+    )
     p.set_defaults(run=run)
 
 
@@ -63,7 +79,9 @@ def evaluators(cfg) -> dict:
         from baseforge.train.checkpoint import unwrap
 
         inner = unwrap(model)
-        result = evaluate_hellaswag(inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device)
+        result = evaluate_hellaswag(
+            inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device
+        )
         return {"acc_norm": result["acc_norm"]}
 
     return {"hellaswag": hellaswag}
@@ -89,13 +107,17 @@ def run(args) -> int:
         if not saved.is_file():
             raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
         if args.preset or args.config:
-            raise UserError("--resume uses the run's saved config; --preset/--config cannot change it (use --set)")
+            raise UserError(
+                "--resume uses the run's saved config; --preset/--config cannot change it (use --set)"
+            )
         config = RunConfig.from_dict(json.loads(saved.read_text()))
         apply_overrides(config, args.overrides, model_keys=False)
     else:
         if demo and (out / "checkpoints" / "latest").exists() and not args.preset:
-            raise UserError(f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
-                            f"continue it with `baseforge train --resume`, or remove it to start over")
+            raise UserError(
+                f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
+                f"continue it with `baseforge train --resume`, or remove it to start over"
+            )
         config = resolve_config(args.preset or (DEMO_PRESET if demo else None), args.config, args.overrides)
 
     import torch
@@ -103,9 +125,17 @@ def run(args) -> int:
     from baseforge.train.loop import Trainer
 
     try:
-        result = Trainer(config, data, out, resume=args.resume, log=lambda m: print(m, flush=True),
-                         evaluators=evaluators(config.train)).run()
+        result = Trainer(
+            config,
+            data,
+            out,
+            resume=args.resume,
+            log=lambda m: print(m, flush=True),
+            evaluators=evaluators(config.train),
+        ).run()
     except torch.OutOfMemoryError:
-        raise UserError(f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
-                        "micro_batch=auto), the context, or the model size; checkpoints so far are kept") from None
+        raise UserError(
+            f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
+            "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
+        ) from None
     return 130 if result.get("stopped") else 0

@@ -19,16 +19,20 @@ DEFAULT_SAMPLE = "sample-10BT"
 def sample_folder(sample: str) -> str:
     """'sample-10BT' -> 'sample/10BT' (the repo's folder for that config)."""
     if sample.startswith("sample-"):
-        return "sample/" + sample[len("sample-"):]
+        return "sample/" + sample[len("sample-") :]
     return sample.strip("/")
 
 
-LOCAL_HINT = ("offline, download the parquet files elsewhere and pass --local DIR (a folder laid out like the "
-              "repo, e.g. DIR/sample/10BT/000_00000.parquet)")
+LOCAL_HINT = (
+    "offline, download the parquet files elsewhere and pass --local DIR (a folder laid out like the "
+    "repo, e.g. DIR/sample/10BT/000_00000.parquet)"
+)
 
 
 def _offline_error(spec: str, exc: Exception, hint: str = LOCAL_HINT) -> UserError:
-    return UserError(f"cannot reach the Hugging Face Hub for {spec} ({type(exc).__name__}: {str(exc)[:60]}); {hint}")
+    return UserError(
+        f"cannot reach the Hugging Face Hub for {spec} ({type(exc).__name__}: {str(exc)[:60]}); {hint}"
+    )
 
 
 def check_reachable(spec: str, hint: str = LOCAL_HINT) -> None:
@@ -65,10 +69,11 @@ class LazyFile:
         return f"{self.repo}/{self.filename}"
 
 
-def hub_files(spec: str, *, local: str | None = None, sample: str | None = None,
-              max_files: int | None = None) -> list:
+def hub_files(
+    spec: str, *, local: str | None = None, sample: str | None = None, max_files: int | None = None
+) -> list:
     """The parquet files of a Hub source, in the repo's sorted order (local Paths or LazyFiles)."""
-    repo = REPOS.get(spec) or spec[len("hf:"):]
+    repo = REPOS.get(spec) or spec[len("hf:") :]
     if spec in REPOS:
         folder = sample_folder(sample or DEFAULT_SAMPLE)
     else:
@@ -79,8 +84,10 @@ def hub_files(spec: str, *, local: str | None = None, sample: str | None = None,
             raise UserError(f"--local {local}: no such folder")
         files = sorted((root / folder).rglob("*.parquet")) if (root / folder).is_dir() else []
         if not files:
-            raise UserError(f"--local {local}: no parquet files under {root / folder} "
-                            f"(expected the repo's layout, e.g. {folder or '.'}/000_00000.parquet)")
+            raise UserError(
+                f"--local {local}: no parquet files under {root / folder} "
+                f"(expected the repo's layout, e.g. {folder or '.'}/000_00000.parquet)"
+            )
         return files[:max_files]
     from huggingface_hub import HfApi
 

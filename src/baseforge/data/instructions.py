@@ -30,8 +30,10 @@ import torch
 
 from baseforge.errors import UserError
 
-PREAMBLE = ("Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request.")
+PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
 RESPONSE_HEADER = "\n\n### Response:\n"
 
 
@@ -53,9 +55,14 @@ def load_examples(path: Path | str) -> list[dict]:
     if not isinstance(data, list) or not data:
         raise UserError(f"{path} must hold a non-empty JSON list of examples")
     for i, ex in enumerate(data):
-        if not isinstance(ex, dict) or not all(isinstance(ex.get(k), str) for k in ("instruction", "output")) \
-                or not isinstance(ex.get("input", ""), str):
-            raise UserError(f"{path}: example {i} needs string fields instruction, output (and optional input)")
+        if (
+            not isinstance(ex, dict)
+            or not all(isinstance(ex.get(k), str) for k in ("instruction", "output"))
+            or not isinstance(ex.get("input", ""), str)
+        ):
+            raise UserError(
+                f"{path}: example {i} needs string fields instruction, output (and optional input)"
+            )
     return data
 
 
@@ -65,14 +72,14 @@ def split_examples(examples: list[dict], seed: int = 123) -> dict[str, list[dict
     shuffled = [examples[i] for i in order]
     n_train, n_test = int(len(shuffled) * 0.85), int(len(shuffled) * 0.10)
     n_val = len(shuffled) - n_train - n_test
-    test = [{**ex, "id": f"test-{i:04d}"} for i, ex in enumerate(shuffled[n_train + n_val:])]
-    return {"train": shuffled[:n_train], "val": shuffled[n_train:n_train + n_val], "test": test}
+    test = [{**ex, "id": f"test-{i:04d}"} for i, ex in enumerate(shuffled[n_train + n_val :])]
+    return {"train": shuffled[:n_train], "val": shuffled[n_train : n_train + n_val], "test": test}
 
 
 def encode_example(tokenizer, example: dict, context: int, mask_prompt: bool) -> tuple[list[int], list[int]]:
     """(inputs, targets) for one example, truncated to `context` positions."""
     prompt = tokenizer.encode(format_prompt(example))
-    full = (prompt + tokenizer.encode(example["output"]) + [tokenizer.eot_id])[:context + 1]
+    full = (prompt + tokenizer.encode(example["output"]) + [tokenizer.eot_id])[: context + 1]
     inputs, targets = full[:-1], list(full[1:])
     if mask_prompt:
         for i in range(min(len(prompt) - 1, len(targets))):
@@ -83,8 +90,16 @@ def encode_example(tokenizer, example: dict, context: int, mask_prompt: bool) ->
 class InstructionData:
     """Instruction examples behind the trainer's data interface."""
 
-    def __init__(self, path: Path | str, tokenizer, context: int, seed: int = 123, mask_prompt: bool = True,
-                 limit: int | None = None, split_seed: int = 123):
+    def __init__(
+        self,
+        path: Path | str,
+        tokenizer,
+        context: int,
+        seed: int = 123,
+        mask_prompt: bool = True,
+        limit: int | None = None,
+        split_seed: int = 123,
+    ):
         self.source = Path(path)
         self.tokenizer = tokenizer
         self.seed = seed  # batch order; the split has its own seed so every model meets the same test items
@@ -103,8 +118,8 @@ class InstructionData:
         x = torch.full((len(pairs), width), self.tokenizer.eot_id, dtype=torch.long)
         y = torch.full((len(pairs), width), -100, dtype=torch.long)
         for i, (inputs, targets) in enumerate(pairs):
-            x[i, :len(inputs)] = torch.tensor(inputs)
-            y[i, :len(targets)] = torch.tensor(targets)
+            x[i, : len(inputs)] = torch.tensor(inputs)
+            y[i, : len(targets)] = torch.tensor(targets)
         return x, y
 
     def example_index(self, j: int) -> int:
@@ -114,10 +129,12 @@ class InstructionData:
         return int(np.random.default_rng([self.seed, epoch]).permutation(n)[k])
 
     def micro_batch(self, step, micro_step, rank, world, micro_batch, grad_accum):
-        start = step * micro_batch * grad_accum * world + micro_step * world * micro_batch + rank * micro_batch
+        start = (
+            step * micro_batch * grad_accum * world + micro_step * world * micro_batch + rank * micro_batch
+        )
         return self._batch([self.train[self.example_index(j)] for j in range(start, start + micro_batch)])
 
     def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
         mine = self.val[rank::world]
         for i in range(0, len(mine), batch_size):
-            yield self._batch(mine[i:i + batch_size])
+            yield self._batch(mine[i : i + batch_size])

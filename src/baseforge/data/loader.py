@@ -41,8 +41,10 @@ class TokenWindows:
         self.n = self.starts[-1]
         if self.n == 0:
             tokens = sum(len(s) for s in self.shards)
-            raise UserError(f"the {split} split of {self.data_dir} has {tokens} tokens: fewer than one window of "
-                            f"context {context} + 1; prepare more data or lower the context")
+            raise UserError(
+                f"the {split} split of {self.data_dir} has {tokens} tokens: fewer than one window of "
+                f"context {context} + 1; prepare more data or lower the context"
+            )
 
     @property
     def tokens(self) -> int:
@@ -52,7 +54,7 @@ class TokenWindows:
         """Window k (0 <= k < n), in storage order."""
         shard = bisect.bisect_right(self.starts, k) - 1
         offset = (k - self.starts[shard]) * self.context
-        return self.shards[shard][offset:offset + self.context + 1]
+        return self.shards[shard][offset : offset + self.context + 1]
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.stack([self.window(k) for k in indices]).astype(np.int64)
@@ -88,8 +90,9 @@ class TrainStream:
         """Stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
         return self.windows.batch(self.indices(start, count))
 
-    def micro_batch(self, step: int, micro_step: int, rank: int, world: int, micro_batch: int,
-                    grad_accum: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def micro_batch(
+        self, step: int, micro_step: int, rank: int, world: int, micro_batch: int, grad_accum: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         global_batch = micro_batch * grad_accum * world
         start = step * global_batch + micro_step * world * micro_batch + rank * micro_batch
         return self.batch(start, micro_batch)
@@ -100,7 +103,7 @@ def eval_batches(windows: TokenWindows, max_tokens: int, batch_size: int, rank: 
     n = min(windows.n, max(1, max_tokens // windows.context)) if max_tokens else windows.n
     mine = list(range(rank, n, world))
     for i in range(0, len(mine), batch_size):
-        yield windows.batch(mine[i:i + batch_size])
+        yield windows.batch(mine[i : i + batch_size])
 
 
 class TokenData:
@@ -117,7 +120,9 @@ class TokenData:
         manifest = read_manifest(self.source)
         self.tokenizer = load_tokenizer(manifest["tokenizer"], self.source)
         self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
-        self.val = TokenWindows(self.source, "val", context, manifest) if "val" in manifest["splits"] else None
+        self.val = (
+            TokenWindows(self.source, "val", context, manifest) if "val" in manifest["splits"] else None
+        )
         self.train_tokens = self.stream.windows.tokens
 
     def micro_batch(self, step, micro_step, rank, world, micro_batch, grad_accum):

@@ -47,7 +47,7 @@ class SplitWriter:
         name = f"{self.split}_{len(self.shards):06d}.bin"
         jobs.append(partial(write_shard, self.out_dir / name, take, self.vocab_size))
         self.shards.append({"file": name, "tokens": int(len(take))})
-        rest = tokens[len(take):]
+        rest = tokens[len(take) :]
         self.buffer, self.buffered = ([rest], len(rest)) if len(rest) else ([], 0)
         return rest
 
@@ -70,8 +70,17 @@ class Router:
     may straddle the test slice, one at a time.
     """
 
-    def __init__(self, writers: dict, counts: dict, crop: int | None, val_fraction: float, test_start: int,
-                 test_tokens: int, max_tokens: int | None, max_train_tokens: int | None):
+    def __init__(
+        self,
+        writers: dict,
+        counts: dict,
+        crop: int | None,
+        val_fraction: float,
+        test_start: int,
+        test_tokens: int,
+        max_tokens: int | None,
+        max_train_tokens: int | None,
+    ):
         self.writers, self.counts, self.crop, self.val_fraction = writers, counts, crop, val_fraction
         self.test_start, self.test_tokens = test_start, test_tokens
         self.max_tokens, self.max_train_tokens = max_tokens, max_train_tokens
@@ -89,7 +98,7 @@ class Router:
             lengths = np.minimum(lengths, self.crop)
         done, keep = self._limit(lengths, held)
         if keep < len(lengths):
-            flat, lengths, held = flat[:int(lengths[:keep].sum())], lengths[:keep], held[:keep]
+            flat, lengths, held = flat[: int(lengths[:keep].sum())], lengths[:keep], held[:keep]
         counts["documents"] += keep
         counts["tokens"] += int(lengths.sum())
         if not held.any():
@@ -101,7 +110,7 @@ class Router:
         train.documents += int((~held).sum())
         starts = np.cumsum(lengths) - lengths
         for j in np.flatnonzero(held):
-            self._held_out(flat[starts[j]:starts[j] + lengths[j]])
+            self._held_out(flat[starts[j] : starts[j] + lengths[j]])
         return done
 
     def _limit(self, lengths: np.ndarray, held: np.ndarray) -> tuple[bool, int]:
@@ -111,7 +120,9 @@ class Router:
             reached.append(self.counts["tokens"] + np.cumsum(lengths) >= self.max_tokens)
         if self.max_train_tokens:
             train = self.writers["train"]
-            reached.append(train.tokens + train.buffered + np.cumsum(np.where(held, 0, lengths)) >= self.max_train_tokens)
+            reached.append(
+                train.tokens + train.buffered + np.cumsum(np.where(held, 0, lengths)) >= self.max_train_tokens
+            )
         first = min((int(np.argmax(r)) for r in reached if r.any()), default=None)
         return (False, len(lengths)) if first is None else (True, first + 1)
 
@@ -124,11 +135,11 @@ class Router:
         a, b = max(pos, lo), min(pos + len(doc), hi)
         if self.test_tokens and a < b:
             if a > pos:
-                writers["val"].add(doc[:a - pos])
-            writers["test"].add(doc[a - pos:b - pos])
+                writers["val"].add(doc[: a - pos])
+            writers["test"].add(doc[a - pos : b - pos])
             writers["test"].documents += 1
             if b < pos + len(doc):
-                writers["val"].add(doc[b - pos:])
+                writers["val"].add(doc[b - pos :])
         else:
             writers["val"].add(doc)
             writers["val"].documents += 1

@@ -112,11 +112,26 @@ def _documents(sources):
         yield from source.documents()
 
 
-def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, pack: str = "concat",
-            context: int | None = None, val_fraction: float = 0.01, test_start: int = 0, test_tokens: int = 0,
-            max_tokens: int | None = None, max_train_tokens: int | None = None, workers: int | None = None,
-            shard_tokens: int = 100_000_000, local: str | None = None, sample: str | None = None,
-            text_column: str = "text", overwrite: bool = False, log=print) -> dict:
+def prepare(
+    sources: list[str],
+    out_dir: Path | str,
+    tokenizer: str = "gpt2",
+    *,
+    pack: str = "concat",
+    context: int | None = None,
+    val_fraction: float = 0.01,
+    test_start: int = 0,
+    test_tokens: int = 0,
+    max_tokens: int | None = None,
+    max_train_tokens: int | None = None,
+    workers: int | None = None,
+    shard_tokens: int = 100_000_000,
+    local: str | None = None,
+    sample: str | None = None,
+    text_column: str = "text",
+    overwrite: bool = False,
+    log=print,
+) -> dict:
     """Tokenize `sources` into a data dir; returns its manifest (see shards.py for the format)."""
     out = Path(out_dir)
     if not sources:
@@ -130,9 +145,20 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     if shard_tokens < 1:
         raise UserError("--shard-tokens must be positive")
     parse_spec(tokenizer)
-    args = dict(sources=list(sources), tokenizer=tokenizer, pack=pack, context=context, val_fraction=val_fraction,
-                test_start=test_start, test_tokens=test_tokens, max_tokens=max_tokens,
-                max_train_tokens=max_train_tokens, shard_tokens=shard_tokens, sample=sample, text_column=text_column)
+    args = dict(
+        sources=list(sources),
+        tokenizer=tokenizer,
+        pack=pack,
+        context=context,
+        val_fraction=val_fraction,
+        test_start=test_start,
+        test_tokens=test_tokens,
+        max_tokens=max_tokens,
+        max_train_tokens=max_train_tokens,
+        shard_tokens=shard_tokens,
+        sample=sample,
+        text_column=text_column,
+    )
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
     if (out / MANIFEST).exists():
         existing = json.loads((out / MANIFEST).read_text())
@@ -140,8 +166,10 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
             log(f"{out} is already prepared with these arguments")
             return existing
         if not overwrite:
-            raise UserError(f"{out} already holds prepared data (made with other arguments); "
-                            "use --overwrite to replace it, or choose another --out")
+            raise UserError(
+                f"{out} already holds prepared data (made with other arguments); "
+                "use --overwrite to replace it, or choose another --out"
+            )
         (out / MANIFEST).unlink()  # the dir is no longer a valid data dir until the new manifest lands
     progress = _read_progress(out, key) if not overwrite else None
     out.mkdir(parents=True, exist_ok=True)
@@ -151,10 +179,21 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
         tok = load_tokenizer(progress["tokenizer"], out)
     else:
         tok = make_tokenizer(tokenizer, out, _bpe_sample(opened, val_fraction))
-    writers = {s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
-               for s in ("train", "val", "test")}
-    counts = (progress or {}).get("counts", {"pieces": 0, "documents": 0, "tokens": 0, "held_out_tokens": 0,
-                                             "cropped_documents": 0, "cropped_tokens": 0})
+    writers = {
+        s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
+        for s in ("train", "val", "test")
+    }
+    counts = (progress or {}).get(
+        "counts",
+        {
+            "pieces": 0,
+            "documents": 0,
+            "tokens": 0,
+            "held_out_tokens": 0,
+            "cropped_documents": 0,
+            "cropped_tokens": 0,
+        },
+    )
     if progress:
         pending = np.load(out / progress["pending"])
         if len(pending):
@@ -175,8 +214,16 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     else:
         results = (read_and_encode(tok, piece) for piece in tasks)
     meter = _Meter(log, max_tokens or max_train_tokens)
-    router = Router(writers, counts, context if pack == "crop" else None, val_fraction, test_start, test_tokens,
-                    max_tokens, max_train_tokens)
+    router = Router(
+        writers,
+        counts,
+        context if pack == "crop" else None,
+        val_fraction,
+        test_start,
+        test_tokens,
+        max_tokens,
+        max_train_tokens,
+    )
     disk = BackgroundWrites()
     try:
         for flat, lengths in results:
@@ -203,10 +250,18 @@ def prepare(sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *,
     splits = {s: w.entry() for s, w in writers.items() if w.shards}
     if "train" not in splits:
         raise UserError("no training tokens: the input is too small for the validation fraction")
-    manifest = {"tokenizer": tok.record(), "pack": pack, "context": context, "sources": list(sources),
-                "documents": counts["documents"], "tokens": counts["tokens"], "splits": splits,
-                "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
-                "args_key": key, "args": args}
+    manifest = {
+        "tokenizer": tok.record(),
+        "pack": pack,
+        "context": context,
+        "sources": list(sources),
+        "documents": counts["documents"],
+        "tokens": counts["tokens"],
+        "splits": splits,
+        "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
+        "args_key": key,
+        "args": args,
+    }
     write_manifest(out, manifest)
     for stale in [out / PROGRESS, *out.glob(PENDING.format("*"))]:
         stale.unlink(missing_ok=True)
@@ -225,8 +280,16 @@ def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> list:
     # writes leaves the previous progress record pointing at the previous (intact) pending file.
     pending = PENDING.format(len(writers["train"].shards))
     rest = rest if rest is not None else np.zeros(0, dtype=token_dtype(tok.vocab_size))
-    progress = json.dumps({"args_key": key, "tokenizer": tok.record(), "counts": counts, "pending": pending,
-                           "splits": {s: w.state() for s, w in writers.items()}}, indent=2)  # as of now
+    progress = json.dumps(
+        {
+            "args_key": key,
+            "tokenizer": tok.record(),
+            "counts": counts,
+            "pending": pending,
+            "splits": {s: w.state() for s, w in writers.items()},
+        },
+        indent=2,
+    )  # as of now
 
     def save_pending():
         with atomic_path(out / pending) as tmp:
@@ -247,8 +310,11 @@ def _read_progress(out: Path, key: str) -> dict | None:
         progress = json.loads((out / PROGRESS).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if progress.get("args_key") != key or "pieces" not in progress.get("counts", {}) or \
-            not (out / progress.get("pending", "-")).is_file():
+    if (
+        progress.get("args_key") != key
+        or "pieces" not in progress.get("counts", {})
+        or not (out / progress.get("pending", "-")).is_file()
+    ):
         return None  # another prepare's leftovers: start over
     return progress
 
@@ -276,15 +342,23 @@ class _Meter:
         self.last = now
         rate = tokens / max(now - self.start, 1e-9)
         eta = f", eta {(self.total - tokens) / rate / 60:.1f} min" if self.total and rate else ""
-        print(f"prepare: {docs:,} documents, {tokens:,} tokens, {rate / 1e3:.0f}k tokens/s{eta}",
-              file=sys.stderr, flush=True)
+        print(
+            f"prepare: {docs:,} documents, {tokens:,} tokens, {rate / 1e3:.0f}k tokens/s{eta}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def finish(self, counts, splits, pack) -> None:
         seconds = time.monotonic() - self.start
         sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
-        self.log(f"prepared {counts['documents']:,} documents, {counts['tokens']:,} tokens ({sizes}) "
-                 f"in {seconds:.1f}s ({counts['tokens'] / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)")
+        self.log(
+            f"prepared {counts['documents']:,} documents, {counts['tokens']:,} tokens ({sizes}) "
+            f"in {seconds:.1f}s ({counts['tokens'] / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)"
+        )
         if pack == "crop":
             total = counts["tokens"] + counts["cropped_tokens"]
-            self.log(f"crop dropped {counts['cropped_tokens']:,} tokens ({100 * counts['cropped_tokens'] / max(total, 1):.1f}%) "
-                     f"from {counts['cropped_documents']:,} documents longer than the context")
+            self.log(
+                f"crop dropped {counts['cropped_tokens']:,} tokens "
+                f"({100 * counts['cropped_tokens'] / max(total, 1):.1f}%) "
+                f"from {counts['cropped_documents']:,} documents longer than the context"
+            )

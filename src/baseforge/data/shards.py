@@ -71,8 +71,10 @@ def read_shard(path: Path | str) -> np.ndarray:
         raise UserError(f"shard {path} is corrupt: token width {width}")
     expected = HEADER.size + count * width
     if size != expected:
-        raise UserError(f"shard {path} is corrupt or truncated: {size} bytes, header says {expected}; "
-                        "re-run `baseforge prepare`")
+        raise UserError(
+            f"shard {path} is corrupt or truncated: {size} bytes, header says {expected}; "
+            "re-run `baseforge prepare`"
+        )
     if count == 0:
         return np.zeros(0, dtype=np.dtype(f"<u{width}"))
     return np.memmap(path, dtype=np.dtype(f"<u{width}"), mode="r", offset=HEADER.size, shape=(count,))
@@ -87,10 +89,14 @@ def read_manifest(data_dir: Path | str) -> dict:
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST
     if not data_dir.is_dir():
-        raise UserError(f"data dir {data_dir} does not exist; create it with `baseforge prepare SOURCE --out {data_dir}`")
+        raise UserError(
+            f"data dir {data_dir} does not exist; create it with `baseforge prepare SOURCE --out {data_dir}`"
+        )
     if not path.is_file():
-        raise UserError(f"{data_dir} has no {MANIFEST}: not a prepared data dir (or prepare did not finish); "
-                        f"run `baseforge prepare SOURCE --out {data_dir}`")
+        raise UserError(
+            f"{data_dir} has no {MANIFEST}: not a prepared data dir (or prepare did not finish); "
+            f"run `baseforge prepare SOURCE --out {data_dir}`"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -109,7 +115,9 @@ def split_shards(data_dir: Path | str, manifest: dict, split: str) -> list[np.nd
     for entry in splits[split]["shards"]:
         tokens = read_shard(Path(data_dir) / entry["file"])
         if len(tokens) != entry["tokens"]:
-            raise UserError(f"shard {Path(data_dir) / entry['file']} has {len(tokens)} tokens but the "
-                            f"manifest says {entry['tokens']}; re-run `baseforge prepare`")
+            raise UserError(
+                f"shard {Path(data_dir) / entry['file']} has {len(tokens)} tokens but the "
+                f"manifest says {entry['tokens']}; re-run `baseforge prepare`"
+            )
         out.append(tokens)
     return out

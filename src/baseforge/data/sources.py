@@ -51,8 +51,10 @@ def _is_data_file(path: Path) -> bool:
 def local_files(spec: str) -> list[Path]:
     path = Path(spec)
     if not path.exists():
-        raise UserError(f"source {spec!r} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
-                        "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'")
+        raise UserError(
+            f"source {spec!r} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
+            "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'"
+        )
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
         if not files:
@@ -107,8 +109,11 @@ class JsonlLines:
             table = pj.read_json(
                 io.BytesIO(self.data),
                 read_options=pj.ReadOptions(use_threads=False, block_size=max(len(self.data), 1 << 16) + 1),
-                parse_options=pj.ParseOptions(explicit_schema=pa.schema([(self.text_column, pa.string())]),
-                                              unexpected_field_behavior="ignore"))
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema([(self.text_column, pa.string())]),
+                    unexpected_field_behavior="ignore",
+                ),
+            )
         except (pa.ArrowException, ValueError):
             return None
         column = table.column(self.text_column)
@@ -135,8 +140,11 @@ class ParquetRowGroup:
 
     def read(self) -> list[str]:
         try:  # one thread: the workers are the parallelism
-            column = _parquet_file(self.path).read_row_group(self.group, columns=[self.text_column],
-                                                             use_threads=False).column(0)
+            column = (
+                _parquet_file(self.path)
+                .read_row_group(self.group, columns=[self.text_column], use_threads=False)
+                .column(0)
+            )
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise UserError(f"cannot read row group {self.group} of {self.path} ({exc})") from None
         return [text for text in column.to_pylist() if text is not None]
@@ -226,9 +234,11 @@ class Source:
 
     def pieces(self) -> Iterator:
         """Units of reading, in document order; Hub files are downloaded as their turn comes."""
+
         def each_file():
             for f in self.files:
                 yield from file_pieces(f.fetch() if hasattr(f, "fetch") else f, self.text_column)
+
         return _grouped(each_file())
 
     def documents(self) -> Iterator[str]:
@@ -236,8 +246,14 @@ class Source:
             yield from piece.read()
 
 
-def open_source(spec: str, *, local: str | None = None, sample: str | None = None,
-                text_column: str = "text", max_files: int | None = None) -> Source:
+def open_source(
+    spec: str,
+    *,
+    local: str | None = None,
+    sample: str | None = None,
+    text_column: str = "text",
+    max_files: int | None = None,
+) -> Source:
     """Resolve a SOURCE argument of `baseforge prepare`."""
     if spec == "builtin":
         return Source("builtin", builtin_files())

@@ -32,8 +32,9 @@ def download(path: Path) -> Path:
         with urllib.request.urlopen(URL, timeout=30) as resp:
             atomic_write_bytes(path, resp.read())
     except OSError as exc:
-        raise UserError(f"cannot download HellaSwag ({exc}); offline, pass --data with a local "
-                        "hellaswag_val.jsonl(.gz)") from None
+        raise UserError(
+            f"cannot download HellaSwag ({exc}); offline, pass --data with a local hellaswag_val.jsonl(.gz)"
+        ) from None
     return path
 
 
@@ -70,20 +71,21 @@ def score_item(model, tokenizer, item: dict, device="cpu") -> tuple[list[float],
     width = max(len(r) for r in rows)
     batch = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
-        batch[i, :len(r)] = torch.tensor(r)
+        batch[i, : len(r)] = torch.tensor(r)
     logits, _ = model(batch.to(device))
     logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
     sums, means = [], []
     for i, (start, end) in enumerate(spans):
         targets = batch[i, start:end]
-        lp = logprobs[i, start - 1:end - 1].gather(1, targets[:, None]).squeeze(1)
+        lp = logprobs[i, start - 1 : end - 1].gather(1, targets[:, None]).squeeze(1)
         sums.append(lp.sum().item())
         means.append(lp.mean().item())
     return sums, means
 
 
-def evaluate_hellaswag(model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu",
-                       progress=None) -> dict:
+def evaluate_hellaswag(
+    model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu", progress=None
+) -> dict:
     """{"acc", "acc_norm", "items"} over the first `limit` items (all by default)."""
     items = load_items(path, limit)
     model.eval()

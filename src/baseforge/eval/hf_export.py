@@ -20,7 +20,9 @@ from baseforge.tokenizer import EOT, GPT2Tokenizer, Tokenizer, TrainedBPETokeniz
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (used by vocab.json and merges.txt)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -43,7 +45,7 @@ def _last_merge(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
         if best is None:
             break
         i = best[1]
-        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
     if len(parts) != 2:
         raise ValueError(f"cannot find the merge that makes token {token!r}")
     return parts[0], parts[1]
@@ -57,38 +59,74 @@ def write_gpt2_tokenizer(tok: GPT2Tokenizer, out: Path, context: int) -> None:
     vocab[EOT] = tok.eot_id
     merges = [_last_merge(ranks, b) for b, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(b) > 1]
     atomic_write_json(out / "vocab.json", vocab)
-    atomic_write_text(out / "merges.txt", "#version: 0.2\n" + "".join(f"{text(a)} {text(b)}\n" for a, b in merges))
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": context, "add_prefix_space": False,
-        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
+    atomic_write_text(
+        out / "merges.txt", "#version: 0.2\n" + "".join(f"{text(a)} {text(b)}\n" for a, b in merges)
+    )
+    atomic_write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": context,
+            "add_prefix_space": False,
+            "bos_token": EOT,
+            "eos_token": EOT,
+            "unk_token": EOT,
+        },
+    )
     atomic_write_json(out / "special_tokens_map.json", {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
 
 
 def write_trained_tokenizer(tok: TrainedBPETokenizer, out: Path, context: int) -> None:
     atomic_write_text(out / "tokenizer.json", tok.tok.to_str())
-    atomic_write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context,
-        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT})
+    atomic_write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": context,
+            "bos_token": EOT,
+            "eos_token": EOT,
+            "unk_token": EOT,
+        },
+    )
 
 
 def model_card(name: str, info: dict, summary: dict | None) -> str:
     config = info["config"].to_dict()
     state = info["state"]
-    lines = [f"# {name}", "", "A GPT-2-architecture base language model trained from scratch with "
-             "[baseforge](https://github.com/) (no instruction tuning).", "",
-             f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
-             f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens"]
+    lines = [
+        f"# {name}",
+        "",
+        "A GPT-2-architecture base language model trained from scratch with "
+        "[baseforge](https://github.com/) (no instruction tuning).",
+        "",
+        f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
+        f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens",
+    ]
     if state.get("best_val") is not None:
         lines.append(f"- best validation loss: {state['best_val']:.4f}")
     if summary and summary.get("data"):
         lines.append(f"- data: `{summary['data']}`")
     if summary:
-        lines.append(f"- final train loss {summary.get('final_loss')}, final validation loss "
-                     f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "
-                     f"on {summary.get('processes', 1)} x {summary.get('device')}")
-    lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model = AutoModelForCausalLM.from_pretrained(PATH)", "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-              "```", "", "Training config:", "", "```json", json.dumps(config, indent=2), "```", ""]
+        lines.append(
+            f"- final train loss {summary.get('final_loss')}, final validation loss "
+            f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "
+            f"on {summary.get('processes', 1)} x {summary.get('device')}"
+        )
+    lines += [
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+        "```",
+        "",
+        "Training config:",
+        "",
+        "```json",
+        json.dumps(config, indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -102,8 +140,11 @@ def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
     config = model.config
     reasons = hf_map.exportable(config)
     if reasons:
-        raise UserError("cannot export as a standard GPT-2: " + "; ".join(reasons) +
-                        " (baseforge reads these checkpoints; transformers' GPT2LMHeadModel cannot)")
+        raise UserError(
+            "cannot export as a standard GPT-2: "
+            + "; ".join(reasons)
+            + " (baseforge reads these checkpoints; transformers' GPT2LMHeadModel cannot)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = hf_map.to_hf_state_dict(model.state_dict(), config)
@@ -112,7 +153,9 @@ def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic_write_json(out / "config.json", hf_map.hf_config_dict(config, eot_id=tok.eot_id))
-    atomic_write_json(out / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id})
+    atomic_write_json(
+        out / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id}
+    )
     if isinstance(tok, GPT2Tokenizer):
         write_gpt2_tokenizer(tok, out, config.context)
     else:

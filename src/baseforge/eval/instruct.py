@@ -20,13 +20,34 @@ from baseforge.data.instructions import InstructionData, format_prompt, load_exa
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_json, atomic_write_text
 
-RECIPE = dict(lr=5e-5, weight_decay=0.1, schedule="constant", warmup_steps=0, micro_batch=8, global_batch=8,
-              grad_clip=1.0, log_every=10, early_stop_evals=2, eval_tokens=0, sample_tokens=0, keep_last=2)
+RECIPE = dict(
+    lr=5e-5,
+    weight_decay=0.1,
+    schedule="constant",
+    warmup_steps=0,
+    micro_batch=8,
+    global_batch=8,
+    grad_clip=1.0,
+    log_every=10,
+    early_stop_evals=2,
+    eval_tokens=0,
+    sample_tokens=0,
+    keep_last=2,
+)
 EPOCHS = 2
 
 
-def finetune(base: str, data_file: Path | str, out: Path | str, overrides=(), *, mask_prompt: bool = True,
-             resume: bool = False, limit: int | None = None, log=print) -> dict:
+def finetune(
+    base: str,
+    data_file: Path | str,
+    out: Path | str,
+    overrides=(),
+    *,
+    mask_prompt: bool = True,
+    resume: bool = False,
+    limit: int | None = None,
+    log=print,
+) -> dict:
     from baseforge.train.checkpoint import load_model, model_tensors
     from baseforge.train.loop import Trainer
 
@@ -39,21 +60,39 @@ def finetune(base: str, data_file: Path | str, out: Path | str, overrides=(), *,
         config = RunConfig.from_dict(json.loads(saved.read_text()))
         apply_overrides(config, overrides, model_keys=False)
     else:
-        config = RunConfig("finetune", asdict(model.config), TrainConfig(**RECIPE))  # keeps the base's dropout
+        config = RunConfig(
+            "finetune", asdict(model.config), TrainConfig(**RECIPE)
+        )  # keeps the base's dropout
         apply_overrides(config, overrides)
     cfg = config.train
-    data = InstructionData(data_file, tokenizer, config.model_config().context, seed=cfg.seed,
-                           mask_prompt=mask_prompt, limit=limit)
+    data = InstructionData(
+        data_file,
+        tokenizer,
+        config.model_config().context,
+        seed=cfg.seed,
+        mask_prompt=mask_prompt,
+        limit=limit,
+    )
     if not resume:
         steps_per_epoch = math.ceil(len(data.train) / (cfg.global_batch or cfg.micro_batch * cfg.grad_accum))
-        defaults = {"max_steps": EPOCHS * steps_per_epoch, "eval_every": max(1, steps_per_epoch // 2),
-                    "checkpoint_every": max(1, steps_per_epoch // 2)}
+        defaults = {
+            "max_steps": EPOCHS * steps_per_epoch,
+            "eval_every": max(1, steps_per_epoch // 2),
+            "checkpoint_every": max(1, steps_per_epoch // 2),
+        }
         explicit = {item.split("=", 1)[0].strip() for item in overrides}
         apply_overrides(config, [f"{k}={v}" for k, v in defaults.items() if k not in explicit])
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "finetune.json", {"base": str(base), "data": str(data_file),
-                                                  "mask_prompt": mask_prompt, "limit": limit,
-                                                  "examples": {k: len(v) for k, v in data.splits.items()}})
+        atomic_write_json(
+            out / "finetune.json",
+            {
+                "base": str(base),
+                "data": str(data_file),
+                "mask_prompt": mask_prompt,
+                "limit": limit,
+                "examples": {k: len(v) for k, v in data.splits.items()},
+            },
+        )
     init = None if resume else model_tensors(model)
     return Trainer(config, data, out, resume=resume, log=log, init_weights=init).run()
 
@@ -63,9 +102,18 @@ def clean_answer(text: str) -> str:
     return text.split("\n###")[0].split("###")[0].strip()
 
 
-def answer(run: Path | str, data_file: Path | str, out_file: Path | str, *, name: str | None = None,
-           max_new_tokens: int = 256, limit: int | None = None, which: str = "best", device="cpu",
-           seed: int = 123) -> list[dict]:
+def answer(
+    run: Path | str,
+    data_file: Path | str,
+    out_file: Path | str,
+    *,
+    name: str | None = None,
+    max_new_tokens: int = 256,
+    limit: int | None = None,
+    which: str = "best",
+    device="cpu",
+    seed: int = 123,
+) -> list[dict]:
     """Greedy answers to the test split, written as the judge's answers JSONL (atomically)."""
     from baseforge.generate import generate
     from baseforge.train.checkpoint import find_checkpoint, load_model
@@ -79,10 +127,24 @@ def answer(run: Path | str, data_file: Path | str, out_file: Path | str, *, name
     name = name or Path(run).resolve().name
     rows = []
     for n, ex in enumerate(test, 1):
-        ids = generate(model, tokenizer.encode(format_prompt(ex)), max_new_tokens, temperature=0.0,
-                       eot_id=tokenizer.eot_id, stop_at_eot=True)
-        rows.append({"id": ex["id"], "model": name, "instruction": ex["instruction"], "input": ex.get("input", ""),
-                     "reference": ex["output"], "answer": clean_answer(tokenizer.decode(ids))})
+        ids = generate(
+            model,
+            tokenizer.encode(format_prompt(ex)),
+            max_new_tokens,
+            temperature=0.0,
+            eot_id=tokenizer.eot_id,
+            stop_at_eot=True,
+        )
+        rows.append(
+            {
+                "id": ex["id"],
+                "model": name,
+                "instruction": ex["instruction"],
+                "input": ex.get("input", ""),
+                "reference": ex["output"],
+                "answer": clean_answer(tokenizer.decode(ids)),
+            }
+        )
         print(f"answered {n}/{len(test)}", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
     atomic_write_text(out_file, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

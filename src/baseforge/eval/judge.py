@@ -67,8 +67,15 @@ def load_answers(paths: list[Path]) -> dict[str, dict]:
             missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
             if missing:
                 raise UserError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")
-            item = items.setdefault(row["id"], {"instruction": row["instruction"], "input": row["input"],
-                                                "reference": row["reference"], "answers": {}})
+            item = items.setdefault(
+                row["id"],
+                {
+                    "instruction": row["instruction"],
+                    "input": row["input"],
+                    "reference": row["reference"],
+                    "answers": {},
+                },
+            )
             if row["model"] in item["answers"]:
                 raise UserError(f"{path}:{lineno}: model {row['model']!r} answers item {row['id']} twice")
             item["answers"][row["model"]] = row["answer"]
@@ -85,8 +92,13 @@ def build_prompt(item_id: str, item: dict, seed: int) -> tuple[str, dict[str, st
     answers = "\n\n".join(f"[{label}]\n{item['answers'][model]}" for label, model in labels.items())
     example = json.dumps({label: 50 for label in labels})
     input_block = f"\n### Input:\n{item['input']}\n" if item["input"] else ""
-    return PROMPT.format(instruction=item["instruction"], input_block=input_block, reference=item["reference"],
-                         answers=answers, example=example), labels
+    return PROMPT.format(
+        instruction=item["instruction"],
+        input_block=input_block,
+        reference=item["reference"],
+        answers=answers,
+        example=example,
+    ), labels
 
 
 class Malformed(ValueError):
@@ -144,9 +156,12 @@ class Backend:
         except urllib.error.HTTPError as exc:
             if exc.code == 429 or exc.code >= 500:
                 retry = exc.headers.get("Retry-After")
-                raise Transient(f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit()
-                                else None) from None
-            raise UserError(f"judge backend answered HTTP {exc.code} at {url}: {exc.read()[:200]!r}") from None
+                raise Transient(
+                    f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit() else None
+                ) from None
+            raise UserError(
+                f"judge backend answered HTTP {exc.code} at {url}: {exc.read()[:200]!r}"
+            ) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             raise Transient(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -190,8 +205,16 @@ class Result:
     requests: int = 0
 
 
-def judge(items: dict[str, dict], backend: Backend, cache: Cache, *, seed: int = 0, retries: int = 5,
-          backoff_s: float = 1.0, log=None) -> Result:
+def judge(
+    items: dict[str, dict],
+    backend: Backend,
+    cache: Cache,
+    *,
+    seed: int = 0,
+    retries: int = 5,
+    backoff_s: float = 1.0,
+    log=None,
+) -> Result:
     result = Result()
     for n, (item_id, item) in enumerate(sorted(items.items()), 1):
         prompt, labels = build_prompt(item_id, item, seed)
@@ -204,18 +227,25 @@ def judge(items: dict[str, dict], backend: Backend, cache: Cache, *, seed: int =
             try:
                 result.requests += 1
                 text = backend.request(prompt)
-                entry = {"key": key, "id": item_id, "labels": labels, "scores": parse_scores(text, labels),
-                         "reply": text}
+                entry = {
+                    "key": key,
+                    "id": item_id,
+                    "labels": labels,
+                    "scores": parse_scores(text, labels),
+                    "reply": text,
+                }
                 cache.put(entry)
             except (Transient, Malformed) as exc:
                 error = str(exc)
                 if attempt < retries:
-                    wait = getattr(exc, "retry_after", None) or backoff_s * 2 ** attempt
+                    wait = getattr(exc, "retry_after", None) or backoff_s * 2**attempt
                     time.sleep(wait * (1 + 0.25 * random.random()))
         if entry is None:
             result.failed[item_id] = error or "unknown error"
         else:
-            result.scores[item_id] = {entry["labels"][label]: score for label, score in entry["scores"].items()}
+            result.scores[item_id] = {
+                entry["labels"][label]: score for label, score in entry["scores"].items()
+            }
         if log:
             log(f"judged {n}/{len(items)} items ({len(result.failed)} failed, {result.requests} requests)")
     return result
@@ -223,7 +253,18 @@ def judge(items: dict[str, dict], backend: Backend, cache: Cache, *, seed: int =
 
 def t_quantile_975(df: int) -> float:
     """Student's t 97.5% quantile (exact table for small df, Cornish-Fisher expansion beyond)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    table = {
+        1: 12.706,
+        2: 4.303,
+        3: 3.182,
+        4: 2.776,
+        5: 2.571,
+        6: 2.447,
+        7: 2.365,
+        8: 2.306,
+        9: 2.262,
+        10: 2.228,
+    }
     if df in table:
         return table[df]
     z = 1.959964
@@ -242,5 +283,7 @@ def summarize(result: Result) -> list[dict]:
         mean = sum(values) / n
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
         half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-        rows.append({"model": model, "mean": mean, "n": n, "ci95": half, "low": mean - half, "high": mean + half})
+        rows.append(
+            {"model": model, "mean": mean, "n": n, "ci95": half, "low": mean - half, "high": mean + half}
+        )
     return sorted(rows, key=lambda r: -r["mean"])

@@ -21,16 +21,29 @@ from baseforge.errors import UserError
 def check_vocab(name: str, model, model_tokenizer: str, data_dir: Path, manifest: dict) -> None:
     data_tok = manifest["tokenizer"]
     if data_tok["name"] != model_tokenizer:
-        raise UserError(f"{name} uses tokenizer {model_tokenizer} but {data_dir} was prepared with "
-                        f"{data_tok['name']}: prepare the data with the model's tokenizer")
+        raise UserError(
+            f"{name} uses tokenizer {model_tokenizer} but {data_dir} was prepared with "
+            f"{data_tok['name']}: prepare the data with the model's tokenizer"
+        )
     if data_tok["vocab_size"] > model.config.vocab_size:
-        raise UserError(f"{name} has a vocabulary of {model.config.vocab_size} tokens but {data_dir} uses "
-                        f"{data_tok['vocab_size']}: vocab mismatch")
+        raise UserError(
+            f"{name} has a vocabulary of {model.config.vocab_size} tokens but {data_dir} uses "
+            f"{data_tok['vocab_size']}: vocab mismatch"
+        )
 
 
 @torch.no_grad()
-def heldout_loss(model, data_dir: Path | str, *, split: str = "val", tokens: int = 1_048_576, context: int | None = None,
-                 batch_size: int = 8, device="cpu", autocast_dtype: torch.dtype | None = None) -> dict:
+def heldout_loss(
+    model,
+    data_dir: Path | str,
+    *,
+    split: str = "val",
+    tokens: int = 1_048_576,
+    context: int | None = None,
+    batch_size: int = 8,
+    device="cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
     """{"loss", "perplexity", "tokens"} of `model` on the fixed slice of `split`."""
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)
@@ -38,8 +51,11 @@ def heldout_loss(model, data_dir: Path | str, *, split: str = "val", tokens: int
     windows = TokenWindows(data_dir, split, context, manifest)
     model.eval()
     total, count = 0.0, 0
-    amp = (torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype) if autocast_dtype
-           else contextlib.nullcontext())
+    amp = (
+        torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype)
+        if autocast_dtype
+        else contextlib.nullcontext()
+    )
     for x, y in eval_batches(windows, tokens, batch_size):
         with amp:
             _, loss = model(x.to(device), y.to(device))

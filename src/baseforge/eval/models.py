@@ -1,10 +1,10 @@
 """Any model to evaluate: a baseforge run or checkpoint, a local HF GPT-2 folder, or a Hub name.
 
-    runs/seed                   a run dir (its latest checkpoint; `which` picks best)
-    runs/seed/checkpoints/step_0001000
-    hf:PATH                     a `transformers` GPT-2 folder: config.json + model.safetensors
-                                (or pytorch_model.bin); tokenizer: GPT-2's BPE
-    gpt2, openai-community/gpt2 a Hub model name, downloaded when online
+runs/seed                   a run dir (its latest checkpoint; `which` picks best)
+runs/seed/checkpoints/step_0001000
+hf:PATH                     a `transformers` GPT-2 folder: config.json + model.safetensors
+                            (or pytorch_model.bin); tokenizer: GPT-2's BPE
+gpt2, openai-community/gpt2 a Hub model name, downloaded when online
 """
 
 from __future__ import annotations
@@ -64,10 +64,14 @@ def download_hf(name: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=["config.json", "*.safetensors", "*.json", "*.txt"]))
+        return Path(
+            snapshot_download(name, allow_patterns=["config.json", "*.safetensors", "*.json", "*.txt"])
+        )
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot download {name} from the Hugging Face Hub ({type(exc).__name__}); "
-                        f"download it elsewhere and pass hf:LOCAL_DIR") from None
+        raise UserError(
+            f"cannot download {name} from the Hugging Face Hub ({type(exc).__name__}); "
+            f"download it elsewhere and pass hf:LOCAL_DIR"
+        ) from None
 
 
 def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:

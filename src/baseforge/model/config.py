@@ -54,28 +54,57 @@ _GPT2 = dict(vocab_size=50257, context=1024, qkv_bias=True, bias=True, tie_weigh
 # Named shapes. vocab_size=None means "take it from the data's tokenizer".
 MODEL_PRESETS: dict[str, dict] = {
     # The write-up's 163M model: GPT-2 small's shape, untied head, no QKV bias, dropout 0.1.
-    "gpt2-small-seed": dict(_GPT2, n_layer=12, n_head=12, n_embd=768, qkv_bias=False,
-                            tie_weights=False, dropout=0.1),
+    "gpt2-small-seed": dict(
+        _GPT2, n_layer=12, n_head=12, n_embd=768, qkv_bias=False, tie_weights=False, dropout=0.1
+    ),
     # OpenAI's GPT-2 family layouts (tied head, biases everywhere).
     "gpt2-124m": dict(_GPT2, n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
     # Small enough to visibly learn in minutes on 2 CPU cores.
-    "cpu-tiny": dict(vocab_size=None, context=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
-                     qkv_bias=False, tie_weights=True),
-    "cpu-small": dict(vocab_size=None, context=256, n_layer=6, n_head=6, n_embd=384, dropout=0.0,
-                      qkv_bias=False, tie_weights=True),
+    "cpu-tiny": dict(
+        vocab_size=None,
+        context=128,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        dropout=0.0,
+        qkv_bias=False,
+        tie_weights=True,
+    ),
+    "cpu-small": dict(
+        vocab_size=None,
+        context=256,
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        dropout=0.0,
+        qkv_bias=False,
+        tie_weights=True,
+    ),
 }
 
 # The modern options together (as in modded-nanogpt / nanochat): rotary positions, RMSNorm,
 # QK-norm, squared-ReLU MLP, an untied zero-initialised head, soft-capped logits, no biases.
 # Not exportable to HF GPT-2 (see hf.exportable).
-_MODERN = dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp_act="relu2", tie_weights=False,
-               zero_init_head=True, logit_softcap=15.0, qkv_bias=False, bias=False, dropout=0.0)
-MODEL_PRESETS.update({
-    # GPT-2 small's shape; vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
-    "gpt2-small-modern": dict(MODEL_PRESETS["gpt2-124m"], **_MODERN, vocab_size=50304),
-    # The twin of cpu-small.
-    "cpu-small-modern": dict(MODEL_PRESETS["cpu-small"], **_MODERN),
-})
+_MODERN = dict(
+    pos_emb="rope",
+    norm="rmsnorm",
+    qk_norm=True,
+    mlp_act="relu2",
+    tie_weights=False,
+    zero_init_head=True,
+    logit_softcap=15.0,
+    qkv_bias=False,
+    bias=False,
+    dropout=0.0,
+)
+MODEL_PRESETS.update(
+    {
+        # GPT-2 small's shape; vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
+        "gpt2-small-modern": dict(MODEL_PRESETS["gpt2-124m"], **_MODERN, vocab_size=50304),
+        # The twin of cpu-small.
+        "cpu-small-modern": dict(MODEL_PRESETS["cpu-small"], **_MODERN),
+    }
+)

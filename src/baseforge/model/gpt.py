@@ -48,8 +48,8 @@ class KVCache:
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions > {self.max_len}")
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
@@ -204,8 +204,7 @@ class GPT(nn.Module):
                 n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """(logits, None) without targets; (None, mean cross-entropy) with them.
 
         With targets the output head and the loss are fused so the logits are never built whole;
@@ -221,7 +220,7 @@ class GPT(nn.Module):
         if self.config.pos_emb == "learned":
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, rope, cache)
@@ -230,8 +229,9 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             # Fused head + loss: the full logits tensor is never built (see loss.py).
-            loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1),
-                                        self.config.logit_softcap)
+            loss = linear_cross_entropy(
+                x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap
+            )
             return None, loss
         logits = self.lm_head(x)
         if self.config.logit_softcap:

@@ -112,7 +112,13 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
         if not config.qkv_bias:
             out[f"transformer.h.{i}.attn.c_attn.bias"] = zero(3 * e)
         if not config.bias:
-            for sub, n in (("attn.c_proj", e), ("mlp.c_fc", 4 * e), ("mlp.c_proj", e), ("ln_1", e), ("ln_2", e)):
+            for sub, n in (
+                ("attn.c_proj", e),
+                ("mlp.c_fc", 4 * e),
+                ("mlp.c_proj", e),
+                ("ln_1", e),
+                ("ln_2", e),
+            ):
                 out[f"transformer.h.{i}.{sub}.bias"] = zero(n)
     if not config.bias:
         out["transformer.ln_f.bias"] = next(iter(state.values())).new_zeros(e)

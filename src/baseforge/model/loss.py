@@ -51,7 +51,9 @@ def _exact_row_losses(hc, wc, targets, softcap: float) -> torch.Tensor:
 class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, softcap: float):
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        dtype = (
+            torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        )
         hc, wc = h.to(dtype), weight.to(dtype)
         n, vocab = h.shape[0], weight.shape[0]
         valid = targets != -100
@@ -67,7 +69,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, rows):
             end = min(start + rows, n)
             hs, ts = hc[start:end], safe[start:end]
-            z = torch.mm(hs, wc.t(), out=buf[:(end - start) * vocab].view(end - start, vocab))
+            z = torch.mm(hs, wc.t(), out=buf[: (end - start) * vocab].view(end - start, vocab))
             if softcap:  # z becomes t = tanh(z / cap), kept for the gradient; logits = cap * t
                 t = z.div_(softcap).tanh_()
                 p = torch.mul(t, softcap, out=_workspace(z.numel(), dtype, h.device, slot=1).view_as(z))
@@ -110,7 +112,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 @torch.compiler.disable  # data-dependent Python control flow: a whole-model torch.compile calls it eagerly
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         softcap: float = 0.0) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0
+) -> torch.Tensor:
     """mean CE of softmax(softcap(h @ weight.T)) against targets; h (N, C), weight (V, C), targets (N,)."""
     return FusedLinearCrossEntropy.apply(h, weight, targets, softcap)

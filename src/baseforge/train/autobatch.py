@@ -22,8 +22,10 @@ def largest_fitting(per_rank_batch: int, fits: Callable[[int], bool]) -> int:
     """The largest divisor b of per_rank_batch with fits(b); UserError if not even 1 fits."""
     candidates = [b for b in range(1, per_rank_batch + 1) if per_rank_batch % b == 0]
     if not fits(candidates[0]):
-        raise UserError("out of memory even at micro_batch 1: use a smaller model or context, "
-                        "a lower precision, or more GPUs")
+        raise UserError(
+            "out of memory even at micro_batch 1: use a smaller model or context, "
+            "a lower precision, or more GPUs"
+        )
     lo, hi = 0, len(candidates) - 1  # candidates[lo] fits; answer in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -77,21 +77,41 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, *, step: int, model, optimizers, scaler, state: dict,
-                    config: RunConfig, tokenizer: Tokenizer, keep_last: int, is_best: bool) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    step: int,
+    model,
+    optimizers,
+    scaler,
+    state: dict,
+    config: RunConfig,
+    tokenizer: Tokenizer,
+    keep_last: int,
+    is_best: bool,
+) -> Path:
     """Write checkpoint `step_{step}` atomically, move the pointers, prune old ones."""
     root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:07d}"
     path = root / name
     if not path.exists():
         with atomic_dir(path) as tmp:
-            save_file(model_tensors(model), str(tmp / "model.safetensors"),
-                      metadata={"format": "pt", "step": str(step)})
-            torch.save({"optimizers": optimizers.state_dict(),
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "rng": rng_state()}, tmp / "trainer.pt")
-            (tmp / "state.json").write_text(json.dumps({**state, "step": step,
-                                                        "tokenizer": tokenizer.record()}, indent=2))
+            save_file(
+                model_tensors(model),
+                str(tmp / "model.safetensors"),
+                metadata={"format": "pt", "step": str(step)},
+            )
+            torch.save(
+                {
+                    "optimizers": optimizers.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(),
+                },
+                tmp / "trainer.pt",
+            )
+            (tmp / "state.json").write_text(
+                json.dumps({**state, "step": step, "tokenizer": tokenizer.record()}, indent=2)
+            )
             (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             tokenizer.save(tmp)
     atomic_write_text(root / "latest", name + "\n")
@@ -130,7 +150,9 @@ def find_checkpoint(path: Path | str, which: str = "latest") -> Path:
             ckpt = root / name
             if (ckpt / "model.safetensors").is_file():
                 return ckpt
-            raise UserError(f"{root / which} names {name}, which is missing; pick a checkpoint dir explicitly")
+            raise UserError(
+                f"{root / which} names {name}, which is missing; pick a checkpoint dir explicitly"
+            )
     if not path.exists():
         raise UserError(f"{path} does not exist")
     raise UserError(f"{path} is neither a run dir with checkpoints nor a checkpoint dir")
@@ -176,13 +198,19 @@ def write_run_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write_json(Path(run_dir) / "config.json", config.to_dict())
 
 
-def write_weights_checkpoint(run_dir: Path, model, config: RunConfig, tokenizer: Tokenizer, state: dict) -> Path:
+def write_weights_checkpoint(
+    run_dir: Path, model, config: RunConfig, tokenizer: Tokenizer, state: dict
+) -> Path:
     """A checkpoint with weights only (no optimizer state): imported models. Readable by load_model."""
     root = Path(run_dir) / CHECKPOINTS
     name = "step_0000000"
     with atomic_dir(root / name) as tmp:
-        save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": "0"})
-        (tmp / "state.json").write_text(json.dumps({"step": 0, **state, "tokenizer": tokenizer.record()}, indent=2))
+        save_file(
+            model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": "0"}
+        )
+        (tmp / "state.json").write_text(
+            json.dumps({"step": 0, **state, "tokenizer": tokenizer.record()}, indent=2)
+        )
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         tokenizer.save(tmp)
     atomic_write_text(root / "latest", name + "\n")

@@ -41,8 +41,9 @@ def init_distributed(timeout_s: float) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return DistInfo(rank, world, local_rank)
 
 
@@ -99,6 +100,8 @@ def batch_geometry(global_batch: int, micro_batch: int, grad_accum: int, world: 
         raise UserError(f"global_batch {global_batch} is not divisible by {world} processes")
     per_rank = global_batch // world
     if per_rank % micro_batch:
-        raise UserError(f"global_batch {global_batch} over {world} processes is {per_rank} sequences each, "
-                        f"not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it")
+        raise UserError(
+            f"global_batch {global_batch} over {world} processes is {per_rank} sequences each, "
+            f"not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
+        )
     return global_batch, micro_batch, per_rank // micro_batch

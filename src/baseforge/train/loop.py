@@ -20,12 +20,28 @@ from baseforge.data.loader import TokenData
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.train import checkpoint as ckpt
-from baseforge.train.distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier,
-                                         batch_geometry, device_for, init_distributed, shutdown)
-from baseforge.train.metrics import MetricsLog, Progress, format_count, format_duration, memory_gb, truncate_metrics
+from baseforge.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    batch_geometry,
+    device_for,
+    init_distributed,
+    shutdown,
+)
+from baseforge.train.host import keep_freed_memory
+from baseforge.train.metrics import (
+    MetricsLog,
+    Progress,
+    format_count,
+    format_duration,
+    memory_gb,
+    truncate_metrics,
+)
 from baseforge.train.mfu import device_peak
 from baseforge.train.optim import build_optimizers
-from baseforge.train.host import keep_freed_memory
 from baseforge.train.precision import resolve_device, setup_precision
 from baseforge.train.schedule import lr_multiplier
 
@@ -69,8 +85,16 @@ class Trainer:
     `init_weights` starts from given tensors instead of a random initialisation.
     """
 
-    def __init__(self, config: RunConfig, data, run_dir: Path | str, resume: bool = False, log=print,
-                 init_weights: dict | None = None, evaluators: dict | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        data,
+        run_dir: Path | str,
+        resume: bool = False,
+        log=print,
+        init_weights: dict | None = None,
+        evaluators: dict | None = None,
+    ):
         self.config, self.cfg = config, config.train
         self.run_dir = Path(run_dir)
         # Extra evaluations on the main process, every hellaswag_every steps: {name: fn(model, tokenizer) -> dict}.
@@ -89,13 +113,16 @@ class Trainer:
         self.tokenizer = data.tokenizer
         self.resume_from = self._find_resume() if resume else None
         if not resume and (self.run_dir / ckpt.CHECKPOINTS / "latest").exists():
-            raise UserError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                            "or choose another --out")
+            raise UserError(
+                f"{self.run_dir} already holds a run; continue it with --resume, or choose another --out"
+            )
         self.model_config = config.model_config(self.tokenizer.vocab_size)
         if self.model_config.vocab_size < self.tokenizer.vocab_size:
-            raise UserError(f"model vocab_size {self.model_config.vocab_size} is smaller than the data's "
-                            f"tokenizer ({self.tokenizer.name}, {self.tokenizer.vocab_size} tokens); "
-                            f"set vocab_size={self.tokenizer.vocab_size} or prepare the data with another tokenizer")
+            raise UserError(
+                f"model vocab_size {self.model_config.vocab_size} is smaller than the data's "
+                f"tokenizer ({self.tokenizer.name}, {self.tokenizer.vocab_size} tokens); "
+                f"set vocab_size={self.tokenizer.vocab_size} or prepare the data with another tokenizer"
+            )
         # Measure the device peak before seeding: the measurement draws random numbers.
         self.peak, self.peak_source = device_peak(self.device, self.precision.name)
         torch.manual_seed(self.cfg.seed)
@@ -114,11 +141,21 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.fwd_model = DDP(self.fwd_model, device_ids=ids)
-        self.state = {"tokens": 0, "best_val": None, "skipped": 0, "bad_in_row": 0, "clipped": 0,
-                      "elapsed_s": 0.0, "evals_since_best": 0, "row": self._empty_row()}
+        self.state = {
+            "tokens": 0,
+            "best_val": None,
+            "skipped": 0,
+            "bad_in_row": 0,
+            "clipped": 0,
+            "elapsed_s": 0.0,
+            "evals_since_best": 0,
+            "row": self._empty_row(),
+        }
         self.step = 0
         if self.resume_from is not None:
-            saved = ckpt.restore_training(self.resume_from, self.model, self.optimizers, self.scaler, self.device)
+            saved = ckpt.restore_training(
+                self.resume_from, self.model, self.optimizers, self.scaler, self.device
+            )
             self.step = saved["step"]
             self.state.update({k: saved[k] for k in self.state if k in saved})
             if self.main:
@@ -137,9 +174,11 @@ class Trainer:
         _, state = ckpt.read_checkpoint_meta(path)
         theirs, ours = state["tokenizer"], self.tokenizer.record()
         if (theirs["name"], theirs["vocab_size"]) != (ours["name"], ours["vocab_size"]):
-            raise UserError(f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} "
-                            f"tokens) but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); "
-                            "resume with the run's own data")
+            raise UserError(
+                f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} "
+                f"tokens) but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); "
+                "resume with the run's own data"
+            )
         return path
 
     def _set_geometry(self) -> None:
@@ -149,7 +188,8 @@ class Trainer:
             # Search up to the whole per-process batch (no accumulation), or 64 without a global batch.
             micro = self._find_micro_batch(cfg.global_batch // world if cfg.global_batch else 64)
         self.global_batch, self.micro_batch, self.grad_accum = batch_geometry(
-            cfg.global_batch, micro, cfg.grad_accum, world)
+            cfg.global_batch, micro, cfg.grad_accum, world
+        )
         if cfg.micro_batch == "auto" and self.main:
             self.log(f"micro_batch auto: {micro} fits; gradient accumulation {self.grad_accum}")
         self.tokens_per_step = self.global_batch * self.model_config.context
@@ -188,8 +228,10 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
             model.zero_grad(set_to_none=True)
             if self.main:
-                self.log(f"torch.compile unavailable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                         "training eager")
+                self.log(
+                    f"torch.compile unavailable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                    "training eager"
+                )
             return model
 
     @staticmethod
@@ -199,12 +241,21 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, bool]:
         """One optimizer step over the global batch: (mean loss, pre-clip grad norm, applied)."""
-        self.optimizers.set_lr_multiplier(lr_multiplier(
-            self.step, self.total, self.cfg.schedule, self.warmup, self.cfg.min_lr_ratio, self.cfg.decay_fraction))
+        self.optimizers.set_lr_multiplier(
+            lr_multiplier(
+                self.step,
+                self.total,
+                self.cfg.schedule,
+                self.warmup,
+                self.cfg.min_lr_ratio,
+                self.cfg.decay_fraction,
+            )
+        )
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y = self.data.micro_batch(self.step, micro, self.dist.rank, self.dist.world,
-                                         self.micro_batch, self.grad_accum)
+            x, y = self.data.micro_batch(
+                self.step, micro, self.dist.rank, self.dist.world, self.micro_batch, self.grad_accum
+            )
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.fwd_model.no_sync()
@@ -236,7 +287,9 @@ class Trainer:
         model = self._local_model
         model.eval()
         total, count = 0.0, 0
-        for x, y in self.data.val_batches(self.cfg.eval_tokens, self.micro_batch, self.dist.rank, self.dist.world):
+        for x, y in self.data.val_batches(
+            self.cfg.eval_tokens, self.micro_batch, self.dist.rank, self.dist.world
+        ):
             with self.precision.autocast():
                 _, loss = model(x.to(self.device), y.to(self.device))
             n = int((y != -100).sum())
@@ -283,7 +336,8 @@ class Trainer:
                         raise UserError(
                             f"loss or gradients were not finite for {cfg.max_bad_steps} steps in a row (step "
                             f"{self.step}); stopped. The last good checkpoint is kept: lower lr, check the data, "
-                            "or use precision=fp32")
+                            "or use precision=fp32"
+                        )
                 dt = time.perf_counter() - t0
                 row["tokens"] += self.tokens_per_step
                 row["seconds"] += dt
@@ -293,23 +347,39 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or last or self.step % cfg.eval_every == 0 or due_hellaswag:
                     self._log_row(row, metrics, progress, evaluate=self.step % cfg.eval_every == 0 or last)
                     row = self.state["row"] = self._empty_row()
-                if cfg.early_stop_evals and self.state["evals_since_best"] >= cfg.early_stop_evals and not last:
+                if (
+                    cfg.early_stop_evals
+                    and self.state["evals_since_best"] >= cfg.early_stop_evals
+                    and not last
+                ):
                     if main:
-                        self.log(f"early stop at step {self.step}: validation loss has not improved for "
-                                 f"{cfg.early_stop_evals} evaluations; best {self.state['best_val']:.4f}")
+                        self.log(
+                            f"early stop at step {self.step}: validation loss has not improved for "
+                            f"{cfg.early_stop_evals} evaluations; best {self.state['best_val']:.4f}"
+                        )
                     last = True
                     self.total = self.step
-                due_time = cfg.checkpoint_minutes > 0 and time.monotonic() - last_ckpt_time > 60 * cfg.checkpoint_minutes
+                due_time = (
+                    cfg.checkpoint_minutes > 0
+                    and time.monotonic() - last_ckpt_time > 60 * cfg.checkpoint_minutes
+                )
                 stopping = any_rank(stop.signal is not None, self.dist, self.device)
-                due = self.step % cfg.checkpoint_every == 0 or last or stopping or any_rank(due_time, self.dist, self.device)
+                due = (
+                    self.step % cfg.checkpoint_every == 0
+                    or last
+                    or stopping
+                    or any_rank(due_time, self.dist, self.device)
+                )
                 # Never checkpoint a model that is producing non-finite values: keep the last good one.
                 if due and self.state["bad_in_row"] == 0:
                     self.save()
                     last_ckpt_time = time.monotonic()
                 if stopping:
                     if main:
-                        self.log(f"stopped by signal at step {self.step}; checkpoint saved in {self.run_dir}. "
-                                 "To continue, run the same command again with --resume")
+                        self.log(
+                            f"stopped by signal at step {self.step}; checkpoint saved in {self.run_dir}. "
+                            "To continue, run the same command again with --resume"
+                        )
                     shutdown(self.dist)
                     return {"stopped": True, "step": self.step, "signal": stop.signal}
         summary = self.finish()
@@ -320,12 +390,19 @@ class Trainer:
         steps = max(row["steps"], 1)
         loss = all_reduce_mean(row["loss_sum"] / steps, self.dist, self.device)
         tokens_per_s = row["tokens"] / max(row["seconds"], 1e-9)
-        out = {"step": self.step, "tokens": self.state["tokens"], "loss": loss,
-               "lr": self.optimizers.param_groups[0]["lr"], "grad_norm": row["gnorm_sum"] / steps,
-               "clip_frac": row["clipped"] / steps, "skipped": self.state["skipped"],
-               "tokens_per_s": tokens_per_s,
-               "mfu": self.flops_per_token * tokens_per_s / (self.peak * self.dist.world),
-               "mem_gb": memory_gb(self.device), "elapsed_s": self.state["elapsed_s"]}
+        out = {
+            "step": self.step,
+            "tokens": self.state["tokens"],
+            "loss": loss,
+            "lr": self.optimizers.param_groups[0]["lr"],
+            "grad_norm": row["gnorm_sum"] / steps,
+            "clip_frac": row["clipped"] / steps,
+            "skipped": self.state["skipped"],
+            "tokens_per_s": tokens_per_s,
+            "mfu": self.flops_per_token * tokens_per_s / (self.peak * self.dist.world),
+            "mem_gb": memory_gb(self.device),
+            "elapsed_s": self.state["elapsed_s"],
+        }
         if evaluate:
             val = self.evaluate()
             if val is not None:
@@ -335,8 +412,11 @@ class Trainer:
                 self.state["evals_since_best"] = 0 if improved else self.state["evals_since_best"] + 1
                 if improved:
                     self.state["best_val"], self.state["best_step"] = val, self.step
-        if self.main and self.cfg.hellaswag_every and (self.step % self.cfg.hellaswag_every == 0 or
-                                                       self.step == self.total):
+        if (
+            self.main
+            and self.cfg.hellaswag_every
+            and (self.step % self.cfg.hellaswag_every == 0 or self.step == self.total)
+        ):
             model = self._local_model
             for name, evaluate in self.evaluators.items():
                 for key, value in evaluate(model, self.tokenizer).items():
@@ -350,9 +430,18 @@ class Trainer:
 
     def save(self) -> None:
         if self.main:
-            ckpt.save_checkpoint(self.run_dir, step=self.step, model=self.model, optimizers=self.optimizers,
-                                 scaler=self.scaler, state=self.state, config=self.config, tokenizer=self.tokenizer,
-                                 keep_last=self.cfg.keep_last, is_best=self.state.get("best_step") == self.step)
+            ckpt.save_checkpoint(
+                self.run_dir,
+                step=self.step,
+                model=self.model,
+                optimizers=self.optimizers,
+                scaler=self.scaler,
+                state=self.state,
+                config=self.config,
+                tokenizer=self.tokenizer,
+                keep_last=self.cfg.keep_last,
+                is_best=self.state.get("best_step") == self.step,
+            )
             from baseforge.train.charts import write_charts
 
             write_charts(self.run_dir)
@@ -361,36 +450,53 @@ class Trainer:
     def _announce(self) -> None:
         c = self.model_config
         verb = f"resuming from step {self.step}" if self.step else "training"
-        self.log(f"{verb}: {self.config.preset}, {self.n_params / 1e6:.2f}M parameters "
-                 f"({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, context {c.context}, "
-                 f"vocab {c.vocab_size}, tokenizer {self.tokenizer.name})")
-        self.log(f"device {self.device} x{self.dist.world}, {self.precision.name}; peak "
-                 f"{self.peak / 1e12:.1f} TFLOP/s ({self.peak_source}); batch {self.global_batch} x {c.context} "
-                 f"tokens = micro {self.micro_batch} x accum {self.grad_accum} x {self.dist.world} processes")
-        self.log(f"{self.total} steps, {format_count(self.total * self.tokens_per_step)} tokens "
-                 f"({self.total * self.tokens_per_step / self.n_params:.1f} per parameter); "
-                 f"train split {format_count(self.data.train_tokens)} tokens")
+        self.log(
+            f"{verb}: {self.config.preset}, {self.n_params / 1e6:.2f}M parameters "
+            f"({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, context {c.context}, "
+            f"vocab {c.vocab_size}, tokenizer {self.tokenizer.name})"
+        )
+        self.log(
+            f"device {self.device} x{self.dist.world}, {self.precision.name}; peak "
+            f"{self.peak / 1e12:.1f} TFLOP/s ({self.peak_source}); batch {self.global_batch} x {c.context} "
+            f"tokens = micro {self.micro_batch} x accum {self.grad_accum} x {self.dist.world} processes"
+        )
+        self.log(
+            f"{self.total} steps, {format_count(self.total * self.tokens_per_step)} tokens "
+            f"({self.total * self.tokens_per_step / self.n_params:.1f} per parameter); "
+            f"train split {format_count(self.data.train_tokens)} tokens"
+        )
 
     def finish(self) -> dict:
         row = getattr(self, "last_row", {})
-        summary = {"data": str(self.data.source), "steps": self.step, "tokens": self.state["tokens"],
-                   "params": self.n_params,
-                   "train_seconds": self.state["elapsed_s"],
-                   "tokens_per_s": self.state["tokens"] / max(self.state["elapsed_s"], 1e-9),
-                   "initial_val_loss": self.state.get("initial_val"),
-                   "final_loss": row.get("loss"), "final_val_loss": row.get("val_loss"),
-                   "best_val_loss": self.state["best_val"], "skipped_steps": self.state["skipped"],
-                   "clip_frac": self.state["clipped"] / max(self.step, 1), "precision": self.precision.name,
-                   "device": str(self.device), "processes": self.dist.world,
-                   "mfu": row.get("mfu"), "peak_source": self.peak_source}
+        summary = {
+            "data": str(self.data.source),
+            "steps": self.step,
+            "tokens": self.state["tokens"],
+            "params": self.n_params,
+            "train_seconds": self.state["elapsed_s"],
+            "tokens_per_s": self.state["tokens"] / max(self.state["elapsed_s"], 1e-9),
+            "initial_val_loss": self.state.get("initial_val"),
+            "final_loss": row.get("loss"),
+            "final_val_loss": row.get("val_loss"),
+            "best_val_loss": self.state["best_val"],
+            "skipped_steps": self.state["skipped"],
+            "clip_frac": self.state["clipped"] / max(self.step, 1),
+            "precision": self.precision.name,
+            "device": str(self.device),
+            "processes": self.dist.world,
+            "mfu": row.get("mfu"),
+            "peak_source": self.peak_source,
+        }
         if self.main:
             from baseforge.fileio import atomic_write_json, atomic_write_text
 
             atomic_write_json(self.run_dir / "summary.json", summary)
-            self.log(f"done: {self.step} steps, {format_count(summary['tokens'])} tokens in "
-                     f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
-                     f"final train loss {summary['final_loss']:.4f}"
-                     + (f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else ""))
+            self.log(
+                f"done: {self.step} steps, {format_count(summary['tokens'])} tokens in "
+                f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
+                f"final train loss {summary['final_loss']:.4f}"
+                + (f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else "")
+            )
             if self.cfg.sample_tokens:
                 text = self.sample(self.cfg.sample_prompt, self.cfg.sample_tokens)
                 atomic_write_text(self.run_dir / "sample.txt", self.cfg.sample_prompt + text + "\n")
@@ -400,6 +506,12 @@ class Trainer:
     def sample(self, prompt: str, tokens: int) -> str:
         from baseforge.generate import generate
 
-        ids = generate(self.model, self.tokenizer.encode(prompt), max_new_tokens=tokens, temperature=0.8,
-                       top_k=50, seed=self.cfg.seed)
+        ids = generate(
+            self.model,
+            self.tokenizer.encode(prompt),
+            max_new_tokens=tokens,
+            temperature=0.8,
+            top_k=50,
+            seed=self.cfg.seed,
+        )
         return self.tokenizer.decode(ids)

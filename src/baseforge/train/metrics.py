@@ -79,8 +79,11 @@ class Progress:
         parts = [f"step {row['step']}/{self.total}", f"loss {row['loss']:.4f}"]
         if "val_loss" in row:
             parts.append(f"val {row['val_loss']:.4f}")
-        parts += [f"lr {row['lr']:.2e}", f"gnorm {row['grad_norm']:.2f}",
-                  f"{format_count(row['tokens_per_s'])} tok/s"]
+        parts += [
+            f"lr {row['lr']:.2e}",
+            f"gnorm {row['grad_norm']:.2f}",
+            f"{format_count(row['tokens_per_s'])} tok/s",
+        ]
         if row.get("mfu") is not None:
             parts.append(f"mfu {100 * row['mfu']:.1f}%")
         parts.append(f"eta {format_duration(remaining_steps * seconds_per_step)}")

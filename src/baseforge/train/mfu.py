@@ -45,7 +45,9 @@ def table_peak(device_name: str, precision: str) -> float | None:
     return None
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0
+) -> float:
     """FLOP/s of a square matmul on this device, best of a short run (cached per process)."""
     key = (str(device), dtype, size)
     if key in _measured:

@@ -58,20 +58,30 @@ class Muon(torch.optim.Optimizer):
     State per parameter: `momentum_buffer`, so `state_dict()`/`load_state_dict()` resume exactly.
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+    ):
         if not lr > 0:
             raise ValueError(f"lr must be positive, not {lr}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), not {momentum}")
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay)
+        defaults = dict(
+            lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay
+        )
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
-                    raise ValueError(f"Muon is for 2-D weight matrices; got a parameter of shape "
-                                     f"{tuple(p.shape)} (send it to AdamW: see param_groups_for_muon)")
+                    raise ValueError(
+                        f"Muon is for 2-D weight matrices; got a parameter of shape "
+                        f"{tuple(p.shape)} (send it to AdamW: see param_groups_for_muon)"
+                    )
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -25,14 +25,17 @@ def adamw_groups(named_params, cfg: TrainConfig, lr: float) -> list[dict]:
         return [{"params": [p for _, p in params], "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr}]
     decay = [p for n, p in params if not _no_decay(n, p)]
     rest = [p for n, p in params if _no_decay(n, p)]
-    return [{"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr},
-            {"params": rest, "weight_decay": 0.0, "lr": lr, "base_lr": lr}]
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": lr, "base_lr": lr},
+        {"params": rest, "weight_decay": 0.0, "lr": lr, "base_lr": lr},
+    ]
 
 
 def make_adamw(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     args = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if device.type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        try:  # one kernel for the whole update: on CPU 3.5x faster than foreach (benchmarks/results/train-throughput.md)
+        # One kernel for the whole update: on CPU 3.5x faster than foreach (see train-throughput.md).
+        try:
             return torch.optim.AdamW(groups, fused=True, **args)
         except RuntimeError:  # a torch without the fused kernel for this device
             pass
@@ -92,6 +95,9 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     muon_params, adamw_params = param_groups_for_muon(model)
     muon_ids = {id(p) for p in muon_params}
     rest = [(n, p) for n, p in named if id(p) not in muon_ids]
-    muon = Muon([{"params": muon_params, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
-                momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay)
+    muon = Muon(
+        [{"params": muon_params, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
+        momentum=cfg.muon_momentum,
+        weight_decay=cfg.muon_weight_decay,
+    )
     return Optimizers(muon=muon, adamw=make_adamw(adamw_groups(rest, cfg, cfg.lr), cfg, device))

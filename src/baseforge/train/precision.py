@@ -28,7 +28,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"config: device = {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"config: device = {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("config: device = cuda but no CUDA GPU is available; use device=cpu")
     return device

@@ -5,8 +5,14 @@ from __future__ import annotations
 import math
 
 
-def lr_multiplier(step: int, total_steps: int, schedule: str, warmup_steps: int,
-                  min_lr_ratio: float = 0.1, decay_fraction: float = 0.2) -> float:
+def lr_multiplier(
+    step: int,
+    total_steps: int,
+    schedule: str,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.1,
+    decay_fraction: float = 0.2,
+) -> float:
     """Multiplier for optimizer step `step` (0-based) of `total_steps`.
 
     constant: linear warmup, then 1.
