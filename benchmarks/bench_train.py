@@ -53,7 +53,11 @@ def make_trainer(data: Path, run: Path, overrides: list[str]):
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
 
-    return Trainer(resolve_config("cpu-small", None, REFERENCE + overrides), data, run, log=lambda *a: None)
+    trainer = Trainer(
+        resolve_config("cpu-small", None, REFERENCE + overrides), data, run, log=lambda *a: None
+    )
+    trainer.setup()
+    return trainer
 
 
 def throughput(args) -> dict:
@@ -77,7 +81,7 @@ def throughput(args) -> dict:
             )
             for _ in range(args.warmup):
                 trainers[name].train_step()
-                trainers[name].step += 1
+                trainers[name].state.step += 1
         times = {name: [] for name in trainers}
         for r in range(args.rounds):
             for name, trainer in trainers.items():
@@ -85,7 +89,7 @@ def throughput(args) -> dict:
                     t0 = time.perf_counter()
                     trainer.train_step()
                     times[name].append(time.perf_counter() - t0)
-                    trainer.step += 1
+                    trainer.state.step += 1
             print(f"round {r + 1}/{args.rounds} done", flush=True)
         rows = {}
         for name, trainer in trainers.items():
@@ -93,12 +97,12 @@ def throughput(args) -> dict:
             tps = trainer.tokens_per_step / per_step
             rows[name] = {
                 "tokens_per_s": tps,
-                "mfu": trainer.flops_per_token * tps / trainer.peak,
-                "peak_tflops": trainer.peak / 1e12,
-                "peak_source": trainer.peak_source,
+                "mfu": trainer.step_fn.model.flops_per_token() * tps / trainer.runtime.peak,
+                "peak_tflops": trainer.runtime.peak / 1e12,
+                "peak_source": trainer.runtime.peak_source,
                 "step_s_median": per_step,
-                "params": trainer.n_params,
-                "compiled": trainer.fwd_model is not trainer.model,
+                "params": trainer.step_fn.model.num_params(),
+                "compiled": trainer.step_fn.wrapped is not trainer.step_fn.model,
             }
         return rows
 

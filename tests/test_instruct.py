@@ -15,6 +15,7 @@ from baseforge.data.instructions import (
     format_prompt,
     split_examples,
 )
+from baseforge.data.loader import BatchLayout
 from baseforge.model import GPT, ModelConfig
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_clean_error, baseforge, sets
@@ -88,8 +89,9 @@ def test_batches_are_padded_and_a_pure_function_of_the_step(ift_file, shakespear
     tok = load_tokenizer(read_manifest(shakespeare_dir)["tokenizer"], shakespeare_dir)
     a = InstructionData(ift_file, tok, 256, seed=5)
     b = InstructionData(ift_file, tok, 256, seed=5)
-    xa, ya = a.micro_batch(3, 1, 0, 1, 4, 2)
-    xb, yb = b.micro_batch(3, 1, 0, 1, 4, 2)
+    layout = BatchLayout(micro_batch=4, grad_accum=2)
+    xa, ya = a.micro_batch(3, 1, layout)
+    xb, yb = b.micro_batch(3, 1, layout)
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
     lengths = (ya != -100).sum(1)
     assert xa.shape[0] == 4 and (lengths > 0).all()

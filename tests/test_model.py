@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from baseforge.model import GPT, MODEL_PRESETS, KVCache, ModelConfig, hf
+from baseforge.model import GPT, KVCache, ModelConfig, hf
 from baseforge.model import gpt as gpt_module
+from baseforge.presets import PRESETS
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
@@ -18,7 +19,7 @@ TINY = dict(vocab_size=300, context=32, n_layer=2, n_head=4, n_embd=32)
 
 
 def preset(name: str, **changes) -> ModelConfig:
-    fields = dict(MODEL_PRESETS[name])
+    fields = dict(PRESETS[name].model)
     if fields["vocab_size"] is None:
         fields["vocab_size"] = 300
     return ModelConfig(**{**fields, **changes})
@@ -212,7 +213,7 @@ def test_modern_options_not_exportable(option):
 # --- every preset and option combination runs --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(MODEL_PRESETS))
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_runs_tiny(name):
     # The preset's options with a tiny shape (the full shapes are covered by the meta-device counts).
     config = preset(name, **{**TINY, "n_head": 2, "context": 16})
@@ -226,7 +227,7 @@ def test_every_preset_runs_tiny(name):
 
 
 def test_every_preset_builds_on_meta():
-    for name in MODEL_PRESETS:
+    for name in PRESETS:
         with torch.device("meta"):
             GPT(preset(name))
 
@@ -405,6 +406,6 @@ def test_modern_presets():
         assert len(hf.exportable(config)) == 5 and not config.bias and not config.tie_weights
         assert config.zero_init_head and config.dropout == 0.0
     assert preset("gpt2-small-modern").vocab_size == 50304
-    assert MODEL_PRESETS["cpu-small-modern"]["vocab_size"] is None
-    twin, base = MODEL_PRESETS["cpu-small-modern"], MODEL_PRESETS["cpu-small"]
+    assert PRESETS["cpu-small-modern"].model["vocab_size"] is None
+    twin, base = PRESETS["cpu-small-modern"].model, PRESETS["cpu-small"].model
     assert all(twin[k] == base[k] for k in ("context", "n_layer", "n_head", "n_embd"))

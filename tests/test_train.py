@@ -32,11 +32,11 @@ def test_grad_accum_matches_one_big_batch(shakespeare_dir, tmp_path):
     common = ["dropout=0", "max_steps=6", "checkpoint_every=100", "eval_every=100"]
     a = run_in_process(shakespeare_dir, tmp_path / "a", *common, "micro_batch=2", "global_batch=8")
     b = run_in_process(shakespeare_dir, tmp_path / "b", *common, "micro_batch=8", "global_batch=8")
-    assert a.grad_accum == 4 and b.grad_accum == 1
+    assert a.step_fn.layout.grad_accum == 4 and b.step_fn.layout.grad_accum == 1
     la = [r["loss"] for r in read_metrics(tmp_path / "a")][1:]
     lb = [r["loss"] for r in read_metrics(tmp_path / "b")][1:]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-5)
-    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
+    for (name, pa), pb in zip(a.step_fn.model.named_parameters(), b.step_fn.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -72,12 +72,11 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
         from baseforge.train import checkpoint as ckpt
         from baseforge.train.loop import Trainer
         from baseforge.config import resolve_config
-        real_save = torch.save
-        def dying_save(obj, path, *a, **k):
+        def dying_save(tensors, path, *a, **k):
             with open(path, "wb") as f:
                 f.write(b"half a checkpoint")
             os.kill(os.getpid(), signal.SIGKILL)  # die in the middle of the write
-        torch.save = dying_save
+        ckpt.save_file = dying_save
         config = resolve_config("cpu-tiny", None, {[*TINY, "max_steps=8", "checkpoint_every=4"]!r})
         Trainer(config, {str(shakespeare_dir)!r}, {str(run)!r}, resume=True, log=lambda *a: None).run()
     """)
@@ -149,7 +148,11 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
         "cpu-tiny", None, [*TINY, "micro_batch=auto", "global_batch=8", "max_steps=3", "checkpoint_every=3"]
     )
     auto = Trainer(config, shakespeare_dir, tmp_path / "auto", log=logs.append)
-    assert (auto.micro_batch, auto.grad_accum) == (8, 1)
+    assert not (tmp_path / "auto").exists()  # building a trainer writes nothing
+    auto.setup()
+    assert not (tmp_path / "auto").exists()
+    layout = auto.step_fn.layout
+    assert (layout.micro_batch, layout.grad_accum) == (8, 1)
     assert any("micro_batch auto: 8 fits; gradient accumulation 1" in line for line in logs)
     auto.run()
     fixed = run_in_process(
@@ -163,4 +166,4 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
     assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [
         r["loss"] for r in read_metrics(tmp_path / "fixed")
     ]
-    assert fixed.micro_batch == 8
+    assert fixed.step_fn.layout.micro_batch == 8

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from baseforge.config import TRAIN_PRESETS, resolve_config
-from baseforge.data.loader import TokenWindows, TrainStream, eval_batches
+from baseforge.config import resolve_config
+from baseforge.data.loader import BatchLayout, TokenWindows, TrainStream, eval_batches
 from baseforge.errors import UserError
+from baseforge.presets import PRESETS
 from baseforge.train.autobatch import largest_fitting
-from baseforge.train.distributed import batch_geometry
 from baseforge.train.mfu import table_peak
 from baseforge.train.schedule import lr_multiplier
 
@@ -46,12 +46,18 @@ def test_largest_fitting_binary_search():
         largest_fitting(8, lambda b: False)
 
 
-def test_batch_geometry_keeps_global_batch_across_world_sizes():
-    assert batch_geometry(32, 4, 1, 1) == (32, 4, 8)
-    assert batch_geometry(32, 4, 1, 2) == (32, 4, 4)
-    assert batch_geometry(0, 4, 3, 2) == (24, 4, 3)
+def test_batch_layout_keeps_global_batch_across_world_sizes():
+    def resolve(global_batch, micro, accum, world):
+        layout = BatchLayout.resolve(
+            global_batch=global_batch, micro_batch=micro, grad_accum=accum, world=world, rank=0
+        )
+        return layout.global_batch, layout.micro_batch, layout.grad_accum
+
+    assert resolve(32, 4, 1, 1) == (32, 4, 8)
+    assert resolve(32, 4, 1, 2) == (32, 4, 4)
+    assert resolve(0, 4, 3, 2) == (24, 4, 3)
     with pytest.raises(UserError, match="not divisible"):
-        batch_geometry(32, 5, 1, 1)
+        resolve(32, 5, 1, 1)
 
 
 def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespeare_dir):
@@ -67,7 +73,8 @@ def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespear
         out = []
         for m in range(accum):
             for r in range(world):
-                out += stream.micro_batch(3, m, r, world, 2, accum)[0].tolist()
+                layout = BatchLayout(micro_batch=2, grad_accum=accum, world=world, rank=r)
+                out += stream.micro_batch(3, m, layout)[0].tolist()
         return sorted(out)
 
     assert rows(2, 2) == rows(1, 4)
@@ -104,13 +111,13 @@ def test_config_layers_and_presets(tmp_path):
     toml.write_text('preset = "cpu-tiny"\nlr = 5e-4\n[model]\nn_layer = 3\n[train]\nmax_steps = 7\n')
     config = resolve_config(None, toml, ["max_steps=9", "compile=true"])
     assert config.preset == "cpu-tiny"
-    assert config.train.lr == 5e-4 and config.model["n_layer"] == 3
+    assert config.train.lr == 5e-4 and config.model.n_layer == 3
     assert config.train.max_steps == 9 and config.train.compile is True
     assert (
-        TRAIN_PRESETS["gpt2-small-seed"]["lr"] == 4e-4
-        and TRAIN_PRESETS["gpt2-small-seed"]["weight_decay"] == 0.1
+        PRESETS["gpt2-small-seed"].train["lr"] == 4e-4
+        and PRESETS["gpt2-small-seed"].train["weight_decay"] == 0.1
     )
-    seed = resolve_config("gpt2-small-seed").model_config()
+    seed = resolve_config("gpt2-small-seed").model
     assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == (
         50257,
         1024,
@@ -142,5 +149,4 @@ def test_shipped_recipes_resolve():
     assert recipes
     for path in recipes:
         config = resolve_config(None, path)
-        assert config.preset in TRAIN_PRESETS, path
-        config.model_config()
+        assert config.preset in PRESETS, path

@@ -1,20 +1,24 @@
 """Run configuration: a preset, then a TOML file, then `--set key=value` overrides.
 
-Two small dataclasses: the model's shape (`model.ModelConfig`) and the training recipe
-(`TrainConfig`). Their keys are disjoint, so users write flat keys (`n_layer=6`, `lr=1e-3`)
-and each lands where it belongs. The resolved config is saved with every run and checkpoint
-as `{"preset": ..., "model": {...}, "train": {...}}`.
+Two typed dataclasses travel together as one `RunConfig`: the model's shape (`model.ModelConfig`)
+and the training recipe (`TrainConfig`). Their keys are disjoint, so users write flat keys
+(`n_layer=6`, `lr=1e-3`) and each lands where it belongs. Both validate on construction, and every
+change goes through `RunConfig.set`, which rebuilds (and so re-validates) the changed half. The
+resolved config is saved with every run and checkpoint as `{"preset", "model": {...}, "train": {...}}`.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Literal
 
 from baseforge.errors import UserError
-from baseforge.model.config import MODEL_PRESETS, ModelConfig
+from baseforge.model.config import ModelConfig, check_choices
+from baseforge.presets import get_preset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,11 +31,11 @@ class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
     # when global_batch is set, grad_accum follows from it (so a run keeps its global batch on
     # any number of processes). micro_batch = "auto" searches for the largest that fits.
-    micro_batch: int | str = 8
+    micro_batch: int | Literal["auto"] = 8
     grad_accum: int = 1
     global_batch: int = 0
     # AdamW (the write-up's baseline: lr 4e-4, weight decay 0.1).
-    optimizer: str = "adamw"  # "adamw", or "muon" (Muon for hidden matrices + AdamW for the rest)
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices + AdamW for the rest
     lr: float = 4e-4
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -42,8 +46,8 @@ class TrainConfig:
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0  # decoupled, so scaled by muon_lr: keep it small
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    # Schedule: "constant", "cosine" (warmup, cosine to min_lr), "wsd" (warmup-stable-decay).
-    schedule: str = "cosine"
+    # Schedule: constant, cosine (warmup, cosine to min_lr), wsd (warmup-stable-decay).
+    schedule: Literal["constant", "cosine", "wsd"] = "cosine"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # used when warmup_steps = 0
     min_lr_ratio: float = 0.1  # floor of the decay, as a fraction of lr
@@ -75,7 +79,7 @@ class TrainConfig:
     sample_tokens: int = 64
     dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         def bad(key, why):
             raise UserError(f"config: {key} = {getattr(self, key)!r} {why}")
 
@@ -107,12 +111,10 @@ class TrainConfig:
             bad("lr", "must be positive")
         if self.optimizer == "muon" and not self.muon_lr > 0:
             bad("muon_lr", "must be positive")
-        if self.optimizer not in ("adamw", "muon"):
-            bad("optimizer", "must be 'adamw' or 'muon'")
-        if self.schedule not in ("constant", "cosine", "wsd"):
-            bad("schedule", "must be 'constant', 'cosine' or 'wsd'")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            bad("precision", "must be 'auto', 'bf16', 'fp16' or 'fp32'")
+        try:
+            check_choices(self)
+        except ValueError as exc:
+            raise UserError(f"config: {exc}") from None
         for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
@@ -122,74 +124,6 @@ class TrainConfig:
         if self.tokens_per_param <= 0:
             bad("tokens_per_param", "must be positive")
 
-
-# Training recipes per preset; the model shape comes from MODEL_PRESETS under the same name.
-_WRITEUP = dict(
-    lr=4e-4,
-    weight_decay=0.1,
-    schedule="cosine",
-    warmup_fraction=0.05,
-    min_lr_ratio=0.1,
-    grad_clip=1.0,
-    micro_batch="auto",
-    global_batch=32,
-    tokens_per_param=20.0,
-    eval_every=500,
-    eval_tokens=10_485_760,
-    checkpoint_every=1000,
-    checkpoint_minutes=30.0,
-    log_every=10,
-)
-_CPU = dict(
-    lr=2e-3,
-    weight_decay=0.1,
-    schedule="cosine",
-    warmup_steps=30,
-    min_lr_ratio=0.1,
-    grad_clip=1.0,
-    micro_batch=16,
-    global_batch=16,
-    eval_every=100,
-    eval_tokens=65_536,
-    checkpoint_every=200,
-    log_every=10,
-    sample_prompt="def ",
-)
-TRAIN_PRESETS: dict[str, dict] = {
-    "gpt2-small-seed": _WRITEUP,
-    "gpt2-124m": _WRITEUP,
-    "gpt2-medium": dict(_WRITEUP, lr=3e-4),
-    "gpt2-large": dict(_WRITEUP, lr=2.5e-4),
-    "gpt2-xl": dict(_WRITEUP, lr=2e-4),
-    "cpu-tiny": dict(
-        _CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500
-    ),
-    "cpu-small": dict(_CPU, max_steps=600, lr=1.5e-3),
-}
-# The modern recipe: Muon for the hidden matrices, AdamW for embeddings/head/gains, warmup-stable-decay.
-# CPU values: the best of a small grid in benchmarks/bench_recipes.py, seed 0 (muon_lr 0.02/0.03/0.05
-# at lr 3e-3, then lr 3e-3/6e-3 at muon_lr 0.03).
-_MODERN = dict(
-    optimizer="muon",
-    muon_lr=0.03,
-    muon_momentum=0.95,
-    lr=6e-3,
-    schedule="wsd",
-    warmup_steps=0,
-    warmup_fraction=0.02,
-    decay_fraction=0.3,
-    min_lr_ratio=0.0,
-)
-TRAIN_PRESETS.update(
-    {
-        "cpu-small-modern": dict(TRAIN_PRESETS["cpu-small"], **_MODERN),
-        # For a GPU: ~5 tokens per parameter (0.8B tokens), where speedrun recipes reach GPT-2 small
-        "gpt2-small-modern": dict(
-            _WRITEUP, **{**_MODERN, "muon_lr": 0.02, "lr": 3e-3}, global_batch=64, tokens_per_param=5.0
-        ),
-    }
-)
-PRESETS = [name for name in MODEL_PRESETS if name in TRAIN_PRESETS]
 
 MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}
 TRAIN_KEYS = {f.name: f for f in fields(TrainConfig)}
@@ -231,55 +165,54 @@ def _unknown(key: str) -> UserError:
 
 @dataclass
 class RunConfig:
+    """The one config object of a run: the preset it started from, the model's shape, the recipe."""
+
     preset: str
-    model: dict  # ModelConfig fields; vocab_size may be None until the data is known
+    model: ModelConfig  # vocab_size may be None until the data's tokenizer is known
     train: TrainConfig
 
-    def set(self, key: str, value) -> None:
-        if key in MODEL_KEYS:
-            self.model[key] = value
-        elif key in TRAIN_KEYS:
-            setattr(self.train, key, value)
-        else:
-            raise _unknown(key)
-
-    def get(self, key: str):
-        if key in MODEL_KEYS:
-            return self.model.get(key, MODEL_KEYS[key].default)
-        return getattr(self.train, key)
-
-    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        values = dict(self.model)
-        if values.get("vocab_size") is None:
-            if vocab_size is None:
-                raise UserError("config: vocab_size is unknown (it comes from the data's tokenizer)")
-            values["vocab_size"] = vocab_size
+    def update(self, values: dict) -> None:
+        """Change several keys at once; each half is rebuilt once, so the result is validated as a whole
+        (n_embd=64 with n_head=2 is fine even if n_embd=64 alone does not divide the old n_head)."""
+        for key in values:
+            if key not in MODEL_KEYS and key not in TRAIN_KEYS:
+                raise _unknown(key)
         try:
-            return ModelConfig(**values)
+            self.model = replace(self.model, **{k: v for k, v in values.items() if k in MODEL_KEYS})
         except (TypeError, ValueError) as exc:
             raise UserError(f"config: {exc}") from None
+        self.train = replace(self.train, **{k: v for k, v in values.items() if k in TRAIN_KEYS})
+
+    def set(self, key: str, value) -> None:
+        self.update({key: value})
+
+    def get(self, key: str):
+        return getattr(self.model if key in MODEL_KEYS else self.train, key)
+
+    def with_vocab(self, vocab_size: int) -> RunConfig:
+        """This config with the data's vocabulary filled in where the preset leaves it open."""
+        if self.model.vocab_size is not None:
+            return self
+        return replace(self, model=replace(self.model, vocab_size=vocab_size))
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset, "model": dict(self.model), "train": asdict(self.train)}
+        return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        train = TrainConfig()
-        for key, value in d.get("train", {}).items():
-            if key not in TRAIN_KEYS:
+    def from_dict(cls, d: dict) -> RunConfig:
+        for key in [*d.get("model", {}), *d.get("train", {})]:
+            if key not in MODEL_KEYS and key not in TRAIN_KEYS:
                 raise _unknown(key)
-            setattr(train, key, value)
-        model = dict(d.get("model", {}))
-        for key in model:
-            if key not in MODEL_KEYS:
-                raise _unknown(key)
-        return cls(d.get("preset", "custom"), model, train)
+        try:
+            model = ModelConfig(**d.get("model", {}))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"config: {exc}") from None
+        return cls(d.get("preset", "custom"), model, TrainConfig(**d.get("train", {})))
 
 
 def preset_config(name: str) -> RunConfig:
-    if name not in MODEL_PRESETS or name not in TRAIN_PRESETS:
-        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
-    return RunConfig(name, dict(MODEL_PRESETS[name]), TrainConfig(**TRAIN_PRESETS[name]))
+    preset = get_preset(name)
+    return RunConfig(name, ModelConfig(**preset.model), TrainConfig(**preset.train))
 
 
 def load_toml(path: Path | str) -> dict:
@@ -290,6 +223,17 @@ def load_toml(path: Path | str) -> dict:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_run_config(run_dir: Path | str) -> RunConfig:
+    """The saved config of a run dir or checkpoint dir (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no config.json: not a run dir or checkpoint")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt ({exc})") from None
 
 
 def resolve_config(
@@ -306,17 +250,20 @@ def resolve_config(
             flat.update(value)
         else:
             flat[key] = value
+    values = {}
     for key, value in flat.items():
         current = config.get(key) if key in MODEL_KEYS or key in TRAIN_KEYS else None
         if isinstance(value, str) and not isinstance(current, str):
             value = _parse_value(key, value, current)
-        config.set(key, value)
-    apply_overrides(config, overrides)
+        values[key] = value
+    values.update(_typed_overrides(config, overrides))
+    config.update(values)
     return config
 
 
-def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> None:
-    """Apply `--set key=value` strings, then validate the whole config."""
+def parse_overrides(overrides) -> dict:
+    """`--set key=value` strings as {key: raw value}, keys checked."""
+    parsed = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
@@ -324,11 +271,21 @@ def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> No
         key = key.strip()
         if key not in MODEL_KEYS and key not in TRAIN_KEYS:
             raise _unknown(key)
-        if key in MODEL_KEYS and not model_keys:
+        parsed[key] = raw
+    return parsed
+
+
+def _typed_overrides(config: RunConfig, overrides) -> dict:
+    return {key: _parse_value(key, raw, config.get(key)) for key, raw in parse_overrides(overrides).items()}
+
+
+def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> None:
+    """Apply `--set key=value` strings together, then validate the result."""
+    values = _typed_overrides(config, overrides)
+    for key, value in values.items():
+        if key in MODEL_KEYS and not model_keys and value != config.get(key):
             raise UserError(f"--set {key}: the model's shape cannot change on --resume")
-        config.set(key, _parse_value(key, raw, config.get(key)))
-    config.train.validate()
-    config.model_config(config.model.get("vocab_size") or 1)  # shape errors surface now, not mid-run
+    config.update(values)
 
 
 def describe_keys() -> str:

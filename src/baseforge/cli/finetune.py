@@ -54,4 +54,4 @@ def run(args) -> int:
         limit=args.limit,
         log=lambda m: print(m, flush=True),
     )
-    return 130 if result.get("stopped") else 0
+    return 130 if result.stopped else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 DEMO_DATA = Path("data/builtin")
@@ -88,7 +87,7 @@ def evaluators(cfg) -> dict:
 
 
 def run(args) -> int:
-    from baseforge.config import RunConfig, apply_overrides, describe_keys, resolve_config
+    from baseforge.config import apply_overrides, describe_keys, load_run_config, resolve_config
     from baseforge.errors import UserError
 
     if args.help_config:
@@ -103,14 +102,13 @@ def run(args) -> int:
         print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
         prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
     if args.resume:
-        saved = out / "config.json"
-        if not saved.is_file():
+        if not (out / "config.json").is_file():
             raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
         if args.preset or args.config:
             raise UserError(
                 "--resume uses the run's saved config; --preset/--config cannot change it (use --set)"
             )
-        config = RunConfig.from_dict(json.loads(saved.read_text()))
+        config = load_run_config(out)
         apply_overrides(config, args.overrides, model_keys=False)
     else:
         if demo and (out / "checkpoints" / "latest").exists() and not args.preset:
@@ -119,23 +117,26 @@ def run(args) -> int:
                 f"continue it with `baseforge train --resume`, or remove it to start over"
             )
         config = resolve_config(args.preset or (DEMO_PRESET if demo else None), args.config, args.overrides)
+    return train(config, data, out, args.resume)
 
+
+def train(config, data: Path, out: Path, resume: bool) -> int:
     import torch
 
+    from baseforge.errors import UserError
+    from baseforge.train.distributed import process_group
     from baseforge.train.loop import Trainer
 
-    try:
-        result = Trainer(
-            config,
-            data,
-            out,
-            resume=args.resume,
-            log=lambda m: print(m, flush=True),
-            evaluators=evaluators(config.train),
-        ).run()
-    except torch.OutOfMemoryError:
-        raise UserError(
-            f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
-            "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
-        ) from None
-    return 130 if result.get("stopped") else 0
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    with process_group(config.train.dist_timeout_s, config.train.device) as dist:
+        trainer = Trainer(
+            config, data, out, resume=resume, log=log, evaluators=evaluators(config.train), dist=dist
+        )
+        try:
+            result = trainer.run()
+        except torch.OutOfMemoryError:
+            raise UserError(
+                f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
+                "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
+            ) from None
+    return 130 if result.stopped else 0

@@ -128,11 +128,12 @@ class InstructionData:
         epoch, k = divmod(j, n)
         return int(np.random.default_rng([self.seed, epoch]).permutation(n)[k])
 
-    def micro_batch(self, step, micro_step, rank, world, micro_batch, grad_accum):
-        start = (
-            step * micro_batch * grad_accum * world + micro_step * world * micro_batch + rank * micro_batch
+    def micro_batch(self, step: int, micro_step: int, layout):
+        """Like data.loader.TokenData.micro_batch: examples addressed by position in the stream."""
+        start = layout.start(step, micro_step)
+        return self._batch(
+            [self.train[self.example_index(j)] for j in range(start, start + layout.micro_batch)]
         )
-        return self._batch([self.train[self.example_index(j)] for j in range(start, start + micro_batch)])
 
     def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
         mine = self.val[rank::world]

@@ -10,6 +10,8 @@ which makes resume exact and lets any number of processes share one global batch
     global batch of step s   = stream windows [s*G, (s+1)*G)
     rank r, micro-step m     = the b windows starting at s*G + m*(W*b) + r*b
 
+(`BatchLayout` holds b, the accumulation, W and r, and computes those starts.)
+
 Validation reads the first windows of the val split in order, so every evaluation (of every
 model) sees the same tokens.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,49 @@ import torch
 
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step's global batch of sequences is cut: micro-batches x accumulation x ranks."""
+
+    micro_batch: int
+    grad_accum: int = 1
+    world: int = 1
+    rank: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world
+
+    def start(self, step: int, micro_step: int) -> int:
+        """The first stream window of this rank's micro-batch `micro_step` of optimizer step `step`."""
+        return (
+            step * self.global_batch
+            + micro_step * self.world * self.micro_batch
+            + self.rank * self.micro_batch
+        )
+
+    @classmethod
+    def resolve(
+        cls, *, global_batch: int, micro_batch: int, grad_accum: int, world: int, rank: int
+    ) -> BatchLayout:
+        """The layout for this world size.
+
+        With global_batch set, it belongs to the run: accumulation follows from it, so a run can move
+        between numbers of processes and keep its optimisation. Otherwise it is micro x accum x world.
+        """
+        if not global_batch:
+            return cls(micro_batch, grad_accum, world, rank)
+        if global_batch % world:
+            raise UserError(f"global_batch {global_batch} is not divisible by {world} processes")
+        per_rank = global_batch // world
+        if per_rank % micro_batch:
+            raise UserError(
+                f"global_batch {global_batch} over {world} processes is {per_rank} sequences each, "
+                f"not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
+            )
+        return cls(micro_batch, per_rank // micro_batch, world, rank)
 
 
 class TokenWindows:
@@ -91,11 +137,9 @@ class TrainStream:
         return self.windows.batch(self.indices(start, count))
 
     def micro_batch(
-        self, step: int, micro_step: int, rank: int, world: int, micro_batch: int, grad_accum: int
+        self, step: int, micro_step: int, layout: BatchLayout
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        global_batch = micro_batch * grad_accum * world
-        start = step * global_batch + micro_step * world * micro_batch + rank * micro_batch
-        return self.batch(start, micro_batch)
+        return self.batch(layout.start(step, micro_step), layout.micro_batch)
 
 
 def eval_batches(windows: TokenWindows, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
@@ -125,8 +169,8 @@ class TokenData:
         )
         self.train_tokens = self.stream.windows.tokens
 
-    def micro_batch(self, step, micro_step, rank, world, micro_batch, grad_accum):
-        return self.stream.micro_batch(step, micro_step, rank, world, micro_batch, grad_accum)
+    def micro_batch(self, step: int, micro_step: int, layout: BatchLayout):
+        return self.stream.micro_batch(step, micro_step, layout)
 
     def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
         if self.val is None:

@@ -170,7 +170,7 @@ def import_gpt2(source: str, out: Path | str) -> Path:
     """OpenAI GPT-2 weights (a transformers folder or Hub name) as a baseforge run with one checkpoint."""
     from baseforge.config import RunConfig, TrainConfig
     from baseforge.eval.models import download_hf, load_hf_folder
-    from baseforge.train.checkpoint import CHECKPOINTS, write_run_config, write_weights_checkpoint
+    from baseforge.train.checkpoint import CHECKPOINTS, save_checkpoint, write_run_config
 
     out = Path(out)
     if (out / CHECKPOINTS).exists():
@@ -179,10 +179,15 @@ def import_gpt2(source: str, out: Path | str) -> Path:
     if not path.exists():
         path = download_hf(source)
     model, _ = load_hf_folder(path)
-    from dataclasses import asdict
-
-    config = RunConfig("imported", asdict(model.config), TrainConfig())
+    config = RunConfig("imported", model.config, TrainConfig())
     tokenizer: Tokenizer = GPT2Tokenizer()
     write_run_config(out, config)
-    write_weights_checkpoint(out, model, config, tokenizer, {"tokens": 0, "source": str(source)})
+    save_checkpoint(
+        out,
+        step=0,
+        model=model,
+        config=config,
+        tokenizer=tokenizer,
+        state={"tokens": 0, "source": str(source)},
+    )
     return out

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-from baseforge.config import RunConfig, TrainConfig, apply_overrides
+from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_config
 from baseforge.data.instructions import InstructionData, format_prompt, load_examples, split_examples
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_json, atomic_write_text
@@ -49,26 +48,22 @@ def finetune(
     log=print,
 ) -> dict:
     from baseforge.train.checkpoint import load_model, model_tensors
+    from baseforge.train.distributed import process_group
     from baseforge.train.loop import Trainer
 
     out = Path(out)
     model, tokenizer, _ = load_model(base, "cpu", which="latest")
     if resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            raise UserError(f"nothing to resume in {out}")
-        config = RunConfig.from_dict(json.loads(saved.read_text()))
+        config = load_run_config(out)
         apply_overrides(config, overrides, model_keys=False)
     else:
-        config = RunConfig(
-            "finetune", asdict(model.config), TrainConfig(**RECIPE)
-        )  # keeps the base's dropout
+        config = RunConfig("finetune", model.config, TrainConfig(**RECIPE))  # keeps the base's dropout
         apply_overrides(config, overrides)
     cfg = config.train
     data = InstructionData(
         data_file,
         tokenizer,
-        config.model_config().context,
+        config.model.context,
         seed=cfg.seed,
         mask_prompt=mask_prompt,
         limit=limit,
@@ -94,7 +89,8 @@ def finetune(
             },
         )
     init = None if resume else model_tensors(model)
-    return Trainer(config, data, out, resume=resume, log=log, init_weights=init).run()
+    with process_group(config.train.dist_timeout_s, config.train.device) as dist:
+        return Trainer(config, data, out, resume=resume, log=log, init_weights=init, dist=dist).run()
 
 
 def clean_answer(text: str) -> str:

@@ -3,12 +3,18 @@
 The slice is the first `tokens` tokens of a split, cut into windows of `context` tokens + 1 in
 order (data.loader.eval_batches), so every model and every rerun scores identical targets. For a
 side-by-side comparison use one context for all models (the smallest), as the write-up did.
+
+The loss is token-weighted: the sum of per-target cross-entropies over the number of scored
+targets (targets equal to IGNORE, such as a fine-tuning prompt's, are not scored). It is the one
+definition of held-out loss, used by the trainer's validation and by `baseforge eval`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -32,6 +38,24 @@ def check_vocab(name: str, model, model_tokenizer: str, data_dir: Path, manifest
         )
 
 
+IGNORE = -100  # the target value the model's loss skips
+
+
+@torch.no_grad()
+def loss_sum(
+    model, batches: Iterable, device, autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+) -> tuple[float, int]:
+    """(sum of per-target losses, number of scored targets) of `model` over `batches` of (inputs, targets)."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        with autocast():
+            _, loss = model(x.to(device), y.to(device))
+        n = int((y != IGNORE).sum())
+        total += loss.item() * n
+        count += n
+    return total, count
+
+
 @torch.no_grad()
 def heldout_loss(
     model,
@@ -50,17 +74,13 @@ def heldout_loss(
     context = min(context or model.config.context, model.config.context)
     windows = TokenWindows(data_dir, split, context, manifest)
     model.eval()
-    total, count = 0.0, 0
-    amp = (
-        torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype)
-        if autocast_dtype
-        else contextlib.nullcontext()
-    )
-    for x, y in eval_batches(windows, tokens, batch_size):
-        with amp:
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
+
+    def amp():
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype)
+
+    total, count = loss_sum(model, eval_batches(windows, tokens, batch_size), device, amp)
     if not count:
         raise UserError(f"no tokens to evaluate in the {split} split of {data_dir}")
     mean = total / count

@@ -7,11 +7,15 @@ assumes that if b fits, every smaller b fits too.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from baseforge.errors import UserError
+
+if TYPE_CHECKING:
+    from baseforge.config import TrainConfig
+    from baseforge.train.device import Runtime
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -52,3 +56,33 @@ def step_fits(run_steps: Callable[[int], None], device: torch.device) -> Callabl
                 torch.cuda.empty_cache()
 
     return fits
+
+
+def search_micro_batch(
+    model: torch.nn.Module, data, cfg: TrainConfig, runtime: Runtime, per_rank: int
+) -> int:
+    """The largest micro-batch (a divisor of `per_rank`) whose real training steps fit in memory.
+
+    Trial steps change the weights and draw random numbers; both are put back, so the run that
+    follows is the run it would have been with that micro-batch given explicitly.
+    """
+    from baseforge.data.loader import BatchLayout
+    from baseforge.train.optim import build_optimizers
+
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+
+    def run_steps(b: int) -> None:
+        opt = build_optimizers(model, cfg, runtime.device)
+        x, y = data.micro_batch(0, 0, BatchLayout(micro_batch=b))
+        for _ in range(2):
+            with runtime.precision.autocast():
+                _, loss = model(x.to(runtime.device), y.to(runtime.device))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    micro = largest_fitting(per_rank, step_fits(run_steps, runtime.device))
+    model.load_state_dict(initial)
+    torch.set_rng_state(rng)
+    return micro

@@ -9,13 +9,16 @@ Layout of a run dir:
     RUN/checkpoints/best             text file: the one with the lowest validation loss
     RUN/checkpoints/step_0001000/
         model.safetensors            fp32 weights (a tied output head is stored once, as wte)
-        trainer.pt                   optimizer(s), grad scaler, RNG states (torch.save)
+        trainer.safetensors          optimizer(s) tensors and RNG states      } the trainer state, no pickle:
+        trainer.json                 the rest of it, naming those tensors     } see statefile.py
         state.json                   step, tokens seen, data position, losses, tokenizer record
         config.json                  the resolved config
         tokenizer.json               for trained BPE tokenizers
 
 A checkpoint is written under a temporary name and renamed into place, and only then do the
 pointers move (also atomically), so a kill at any moment leaves `latest` on a complete one.
+Checkpoints of imported models (and trainer-less writes) have no trainer.* files. Nothing in a
+checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from baseforge.errors import UserError
 from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
 from baseforge.tokenizer import Tokenizer, load_tokenizer
+from baseforge.train import statefile
 
 CHECKPOINTS = "checkpoints"
 
@@ -82,15 +86,18 @@ def save_checkpoint(
     *,
     step: int,
     model,
-    optimizers,
-    scaler,
-    state: dict,
     config: RunConfig,
     tokenizer: Tokenizer,
-    keep_last: int,
-    is_best: bool,
+    state: dict,
+    trainer: dict | None = None,
+    keep_last: int = 0,
+    is_best: bool = False,
 ) -> Path:
-    """Write checkpoint `step_{step}` atomically, move the pointers, prune old ones."""
+    """Write checkpoint `step_{step}` atomically, move the pointers, prune old ones.
+
+    `state` is the run's progress (state.json); `trainer` the optimizer / scaler / RNG state to resume
+    from (None: a weights-only checkpoint, as for imported models). keep_last=0 prunes nothing.
+    """
     root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:07d}"
     path = root / name
@@ -101,14 +108,10 @@ def save_checkpoint(
                 str(tmp / "model.safetensors"),
                 metadata={"format": "pt", "step": str(step)},
             )
-            torch.save(
-                {
-                    "optimizers": optimizers.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(),
-                },
-                tmp / "trainer.pt",
-            )
+            if trainer is not None:
+                skeleton, tensors = statefile.encode(trainer)
+                save_file(tensors, str(tmp / "trainer.safetensors"))
+                (tmp / "trainer.json").write_text(json.dumps(skeleton))
             (tmp / "state.json").write_text(
                 json.dumps({**state, "step": step, "tokenizer": tokenizer.record()}, indent=2)
             )
@@ -117,7 +120,8 @@ def save_checkpoint(
     atomic_write_text(root / "latest", name + "\n")
     if is_best:
         atomic_write_text(root / "best", name + "\n")
-    prune(root, keep_last)
+    if keep_last:
+        prune(root, keep_last)
     return path
 
 
@@ -171,8 +175,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
     """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune."""
     ckpt = find_checkpoint(path, which)
     config, state = read_checkpoint_meta(ckpt)
-    model_config = config.model_config(state["tokenizer"]["vocab_size"])
-    model = GPT(model_config)
+    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
     try:
         load_model_tensors(model, load_file(str(ckpt / "model.safetensors")))
     except Exception as exc:
@@ -182,11 +185,36 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
     return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
 
 
+def trainer_state(optimizers, scaler) -> dict:
+    return {
+        "optimizers": optimizers.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+    }
+
+
+def read_trainer_state(ckpt: Path) -> dict:
+    """The trainer state of a checkpoint, read without unpickling anything."""
+    if (ckpt / "trainer.pt").is_file() and not (ckpt / "trainer.json").is_file():
+        raise UserError(
+            f"{ckpt} was written by an older baseforge: its trainer.pt is a pickle, which baseforge no "
+            "longer loads (a pickle can run code). Its weights still load (sample, eval, export, finetune)"
+        )
+    try:
+        skeleton = json.loads((ckpt / "trainer.json").read_text())
+        tensors = load_file(str(ckpt / "trainer.safetensors"))
+        return statefile.decode(skeleton, tensors)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, OSError) as exc:
+        raise UserError(
+            f"checkpoint {ckpt} has no readable trainer state ({exc}); resume from another one"
+        ) from None
+
+
 def restore_training(ckpt: Path, model, optimizers, scaler, device) -> dict:
     """Load weights, optimizer, scaler and RNG states into a live run; return state.json."""
     _, state = read_checkpoint_meta(ckpt)
+    trainer = read_trainer_state(ckpt)
     load_model_tensors(unwrap(model), load_file(str(ckpt / "model.safetensors"), device=str(device)))
-    trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
     optimizers.load_state_dict(trainer["optimizers"])
     if scaler is not None and trainer["scaler"] is not None:
         scaler.load_state_dict(trainer["scaler"])
@@ -196,25 +224,6 @@ def restore_training(ckpt: Path, model, optimizers, scaler, device) -> dict:
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write_json(Path(run_dir) / "config.json", config.to_dict())
-
-
-def write_weights_checkpoint(
-    run_dir: Path, model, config: RunConfig, tokenizer: Tokenizer, state: dict
-) -> Path:
-    """A checkpoint with weights only (no optimizer state): imported models. Readable by load_model."""
-    root = Path(run_dir) / CHECKPOINTS
-    name = "step_0000000"
-    with atomic_dir(root / name) as tmp:
-        save_file(
-            model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt", "step": "0"}
-        )
-        (tmp / "state.json").write_text(
-            json.dumps({"step": 0, **state, "tokenizer": tokenizer.record()}, indent=2)
-        )
-        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        tokenizer.save(tmp)
-    atomic_write_text(root / "latest", name + "\n")
-    return root / name
 
 
 def discard_after(run_dir: Path, step: int) -> None:

@@ -7,14 +7,14 @@ rank stops the job instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-from baseforge.errors import UserError
 
 
 @dataclass
@@ -32,19 +32,36 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(timeout_s: float) -> DistInfo:
+def dist_from_env() -> DistInfo:
+    """Rank and world size as torchrun sets them; reads the environment only."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def process_group(timeout_s: float, device: str = "auto") -> Iterator[DistInfo]:
+    """The process group of a torchrun job for the duration of a command (a no-op outside torchrun).
+
+    The backend follows the run's device, not the host: NCCL for a CUDA run, gloo for a CPU run
+    (also on a host that has GPUs).
+    """
+    info = dist_from_env()
+    if not info.enabled or dist.is_initialized():
+        yield info
+        return
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
-        )
-    return DistInfo(rank, world, local_rank)
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(
+        backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+    )
+    try:
+        yield info
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def device_for(info: DistInfo, requested: torch.device) -> torch.device:
@@ -69,39 +86,18 @@ def all_reduce_sum(values: list[float], info: DistInfo, device) -> list[float]:
     return t.tolist()
 
 
-def any_rank(flag: bool, info: DistInfo, device) -> bool:
-    """True on every rank if it is true on any (stop requests, time-based checkpoints)."""
+def any_rank(flags: list[bool], info: DistInfo, device) -> list[bool]:
+    """Each flag true on every rank if it is true on any (stop requests, time-based checkpoints).
+
+    All flags travel in one all-reduce: one collective per step, whatever their number.
+    """
     if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def batch_geometry(global_batch: int, micro_batch: int, grad_accum: int, world: int) -> tuple[int, int, int]:
-    """(global_batch, micro_batch, grad_accum) for this world size.
-
-    With global_batch set, it belongs to the run: accumulation follows from it, so a run can move
-    between numbers of processes and keep its optimisation. Otherwise it is micro x accum x world.
-    """
-    if not global_batch:
-        return micro_batch * grad_accum * world, micro_batch, grad_accum
-    if global_batch % world:
-        raise UserError(f"global_batch {global_batch} is not divisible by {world} processes")
-    per_rank = global_batch // world
-    if per_rank % micro_batch:
-        raise UserError(
-            f"global_batch {global_batch} over {world} processes is {per_rank} sequences each, "
-            f"not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
-        )
-    return global_batch, micro_batch, per_rank // micro_batch

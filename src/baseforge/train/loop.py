@@ -1,37 +1,33 @@
 """The training loop: one code path for 1 CPU core, one GPU, or N processes under torchrun.
 
-Each optimizer step draws its global batch from `data.loader.TrainStream` by step number, so
-everything a resumed run needs is the checkpoint: weights, optimizer, scaler, RNG states, the
-step, and the running sums of the metrics row in progress.
+The run, read top to bottom in `Trainer.run`: for each step, train (`TrainStep`), maybe log and
+evaluate, maybe checkpoint (`Cadence` says when). Its progress is one `RunState`. Each optimizer
+step draws its global batch from `data.loader.TrainStream` by step number, so everything a resumed
+run needs is the checkpoint: weights, optimizer, scaler, RNG states and the `RunState`.
+
+Building a `Trainer` only stores its arguments. `setup()` builds the run in memory (device, model,
+optimizers; it reads a checkpoint to resume from); `prepare_run_dir()` is the first write;
+`run()` does both, then trains. The process group belongs to the caller (`distributed.process_group`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from baseforge.config import RunConfig
-from baseforge.data.loader import TokenData
+from baseforge.data.loader import BatchLayout, TokenData
 from baseforge.errors import UserError
+from baseforge.eval.loss import loss_sum
 from baseforge.model import GPT
 from baseforge.train import checkpoint as ckpt
-from baseforge.train.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    all_reduce_sum,
-    any_rank,
-    barrier,
-    batch_geometry,
-    device_for,
-    init_distributed,
-    shutdown,
-)
-from baseforge.train.host import keep_freed_memory
+from baseforge.train.cadence import Cadence, Due
+from baseforge.train.device import Runtime, compile_for_training
+from baseforge.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier
 from baseforge.train.metrics import (
     MetricsLog,
     Progress,
@@ -40,35 +36,19 @@ from baseforge.train.metrics import (
     memory_gb,
     truncate_metrics,
 )
-from baseforge.train.mfu import device_peak
 from baseforge.train.optim import build_optimizers
-from baseforge.train.precision import resolve_device, setup_precision
-from baseforge.train.schedule import lr_multiplier
+from baseforge.train.schedule import Schedule
+from baseforge.train.state import RunState
+from baseforge.train.step import StepResult, TrainStep
+from baseforge.train.stop import StopRequested
 
 
-class StopRequested:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+@dataclass(frozen=True)
+class RunResult:
+    step: int
+    stopped: bool = False  # by a signal, after a checkpoint
+    signal: int | None = None
+    summary: dict | None = None  # summary.json's content, when the run finished
 
 
 def total_steps(cfg, n_params: int, tokens_per_step: int) -> int:
@@ -82,7 +62,8 @@ class Trainer:
     """Trains `config`'s model on `data` into `run_dir`.
 
     `data` is a data dir (pretraining) or any object with TokenData's interface (fine-tuning);
-    `init_weights` starts from given tensors instead of a random initialisation.
+    `init_weights` starts from given tensors instead of a random initialisation; `evaluators` are
+    extra evaluations on the main process at HellaSwag steps: {name: fn(model, tokenizer) -> dict}.
     """
 
     def __init__(
@@ -90,428 +71,354 @@ class Trainer:
         config: RunConfig,
         data,
         run_dir: Path | str,
+        *,
         resume: bool = False,
         log=print,
         init_weights: dict | None = None,
         evaluators: dict | None = None,
+        dist: DistInfo | None = None,
     ):
-        self.config, self.cfg = config, config.train
-        self.run_dir = Path(run_dir)
-        # Extra evaluations on the main process, every hellaswag_every steps: {name: fn(model, tokenizer) -> dict}.
-        self.evaluators = evaluators or {}
-        self.log = log
-        self.dist: DistInfo = init_distributed(self.cfg.dist_timeout_s)
-        self.device = device_for(self.dist, resolve_device(self.cfg.device))
-        self.precision = setup_precision(self.cfg.precision, self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        self.main = self.dist.is_main
-
-        if isinstance(data, (str, Path)):
-            data = TokenData(data, config.get("context"), self.cfg.seed)
+        self.config = config
         self.data = data
-        self.tokenizer = data.tokenizer
-        self.resume_from = self._find_resume() if resume else None
-        if not resume and (self.run_dir / ckpt.CHECKPOINTS / "latest").exists():
-            raise UserError(
-                f"{self.run_dir} already holds a run; continue it with --resume, or choose another --out"
-            )
-        self.model_config = config.model_config(self.tokenizer.vocab_size)
-        if self.model_config.vocab_size < self.tokenizer.vocab_size:
-            raise UserError(
-                f"model vocab_size {self.model_config.vocab_size} is smaller than the data's "
-                f"tokenizer ({self.tokenizer.name}, {self.tokenizer.vocab_size} tokens); "
-                f"set vocab_size={self.tokenizer.vocab_size} or prepare the data with another tokenizer"
-            )
-        # Measure the device peak before seeding: the measurement draws random numbers.
-        self.peak, self.peak_source = device_peak(self.device, self.precision.name)
-        torch.manual_seed(self.cfg.seed)
-        self.model = GPT(self.model_config)
-        if init_weights is not None:
-            ckpt.load_model_tensors(self.model, init_weights)
-        self.model.to(self.device)
-        self.n_params = self.model.num_params()
-        self.flops_per_token = self.model.flops_per_token()
-        self._set_geometry()
-        self.optimizers = build_optimizers(self.model, self.cfg, self.device)
-        self.scaler = self.precision.grad_scaler()
-        self.fwd_model = self._maybe_compile(self.model)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.log = log
+        self.init_weights = init_weights
+        self.evaluators = evaluators or {}
+        self.dist = dist or DistInfo()
+        self.step_fn: TrainStep | None = None  # set by setup()
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.fwd_model = DDP(self.fwd_model, device_ids=ids)
-        self.state = {
-            "tokens": 0,
-            "best_val": None,
-            "skipped": 0,
-            "bad_in_row": 0,
-            "clipped": 0,
-            "elapsed_s": 0.0,
-            "evals_since_best": 0,
-            "row": self._empty_row(),
-        }
-        self.step = 0
-        if self.resume_from is not None:
+    # --- building the run -----------------------------------------------------------------------
+    def setup(self) -> None:
+        """Build the run in memory: device, data, model, batch layout, optimizers; restore a checkpoint."""
+        if self.step_fn is not None:
+            return
+        cfg = self.config.train
+        self.runtime = Runtime.create(cfg, self.dist)
+        if isinstance(self.data, (str, Path)):
+            self.data = TokenData(self.data, self.config.model.context, cfg.seed)
+        resume_from = self._checkpoint_to_resume()
+        self.config = self.config.with_vocab(self.data.tokenizer.vocab_size)
+        self._check_vocab()
+        torch.manual_seed(cfg.seed)
+        model = GPT(self.config.model)
+        if self.init_weights is not None:
+            ckpt.load_model_tensors(model, self.init_weights)
+        model.to(self.runtime.device)
+        layout = self._batch_layout(model)
+        total = total_steps(cfg, model.num_params(), layout.global_batch * self.config.model.context)
+        optimizers = build_optimizers(model, cfg, self.runtime.device)
+        wrapped = self._wrap(model)
+        self.step_fn = TrainStep(
+            model, wrapped, optimizers, self.runtime, layout, Schedule.from_config(cfg, total), cfg.grad_clip
+        )
+        self.total = total
+        self.state = RunState()
+        if resume_from is not None:
             saved = ckpt.restore_training(
-                self.resume_from, self.model, self.optimizers, self.scaler, self.device
+                resume_from, model, optimizers, self.step_fn.scaler, self.runtime.device
             )
-            self.step = saved["step"]
-            self.state.update({k: saved[k] for k in self.state if k in saved})
-            if self.main:
-                truncate_metrics(self.run_dir, self.step)
-                ckpt.discard_after(self.run_dir, self.step)
-        self._start_step = self.step
-        self.total = total_steps(self.cfg, self.n_params, self.tokens_per_step)
-        if self.cfg.warmup_steps:
-            self.warmup = self.cfg.warmup_steps
-        else:
-            self.warmup = round(self.cfg.warmup_fraction * self.total)
+            self.state = RunState.from_json(saved)
+        self.last_row: dict = {}
 
-    # --- set-up helpers ---------------------------------------------------------------------------
-    def _find_resume(self) -> Path:
+    def _checkpoint_to_resume(self) -> Path | None:
+        if not self.resume:
+            if (self.run_dir / ckpt.CHECKPOINTS / "latest").exists():
+                raise UserError(
+                    f"{self.run_dir} already holds a run; continue it with --resume, or choose another --out"
+                )
+            return None
         path = ckpt.find_checkpoint(self.run_dir)
         _, state = ckpt.read_checkpoint_meta(path)
-        theirs, ours = state["tokenizer"], self.tokenizer.record()
+        theirs, ours = state["tokenizer"], self.data.tokenizer.record()
         if (theirs["name"], theirs["vocab_size"]) != (ours["name"], ours["vocab_size"]):
             raise UserError(
-                f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} "
-                f"tokens) but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); "
-                "resume with the run's own data"
+                f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} tokens) "
+                f"but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); resume with its data"
             )
         return path
 
-    def _set_geometry(self) -> None:
-        cfg, world = self.cfg, self.dist.world
+    def _check_vocab(self) -> None:
+        tok = self.data.tokenizer
+        if self.config.model.vocab_size < tok.vocab_size:
+            raise UserError(
+                f"model vocab_size {self.config.model.vocab_size} is smaller than the data's tokenizer "
+                f"({tok.name}, {tok.vocab_size} tokens); set vocab_size={tok.vocab_size} or prepare the data "
+                "with another tokenizer"
+            )
+
+    def _batch_layout(self, model: GPT) -> BatchLayout:
+        cfg, world = self.config.train, self.dist.world
         micro = cfg.micro_batch
         if micro == "auto":
+            from baseforge.train.autobatch import search_micro_batch
+
             # Search up to the whole per-process batch (no accumulation), or 64 without a global batch.
-            micro = self._find_micro_batch(cfg.global_batch // world if cfg.global_batch else 64)
-        self.global_batch, self.micro_batch, self.grad_accum = batch_geometry(
-            cfg.global_batch, micro, cfg.grad_accum, world
+            per_rank = cfg.global_batch // world if cfg.global_batch else 64
+            micro = search_micro_batch(model, self.data, cfg, self.runtime, per_rank)
+        layout = BatchLayout.resolve(
+            global_batch=cfg.global_batch,
+            micro_batch=micro,
+            grad_accum=cfg.grad_accum,
+            world=world,
+            rank=self.dist.rank,
         )
-        if cfg.micro_batch == "auto" and self.main:
-            self.log(f"micro_batch auto: {micro} fits; gradient accumulation {self.grad_accum}")
-        self.tokens_per_step = self.global_batch * self.model_config.context
+        if cfg.micro_batch == "auto":
+            self._say(f"micro_batch auto: {micro} fits; gradient accumulation {layout.grad_accum}")
+        return layout
 
-    def _find_micro_batch(self, per_rank: int) -> int:
-        from baseforge.train.autobatch import largest_fitting, step_fits
+    def _wrap(self, model: GPT) -> torch.nn.Module:
+        """What runs forward in training: the model, compiled if asked, inside DDP with several processes."""
+        wrapped = model
+        if self.config.train.compile:
+            wrapped = compile_for_training(model, self._warm_up, self._say)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        rng = torch.get_rng_state()
+            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+            wrapped = DDP(wrapped, device_ids=ids)
+        return wrapped
 
-        def run_steps(b: int) -> None:
-            opt = build_optimizers(self.model, self.cfg, self.device)
-            x, y = self.data.micro_batch(0, 0, 0, 1, b, 1)
-            for _ in range(2):
-                with self.precision.autocast():
-                    _, loss = self.model(x.to(self.device), y.to(self.device))
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
+    def _warm_up(self, compiled: torch.nn.Module) -> None:
+        x, y = self.data.micro_batch(0, 0, BatchLayout(micro_batch=1))
+        with self.runtime.precision.autocast():
+            compiled(x.to(self.runtime.device), y.to(self.runtime.device))[1].backward()
 
-        micro = largest_fitting(per_rank, step_fits(run_steps, self.device))
-        self.model.load_state_dict(initial)
-        torch.set_rng_state(rng)
-        return micro
+    def prepare_run_dir(self) -> None:
+        """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
+        if not self.runtime.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_run_config(self.run_dir, self.config)
+        if self.resume:
+            truncate_metrics(self.run_dir, self.state.step)
+            ckpt.discard_after(self.run_dir, self.state.step)
 
-    def _maybe_compile(self, model):
-        if not self.cfg.compile:
-            return model
-        try:
-            compiled = torch.compile(model)
-            x, y = self.data.micro_batch(0, 0, 0, 1, 1, 1)
-            with self.precision.autocast():
-                compiled(x.to(self.device), y.to(self.device))[1].backward()
-            model.zero_grad(set_to_none=True)
-            return compiled
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
-            model.zero_grad(set_to_none=True)
-            if self.main:
-                self.log(
-                    f"torch.compile unavailable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                    "training eager"
-                )
-            return model
-
-    @staticmethod
-    def _empty_row() -> dict:
-        return {"loss_sum": 0.0, "steps": 0, "gnorm_sum": 0.0, "clipped": 0, "tokens": 0, "seconds": 0.0}
-
-    # --- the loop -----------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, bool]:
-        """One optimizer step over the global batch: (mean loss, pre-clip grad norm, applied)."""
-        self.optimizers.set_lr_multiplier(
-            lr_multiplier(
-                self.step,
-                self.total,
-                self.cfg.schedule,
-                self.warmup,
-                self.cfg.min_lr_ratio,
-                self.cfg.decay_fraction,
-            )
-        )
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.grad_accum):
-            x, y = self.data.micro_batch(
-                self.step, micro, self.dist.rank, self.dist.world, self.micro_batch, self.grad_accum
-            )
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = micro == self.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.fwd_model.no_sync()
-            with sync:
-                with self.precision.autocast():
-                    _, loss = self.fwd_model(x, y)
-                loss = loss / self.grad_accum
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += loss.detach()
-        if self.scaler:
-            self.optimizers.unscale_(self.scaler)
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        applied = math.isfinite(grad_norm)  # identical on every rank: gradients are all-reduced
-        if applied:
-            self.optimizers.step(self.scaler)
-        if self.scaler:
-            self.scaler.update()
-        self.optimizers.zero_grad()
-        return loss_sum.item(), grad_norm, applied
-
-    @property
-    def _local_model(self):
-        """The (possibly compiled) model without the DDP wrapper: for evaluations, which do not sync."""
-        return self.fwd_model.module if self.dist.enabled else self.fwd_model
-
-    @torch.no_grad()
-    def evaluate(self) -> float | None:
-        model = self._local_model
-        model.eval()
-        total, count = 0.0, 0
-        for x, y in self.data.val_batches(
-            self.cfg.eval_tokens, self.micro_batch, self.dist.rank, self.dist.world
-        ):
-            with self.precision.autocast():
-                _, loss = model(x.to(self.device), y.to(self.device))
-            n = int((y != -100).sum())
-            total += loss.item() * n
-            count += n
-        model.train()
-        total, count = all_reduce_sum([total, float(count)], self.dist, self.device)
-        return total / count if count else None
-
-    def run(self) -> dict:
-        cfg, main = self.cfg, self.main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.write_run_config(self.run_dir, self.config)
-            self._announce()
-        metrics = MetricsLog(self.run_dir) if main else None
-        progress = Progress(self.total, self.log)
-        self.model.train()
-        last_ckpt_time = time.monotonic()
-        row = self.state["row"]
-        if self.step == 0:  # where validation starts, so the curve shows how far training moved it
-            self.state["initial_val"] = self.evaluate()
-            if main and self.state["initial_val"] is not None:
-                metrics.write({"step": 0, "tokens": 0, "loss": None, "val_loss": self.state["initial_val"]})
-                self.log(f"step 0 | val {self.state['initial_val']:.4f}")
+    # --- the run --------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        self.setup()
+        self.prepare_run_dir()
+        self._announce()
+        metrics = MetricsLog(self.run_dir) if self.runtime.is_main else None
+        progress = Progress(self.total, self.log, self.state.step, self.state.elapsed_s)
+        cadence = Cadence.from_config(self.config.train)
+        self.step_fn.model.train()
+        if self.state.step == 0:
+            self._initial_validation(metrics)
         with StopRequested() as stop:
-            while self.step < self.total:
-                t0 = time.perf_counter()
-                loss, gnorm, applied = self.train_step()
-                self.step += 1
-                self.state["tokens"] += self.tokens_per_step
-                if applied:
-                    self.state["bad_in_row"] = 0
-                    clipped = cfg.grad_clip > 0 and gnorm > cfg.grad_clip
-                    row["loss_sum"] += loss
-                    row["gnorm_sum"] += gnorm
-                    row["steps"] += 1
-                    row["clipped"] += int(clipped)
-                    self.state["clipped"] += int(clipped)
-                else:
-                    self.state["skipped"] += 1
-                    self.state["bad_in_row"] += 1
-                    if self.state["bad_in_row"] >= cfg.max_bad_steps:
-                        raise UserError(
-                            f"loss or gradients were not finite for {cfg.max_bad_steps} steps in a row (step "
-                            f"{self.step}); stopped. The last good checkpoint is kept: lower lr, check the data, "
-                            "or use precision=fp32"
-                        )
-                dt = time.perf_counter() - t0
-                row["tokens"] += self.tokens_per_step
-                row["seconds"] += dt
-                self.state["elapsed_s"] += dt
-                last = self.step == self.total
-                due_hellaswag = cfg.hellaswag_every and self.step % cfg.hellaswag_every == 0
-                if self.step % cfg.log_every == 0 or last or self.step % cfg.eval_every == 0 or due_hellaswag:
-                    self._log_row(row, metrics, progress, evaluate=self.step % cfg.eval_every == 0 or last)
-                    row = self.state["row"] = self._empty_row()
-                if (
-                    cfg.early_stop_evals
-                    and self.state["evals_since_best"] >= cfg.early_stop_evals
-                    and not last
-                ):
-                    if main:
-                        self.log(
-                            f"early stop at step {self.step}: validation loss has not improved for "
-                            f"{cfg.early_stop_evals} evaluations; best {self.state['best_val']:.4f}"
-                        )
-                    last = True
-                    self.total = self.step
-                due_time = (
-                    cfg.checkpoint_minutes > 0
-                    and time.monotonic() - last_ckpt_time > 60 * cfg.checkpoint_minutes
-                )
-                stopping = any_rank(stop.signal is not None, self.dist, self.device)
-                due = (
-                    self.step % cfg.checkpoint_every == 0
-                    or last
-                    or stopping
-                    or any_rank(due_time, self.dist, self.device)
+            while self.state.step < self.total:
+                self._train_one_step()
+                last = self.state.step == self.total
+                due = cadence.due(self.state.step, last)
+                if due.log:
+                    self._log_row(due, metrics, progress)
+                if self._should_stop_early(last):
+                    last, self.total = True, self.state.step
+                stopping, on_time = any_rank(
+                    [stop.signal is not None, cadence.checkpoint_time_due()], self.dist, self.runtime.device
                 )
                 # Never checkpoint a model that is producing non-finite values: keep the last good one.
-                if due and self.state["bad_in_row"] == 0:
+                if (due.checkpoint or last or stopping or on_time) and self.state.bad_in_row == 0:
                     self.save()
-                    last_ckpt_time = time.monotonic()
+                    cadence.checkpointed()
                 if stopping:
-                    if main:
-                        self.log(
-                            f"stopped by signal at step {self.step}; checkpoint saved in {self.run_dir}. "
-                            "To continue, run the same command again with --resume"
-                        )
-                    shutdown(self.dist)
-                    return {"stopped": True, "step": self.step, "signal": stop.signal}
-        summary = self.finish()
-        shutdown(self.dist)
-        return summary
+                    self._say(
+                        f"stopped by signal at step {self.state.step}; checkpoint saved in {self.run_dir}. "
+                        "To continue, run the same command again with --resume"
+                    )
+                    return RunResult(self.state.step, stopped=True, signal=stop.signal)
+        return self.finish()
 
-    def _log_row(self, row, metrics, progress, evaluate: bool) -> None:
-        steps = max(row["steps"], 1)
-        loss = all_reduce_mean(row["loss_sum"] / steps, self.dist, self.device)
-        tokens_per_s = row["tokens"] / max(row["seconds"], 1e-9)
-        out = {
-            "step": self.step,
-            "tokens": self.state["tokens"],
-            "loss": loss,
-            "lr": self.optimizers.param_groups[0]["lr"],
-            "grad_norm": row["gnorm_sum"] / steps,
-            "clip_frac": row["clipped"] / steps,
-            "skipped": self.state["skipped"],
-            "tokens_per_s": tokens_per_s,
-            "mfu": self.flops_per_token * tokens_per_s / (self.peak * self.dist.world),
-            "mem_gb": memory_gb(self.device),
-            "elapsed_s": self.state["elapsed_s"],
-        }
-        if evaluate:
+    def train_step(self) -> StepResult:
+        """One optimizer step at the current step number (the loop's; benchmarks call it directly)."""
+        return self.step_fn(self.state.step, self.data)
+
+    def _train_one_step(self) -> None:
+        cfg = self.config.train
+        t0 = time.perf_counter()
+        result = self.train_step()
+        self.state.record_step(result.loss, result.grad_norm, result.applied, cfg.grad_clip)
+        if self.state.bad_in_row >= cfg.max_bad_steps:
+            raise UserError(
+                f"loss or gradients were not finite for {cfg.max_bad_steps} steps in a row "
+                f"(step {self.state.step}); "
+                "stopped. The last good checkpoint is kept: lower lr, check the data, or use precision=fp32"
+            )
+        self.state.record_time(self.tokens_per_step, time.perf_counter() - t0)
+
+    def _should_stop_early(self, last: bool) -> bool:
+        patience = self.config.train.early_stop_evals
+        if not patience or self.state.evals_since_best < patience or last:
+            return False
+        self._say(
+            f"early stop at step {self.state.step}: validation loss has not improved for {patience} "
+            f"evaluations; best {self.state.best_val:.4f}"
+        )
+        return True
+
+    def _initial_validation(self, metrics: MetricsLog | None) -> None:
+        """Validation before the first step, so the curve shows how far training moved it."""
+        self.state.initial_val = self.evaluate()
+        if metrics is not None and self.state.initial_val is not None:
+            metrics.write({"step": 0, "tokens": 0, "loss": None, "val_loss": self.state.initial_val})
+            self.log(f"step 0 | val {self.state.initial_val:.4f}")
+
+    # --- periodic actions -----------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        return self.step_fn.layout.global_batch * self.config.model.context
+
+    @property
+    def _local_model(self) -> torch.nn.Module:
+        """The (possibly compiled) model without the DDP wrapper: for evaluations, which do not sync."""
+        wrapped = self.step_fn.wrapped
+        return wrapped.module if self.dist.enabled else wrapped
+
+    def evaluate(self) -> float | None:
+        """Held-out loss on the fixed validation slice (eval.loss's definition), averaged over ranks."""
+        model, rt = self._local_model, self.runtime
+        model.eval()
+        batches = self.data.val_batches(
+            self.config.train.eval_tokens, self.step_fn.layout.micro_batch, self.dist.rank, self.dist.world
+        )
+        total, count = loss_sum(model, batches, rt.device, rt.precision.autocast)
+        model.train()
+        total, count = all_reduce_sum([total, float(count)], self.dist, rt.device)
+        return total / count if count else None
+
+    def _log_row(self, due: Due, metrics: MetricsLog | None, progress: Progress) -> None:
+        row = self._metrics_row()
+        if due.evaluate:
             val = self.evaluate()
             if val is not None:
-                out["val_loss"] = val
-                best = self.state["best_val"]
-                improved = best is None or val < best
-                self.state["evals_since_best"] = 0 if improved else self.state["evals_since_best"] + 1
-                if improved:
-                    self.state["best_val"], self.state["best_step"] = val, self.step
-        if (
-            self.main
-            and self.cfg.hellaswag_every
-            and (self.step % self.cfg.hellaswag_every == 0 or self.step == self.total)
-        ):
+                row["val_loss"] = val
+                self.state.record_val(val)
+        if due.hellaswag and self.runtime.is_main:
             model = self._local_model
             for name, evaluate in self.evaluators.items():
-                for key, value in evaluate(model, self.tokenizer).items():
-                    out[f"{name}_{key}"] = value
+                for key, value in evaluate(model, self.data.tokenizer).items():
+                    row[f"{name}_{key}"] = value
             model.train()
-        if self.main:
-            metrics.write(out)
-            seconds_per_step = self.state["elapsed_s"] / max(self.step - self._start_step, 1)
-            progress.update(out, self.total - self.step, seconds_per_step)
-        self.last_row = out
+        if metrics is not None:
+            metrics.write(row)
+            progress.update(row, self.state.elapsed_s)
+        self.state.window = type(self.state.window)()
+        self.last_row = row
+
+    def _metrics_row(self) -> dict:
+        """The metrics row of the steps since the last one (metrics.py documents the fields)."""
+        window, rt = self.state.window, self.runtime
+        tokens_per_s = window.tokens / max(window.seconds, 1e-9)
+        return {
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+            "loss": all_reduce_mean(window.mean_loss(), self.dist, rt.device),
+            "lr": self.step_fn.optimizers.param_groups[0]["lr"],
+            "grad_norm": window.mean_grad_norm(),
+            "clip_frac": window.clipped / max(window.steps, 1),
+            "skipped": self.state.skipped,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self.step_fn.model.flops_per_token() * tokens_per_s / (rt.peak * self.dist.world),
+            "mem_gb": memory_gb(rt.device),
+            "elapsed_s": self.state.elapsed_s,
+        }
 
     def save(self) -> None:
-        if self.main:
+        if self.runtime.is_main:
+            step = self.step_fn
             ckpt.save_checkpoint(
                 self.run_dir,
-                step=self.step,
-                model=self.model,
-                optimizers=self.optimizers,
-                scaler=self.scaler,
-                state=self.state,
+                step=self.state.step,
+                model=step.model,
                 config=self.config,
-                tokenizer=self.tokenizer,
-                keep_last=self.cfg.keep_last,
-                is_best=self.state.get("best_step") == self.step,
+                tokenizer=self.data.tokenizer,
+                state=self.state.to_json(),
+                trainer=ckpt.trainer_state(step.optimizers, step.scaler),
+                keep_last=self.config.train.keep_last,
+                is_best=self.state.best_step == self.state.step,
             )
             from baseforge.train.charts import write_charts
 
             write_charts(self.run_dir)
         barrier(self.dist)
 
+    # --- words and the end ----------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        """Log on the main process only."""
+        if self.dist.is_main:
+            self.log(message)
+
     def _announce(self) -> None:
-        c = self.model_config
-        verb = f"resuming from step {self.step}" if self.step else "training"
-        self.log(
-            f"{verb}: {self.config.preset}, {self.n_params / 1e6:.2f}M parameters "
-            f"({c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, context {c.context}, "
-            f"vocab {c.vocab_size}, tokenizer {self.tokenizer.name})"
+        c, rt, layout = self.config.model, self.runtime, self.step_fn.layout
+        n_params = self.step_fn.model.num_params()
+        verb = f"resuming from step {self.state.step}" if self.state.step else "training"
+        self._say(
+            f"{verb}: {self.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
+            f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
+            f"tokenizer {self.data.tokenizer.name})"
         )
-        self.log(
-            f"device {self.device} x{self.dist.world}, {self.precision.name}; peak "
-            f"{self.peak / 1e12:.1f} TFLOP/s ({self.peak_source}); batch {self.global_batch} x {c.context} "
-            f"tokens = micro {self.micro_batch} x accum {self.grad_accum} x {self.dist.world} processes"
+        self._say(
+            f"device {rt.device} x{self.dist.world}, {rt.precision.name}; peak {rt.peak / 1e12:.1f} TFLOP/s "
+            f"({rt.peak_source}); batch {layout.global_batch} x {c.context} tokens = micro "
+            f"{layout.micro_batch} x accum {layout.grad_accum} x {self.dist.world} processes"
         )
-        self.log(
-            f"{self.total} steps, {format_count(self.total * self.tokens_per_step)} tokens "
-            f"({self.total * self.tokens_per_step / self.n_params:.1f} per parameter); "
+        tokens = self.total * self.tokens_per_step
+        self._say(
+            f"{self.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
             f"train split {format_count(self.data.train_tokens)} tokens"
         )
 
-    def finish(self) -> dict:
-        row = getattr(self, "last_row", {})
+    def finish(self) -> RunResult:
+        state, row = self.state, self.last_row
         summary = {
             "data": str(self.data.source),
-            "steps": self.step,
-            "tokens": self.state["tokens"],
-            "params": self.n_params,
-            "train_seconds": self.state["elapsed_s"],
-            "tokens_per_s": self.state["tokens"] / max(self.state["elapsed_s"], 1e-9),
-            "initial_val_loss": self.state.get("initial_val"),
+            "steps": state.step,
+            "tokens": state.tokens,
+            "params": self.step_fn.model.num_params(),
+            "train_seconds": state.elapsed_s,
+            "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
+            "initial_val_loss": state.initial_val,
             "final_loss": row.get("loss"),
             "final_val_loss": row.get("val_loss"),
-            "best_val_loss": self.state["best_val"],
-            "skipped_steps": self.state["skipped"],
-            "clip_frac": self.state["clipped"] / max(self.step, 1),
-            "precision": self.precision.name,
-            "device": str(self.device),
+            "best_val_loss": state.best_val,
+            "skipped_steps": state.skipped,
+            "clip_frac": state.clipped / max(state.step, 1),
+            "precision": self.runtime.precision.name,
+            "device": str(self.runtime.device),
             "processes": self.dist.world,
             "mfu": row.get("mfu"),
-            "peak_source": self.peak_source,
+            "peak_source": self.runtime.peak_source,
         }
-        if self.main:
-            from baseforge.fileio import atomic_write_json, atomic_write_text
+        if self.runtime.is_main:
+            self._write_summary(summary)
+        return RunResult(state.step, summary=summary)
 
-            atomic_write_json(self.run_dir / "summary.json", summary)
-            self.log(
-                f"done: {self.step} steps, {format_count(summary['tokens'])} tokens in "
-                f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
-                f"final train loss {summary['final_loss']:.4f}"
-                + (f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else "")
-            )
-            if self.cfg.sample_tokens:
-                text = self.sample(self.cfg.sample_prompt, self.cfg.sample_tokens)
-                atomic_write_text(self.run_dir / "sample.txt", self.cfg.sample_prompt + text + "\n")
-                self.log(f"sample:\n{self.cfg.sample_prompt}{text}")
-        return summary
+    def _write_summary(self, summary: dict) -> None:
+        from baseforge.fileio import atomic_write_json, atomic_write_text
+
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        val = f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else ""
+        self.log(
+            f"done: {summary['steps']} steps, {format_count(summary['tokens'])} tokens in "
+            f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
+            f"final train loss {summary['final_loss']:.4f}{val}"
+        )
+        cfg = self.config.train
+        if cfg.sample_tokens:
+            text = self.sample(cfg.sample_prompt, cfg.sample_tokens)
+            atomic_write_text(self.run_dir / "sample.txt", cfg.sample_prompt + text + "\n")
+            self.log(f"sample:\n{cfg.sample_prompt}{text}")
 
     def sample(self, prompt: str, tokens: int) -> str:
         from baseforge.generate import generate
 
+        tok = self.data.tokenizer
         ids = generate(
-            self.model,
-            self.tokenizer.encode(prompt),
+            self.step_fn.model,
+            tok.encode(prompt),
             max_new_tokens=tokens,
             temperature=0.8,
             top_k=50,
-            seed=self.cfg.seed,
+            seed=self.config.train.seed,
         )
-        return self.tokenizer.decode(ids)
+        return tok.decode(ids)

@@ -69,13 +69,18 @@ def format_count(n: float) -> str:
 
 
 class Progress:
-    """One line per logged step: where the run is, how fast, and when it will finish."""
+    """One line per logged step: where the run is, how fast, and when it will finish.
 
-    def __init__(self, total_steps: int, log=print):
+    The ETA uses the rate since this process started (a resumed run's earlier time is not its rate).
+    """
+
+    def __init__(self, total_steps: int, log=print, start_step: int = 0, start_elapsed_s: float = 0.0):
         self.total = total_steps
         self.log = log
+        self.start_step = start_step
+        self.start_elapsed_s = start_elapsed_s
 
-    def update(self, row: dict, remaining_steps: int, seconds_per_step: float) -> None:
+    def update(self, row: dict, elapsed_s: float) -> None:
         parts = [f"step {row['step']}/{self.total}", f"loss {row['loss']:.4f}"]
         if "val_loss" in row:
             parts.append(f"val {row['val_loss']:.4f}")
@@ -86,7 +91,8 @@ class Progress:
         ]
         if row.get("mfu") is not None:
             parts.append(f"mfu {100 * row['mfu']:.1f}%")
-        parts.append(f"eta {format_duration(remaining_steps * seconds_per_step)}")
+        per_step = (elapsed_s - self.start_elapsed_s) / max(row["step"] - self.start_step, 1)
+        parts.append(f"eta {format_duration((self.total - row['step']) * per_step)}")
         self.log(" | ".join(parts))
 
 

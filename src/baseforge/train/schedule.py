@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from baseforge.config import TrainConfig
 
 
 def lr_multiplier(
@@ -36,3 +41,24 @@ def lr_multiplier(
         progress = min(1.0, (step - decay_start + 1) / decay_steps)
         return 1.0 - (1 - min_lr_ratio) * progress
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning-rate schedule: the multiplier of the peak learning rate at each step."""
+
+    kind: str
+    total_steps: int
+    warmup_steps: int
+    min_lr_ratio: float
+    decay_fraction: float
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, total_steps: int) -> Schedule:
+        warmup = cfg.warmup_steps or round(cfg.warmup_fraction * total_steps)
+        return cls(cfg.schedule, total_steps, warmup, cfg.min_lr_ratio, cfg.decay_fraction)
+
+    def multiplier(self, step: int) -> float:
+        return lr_multiplier(
+            step, self.total_steps, self.kind, self.warmup_steps, self.min_lr_ratio, self.decay_fraction
+        )

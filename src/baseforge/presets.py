@@ -1,0 +1,176 @@
+"""Every preset whole: the model's shape and the training recipe, under one name.
+
+A preset is the starting point of a run's config; a TOML file and `--set key=value` change it
+(see `baseforge.config`). `vocab_size=None` means "take it from the data's tokenizer".
+
+"The write-up" below is the run described in the README (its title, author and link are there):
+GPT-2 small's shape, untied head, no QKV bias, dropout 0.1, AdamW 4e-4, 20 tokens per parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baseforge.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str  # what it is for and the hardware it is meant for, in one line
+    model: dict  # ModelConfig fields
+    train: dict  # TrainConfig fields
+
+
+# --- shapes ------------------------------------------------------------------------------------
+_GPT2 = dict(vocab_size=50257, context=1024, qkv_bias=True, bias=True, tie_weights=True, dropout=0.0)
+_GPT2_SMALL = dict(_GPT2, n_layer=12, n_head=12, n_embd=768)
+_CPU_TINY = dict(
+    vocab_size=None,
+    context=128,
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    dropout=0.0,
+    qkv_bias=False,
+    tie_weights=True,
+)
+_CPU_SMALL = dict(
+    vocab_size=None,
+    context=256,
+    n_layer=6,
+    n_head=6,
+    n_embd=384,
+    dropout=0.0,
+    qkv_bias=False,
+    tie_weights=True,
+)
+# The modern options together (as in modded-nanogpt / nanochat): rotary positions, RMSNorm,
+# QK-norm, squared-ReLU MLP, an untied zero-initialised head, soft-capped logits, no biases.
+# Not exportable as HF GPT-2 (see model.hf.exportable).
+_MODERN_SHAPE = dict(
+    pos_emb="rope",
+    norm="rmsnorm",
+    qk_norm=True,
+    mlp_act="relu2",
+    tie_weights=False,
+    zero_init_head=True,
+    logit_softcap=15.0,
+    qkv_bias=False,
+    bias=False,
+    dropout=0.0,
+)
+
+# --- recipes -----------------------------------------------------------------------------------
+_WRITEUP = dict(
+    lr=4e-4,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_fraction=0.05,
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+    micro_batch="auto",
+    global_batch=32,
+    tokens_per_param=20.0,
+    eval_every=500,
+    eval_tokens=10_485_760,
+    checkpoint_every=1000,
+    checkpoint_minutes=30.0,
+    log_every=10,
+)
+_CPU = dict(
+    lr=2e-3,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_steps=30,
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+    micro_batch=16,
+    global_batch=16,
+    eval_every=100,
+    eval_tokens=65_536,
+    checkpoint_every=200,
+    log_every=10,
+    sample_prompt="def ",
+)
+# Muon for the hidden matrices, AdamW for embeddings/head/gains, warmup-stable-decay. CPU values: the
+# best of a small grid in benchmarks/bench_recipes.py, seed 0 (muon_lr 0.02/0.03/0.05 at lr 3e-3,
+# then lr 3e-3/6e-3 at muon_lr 0.03).
+_MODERN_RECIPE = dict(
+    optimizer="muon",
+    muon_lr=0.03,
+    muon_momentum=0.95,
+    lr=6e-3,
+    schedule="wsd",
+    warmup_steps=0,
+    warmup_fraction=0.02,
+    decay_fraction=0.3,
+    min_lr_ratio=0.0,
+)
+
+_ALL = [
+    Preset(
+        "gpt2-small-seed",
+        "the write-up's 163M model and recipe (GPT-2 small shape, untied head, dropout 0.1); one GPU",
+        dict(_GPT2_SMALL, qkv_bias=False, tie_weights=False, dropout=0.1),
+        _WRITEUP,
+    ),
+    Preset(
+        "gpt2-124m",
+        "OpenAI GPT-2 small's layout (tied head, biases), the write-up's recipe; one GPU",
+        _GPT2_SMALL,
+        _WRITEUP,
+    ),
+    Preset(
+        "gpt2-medium",
+        "GPT-2 medium (350M); a 24 GB GPU or more",
+        dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
+        dict(_WRITEUP, lr=3e-4),
+    ),
+    Preset(
+        "gpt2-large",
+        "GPT-2 large (774M); a 40-80 GB GPU, or FSDP",
+        dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
+        dict(_WRITEUP, lr=2.5e-4),
+    ),
+    Preset(
+        "gpt2-xl",
+        "GPT-2 XL (1.56B); several GPUs with FSDP",
+        dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
+        dict(_WRITEUP, lr=2e-4),
+    ),
+    Preset(
+        "gpt2-small-modern",
+        "GPT-2 small's shape, modern recipe (rotary, RMSNorm, Muon, WSD), ~5 tokens/parameter; one GPU",
+        # Vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
+        dict(_GPT2_SMALL, **_MODERN_SHAPE, vocab_size=50304),
+        dict(
+            _WRITEUP, **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3}, global_batch=64, tokens_per_param=5.0
+        ),
+    ),
+    Preset(
+        "cpu-tiny",
+        "1M parameters that visibly learn in 2 minutes on 2 CPU cores (the built-in demo)",
+        _CPU_TINY,
+        dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
+    ),
+    Preset(
+        "cpu-small",
+        "11M parameters for a CPU or a small GPU, 600 steps",
+        _CPU_SMALL,
+        dict(_CPU, max_steps=600, lr=1.5e-3),
+    ),
+    Preset(
+        "cpu-small-modern",
+        "cpu-small's shape with the modern recipe",
+        dict(_CPU_SMALL, **_MODERN_SHAPE),
+        dict(dict(_CPU, max_steps=600, lr=1.5e-3), **_MODERN_RECIPE),
+    ),
+]
+PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

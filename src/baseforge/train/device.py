@@ -1,0 +1,57 @@
+"""Where a run computes: its process in the job, its device and precision, the device's peak, and compile.
+
+`Runtime.create` is the one place that touches the hardware before training (device selection,
+TF32 switches, the CPU allocator setting, the peak measurement for MFU); nothing happens when the
+trainer is merely constructed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from baseforge.config import TrainConfig
+from baseforge.train.distributed import DistInfo, device_for
+from baseforge.train.host import keep_freed_memory
+from baseforge.train.mfu import device_peak
+from baseforge.train.precision import Precision, resolve_device, setup_precision
+
+
+@dataclass
+class Runtime:
+    dist: DistInfo
+    device: torch.device
+    precision: Precision
+    peak: float  # FLOP/s, for MFU
+    peak_source: str  # "table: NAME" or "measured"
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, dist: DistInfo) -> Runtime:
+        device = device_for(dist, resolve_device(cfg.device))
+        precision = setup_precision(cfg.precision, device)
+        if device.type == "cpu":
+            keep_freed_memory()
+        peak, source = device_peak(device, precision.name)
+        return cls(dist, device, precision, peak, source)
+
+
+def compile_for_training(
+    model: torch.nn.Module, warm_up: Callable[[torch.nn.Module], None], log
+) -> torch.nn.Module:
+    """`torch.compile(model)`, warmed up by `warm_up(compiled)`; the eager model where compiling fails."""
+    try:
+        compiled = torch.compile(model)
+        warm_up(compiled)
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
+        model.zero_grad(set_to_none=True)
+        first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
+        log(f"torch.compile unavailable here ({type(exc).__name__}: {first_line}); training eager")
+        return model

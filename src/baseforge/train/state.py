@@ -1,0 +1,81 @@
+"""The progress of a run as one typed object, saved in every checkpoint's state.json and restored whole.
+
+Everything the loop accumulates lives here, so a resumed run continues the same sums: the step,
+tokens seen, the best validation loss, counts of skipped and clipped steps, training time, and
+the metrics row in progress (`Window`: the sums since the last logged row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class Window:
+    """Sums over the optimizer steps since the last metrics row."""
+
+    loss_sum: float = 0.0
+    steps: int = 0  # applied (finite) steps
+    gnorm_sum: float = 0.0
+    clipped: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+    def mean_grad_norm(self) -> float:
+        return self.gnorm_sum / max(self.steps, 1)
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on
+    initial_val: float | None = None  # validation loss before the first step
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0  # evaluations without a new best (early stopping)
+    skipped: int = 0  # non-finite steps skipped, in all
+    bad_in_row: int = 0  # non-finite steps in a row, up to now
+    clipped: int = 0  # steps whose gradient norm was clipped, in all
+    elapsed_s: float = 0.0  # training wall time, evaluation excluded
+    window: Window = field(default_factory=Window)
+
+    def record_step(self, loss: float, grad_norm: float, applied: bool, clip: float) -> None:
+        """Count one optimizer step's outcome (before its tokens and time are added)."""
+        self.step += 1
+        if not applied:
+            self.skipped += 1
+            self.bad_in_row += 1
+            return
+        self.bad_in_row = 0
+        clipped = clip > 0 and grad_norm > clip
+        self.window.loss_sum += loss
+        self.window.gnorm_sum += grad_norm
+        self.window.steps += 1
+        self.window.clipped += int(clipped)
+        self.clipped += int(clipped)
+
+    def record_time(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.window.tokens += tokens
+        self.window.seconds += seconds
+        self.elapsed_s += seconds
+
+    def record_val(self, val: float) -> None:
+        improved = self.best_val is None or val < self.best_val
+        self.evals_since_best = 0 if improved else self.evals_since_best + 1
+        if improved:
+            self.best_val, self.best_step = val, self.step
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict) -> RunState:
+        """From a checkpoint's state.json; unknown keys (the tokenizer record, ...) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in saved.items() if k in known and k != "window"}
+        window = saved.get("window", saved.get("row"))  # "row": checkpoints written before RunState
+        return cls(**values, window=Window(**window) if window else Window())

@@ -1,0 +1,78 @@
+"""One optimizer step over the global batch: the only code that runs forward and backward in training.
+
+for each micro-batch of this rank: forward under autocast, loss / accumulation, backward
+    (gradients all-reduce only on the last micro-batch: DDP's no_sync on the others)
+unscale (fp16), clip the global norm, step the optimizers unless the norm is not finite
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from baseforge.data.loader import BatchLayout
+from baseforge.train.device import Runtime
+from baseforge.train.optim import Optimizers
+from baseforge.train.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean loss over the global batch (this rank's share)
+    grad_norm: float  # global gradient norm before clipping
+    applied: bool  # False when the norm was not finite and the update was skipped
+
+
+class TrainStep:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        wrapped: torch.nn.Module,
+        optimizers: Optimizers,
+        runtime: Runtime,
+        layout: BatchLayout,
+        schedule: Schedule,
+        grad_clip: float,
+    ):
+        self.model = model  # the plain module: parameters, clipping
+        self.wrapped = wrapped  # what runs forward: compiled and/or DDP-wrapped
+        self.optimizers = optimizers
+        self.runtime = runtime
+        self.layout = layout
+        self.schedule = schedule
+        self.grad_clip = grad_clip
+        self.scaler = runtime.precision.grad_scaler()
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
+        """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
+        distributed = self.runtime.dist.enabled
+        no_sync = contextlib.nullcontext() if sync or not distributed else self.wrapped.no_sync()
+        with no_sync:
+            with self.runtime.precision.autocast():
+                _, loss = self.wrapped(x, y)
+            loss = loss / self.layout.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return loss.detach()
+
+    def __call__(self, step: int, data) -> StepResult:
+        device = self.runtime.device
+        self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(self.layout.grad_accum):
+            x, y = data.micro_batch(step, micro, self.layout)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss_sum += self.forward_backward(x, y, sync=micro == self.layout.grad_accum - 1)
+        if self.scaler:
+            self.optimizers.unscale_(self.scaler)
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        applied = math.isfinite(grad_norm)  # identical on every rank: gradients are all-reduced
+        if applied:
+            self.optimizers.step(self.scaler)
+        if self.scaler:
+            self.scaler.update()
+        self.optimizers.zero_grad()
+        return StepResult(loss_sum.item(), grad_norm, applied)
