@@ -73,7 +73,7 @@ def test_a_failed_write_leaves_the_target_and_no_temp_files(tmp_path, monkeypatc
     monkeypatch.setattr(fileio, "_fsync_file", full_disk)  # the disk fills up on the final flush
     with pytest.raises(OSError) as info:
         atomic_write_bytes(tmp_path / "latest", b"step_200")
-    assert info.value.errno == errno.ENOSPC
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "latest")
     with pytest.raises(OSError):
         with atomic_dir(tmp_path / "step_200") as d:
             (d / "model.bin").write_bytes(b"new")

@@ -46,14 +46,16 @@ def atomic_path(path: Path | str):
     """Yield a temporary path beside `path`; rename it over `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with io_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        # After the block: the writer may have replaced the temp file with one of its own.
-        os.chmod(tmp, 0o666 & ~current_umask())
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        with io_errors(path):  # a failed write names the target, whichever library wrote it
+            yield Path(tmp)
+            # After the block: the writer may have replaced the temp file with one of its own.
+            os.chmod(tmp, 0o666 & ~current_umask())
+            _fsync_file(tmp)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -80,14 +82,16 @@ def atomic_dir(path: Path | str):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with io_errors(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                _fsync_file(f)
-        os.chmod(tmp, 0o777 & ~current_umask())
-        os.replace(tmp, path)
+        with io_errors(path):
+            yield tmp
+            for f in tmp.iterdir():
+                if f.is_file():
+                    _fsync_file(f)
+            os.chmod(tmp, 0o777 & ~current_umask())
+            os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
@@ -140,15 +144,21 @@ def io_errors(path: Path | str):
     try:
         yield
     except OSError as exc:
-        if exc.filename is None and exc.errno is not None:
-            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
-        raise
+        named = exc.filename is not None and not _is_temp_name(exc.filename)
+        if named or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except Exception as exc:  # noqa: BLE001 - RuntimeError (torch), SafetensorError, ...
         text = str(exc)
         if not _WRITE_FAILED.search(text):
             raise
         code, reason = _errno_in(text)
         raise OSError(code, reason, str(path)) from exc
+
+
+def _is_temp_name(name) -> bool:
+    """Is this one of atomic_path's / atomic_dir's temporary names (or a file inside one)?"""
+    return any(part.startswith(".") and part.endswith(".tmp") for part in Path(os.fsdecode(name)).parts)
 
 
 def _errno_in(text: str) -> tuple[int, str]:
