@@ -143,7 +143,7 @@ def test_gpt2_hash_is_the_same_from_tiktoken_and_from_openais_files(shared_data,
 
 
 # --- prepare: corpora that do not fit, binary input, paths ---------------------------------------------
-def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared_data, tmp_path):
+def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared_data, tmp_path, capsys):
     src = [str(shared_data / "corpora" / "tinyshakespeare.txt")]
     lines = []
     spec = PrepareSpec(src, tmp_path / "d", "bpe:300", val_fraction=0.1, shard_tokens=20_000, workers=1)
@@ -157,6 +157,9 @@ def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared
     )
     assert any("last" in line and "--val-fraction 0.1" in line for line in lines), lines
     assert read_manifest(tmp_path / "d")["held_out"] == "tail"
+    assert main(["data", "info", str(tmp_path / "d")]) == 0
+    shown = capsys.readouterr().out
+    assert "last tokens of the stream" in shown and f"sha256 {m['tokenizer']['sha256'][:12]}" in shown
 
 
 def test_binary_files_are_skipped_and_named_and_no_text_is_an_error(tmp_path):
