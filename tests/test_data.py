@@ -149,8 +149,9 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
     assert all_tokens(tmp_path / "d", "train").tolist() == train
     assert all_tokens(tmp_path / "d", "test").tolist() == held[lo:hi]
     assert all_tokens(tmp_path / "d", "val").tolist() == held[:lo] + held[hi:]
-    budget = len(train) // 2
+    budget = len(train) * 3 // 4  # past the first held-out document (else val is carved from the tail)
     m = prepare([src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, log=quiet, **pack)
+    assert m["held_out"] == "documents"
     got = all_tokens(tmp_path / "b", "train").tolist()
     ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])
     assert got == train[: ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it

@@ -1,12 +1,20 @@
 """Tokenizers behind one small interface: tiktoken's GPT-2 BPE, or a byte-level BPE trained here.
 
-A data dir records its tokenizer in its manifest (`{"name": ..., "vocab_size": ..., "eot_id": ...}`,
-plus `tokenizer.json` beside it for trained BPEs), and checkpoints copy that record, so a run
-always knows how to turn text into its token ids and back.
+A data dir records its tokenizer in its manifest (`{"name": ..., "vocab_size": ..., "eot_id": ...,
+"sha256": ...}`, plus `tokenizer.json` beside it for trained BPEs), and checkpoints copy that record,
+so a run always knows how to turn text into its token ids and back.
+
+`sha256` identifies the tokenizer by content, not name: two `bpe:4096` trained on different text
+share a name and a size but not their ids' meaning. It hashes what fixes each id's meaning: the
+vocabulary and merges (for GPT-2, tiktoken's mergeable ranks) and the special tokens, in a
+canonical JSON form that does not depend on the library version that wrote the file. Records
+written before hashes existed have none; `check_same_tokenizer` then compares name and size.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -40,8 +48,25 @@ class Tokenizer:
         raise NotImplementedError
 
     def record(self) -> dict:
-        """What a manifest or checkpoint stores to find this tokenizer again."""
-        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+        """What a manifest or checkpoint stores to find this tokenizer again (and to tell it apart)."""
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+            "sha256": self.sha256,
+        }
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the definition (see the module docstring); computed once."""
+        if getattr(self, "_sha256", None) is None:
+            text = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+            self._sha256 = hashlib.sha256(text.encode()).hexdigest()
+        return self._sha256
+
+    def definition(self) -> dict:
+        """What fixes the meaning of every id, as plain JSON values."""
+        raise NotImplementedError
 
     def save(self, directory: Path) -> None:
         """Write any files the record refers to into `directory` (nothing for GPT-2)."""
@@ -103,6 +128,13 @@ class GPT2Tokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode(list(ids))
 
+    def definition(self) -> dict:
+        # The mergeable ranks are the bytes of each non-special id, in id order (hex: JSON has no bytes).
+        special = {name: self.enc.encode_single_token(name) for name in self.enc.special_tokens_set}
+        ids = sorted(set(range(self.enc.n_vocab)) - set(special.values()))
+        ranks = [self.enc.decode_single_token_bytes(i).hex() for i in ids]
+        return {"kind": "tiktoken-bpe", "ranks": ranks, "special": sorted(special.items())}
+
 
 class TrainedBPETokenizer(Tokenizer):
     """A byte-level BPE (HF `tokenizers`) trained on the input text, stored as tokenizer.json."""
@@ -155,6 +187,20 @@ class TrainedBPETokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    def definition(self) -> dict:
+        spec = json.loads(self.tok.to_str())
+        vocab = spec["model"]["vocab"]
+        # merges are "a b" strings in older `tokenizers` files and [a, b] pairs in newer ones
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in spec["model"]["merges"]]
+        special = sorted((t["content"], t["id"]) for t in spec.get("added_tokens", []))
+        return {
+            "kind": "byte-level-bpe",
+            "vocab": sorted(vocab, key=vocab.__getitem__),
+            "ids": sorted(vocab.values()),
+            "merges": merges,
+            "special": special,
+        }
+
     def record(self) -> dict:
         return {**super().record(), "file": self.FILE}
 
@@ -177,11 +223,48 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 
 
 def load_tokenizer(record: dict, directory: Path | None = None) -> Tokenizer:
-    """The tokenizer a manifest or checkpoint recorded; `directory` holds its files."""
+    """The tokenizer a manifest or checkpoint recorded; `directory` holds its files.
+
+    A trained BPE whose file no longer matches the record's hash (replaced by another prepare)
+    is refused: its ids would mean other tokens than the ones the data or weights were made with.
+    """
     name = record.get("name", "")
     kind, _ = parse_spec(name)
     if kind == "gpt2":
         return GPT2Tokenizer()
     if directory is None:
         raise UserError(f"tokenizer {name} needs its {TrainedBPETokenizer.FILE}")
-    return TrainedBPETokenizer.load(Path(directory) / record.get("file", TrainedBPETokenizer.FILE), name)
+    path = Path(directory) / record.get("file", TrainedBPETokenizer.FILE)
+    tok = TrainedBPETokenizer.load(path, name)
+    if record.get("sha256") and tok.sha256 != record["sha256"]:
+        raise UserError(
+            f"{path} is not the tokenizer recorded beside it ({name}, sha256 {record['sha256'][:12]}, "
+            f"file has {tok.sha256[:12]}); it was replaced: re-run `baseforge prepare` for {directory}"
+        )
+    return tok
+
+
+def check_same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
+    """Refuse (UserError, one line) two tokenizer records whose ids mean different tokens.
+
+    Compares the content hashes; a record from before hashes existed is compared by name and
+    size, and the returned note (None when the hashes were compared) says so, for the caller to print.
+    """
+
+    def label(r: dict) -> str:
+        digest = f", sha256 {r['sha256'][:12]}" if r.get("sha256") else ""
+        return f"{r.get('name')} ({r.get('vocab_size')} tokens{digest})"
+
+    if a.get("sha256") and b.get("sha256"):
+        if a["sha256"] == b["sha256"]:
+            return None
+        older = ""
+    elif (a.get("name"), a.get("vocab_size")) == (b.get("name"), b.get("vocab_size")):
+        old = what_a if not a.get("sha256") else what_b
+        return f"{old} predates tokenizer hashes: only the tokenizers' names and sizes were compared"
+    else:
+        older = f" ({what_a if not a.get('sha256') else what_b} predates tokenizer hashes; names compared)"
+    raise UserError(
+        f"{what_a} uses tokenizer {label(a)} but {what_b} uses {label(b)}: the same ids mean different "
+        f"tokens{older}; use data prepared with the same tokenizer"
+    )

@@ -116,3 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         # `baseforge ... | head` closed the pipe: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        from baseforge.fileio import describe_write_error
+
+        line = describe_write_error(exc)  # a full disk, an I/O error, a read-only or forbidden folder
+        if line is None:
+            raise
+        print(f"baseforge {args.verb}: error: {line}", file=sys.stderr)
+        return 1

@@ -41,6 +41,10 @@ def run(args) -> int:
     }
     if manifest.get("cropped", {}).get("tokens"):
         summary["cropped"] = manifest["cropped"]
+    if manifest.get("held_out") == "tail":  # too few documents: val is the end of the token stream
+        summary["held_out"] = "tail"
+    if manifest.get("skipped", {}).get("binary_files"):
+        summary["skipped"] = manifest["skipped"]
     if args.check:
         for split in manifest["splits"]:
             for tokens in split_shards(args.data_dir, manifest, split):  # raises naming the bad file
@@ -57,9 +61,10 @@ def run(args) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     tok = manifest["tokenizer"]
+    digest = f", sha256 {tok['sha256'][:12]}" if tok.get("sha256") else ""
     print(
         f"{args.data_dir}: {summary['documents']:,} documents, {summary['tokens']:,} tokens, "
-        f"tokenizer {tok['name']} ({tok['vocab_size']} tokens), packing {summary['pack']}"
+        f"tokenizer {tok['name']} ({tok['vocab_size']} tokens{digest}), packing {summary['pack']}"
     )
     for name, s in summary["splits"].items():
         docs = f"{s['documents']:,} documents, " if s["documents"] is not None else ""
@@ -69,6 +74,11 @@ def run(args) -> int:
             f"  crop dropped {summary['cropped']['tokens']:,} tokens "
             f"from {summary['cropped']['documents']:,} documents"
         )
+    if "held_out" in summary:
+        print("  val is the last tokens of the stream (too few documents to hold whole ones out)")
+    if "skipped" in summary:
+        skipped = summary["skipped"]
+        print(f"  skipped {skipped['binary_files']:,} binary file(s), first {skipped['first']}")
     if args.check:
         print("check: every shard is intact")
     return 0

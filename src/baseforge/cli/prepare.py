@@ -11,21 +11,25 @@ SOURCE is one or more of:
   FILE.txt                one document per file
   FILE.jsonl[.gz]         one document per line (its "text" field)
   FILE.parquet            one document per row (its "text" column)
-  DIR                     every such file in DIR, recursively, in sorted order
+  DIR                     every such file in DIR, recursively, in sorted order; with
+                          --include GLOB, the files matching it instead (any text files)
   fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu) from the Hub (--sample sample-10BT by default)
   hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
 
 examples:
   baseforge prepare builtin --out data/builtin --tokenizer bpe:4096
   baseforge prepare corpus/ --out data/mine --tokenizer gpt2 --val-fraction 0.01
+  baseforge prepare /usr/lib/python3/dist-packages --include '*.py' --out data/py --tokenizer bpe:8192
   baseforge prepare fineweb --out data/fineweb --tokenizer gpt2 --budget gpt2-small-seed
   baseforge prepare fineweb --local /mirror/fineweb --out data/fineweb --max-tokens 1e9
   baseforge prepare fineweb --out data/fw-test --test-start 0 --test-tokens 10e6
 
 The data dir holds shards (train_000000.bin, val_000000.bin, ...) and manifest.json; see
 `baseforge data info DIR`. An interrupted prepare resumes from its last complete shard when run
-again with the same arguments. GPT-2's BPE comes from tiktoken (downloaded once, or offline from
-TIKTOKEN_CACHE_DIR or BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
+again with the same arguments. A corpus with too few documents for --val-fraction (one .txt
+file) holds out the last --val-fraction of its tokens instead; binary files are skipped.
+GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
+BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """
 
 
@@ -72,6 +76,14 @@ def register(sub) -> None:
     p.add_argument("--local", help="read a Hub source from this local copy laid out like the repo")
     p.add_argument("--sample", help="Hub sample/config folder, e.g. sample-10BT (default), sample-100BT")
     p.add_argument("--text-column", default="text")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="in a folder SOURCE, read the files matching GLOB (their name or path in it) as text "
+        "documents, e.g. --include '*.py'; repeatable",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir")
     p.set_defaults(run=run)
 
@@ -90,15 +102,17 @@ def budget_tokens(preset: str) -> int:
 
 
 def run(args) -> int:
-    from baseforge.data.prepare import prepare
+    from baseforge.data.prepare import PrepareSpec, run_prepare
+    from baseforge.fileio import check_out_dir
 
+    check_out_dir(args.out)  # before the budget's model is built
     max_train = budget_tokens(args.budget) if args.budget else None
     if max_train:
         print(f"budget: {max_train:,} training tokens for {args.budget}")
-    prepare(
-        args.sources,
-        args.out,
-        args.tokenizer,
+    spec = PrepareSpec(
+        sources=args.sources,
+        out=args.out,
+        tokenizer=args.tokenizer,
         pack=args.pack,
         context=args.context,
         val_fraction=args.val_fraction,
@@ -111,6 +125,8 @@ def run(args) -> int:
         local=args.local,
         sample=args.sample,
         text_column=args.text_column,
+        include=tuple(args.include),
         overwrite=args.overwrite,
     )
+    run_prepare(spec)
     return 0

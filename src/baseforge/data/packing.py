@@ -110,7 +110,7 @@ class Router:
         train.documents += int((~held).sum())
         starts = np.cumsum(lengths) - lengths
         for j in np.flatnonzero(held):
-            self._held_out(flat[starts[j] : starts[j] + lengths[j]])
+            self.hold_out(flat[starts[j] : starts[j] + lengths[j]])
         return done
 
     def _limit(self, lengths: np.ndarray, held: np.ndarray) -> tuple[bool, int]:
@@ -126,7 +126,7 @@ class Router:
         first = min((int(np.argmax(r)) for r in reached if r.any()), default=None)
         return (False, len(lengths)) if first is None else (True, first + 1)
 
-    def _held_out(self, doc: np.ndarray) -> None:
+    def hold_out(self, doc: np.ndarray) -> None:
         """Held-out tokens [test_start, test_start + test_tokens) go to test, the rest to val."""
         counts, writers = self.counts, self.writers
         pos = counts["held_out_tokens"]

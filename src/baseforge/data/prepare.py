@@ -7,7 +7,12 @@ flat however large the corpus, and the output is byte-identical for any number o
 
 Splits: document i is held out when floor((i+1)*f) > floor(i*f) for f = val_fraction (exactly a
 fraction f of the documents, spread evenly). Held-out tokens go to `val`, except the optional fixed
-`test` slice, tokens [test_start, test_start + test_tokens) of the held-out stream.
+`test` slice, tokens [test_start, test_start + test_tokens) of the held-out stream. A corpus of too
+few documents for that rule (one .txt file) holds out the last f of its token stream instead, and
+the manifest says so (`"held_out": "tail"`).
+
+Input that is no text (a binary file given as .txt) is skipped, counted and named; an input with
+no documents, or only empty ones, is an error.
 
 Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
 `crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
@@ -24,16 +29,17 @@ import os
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from baseforge.data.packing import BackgroundWrites, Router, SplitWriter, held_out
-from baseforge.data.shards import MANIFEST, token_dtype, write_manifest
+from baseforge.data.shards import MANIFEST, VERSION, read_shard, token_dtype, write_manifest
 from baseforge.data.sources import open_source, preload_readers
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_path, atomic_write_text
+from baseforge.fileio import atomic_path, atomic_write_text, check_out_dir, output_dir
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
 PROGRESS = ".prepare-progress.json"
@@ -64,11 +70,16 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.nd
     return flat, lengths
 
 
-def read_and_encode(tok: Tokenizer, piece) -> tuple[np.ndarray, np.ndarray]:
-    return encode_documents(tok, piece.read())
+def read_and_encode(tok: Tokenizer, piece) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The piece's ids and document lengths (see encode_documents), and the binary files it skipped."""
+    docs = piece.read()
+    binary = getattr(piece, "binary", [])  # only text files can be binary
+    if not docs:
+        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary
+    return (*encode_documents(tok, docs), binary)
 
 
-def _encode(piece) -> tuple[np.ndarray, np.ndarray]:
+def _encode(piece) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return read_and_encode(_worker_tokenizer, piece)
 
 
@@ -112,95 +123,181 @@ def _documents(sources):
         yield from source.documents()
 
 
+@dataclass
+class PrepareSpec:
+    """Everything that decides a `prepare` (the CLI's options, by name); see the module docstring."""
+
+    sources: list[str]
+    out: Path
+    tokenizer: str = "gpt2"
+    pack: str = "concat"  # or "crop" (needs context)
+    context: int | None = None
+    val_fraction: float = 0.01
+    test_start: int = 0
+    test_tokens: int = 0
+    max_tokens: int | None = None
+    max_train_tokens: int | None = None
+    workers: int | None = None  # tokenizer processes (default: all cores); never changes the output
+    shard_tokens: int = 100_000_000
+    local: str | None = None  # a local copy of a Hub source
+    sample: str | None = None
+    text_column: str = "text"
+    include: tuple[str, ...] = ()  # globs picking the text files of a local folder
+    overwrite: bool = False
+
+    def check(self) -> None:
+        """UserError (one line) for a bad value, before any work."""
+        if not self.sources:
+            raise UserError("no SOURCE given")
+        if self.pack not in ("concat", "crop"):
+            raise UserError(f"--pack must be 'concat' or 'crop', not {self.pack!r}")
+        if self.pack == "crop" and not self.context:
+            raise UserError("--pack crop needs --context N (the length documents are cropped to)")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if self.shard_tokens < 1:
+            raise UserError("--shard-tokens must be positive")
+        parse_spec(self.tokenizer)
+
+    def key_args(self) -> dict:
+        """The arguments that decide the output, as recorded in the manifest and hashed into its key."""
+        args = dict(
+            sources=list(self.sources),
+            tokenizer=self.tokenizer,
+            pack=self.pack,
+            context=self.context,
+            val_fraction=self.val_fraction,
+            test_start=self.test_start,
+            test_tokens=self.test_tokens,
+            max_tokens=self.max_tokens,
+            max_train_tokens=self.max_train_tokens,
+            shard_tokens=self.shard_tokens,
+            sample=self.sample,
+            text_column=self.text_column,
+        )
+        if self.include:  # only when given: data dirs prepared before it existed keep their key
+            args["include"] = list(self.include)
+        return args
+
+
 def prepare(
-    sources: list[str],
-    out_dir: Path | str,
-    tokenizer: str = "gpt2",
-    *,
-    pack: str = "concat",
-    context: int | None = None,
-    val_fraction: float = 0.01,
-    test_start: int = 0,
-    test_tokens: int = 0,
-    max_tokens: int | None = None,
-    max_train_tokens: int | None = None,
-    workers: int | None = None,
-    shard_tokens: int = 100_000_000,
-    local: str | None = None,
-    sample: str | None = None,
-    text_column: str = "text",
-    overwrite: bool = False,
-    log=print,
+    sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, log=print, **options
 ) -> dict:
-    """Tokenize `sources` into a data dir; returns its manifest (see shards.py for the format)."""
-    out = Path(out_dir)
-    if not sources:
-        raise UserError("no SOURCE given")
-    if pack not in ("concat", "crop"):
-        raise UserError(f"--pack must be 'concat' or 'crop', not {pack!r}")
-    if pack == "crop" and not context:
-        raise UserError("--pack crop needs --context N (the length documents are cropped to)")
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), not {val_fraction}")
-    if shard_tokens < 1:
-        raise UserError("--shard-tokens must be positive")
-    parse_spec(tokenizer)
-    args = dict(
-        sources=list(sources),
-        tokenizer=tokenizer,
-        pack=pack,
-        context=context,
-        val_fraction=val_fraction,
-        test_start=test_start,
-        test_tokens=test_tokens,
-        max_tokens=max_tokens,
-        max_train_tokens=max_train_tokens,
-        shard_tokens=shard_tokens,
-        sample=sample,
-        text_column=text_column,
-    )
+    """`run_prepare` with the spec's fields as keyword arguments (see PrepareSpec)."""
+    return run_prepare(PrepareSpec(list(sources), Path(out_dir), tokenizer, **options), log=log)
+
+
+def run_prepare(spec: PrepareSpec, log=print) -> dict:
+    """Tokenize `spec.sources` into a data dir; returns its manifest (see shards.py for the format).
+
+    Every argument and path is checked before any work; a prepare that fails removes the folders
+    it made, unless it got far enough to leave a progress record to resume from.
+    """
+    spec.check()
+    out = check_out_dir(spec.out)
+    args = spec.key_args()
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
     if (out / MANIFEST).exists():
         existing = json.loads((out / MANIFEST).read_text())
-        if existing.get("args_key") == key and not overwrite:
+        if existing.get("args_key") == key and not spec.overwrite:
             log(f"{out} is already prepared with these arguments")
             return existing
-        if not overwrite:
+        if not spec.overwrite:
             raise UserError(
                 f"{out} already holds prepared data (made with other arguments); "
                 "use --overwrite to replace it, or choose another --out"
             )
-        (out / MANIFEST).unlink()  # the dir is no longer a valid data dir until the new manifest lands
-    progress = _read_progress(out, key) if not overwrite else None
-    out.mkdir(parents=True, exist_ok=True)
-    opened = [open_source(s, local=local, sample=sample, text_column=text_column) for s in sources]
+    opened = [
+        open_source(
+            s, local=spec.local, sample=spec.sample, text_column=spec.text_column, include=spec.include
+        )
+        for s in spec.sources
+    ]
+    with output_dir(out, keep=lambda path: (path / PROGRESS).exists()):
+        (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
+        return _prepare(spec, out, key, args, opened, log)
 
-    if progress and parse_spec(tokenizer)[0] == "bpe":
+
+def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
+    progress = _read_progress(out, key) if not spec.overwrite else None
+    if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
     else:
-        tok = make_tokenizer(tokenizer, out, _bpe_sample(opened, val_fraction))
+        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.val_fraction))
     writers = {
         s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
         for s in ("train", "val", "test")
     }
-    counts = (progress or {}).get(
-        "counts",
-        {
-            "pieces": 0,
-            "documents": 0,
-            "tokens": 0,
-            "held_out_tokens": 0,
-            "cropped_documents": 0,
-            "cropped_tokens": 0,
-        },
-    )
+    counts = {**NEW_COUNTS, **(progress or {}).get("counts", {})}
     if progress:
         pending = np.load(out / progress["pending"])
         if len(pending):
             writers["train"].add(pending)
         log(f"resuming: {counts['documents']} documents and {counts['tokens']} tokens already done")
+    router = Router(
+        writers,
+        counts,
+        spec.context if spec.pack == "crop" else None,
+        spec.val_fraction,
+        spec.test_start,
+        spec.test_tokens,
+        spec.max_tokens,
+        spec.max_train_tokens,
+    )
+    meter = _Meter(log, spec.max_tokens or spec.max_train_tokens)
+    _tokenize(spec, out, key, tok, opened, router, meter)
+    _check_not_empty(spec, counts)
+    if spec.val_fraction > 0 and counts["held_out_tokens"] == 0:
+        _val_from_tail(out, router, spec.val_fraction, log)
+    jobs = []
+    while writers["train"].buffered:
+        writers["train"].flush(jobs, spec.shard_tokens)
+    for split in ("val", "test"):
+        writers[split].flush(jobs)
+    for job in jobs:
+        job()
+    splits = {s: w.entry() for s, w in writers.items() if w.shards}
+    if "train" not in splits:
+        raise UserError("no training tokens: the input is too small for the validation fraction")
+    manifest = {
+        "tokenizer": tok.record(),
+        "pack": spec.pack,
+        "context": spec.context,
+        "sources": list(spec.sources),
+        "documents": counts["documents"],
+        "tokens": counts["tokens"],
+        "splits": splits,
+        "held_out": "tail" if counts["val_from_tail"] else "documents",
+        "skipped": {"binary_files": counts["binary_files"], "first": counts["first_binary"] or None},
+        "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
+        "args_key": key,
+        "args": args,
+    }
+    write_manifest(out, manifest)
+    for stale in [out / PROGRESS, *out.glob(PENDING.format("*"))]:
+        stale.unlink(missing_ok=True)
+    _remove_stale_shards(out, splits)
+    meter.finish(counts, splits, spec.pack)
+    return {"format": "baseforge-tokens", "version": VERSION, **manifest}
 
-    workers = max(1, workers or os.cpu_count() or 1)
+
+NEW_COUNTS = {
+    "pieces": 0,
+    "documents": 0,
+    "tokens": 0,
+    "held_out_tokens": 0,
+    "cropped_documents": 0,
+    "cropped_tokens": 0,
+    "binary_files": 0,
+    "first_binary": "",
+    "val_from_tail": 0,
+}
+
+
+def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:
+    """Read, tokenize and route every piece (workers when asked), writing full train shards as they fill."""
+    counts, writers = router.counts, router.writers
+    workers = max(1, spec.workers or os.cpu_count() or 1)
     tasks = islice((piece for source in opened for piece in source.pieces()), counts["pieces"], None)
     pool = None
     if workers > 1:
@@ -213,24 +310,16 @@ def prepare(
         results = _in_order(pool, tasks, ahead=4 * workers)
     else:
         results = (read_and_encode(tok, piece) for piece in tasks)
-    meter = _Meter(log, max_tokens or max_train_tokens)
-    router = Router(
-        writers,
-        counts,
-        context if pack == "crop" else None,
-        val_fraction,
-        test_start,
-        test_tokens,
-        max_tokens,
-        max_train_tokens,
-    )
     disk = BackgroundWrites()
     try:
-        for flat, lengths in results:
+        for flat, lengths, binary in results:
             done = router.add_batch(flat, lengths)
             counts["pieces"] += 1
-            while writers["train"].buffered >= shard_tokens:
-                disk.run(_checkpoint(out, key, tok, writers, counts, shard_tokens))
+            if binary:
+                counts["binary_files"] += len(binary)
+                counts["first_binary"] = counts["first_binary"] or binary[0]
+            while writers["train"].buffered >= spec.shard_tokens:
+                disk.run(_checkpoint(out, key, tok, writers, counts, spec.shard_tokens))
             meter.update(counts["documents"], counts["tokens"])
             if done:
                 break
@@ -238,36 +327,39 @@ def prepare(
         if pool is not None:
             pool.terminate()
         disk.close()
-    if counts["documents"] == 0:
-        raise UserError(f"the input is empty: no documents in {', '.join(sources)}")
-    jobs = []
-    while writers["train"].buffered:
-        writers["train"].flush(jobs, shard_tokens)
-    for split in ("val", "test"):
-        writers[split].flush(jobs)
-    for job in jobs:
-        job()
-    splits = {s: w.entry() for s, w in writers.items() if w.shards}
-    if "train" not in splits:
-        raise UserError("no training tokens: the input is too small for the validation fraction")
-    manifest = {
-        "tokenizer": tok.record(),
-        "pack": pack,
-        "context": context,
-        "sources": list(sources),
-        "documents": counts["documents"],
-        "tokens": counts["tokens"],
-        "splits": splits,
-        "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
-        "args_key": key,
-        "args": args,
-    }
-    write_manifest(out, manifest)
-    for stale in [out / PROGRESS, *out.glob(PENDING.format("*"))]:
-        stale.unlink(missing_ok=True)
-    _remove_stale_shards(out, splits)
-    meter.finish(counts, splits, pack)
-    return {"format": "baseforge-tokens", **manifest}
+
+
+def _check_not_empty(spec: PrepareSpec, counts: dict) -> None:
+    """No documents, or only empty ones (each just its end-of-text), is an error, not a tiny corpus."""
+    if counts["tokens"] > counts["documents"]:
+        return
+    binary = counts["binary_files"]
+    skipped = f" ({binary} binary file(s) skipped, first {counts['first_binary']})" if binary else ""
+    what = "only empty documents" if counts["documents"] else "no documents"
+    raise UserError(f"the input is empty: {what} in {', '.join(spec.sources)}{skipped}; give text files")
+
+
+def _val_from_tail(out: Path, router, fraction: float, log) -> None:
+    """Hold out the last `fraction` of the token stream: the document rule picked no document (too few).
+
+    The tail may reach back into train shards already written: they are read back and rewritten.
+    """
+    counts, train = router.counts, router.writers["train"]
+    n = int(counts["tokens"] * fraction)
+    if n < 1:
+        return
+    while train.buffered < n and train.shards:
+        last = train.shards.pop()
+        train.buffer.insert(0, np.array(read_shard(out / last["file"])))
+        train.buffered += last["tokens"]
+    tokens = np.concatenate(train.buffer)
+    train.buffer, train.buffered = [tokens[:-n]], len(tokens) - n
+    router.hold_out(tokens[-n:])
+    counts["val_from_tail"] = 1
+    log(
+        f"held out: {counts['documents']:,} document(s) are too few for --val-fraction {fraction:g} "
+        f"(1 in {1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
+    )
 
 
 def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> list:
@@ -355,6 +447,11 @@ class _Meter:
             f"prepared {counts['documents']:,} documents, {counts['tokens']:,} tokens ({sizes}) "
             f"in {seconds:.1f}s ({counts['tokens'] / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)"
         )
+        if counts["binary_files"]:
+            self.log(
+                f"skipped {counts['binary_files']:,} binary file(s) (NUL bytes or mostly not UTF-8), "
+                f"first: {counts['first_binary']}"
+            )
         if pack == "crop":
             total = counts["tokens"] + counts["cropped_tokens"]
             self.log(

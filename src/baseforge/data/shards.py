@@ -14,7 +14,10 @@ Readers memory-map the tokens, so host memory does not grow with the data. Every
 the magic, version, width and that the file size matches the count, and names the bad file.
 
 A data dir holds shards and `manifest.json` (see `write_manifest`), which lists the shards of
-each split with their token and document counts, the tokenizer record, and how the text was packed.
+each split with their token and document counts, the tokenizer record (with its content hash,
+`sha256`), how the text was packed, how the held-out split was chosen (`"held_out"`: "documents",
+or "tail" when the corpus had too few documents and val is the end of the token stream), and the
+binary files skipped (`"skipped"`: their count and the first one).
 """
 
 from __future__ import annotations

@@ -8,13 +8,16 @@ megabyte of jsonl lines, a group of text files), so the corpus is never held in 
     PATH.txt                one document per file
     PATH.jsonl[.gz]         one document per line, from its `text` field
     PATH.parquet            one document per row, from its `text` column
-    DIR                     every file above in DIR, recursively, in sorted order
+    DIR                     every file above in DIR, recursively, in sorted order; with include
+                            globs (--include '*.py'), the files matching any of them instead,
+                            each read as one text document unless it is .jsonl/.parquet
     fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu), sample-10BT by default (see hub.py)
     hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import gzip
 import io
@@ -48,20 +51,34 @@ def _is_data_file(path: Path) -> bool:
     return path.name.endswith(SUFFIXES)
 
 
-def local_files(spec: str) -> list[Path]:
+def _included(path: Path, root: Path, include: tuple[str, ...]) -> bool:
+    """Does a glob match the file's name or its path under root ('*.py', 'pkg/*.py')?"""
+    rel = path.relative_to(root).as_posix() if path != root else path.name
+    return any(fnmatch.fnmatchcase(path.name, g) or fnmatch.fnmatchcase(rel, g) for g in include)
+
+
+def local_files(spec: str, include: tuple[str, ...] = ()) -> list[Path]:
+    """The files of a local source; `include` globs pick any text files instead of the data suffixes."""
     path = Path(spec)
     if not path.exists():
         raise UserError(
             f"source {spec!r} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
             "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'"
         )
+    wanted = (lambda p: _included(p, path, include)) if include else _is_data_file
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_data_file(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and wanted(p))
         if not files:
-            raise UserError(f"folder {spec} holds no .txt, .jsonl(.gz) or .parquet files")
+            kinds = " or ".join(include) if include else ".txt, .jsonl(.gz) or .parquet"
+            raise UserError(f"folder {spec} holds no {kinds} files")
         return files
-    if not _is_data_file(path):
-        raise UserError(f"{spec}: unknown file type; use .txt, .jsonl, .jsonl.gz or .parquet")
+    if not wanted(path):
+        if include:
+            raise UserError(f"{spec} matches none of --include {' '.join(include)}")
+        raise UserError(
+            f"{spec}: unknown file type; use .txt, .jsonl, .jsonl.gz or .parquet "
+            "(or --include GLOB for other text files)"
+        )
     return [path]
 
 
@@ -74,17 +91,42 @@ def local_files(spec: str) -> list[Path]:
 PIECE_BYTES = 1 << 20  # jsonl bytes per piece, and small text files grouped up to this size
 
 
+BINARY_SHARE = 0.25  # a file this share of whose characters is undecodable UTF-8 is not text
+
+
+def decode_text(data: bytes) -> str | None:
+    """The file's text (bad bytes replaced), or None for a binary file: a NUL byte, or mostly undecodable."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+    return None if text.count("\ufffd") > BINARY_SHARE * len(text) else text
+
+
 class TextFiles:
-    """Whole files, one document each (grouped: the built-in corpus is ~700 small files)."""
+    """Whole files, one document each (grouped: the built-in corpus is ~700 small files).
+
+    A binary file is no document: read() skips it and lists it in `binary`, for prepare to report.
+    """
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
+        self.binary: list[str] = []
 
     def read(self) -> list[str]:
-        try:
-            return [p.read_text(encoding="utf-8", errors="replace") for p in self.paths]
-        except OSError as exc:
-            raise UserError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        docs, self.binary = [], []
+        for path in self.paths:
+            try:
+                text = decode_text(path.read_bytes())
+            except OSError as exc:
+                raise UserError(f"cannot read {exc.filename}: {exc.strerror}") from None
+            if text is None:
+                self.binary.append(str(path))
+            else:  # universal newlines, as reading in text mode gives
+                docs.append(text.replace("\r\n", "\n").replace("\r", "\n"))
+        return docs
 
 
 class JsonlLines:
@@ -170,10 +212,10 @@ def file_pieces(path: Path, text_column: str = "text") -> Iterator:
     try:
         if name.endswith(".parquet"):
             yield from _parquet_pieces(path, text_column)
-        elif name.endswith((".txt", ".py")):
-            yield TextFiles([path])
-        else:
+        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
             yield from _jsonl_pieces(path, text_column)
+        else:  # .txt, or any file an --include glob picked: one text document
+            yield TextFiles([path])
     except (OSError, EOFError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
@@ -253,8 +295,9 @@ def open_source(
     sample: str | None = None,
     text_column: str = "text",
     max_files: int | None = None,
+    include: tuple[str, ...] = (),
 ) -> Source:
-    """Resolve a SOURCE argument of `baseforge prepare`."""
+    """Resolve a SOURCE argument of `baseforge prepare`; `include` globs apply to local folders."""
     if spec == "builtin":
         return Source("builtin", builtin_files())
     if spec in ("fineweb", "fineweb-edu") or spec.startswith("hf:"):
@@ -263,4 +306,4 @@ def open_source(
         return Source(spec, hub_files(spec, local=local, sample=sample, max_files=max_files), text_column)
     if local:
         raise UserError("--local applies to Hub sources (fineweb, fineweb-edu, hf:OWNER/NAME) only")
-    return Source(spec, local_files(spec), text_column)
+    return Source(spec, local_files(spec, tuple(include)), text_column)
