@@ -120,7 +120,10 @@ def test_finetune_answer_judge_end_to_end(ift_file, base_run, tmp_path):
     assert json.loads((out / "finetune.json").read_text())["examples"]["train"] == 40
     answers = tmp_path / "answers.jsonl"
     args = ["answer", out, "--data", ift_file, "--out", answers, "--limit", "3", "--max-new-tokens", "12"]
-    assert baseforge(*args).returncode == 0
+    answered = baseforge(*args)
+    assert answered.returncode == 0, answered.stderr
+    # Not a terminal: plain progress lines on stderr, no bar's carriage returns.
+    assert "answer 3/3 item (100%)" in answered.stderr and "\r" not in answered.stderr
     first = answers.read_text()
     assert baseforge(*args).returncode == 0 and answers.read_text() == first  # deterministic
     rows = [json.loads(line) for line in first.splitlines()]

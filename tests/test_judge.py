@@ -206,3 +206,15 @@ def test_cli_end_to_end_and_errors(server, answer_files, tmp_path):
         "judge", *answer_files, "--judge", "j", "--api-key-env", "BASEFORGE_TEST_NO_SUCH_KEY"
     )
     assert_clean_error(env_missing, "no API key")
+
+
+def test_progress_lines_go_through_log_when_not_a_terminal(server, answer_files, tmp_path, capsys):
+    # pytest's captured stderr is not a terminal: plain lines (no bar, no carriage returns) via `log`.
+    backend = Backend("ollama", "j", server.url, timeout=5)
+    lines = []
+    judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"), backoff_s=0.01, log=lines.append)
+    assert lines[0].startswith("judge 1/3 item")
+    assert lines[-1].startswith("judge 3/3 item (100%) | failed 0 | requests 3")
+    assert not any("\r" in line for line in lines)
+    quiet = judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"))  # no log: no progress
+    assert quiet.requests == 0 and capsys.readouterr().err == ""

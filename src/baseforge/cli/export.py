@@ -14,17 +14,18 @@ then, anywhere:
   from transformers import AutoModelForCausalLM, AutoTokenizer
   model = AutoModelForCausalLM.from_pretrained("exports/seed")
 
-Models with rotary embeddings, RMSNorm, QK-norm, ReLU² or soft-capped logits (the modern presets)
-are not GPT-2 architectures: export says so and stops (their baseforge checkpoints are plain
-safetensors all the same).
+GPT-2-shaped runs export as a plain GPT2LMHeadModel. Models with rotary embeddings, RMSNorm,
+QK-norm, ReLU² or soft-capped logits (the modern presets) are not GPT-2 architectures: the folder
+then ships its own modeling_baseforge.py (torch + transformers only) and loads with
+  AutoModelForCausalLM.from_pretrained("exports/modern", trust_remote_code=True)
 """
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run as a transformers GPT-2 folder (and push to the Hub)",
-        description="Export a run as a transformers GPT2LMHeadModel folder.",
+        help="export a run as a transformers folder (and push to the Hub)",
+        description="Export a run as a transformers folder (GPT2LMHeadModel, or remote code if not GPT-2).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +42,9 @@ def run(args) -> int:
     from baseforge.eval.hf_export import export_run
 
     out = export_run(args.run_dir, args.out, args.which)
-    print(f"exported {args.run_dir} to {out}")
+    remote = (out / "modeling_baseforge.py").is_file()
+    kind = "remote-code model (load with trust_remote_code=True)" if remote else "GPT2LMHeadModel"
+    print(f"exported {args.run_dir} to {out} as a {kind}")
     if args.push_to_hub:
         from baseforge.data.hub import check_reachable
 

@@ -1,8 +1,12 @@
-"""Export a run as a standard `transformers` GPT2LMHeadModel folder, import OpenAI's GPT-2 as a run.
+"""Export a run as a `transformers` folder, import OpenAI's GPT-2 as a run.
 
 The export folder holds config.json, model.safetensors, generation_config.json, tokenizer files
-and a model card (README.md): `AutoModelForCausalLM.from_pretrained(DIR)` and
-`AutoTokenizer.from_pretrained(DIR)` load it with no remote code. GPT-2's tokenizer is written as
+and a model card (README.md). A GPT-2-shaped run becomes a standard GPT2LMHeadModel:
+`AutoModelForCausalLM.from_pretrained(DIR)` loads it with no remote code. Any other architecture
+(rotary positions, RMSNorm, QK-norm, ReLU², soft-capped logits) ships baseforge's own modeling and
+configuration files (`hf_remote/`, torch + transformers only, baseforge's parameter names) with an
+`auto_map` in config.json, and loads with `trust_remote_code=True`.
+`AutoTokenizer.from_pretrained(DIR)` loads the tokenizer either way. GPT-2's tokenizer is written as
 vocab.json + merges.txt, rebuilt from tiktoken's ranks (each token's merge is the last step of
 running BPE on its own bytes); a trained byte-level BPE ships its tokenizer.json.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_json, atomic_write_text
 from baseforge.model import hf as hf_map
+from baseforge.model.config import ModelConfig
 from baseforge.tokenizer import EOT, GPT2Tokenizer, Tokenizer, TrainedBPETokenizer
 
 
@@ -90,13 +95,70 @@ def write_trained_tokenizer(tok: TrainedBPETokenizer, out: Path, context: int) -
     )
 
 
-def model_card(name: str, info: dict, summary: dict | None) -> str:
+REMOTE_CODE_FILES = ("configuration_baseforge.py", "modeling_baseforge.py")
+REMOTE_AUTO_MAP = {
+    "AutoConfig": "configuration_baseforge.BaseforgeConfig",
+    "AutoModelForCausalLM": "modeling_baseforge.BaseforgeForCausalLM",
+}
+
+
+def remote_config_dict(config: ModelConfig, eot_id: int) -> dict:
+    """config.json of a remote-code export: baseforge's architecture keys under their own names."""
+    return dict(
+        model_type="baseforge_gpt",
+        architectures=["BaseforgeForCausalLM"],
+        auto_map=REMOTE_AUTO_MAP,
+        vocab_size=config.vocab_size,
+        context=config.context,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        qkv_bias=config.qkv_bias,
+        bias=config.bias,
+        tie_weights=config.tie_weights,
+        pos_emb=config.pos_emb,
+        norm=config.norm,
+        qk_norm=config.qk_norm,
+        mlp_act=config.mlp_act,
+        logit_softcap=config.logit_softcap,
+        rope_base=config.rope_base,
+        layer_norm_eps=1e-5,  # model/gpt.py's make_norm
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=config.tie_weights,
+        use_cache=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        torch_dtype="float32",
+    )
+
+
+def remote_code_tensors(model) -> dict:
+    """baseforge's state dict as saved by the remote-code model: same names, no RoPE tables, and a
+    tied head stored under both names (equal copies) so no loader ever initialises a missing one."""
+    return {
+        name: tensor.detach().clone().contiguous()
+        for name, tensor in model.state_dict().items()
+        if not name.startswith("rope_")
+    }
+
+
+def copy_remote_code(out: Path) -> None:
+    from importlib.resources import files
+
+    source = files("baseforge.eval.hf_remote")
+    for name in REMOTE_CODE_FILES:
+        atomic_write_text(out / name, source.joinpath(name).read_text())
+
+
+def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list[str] | None = None) -> str:
     config = info["config"].to_dict()
     state = info["state"]
+    remote = bool(remote_reasons)
+    kind = "A GPT-2-style" if remote else "A GPT-2-architecture"
     lines = [
         f"# {name}",
         "",
-        "A GPT-2-architecture base language model trained from scratch with "
+        f"{kind} base language model trained from scratch with "
         "[baseforge](https://github.com/) (no instruction tuning).",
         "",
         f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
@@ -112,11 +174,24 @@ def model_card(name: str, info: dict, summary: dict | None) -> str:
             f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "
             f"on {summary.get('processes', 1)} x {summary.get('device')}"
         )
+    if remote:
+        lines += [
+            "",
+            "## Remote code needed",
+            "",
+            "This model is not a standard GPT-2: it uses " + "; ".join(remote_reasons) + ". "
+            "No built-in transformers class computes that combination, so the folder ships its own "
+            "`modeling_baseforge.py` and `configuration_baseforge.py` (plain PyTorch + transformers, no "
+            "baseforge needed) and loading needs `trust_remote_code=True`. Read those two files before "
+            "trusting them: they are all the code that runs. Generation recomputes the prefix at each step "
+            "(no KV cache).",
+        ]
+    trust = ", trust_remote_code=True" if remote else ""
     lines += [
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        f"model = AutoModelForCausalLM.from_pretrained(PATH{trust})",
         "tokenizer = AutoTokenizer.from_pretrained(PATH)",
         "```",
         "",
@@ -131,39 +206,43 @@ def model_card(name: str, info: dict, summary: dict | None) -> str:
 
 
 def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
-    """Write a GPT2LMHeadModel folder for a run; raises UserError naming what cannot be exported."""
-    from safetensors.torch import save_file
-
+    """Write a transformers folder for a run: GPT2LMHeadModel when the architecture is GPT-2's,
+    else baseforge's own modeling code loaded with `trust_remote_code=True`."""
     from baseforge.train.checkpoint import load_model
 
     model, tok, info = load_model(run, "cpu", which)
     config = model.config
     reasons = hf_map.exportable(config)
-    if reasons:
-        raise UserError(
-            "cannot export as a standard GPT-2: "
-            + "; ".join(reasons)
-            + " (baseforge reads these checkpoints; transformers' GPT2LMHeadModel cannot)"
-        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = hf_map.to_hf_state_dict(model.state_dict(), config)
-    from baseforge.fileio import atomic_path
-
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_json(out / "config.json", hf_map.hf_config_dict(config, eot_id=tok.eot_id))
-    atomic_write_json(
-        out / "generation_config.json", {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id}
-    )
+    if reasons:
+        _save_weights(out, remote_code_tensors(model))
+        atomic_write_json(out / "config.json", remote_config_dict(config, tok.eot_id))
+        copy_remote_code(out)
+    else:
+        _save_weights(out, hf_map.to_hf_state_dict(model.state_dict(), config))
+        atomic_write_json(out / "config.json", hf_map.hf_config_dict(config, eot_id=tok.eot_id))
+    generation = {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id}
+    if reasons:
+        generation["use_cache"] = False
+    atomic_write_json(out / "generation_config.json", generation)
     if isinstance(tok, GPT2Tokenizer):
         write_gpt2_tokenizer(tok, out, config.context)
     else:
         write_trained_tokenizer(tok, out, config.context)
     summary_file = Path(run) / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    atomic_write_text(out / "README.md", model_card(Path(run).resolve().name, info, summary))
+    atomic_write_text(out / "README.md", model_card(Path(run).resolve().name, info, summary, reasons))
     return out
+
+
+def _save_weights(out: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    from baseforge.fileio import atomic_path
+
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def import_gpt2(source: str, out: Path | str) -> Path:

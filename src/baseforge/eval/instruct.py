@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_config
@@ -109,9 +108,13 @@ def answer(
     which: str = "best",
     device="cpu",
     seed: int = 123,
+    show_progress: bool = True,
 ) -> list[dict]:
-    """Greedy answers to the test split, written as the judge's answers JSONL (atomically)."""
+    """Greedy answers to the test split, written as the judge's answers JSONL (atomically).
+
+    Progress (a bar, or plain lines when stderr is not a terminal) goes to stderr."""
     from baseforge.generate import generate
+    from baseforge.progress import progress_bar
     from baseforge.train.checkpoint import find_checkpoint, load_model
 
     try:
@@ -122,7 +125,8 @@ def answer(
     test = split_examples(load_examples(data_file), seed)["test"][:limit]
     name = name or Path(run).resolve().name
     rows = []
-    for n, ex in enumerate(test, 1):
+    bar = progress_bar(len(test), desc="answer", unit="item", enabled=show_progress)
+    for ex in test:
         ids = generate(
             model,
             tokenizer.encode(format_prompt(ex)),
@@ -141,6 +145,7 @@ def answer(
                 "answer": clean_answer(tokenizer.decode(ids)),
             }
         )
-        print(f"answered {n}/{len(test)}", file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n")
+        bar.update(1)
+    bar.close()
     atomic_write_text(out_file, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

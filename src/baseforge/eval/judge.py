@@ -37,6 +37,7 @@ from pathlib import Path
 
 from baseforge.errors import UserError
 from baseforge.fileio import read_jsonl
+from baseforge.progress import progress_bar
 
 FIELDS = ("id", "model", "instruction", "input", "reference", "answer")
 PROMPT = """You are grading answers to an instruction against a reference answer.
@@ -215,8 +216,11 @@ def judge(
     backoff_s: float = 1.0,
     log=None,
 ) -> Result:
+    """Scores for every item (cached replies reused). Progress shows when `log` is given: a bar on a
+    terminal, else plain periodic lines through `log`."""
     result = Result()
-    for n, (item_id, item) in enumerate(sorted(items.items()), 1):
+    bar = progress_bar(len(items), desc="judge", unit="item", enabled=log is not None, write=log)
+    for item_id, item in sorted(items.items()):
         prompt, labels = build_prompt(item_id, item, seed)
         key = hashlib.sha256(json.dumps([backend.kind, backend.model, prompt]).encode()).hexdigest()
         entry = cache.entries.get(key)
@@ -246,8 +250,8 @@ def judge(
             result.scores[item_id] = {
                 entry["labels"][label]: score for label, score in entry["scores"].items()
             }
-        if log:
-            log(f"judged {n}/{len(items)} items ({len(result.failed)} failed, {result.requests} requests)")
+        bar.update(1, failed=len(result.failed), requests=result.requests)
+    bar.close()
     return result
 
 
