@@ -103,21 +103,22 @@ def score_continuations(
     space); past the model's context the oldest context tokens are dropped.
     """
     limit = model.config.context
-    rows, spans = [], []
+    seqs, counts = [], []
     for context, continuation in pairs:
         cont = tokenizer.encode(continuation)
-        seq = (tokenizer.encode(context) + cont)[-limit:]
-        rows.append(seq)
-        spans.append((len(seq) - len(cont), len(seq)))
-    batch = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
-    for i, r in enumerate(rows):
-        batch[i, : len(r)] = torch.tensor(r)
-    logits, _ = model(batch.to(device))
+        seq = (tokenizer.encode(context) + cont)[-(limit + 1) :]  # inputs are all but the last
+        seqs.append(seq)
+        counts.append(min(len(cont), len(seq) - 1))  # an ending longer than the window: its tail
+    batch = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        batch[i, : len(s)] = torch.tensor(s)
+    logits, _ = model(batch[:, :-1].to(device))
     logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
     out = []
-    for i, (start, end) in enumerate(spans):
-        lp = logprobs[i, start - 1 : end - 1].gather(1, batch[i, start:end, None]).squeeze(1)
-        out.append((lp.sum().item(), end - start))
+    for i, (seq, n) in enumerate(zip(seqs, counts)):
+        end = len(seq) - 1
+        lp = logprobs[i, end - n : end].gather(1, batch[i, end - n + 1 : end + 1, None])
+        out.append((lp.sum().item(), n))
     return out
 
 
