@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from baseforge.data.shards import write_manifest, write_shard
-from baseforge.eval.hellaswag import evaluate_hellaswag, score_item
+from baseforge.eval.hellaswag import evaluate_hellaswag, item_from_row, preprocess, score_item
 from baseforge.model import GPT, ModelConfig
 from baseforge.tokenizer import GPT2Tokenizer
 from helpers import assert_clean_error, baseforge
@@ -47,7 +47,10 @@ def gpt2_data(tmp_path_factory, shared_data, gpt2_available):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_dir(tmp_path_factory, gpt2_available):
+    """A random transformers GPT-2 with GPT-2's tokenizer files (vocab.json + merges.txt)."""
+    from baseforge.eval.hf_export import write_gpt2_tokenizer
+
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=50257,
@@ -62,7 +65,28 @@ def hf_dir(tmp_path_factory):
     model = transformers.GPT2LMHeadModel(config).eval()
     out = tmp_path_factory.mktemp("hf") / "gpt2-tiny"
     model.save_pretrained(out)
+    write_gpt2_tokenizer(GPT2Tokenizer(), out, 64)
     return out, model
+
+
+@pytest.fixture(scope="module")
+def bpe_export(tmp_path_factory, shakespeare_dir):
+    """A tiny run on a trained 512-token BPE (not GPT-2's) and its `baseforge export` folder."""
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    tmp = tmp_path_factory.mktemp("bpe-run")
+    run = tmp / "run"
+    Trainer(
+        resolve_config("cpu-tiny", None, [*TINY, "max_steps=2", "dropout=0"]),
+        shakespeare_dir,
+        run,
+        log=lambda *a: None,
+    ).run()
+    result = baseforge("export", run, "--out", tmp / "export")
+    assert result.returncode == 0, result.stderr
+    return run, tmp / "export"
 
 
 def test_eval_hf_model_matches_transformers_loss(gpt2_data, hf_dir):
@@ -146,16 +170,104 @@ def test_hellaswag_scoring_by_hand(gpt2_available):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=64, n_layer=1, n_head=2, n_embd=16)).eval()
     tok = GPT2Tokenizer()
-    item = {"ctx": "The cat sat on the", "endings": ["mat.", "moon and sang.", "dog", "floor"], "label": 0}
-    sums, means = score_item(model, tok, item)
-    ctx = tok.encode(item["ctx"])
-    for k, ending in enumerate(item["endings"]):
-        ids = ctx + tok.encode(" " + ending)
+    row = {
+        "activity_label": "Pets",
+        "ctx_a": "The cat sat on the rug.",
+        "ctx_b": "it",
+        "ctx": "The cat sat on the rug. it",
+        "endings": ["purrs.", "flies to the moon and sings.", "dog", "sleeps [step] soundly"],
+        "label": 0,
+    }
+    item = item_from_row(row)
+    assert item.query == "Pets: The cat sat on the rug. It"
+    assert item.choices[3] == "sleeps soundly"
+
+    def by_hand(context: str, ending: str) -> list[float]:
+        ctx, ids = tok.encode(context), tok.encode(context) + tok.encode(" " + ending)
         with torch.no_grad():
             logp = F.log_softmax(model(torch.tensor([ids]))[0][0], dim=-1)
-        picked = [logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))]
-        assert sums[k] == pytest.approx(sum(picked), abs=1e-4)
-        assert means[k] == pytest.approx(sum(picked) / len(picked), abs=1e-4)
+        return [logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids))]
+
+    scores = score_item(model, tok, item)
+    for k in range(4):
+        lm_eval_ll = by_hand(item.query, item.choices[k])
+        assert scores["ll"][k] == pytest.approx(sum(lm_eval_ll), abs=1e-4)
+        assert scores["ll_per_char"][k] == pytest.approx(sum(lm_eval_ll) / len(item.choices[k]), abs=1e-4)
+        llmc = by_hand(row["ctx"], row["endings"][k])
+        assert scores["ll_per_token"][k] == pytest.approx(sum(llmc) / len(llmc), abs=1e-4)
+
+
+def test_hellaswag_text_cleaning_matches_lm_eval(shared_data):
+    assert preprocess(" How to cook [title] Boil water. [step] Add  salt [header] ") == (
+        "How to cook. Boil water. Add salt "  # stripped before the brackets go, as lm-eval does
+    )
+    utils = pytest.importorskip("lm_eval.tasks.hellaswag.utils")
+    from baseforge.fileio import read_jsonl
+
+    rows = [
+        row
+        for _, row in zip(
+            range(300), (r for _, r in read_jsonl(shared_data / "eval" / "hellaswag_val.jsonl.gz"))
+        )
+    ]
+    for row in rows:
+        ours = item_from_row(row)
+        assert ours.query == utils.preprocess(
+            row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize()
+        )
+        assert ours.choices == [utils.preprocess(e) for e in row["endings"]]
+
+
+def test_exported_bpe_run_evaluates_through_hf_dir_like_the_run(bpe_export, shakespeare_dir, shared_data):
+    run, export = bpe_export
+    result = baseforge("eval", run, f"hf:{export}", "--data", shakespeare_dir, "--tokens", "1024", "--json")
+    assert result.returncode == 0, result.stderr
+    ours, theirs = json.loads(result.stdout)
+    assert ours["tokens"] == theirs["tokens"] == 1024
+    assert abs(ours["loss"] - theirs["loss"]) < 1e-4
+    hs = shared_data / "eval" / "hellaswag_val.jsonl.gz"
+    result = baseforge("hellaswag", run, f"hf:{export}", "--data", hs, "--limit", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    a, b = json.loads(result.stdout)
+    assert {k: a[k] for k in ("acc", "acc_norm", "acc_norm_tok")} == {
+        k: b[k] for k in ("acc", "acc_norm", "acc_norm_tok")
+    }
+    sampled = baseforge(
+        "sample", f"hf:{export}", "--prompt", "KING", "--max-new-tokens", "8", "--temperature", "0"
+    )
+    direct = baseforge("sample", run, "--prompt", "KING", "--max-new-tokens", "8", "--temperature", "0")
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout == direct.stdout and sampled.stdout.startswith("KING")
+
+
+def test_hf_folder_without_tokenizer_is_a_clear_error(hf_dir, tmp_path, gpt2_data):
+    path, _ = hf_dir
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((path / name).read_bytes())
+    assert_clean_error(baseforge("eval", f"hf:{bare}", "--data", gpt2_data[0]), "no tokenizer")
+
+
+def test_sample_stops_at_end_of_text_unless_told_not_to(bpe_export, monkeypatch, capsys):
+    import baseforge.generate
+    from baseforge.cli import main
+
+    run, _ = bpe_export
+    seen = []
+
+    def fake_generate(model, prompt, max_new_tokens, **kwargs):
+        seen.append(kwargs)
+        return [5]
+
+    monkeypatch.setattr(baseforge.generate, "generate", fake_generate)
+    assert main(["sample", str(run), "--device", "cpu"]) == 0
+    assert main(["sample", str(run), "--device", "cpu", "--no-stop"]) == 0
+    assert seen[0]["stop_at_eot"] is True and seen[1]["stop_at_eot"] is False
+    from baseforge.train.checkpoint import load_model
+
+    eot = load_model(run)[1].eot_id  # the trained BPE's <|endoftext|>, not GPT-2's 50256
+    assert seen[0]["eot_id"] == eot != 50256
 
 
 def test_random_model_scores_near_chance_on_hellaswag(shared_data, gpt2_available):
@@ -166,6 +278,7 @@ def test_random_model_scores_near_chance_on_hellaswag(shared_data, gpt2_availabl
     )
     assert result["items"] == 300
     assert 0.17 < result["acc"] < 0.33 and 0.17 < result["acc_norm"] < 0.33
+    assert 0.17 < result["acc_norm_tok"] < 0.33
 
 
 def test_eval_errors_are_one_line(gpt2_data, shakespeare_dir, hf_dir, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baseforge.generate import generate, sample_next
+from baseforge.generate import generate, generate_batch, sample_next
 from baseforge.model import GPT, ModelConfig
 
 
@@ -113,3 +113,19 @@ def test_cuda_matches_cpu_greedy():
     model = make_model("learned")
     cpu = generate(model, PROMPT, 20, temperature=0)
     assert generate(model.cuda(), PROMPT, 20, temperature=0) == cpu
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_generate_batch_rows_equal_single_greedy_runs_and_stop_per_row(pos_emb):
+    model = make_model(pos_emb).eval()
+    prompts = [PROMPT, [9, 8, 7, 6, 5, 4, 3], [1, 1, 2, 3, 5, 8, 13]]
+    rows = generate_batch(model, prompts, max_new_tokens=10)
+    for prompt, row in zip(prompts, rows):
+        assert row == by_recomputing(model, prompt, 10)
+    # a row that is done stops growing; the others go on
+    stopped = generate_batch(model, prompts, max_new_tokens=10, done=lambda i, new: i == 1 and len(new) == 3)
+    assert stopped[1] == rows[1][:3] and stopped[0] == rows[0] and stopped[2] == rows[2]
+    with pytest.raises(ValueError):
+        generate_batch(model, [PROMPT, PROMPT[:3]], max_new_tokens=2)
+    with pytest.raises(ValueError):
+        generate_batch(model, [PROMPT], max_new_tokens=model.config.context)

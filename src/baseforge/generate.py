@@ -105,3 +105,57 @@ def generate(
     finally:
         model.train(was_training)
     return new
+
+
+def generate_batch(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    done: Callable[[int, list[int]], bool] | None = None,
+    device: torch.device | str | None = None,
+) -> list[list[int]]:
+    """Continue several prompts of the same length at once, through one batched KV cache.
+
+    Returns each row's new ids. `done(row, new_ids)` is asked after each token; a row that is done
+    stops growing, and the loop ends when every row is (or after `max_new_tokens`). Prompt plus
+    new tokens must fit the model's context: the caller crops the prompts (no sliding window
+    here, unlike `generate`). Rows of one batch share positions, hence the equal lengths.
+    """
+    if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
+        raise ValueError("generate_batch needs non-empty prompts of one length")
+    context = model.config.context
+    if len(prompts[0]) + max_new_tokens > context:
+        raise ValueError(
+            f"{len(prompts[0])} prompt + {max_new_tokens} new tokens exceed the context {context}"
+        )
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    new: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            cache = KVCache(model.config, batch=len(prompts), max_len=context, device=device, dtype=dtype)
+            x = torch.tensor(prompts, dtype=torch.long, device=device)
+            for _ in range(max_new_tokens):
+                logits, _ = model(x, cache=cache)
+                tokens = [sample_next(row, temperature, top_k, generator) for row in logits[:, -1]]
+                for i, token in enumerate(tokens):
+                    if not finished[i]:
+                        new[i].append(token)
+                        finished[i] = done is not None and done(i, new[i])
+                if all(finished):
+                    break
+                x = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+    finally:
+        model.train(was_training)
+    return new

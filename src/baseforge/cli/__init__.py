@@ -23,6 +23,7 @@ VERBS = [
     "sample",
     "eval",
     "hellaswag",
+    "harness",
     "import_gpt2",
     "export",
     "report",

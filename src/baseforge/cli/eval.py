@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 EPILOG = """\
-MODEL is a run dir, a checkpoint dir, hf:PATH (a transformers GPT-2 folder) or a Hub name (gpt2,
-gpt2-medium, ...; downloaded when online).
+MODEL is a run dir, a checkpoint dir, hf:PATH (a transformers GPT-2 folder, with its own tokenizer:
+tokenizer.json or vocab.json + merges.txt) or a Hub name (gpt2, gpt2-medium, ...; downloaded when
+online). A folder's tokenizer must give the data's ids (checked token for token).
 
 examples:
   baseforge eval runs/seed --data data/fineweb
@@ -44,7 +45,11 @@ def register(sub) -> None:
         metavar="RUN_DIR",
         help="also keep the results in RUN_DIR/evals/ (for the report)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object per model")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: one object per model (model, loss, perplexity, tokens)",
+    )
     p.set_defaults(run=run)
 
 
@@ -54,14 +59,14 @@ def run(args) -> int:
     from baseforge.cli import emit_results
     from baseforge.data.shards import read_manifest
     from baseforge.eval.loss import check_vocab, heldout_loss
-    from baseforge.eval.models import load_any
+    from baseforge.eval.models import load_any, tokenizer_name_for_data
     from baseforge.train.precision import resolve_device
 
     device = resolve_device(args.device)
     manifest = read_manifest(args.data)
     loaded = [load_any(spec, device, args.which) for spec in args.models]
     for m in loaded:
-        check_vocab(m.name, m.model, m.tokenizer.name, args.data, manifest)
+        check_vocab(m.name, m.model, tokenizer_name_for_data(m, args.data, manifest), args.data, manifest)
     context = args.context or min(m.model.config.context for m in loaded)
     rows = []
     for m in loaded:

@@ -1,4 +1,4 @@
-"""`baseforge hellaswag`: HellaSwag accuracy (completion style, acc and acc_norm)."""
+"""`baseforge hellaswag`: HellaSwag accuracy (completion style: acc, acc_norm, acc_norm_tok)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ examples:
   baseforge hellaswag runs/seed --data hellaswag_val.jsonl.gz --limit 1000
   baseforge hellaswag runs/seed runs/openai-gpt2 --json
 
-Without --data the validation set is downloaded once to ~/.cache/baseforge/. Reference: OpenAI
-GPT-2 124M scores acc_norm 0.2955 (llm.c's completion-style evaluation); random is 0.25.
+metrics (random guessing scores 0.25 on each):
+  acc           lm-evaluation-harness's protocol: cleaned text with the activity label, the ending
+                with the highest total log-probability
+  acc_norm      lm-evaluation-harness's acc_norm: the same, divided by the ending's length in
+                characters. Compare with lm-eval figures (papers, model cards, the Open LLM
+                Leaderboard); `baseforge harness MODEL --tasks hellaswag` computes the same.
+  acc_norm_tok  llm.c / nanoGPT's protocol: raw ctx, mean log-probability per ending token.
+                Compare with llm.c's figures (OpenAI GPT-2 124M: 0.2955).
+
+Without --data the validation set is downloaded once to ~/.cache/baseforge/.
+MODEL is a run dir, a checkpoint dir, hf:PATH (a transformers folder with its own tokenizer)
+or a Hub name.
 """
 
 
@@ -20,7 +30,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "hellaswag",
         help="HellaSwag accuracy of one or more models",
-        description="HellaSwag, completion style: acc and acc_norm.",
+        description="HellaSwag, completion style: acc and acc_norm (lm-eval's), acc_norm_tok (llm.c's).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -55,7 +65,7 @@ def run(args) -> int:
         rows.append({"model": spec, **result})
     emit_results(
         rows,
-        [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("items", ">8")],
+        [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("acc_norm_tok", ">14.4f"), ("items", ">8")],
         as_json=args.json,
         save_to=args.save_to,
         name="hellaswag",

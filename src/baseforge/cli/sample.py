@@ -1,9 +1,8 @@
-"""`baseforge sample`: generate text from a run or checkpoint, with a KV cache."""
+"""`baseforge sample`: generate text from a run, a checkpoint or a transformers folder, with a KV cache."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -11,8 +10,11 @@ examples:
   baseforge sample runs/seed --prompt "Every effort moves you" --max-new-tokens 100 --top-k 50
   baseforge sample runs/seed/checkpoints/step_0001000 --prompt "The" --temperature 0   # greedy
   baseforge sample runs/seed --which best --num-samples 3 --seed 1
+  baseforge sample hf:exports/seed --prompt "Once upon a time"   # a transformers folder
 
-CHECKPOINT_OR_RUN is a run dir (its latest checkpoint, or --which best) or a checkpoint dir.
+MODEL is a run dir (its latest checkpoint, or --which best), a checkpoint dir, hf:PATH (a
+transformers GPT-2 folder with its own tokenizer) or a Hub name (downloaded when online).
+A sample ends at the tokenizer's end-of-text token (<|endoftext|>) unless --no-stop is given.
 Each new token costs one position thanks to the KV cache; past the context, the oldest tokens
 are dropped and the cache is rebuilt.
 """
@@ -22,17 +24,22 @@ def register(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="generate text from a trained model",
-        description="Generate text from a run or checkpoint.",
+        description="Generate text from a run, checkpoint or transformers folder.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", type=Path, metavar="CHECKPOINT_OR_RUN")
+    p.add_argument("model", metavar="MODEL", help="run dir, checkpoint dir, hf:PATH or Hub name")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="keep going past <|endoftext|> (default: a sample ends there)",
+    )
     p.add_argument("--which", choices=["latest", "best"], default="latest", help="which checkpoint of a run")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=run)
@@ -40,16 +47,20 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from baseforge.errors import UserError
+    from baseforge.eval.models import load_any
     from baseforge.generate import generate
-    from baseforge.train.checkpoint import load_model
     from baseforge.train.precision import resolve_device
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     if args.temperature < 0:
         raise UserError("--temperature must not be negative")
-    model, tokenizer, _ = load_model(args.model, resolve_device(args.device), which=args.which)
-    prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    loaded = load_any(args.model, resolve_device(args.device), which=args.which)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eot = tokenizer.eot_id
+    if not args.prompt and eot is None:
+        raise UserError(f"{args.model}'s tokenizer has no end-of-text token to start from: pass --prompt")
+    prompt = tokenizer.encode(args.prompt) if args.prompt else [eot]
     for i in range(args.num_samples):
         ids = generate(
             model,
@@ -58,6 +69,8 @@ def run(args) -> int:
             temperature=args.temperature,
             top_k=args.top_k or None,
             seed=args.seed + i,
+            eot_id=eot,
+            stop_at_eot=eot is not None and not args.no_stop,
         )
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")

@@ -1,15 +1,26 @@
-"""HellaSwag, completion style (as in llm.c / nanoGPT's eval): pick the ending the model finds likeliest.
+"""HellaSwag, completion style: pick the ending the model finds likeliest, under two protocols.
 
-For each item, the context and each of its four endings (with a leading space) are scored by the
-log-probabilities of the ending's tokens given the context. `acc` picks the ending with the
-highest total log-probability; `acc_norm` the highest mean log-probability per ending token (llm.c
-averages the loss over completion tokens; OpenAI GPT-2 124M scores acc_norm 0.2955 that way).
-Random guessing scores 0.25. Rows are read from the rowanz/hellaswag jsonl (ctx, endings, label).
+Every ending is scored by the log-probabilities of its tokens given a context. Two protocols are
+in use in published figures, and they disagree item by item, so both are reported:
+
+- lm-evaluation-harness (`acc`, `acc_norm`): the figures papers and leaderboards quote (the Open
+  LLM Leaderboard, Pythia, OPT, Llama model cards...). The text is cleaned as lm-eval's hellaswag
+  task does (lm_eval/tasks/hellaswag/utils.py): context = activity_label + ": " + ctx_a + " " +
+  ctx_b.capitalize(), then strip, " [title]" -> ". ", bracketed text removed, double spaces made
+  single; endings cleaned alike and scored with a leading space. `acc` picks the highest total
+  log-probability; `acc_norm` the highest total divided by the ending's length in characters.
+- llm.c / nanoGPT (`acc_norm_tok`): raw `ctx`, raw endings, the highest mean log-probability per
+  ending token (OpenAI GPT-2 124M scores 0.2955 this way in llm.c's README).
+
+Random guessing scores 0.25. Rows are read from the rowanz/hellaswag jsonl
+(activity_label, ctx_a, ctx_b, ctx, endings, label).
 """
 
 from __future__ import annotations
 
+import re
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +30,29 @@ from baseforge.errors import UserError
 from baseforge.fileio import read_jsonl
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+
+
+@dataclass
+class Item:
+    ctx: str  # raw context (llm.c's protocol)
+    endings: list[str]  # raw endings
+    query: str  # lm-eval's cleaned context
+    choices: list[str]  # lm-eval's cleaned endings
+    label: int
+
+
+def preprocess(text: str) -> str:
+    """lm-eval's hellaswag text cleaning (WikiHow rows carry bracketed artifacts such as [title])."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
+def item_from_row(row: dict) -> Item:
+    query = preprocess(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+    endings = [str(e) for e in row["endings"]]
+    return Item(row["ctx"], endings, query, [preprocess(e) for e in endings], int(row["label"]))
 
 
 def default_path() -> Path:
@@ -38,7 +72,7 @@ def download(path: Path) -> Path:
     return path
 
 
-def load_items(path: Path | None, limit: int | None = None) -> list[dict]:
+def load_items(path: Path | None, limit: int | None = None) -> list[Item]:
     if path is None:
         path = default_path()
         if not path.is_file():
@@ -51,49 +85,76 @@ def load_items(path: Path | None, limit: int | None = None) -> list[dict]:
         if limit is not None and len(items) >= limit:
             break
         try:
-            items.append({"ctx": row["ctx"], "endings": list(row["endings"]), "label": int(row["label"])})
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{path}:{lineno}: not a HellaSwag row (ctx, endings, label)") from None
+            items.append(item_from_row(row))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UserError(
+                f"{path}:{lineno}: not a HellaSwag row (activity_label, ctx_a, ctx_b, ctx, endings, label)"
+            ) from None
     return items
 
 
 @torch.no_grad()
-def score_item(model, tokenizer, item: dict, device="cpu") -> tuple[list[float], list[float]]:
-    """(sum, mean) log-probability of each ending's tokens given the context."""
-    ctx = tokenizer.encode(item["ctx"])
-    endings = [tokenizer.encode(" " + e) for e in item["endings"]]
+def score_continuations(
+    model, tokenizer, pairs: list[tuple[str, str]], device="cpu"
+) -> list[tuple[float, int]]:
+    """(total log-probability, token count) of each continuation given its context, in one batch.
+
+    Context and continuation are tokenized separately (the continuation carries its leading
+    space); past the model's context the oldest context tokens are dropped.
+    """
     limit = model.config.context
-    rows, spans = [], []
-    for ending in endings:
-        seq = (ctx + ending)[-limit:]  # keep the ending; drop the oldest context if too long
-        rows.append(seq)
-        spans.append((len(seq) - len(ending), len(seq)))
-    width = max(len(r) for r in rows)
-    batch = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        batch[i, : len(r)] = torch.tensor(r)
-    logits, _ = model(batch.to(device))
+    seqs, counts = [], []
+    for context, continuation in pairs:
+        cont = tokenizer.encode(continuation)
+        seq = (tokenizer.encode(context) + cont)[-(limit + 1) :]  # inputs are all but the last
+        seqs.append(seq)
+        counts.append(min(len(cont), len(seq) - 1))  # an ending longer than the window: its tail
+    batch = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        batch[i, : len(s)] = torch.tensor(s)
+    logits, _ = model(batch[:, :-1].to(device))
     logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-    sums, means = [], []
-    for i, (start, end) in enumerate(spans):
-        targets = batch[i, start:end]
-        lp = logprobs[i, start - 1 : end - 1].gather(1, targets[:, None]).squeeze(1)
-        sums.append(lp.sum().item())
-        means.append(lp.mean().item())
-    return sums, means
+    out = []
+    for i, (seq, n) in enumerate(zip(seqs, counts)):
+        end = len(seq) - 1
+        lp = logprobs[i, end - n : end].gather(1, batch[i, end - n + 1 : end + 1, None])
+        out.append((lp.sum().item(), n))
+    return out
+
+
+def score_item(model, tokenizer, item: Item, device="cpu") -> dict[str, list[float]]:
+    """Per-ending scores: "ll" (lm-eval's total), "ll_per_char" (lm-eval's acc_norm score),
+    "ll_per_token" (llm.c's mean over the raw ending's tokens)."""
+    pairs = [(item.query, " " + c) for c in item.choices] + [(item.ctx, " " + e) for e in item.endings]
+    scores = score_continuations(model, tokenizer, pairs, device)
+    lm_eval, llmc = scores[: len(item.choices)], scores[len(item.choices) :]
+    return {
+        "ll": [total for total, _ in lm_eval],
+        "ll_per_char": [total / max(len(c), 1) for (total, _), c in zip(lm_eval, item.choices)],
+        "ll_per_token": [total / n for total, n in llmc],
+    }
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: values[i])  # the first of ties, as numpy's argmax
 
 
 def evaluate_hellaswag(
     model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu", progress=None
 ) -> dict:
-    """{"acc", "acc_norm", "items"} over the first `limit` items (all by default)."""
+    """{"acc", "acc_norm", "acc_norm_tok", "items"} over the first `limit` items (all by default).
+
+    acc and acc_norm follow lm-evaluation-harness (compare with published lm-eval figures);
+    acc_norm_tok follows llm.c (compare with llm.c / nanoGPT figures).
+    """
     items = load_items(path, limit)
     model.eval()
-    correct = correct_norm = 0
+    hits = {"acc": 0, "acc_norm": 0, "acc_norm_tok": 0}
+    keys = {"acc": "ll", "acc_norm": "ll_per_char", "acc_norm_tok": "ll_per_token"}
     for n, item in enumerate(items, 1):
-        sums, means = score_item(model, tokenizer, item, device)
-        correct += int(max(range(4), key=lambda i: sums[i]) == item["label"])
-        correct_norm += int(max(range(4), key=lambda i: means[i]) == item["label"])
+        scores = score_item(model, tokenizer, item, device)
+        for metric, key in keys.items():
+            hits[metric] += int(_argmax(scores[key]) == item.label)
         if progress and n % 100 == 0:
-            progress(f"hellaswag {n}/{len(items)}: acc_norm {correct_norm / n:.4f}")
-    return {"acc": correct / len(items), "acc_norm": correct_norm / len(items), "items": len(items)}
+            progress(f"hellaswag {n}/{len(items)}: acc_norm {hits['acc_norm'] / n:.4f}")
+    return {**{k: v / len(items) for k, v in hits.items()}, "items": len(items)}

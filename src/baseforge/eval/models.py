@@ -3,7 +3,8 @@
 runs/seed                   a run dir (its latest checkpoint; `which` picks best)
 runs/seed/checkpoints/step_0001000
 hf:PATH                     a `transformers` GPT-2 folder: config.json + model.safetensors
-                            (or pytorch_model.bin); tokenizer: GPT-2's BPE
+                            (or pytorch_model.bin) and the folder's own tokenizer: tokenizer.json,
+                            or vocab.json + merges.txt (never assumed to be GPT-2's)
 gpt2, openai-community/gpt2 a Hub model name, downloaded when online
 """
 
@@ -18,7 +19,7 @@ import torch
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model import hf as hf_map
-from baseforge.tokenizer import GPT2Tokenizer, Tokenizer
+from baseforge.tokenizer import EOT, Tokenizer
 
 
 @dataclass
@@ -56,6 +57,91 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
     return model, hf_config
 
 
+class FolderTokenizer(Tokenizer):
+    """A `transformers` folder's own tokenizer, through HF `tokenizers` (tokenizer.json, or a
+    byte-level BPE rebuilt from vocab.json + merges.txt, as GPT-2's folders ship it)."""
+
+    def __init__(self, hf_tokenizer, name: str, eot_id: int | None):
+        self.tok = hf_tokenizer
+        self.name = name
+        self.vocab_size = hf_tokenizer.get_vocab_size()
+        self.eot_id = eot_id  # type: ignore[assignment]  # None when the folder names no end-of-text
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self) -> list[str | None]:
+        """Each id's vocabulary entry (for comparing two tokenizers)."""
+        return [self.tok.id_to_token(i) for i in range(self.vocab_size)]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _special(value) -> str | None:
+    # tokenizer_config.json writes a special token either as a string or as {"content": ...}
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def load_folder_tokenizer(path: Path) -> FolderTokenizer:
+    """The tokenizer a `transformers` folder ships; a UserError when it ships none."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    path = Path(path)
+    config = _read_json(path / "tokenizer_config.json")
+    if (path / "tokenizer.json").is_file():
+        tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        tok = HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")))
+        tok.decoder = decoders.ByteLevel()
+        specials = {_special(config.get(k)) for k in ("bos_token", "eos_token", "unk_token")} - {None}
+        tok.add_special_tokens(sorted(t for t in specials if tok.token_to_id(t) is not None))
+    else:
+        raise UserError(
+            f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): "
+            "copy the model's tokenizer files into it"
+        )
+    eos = _special(config.get("eos_token"))
+    eot_id = tok.token_to_id(EOT)
+    if eot_id is None and eos:
+        eot_id = tok.token_to_id(eos)
+    if eot_id is None:
+        eot_id = _read_json(path / "config.json").get("eos_token_id")
+    return FolderTokenizer(tok, f"hf:{path}", eot_id)
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether two tokenizers give the same ids: equal vocabularies (token for token, as bytes)
+    and the same encoding of a probe text (which catches a different merge order)."""
+    if a.vocab_size != b.vocab_size:
+        return False
+    probe = "Hello world! It's 2026, über-café\n\n  spaces,\ttabs and 12345 numbers; 'quotes' (x)."
+    if a.encode(probe) != b.encode(probe):
+        return False
+    try:
+        return all(a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
+    except Exception:  # noqa: BLE001 - an id one of them cannot decode: not the same
+        return False
+
+
+def tokenizer_name_for_data(loaded: "LoadedModel", data_dir: Path, manifest: dict) -> str:
+    """The name to check against a data dir: the data's own when a folder's tokenizer is the same."""
+    record = manifest["tokenizer"]
+    if loaded.tokenizer.name == record["name"] or not isinstance(loaded.tokenizer, FolderTokenizer):
+        return loaded.tokenizer.name
+    from baseforge.tokenizer import load_tokenizer
+
+    if same_tokenizer(loaded.tokenizer, load_tokenizer(record, data_dir)):
+        return record["name"]
+    return loaded.tokenizer.name
+
+
 def download_hf(name: str) -> Path:
     """A Hub model's config and weights, via huggingface_hub (fails fast and clearly offline)."""
     from baseforge.data.hub import check_reachable
@@ -81,7 +167,13 @@ def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:
         if not path.exists():
             raise UserError(f"{path} does not exist")
         model, hf_config = load_hf_folder(path)
-        return LoadedModel(spec, model.to(device).eval(), GPT2Tokenizer(), "hf", {"hf_config": hf_config})
+        tokenizer = load_folder_tokenizer(path)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise UserError(
+                f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                f"{model.config.vocab_size}: the folder's tokenizer is not the model's"
+            )
+        return LoadedModel(spec, model.to(device).eval(), tokenizer, "hf", {"hf_config": hf_config})
     from baseforge.train.checkpoint import load_model
 
     model, tokenizer, info = load_model(spec, device, which)
