@@ -8,19 +8,22 @@ autocasts the matmuls; `model/gpt.py`, `model/loss.py`, `train/optim.py`):
   hidden matrices keep one fp32 momentum buffer and the rest is AdamW. FSDP divides these three
   by the number of GPUs (each tensor sharded on its first dimension, padded as FSDP pads).
 - activations, per micro-batch of B sequences of T tokens (N = B*T, width C, H heads, L blocks,
-  vocabulary V, a = 2 bytes under bf16/fp16 autocast, 4 in fp32). What each block saves for
-  backward: its fp32 residual input (4NC, twice: before attention and before the MLP) and norm
-  statistics; the low-precision inputs of its four matmuls (4aNC in all, 8aNC of it the 4C-wide
-  MLP input... see `_block_saved`); the attention's q, k, v (3aNC) and, by implementation, the
-  T x T probabilities (the CPU bf16 path up to 512 positions), or the output and log-sum-exp
-  (SDPA/flash); the MLP's 4C hidden twice (8aNC); dropout masks when dropout > 0; QK-norm keeps
-  fp32 copies of q and k. Autocast's low-precision copies of the block matrices (a bytes per
-  weight on CUDA; on CPU oneDNN also keeps a transposed copy, 2a). The fused head + loss never
-  builds the logits: it keeps grad_h (4NC) and the fp32 head gradient (4VC) from its forward, and
-  during the forward holds one chunk of logits (at most 2^27 elements) and the head's transients.
+  vocabulary V, a = 2 bytes under bf16/fp16 autocast, 4 in fp32). Each block keeps for backward:
+  the fp32 inputs of its two norms (4NC each) with their statistics (RMSNorm also keeps its
+  normalised input); the inputs of c_attn, attention's c_proj and c_fc (3aNC); the MLP's 4C-wide
+  hidden before and after its activation (8aNC); q, k, v (3aNC: copies on CPU, views of c_attn's
+  output on CUDA); by attention path, the T x T probabilities and causal mask (the CPU bf16 path up
+  to 512 positions) or the output and log-sum-exp (SDPA / flash); dropout masks when dropout > 0;
+  fp32 copies of q and k under QK-norm. Plus autocast's low-precision copies of the block matrices
+  (a bytes per weight; fp32 on CPU keeps a transposed copy, 4). The fused head + loss never builds
+  the logits: it keeps grad_h (4NC) and the fp32 head gradient (4VC) from its forward, and during
+  the forward holds one chunk of logits (at most 2^27 elements) and the head's transients.
   Peak = max(end of forward, start of backward + one block's backward transients). With
   activation checkpointing per block, each block keeps only its input and one block is rebuilt at
-  a time.
+  a time. Checked against the measured peak of real CPU steps (tests/test_plan.py: within 10% for
+  cpu-tiny, cpu-small, cpu-small-modern, bf16 and fp32); not modelled: the CPU's SDPA math
+  fallback for dropout > 0 beyond 512 positions (gpt2-small-seed on a CPU), FSDP and checkpointing
+  (not measured: the trainer has neither yet), and the CUDA paths (no GPU measurement yet).
 - workspace: DDP's gradient buckets (4 bytes per parameter, on more than one GPU), FSDP's gathered
   bf16 blocks (two, for prefetch) and root parameters, and 5% allocator slack; the CUDA context
   (about 0.75 GiB) is reserved from the GPU's memory before anything fits.
