@@ -21,9 +21,9 @@ autocasts the matmuls; `model/gpt.py`, `model/loss.py`, `train/optim.py`):
   Peak = max(end of forward, start of backward + one block's backward transients). With
   activation checkpointing per block, each block keeps only its input and one block is rebuilt at
   a time. Checked against the measured peak of real CPU steps (tests/test_plan.py: within 10% for
-  cpu-tiny, cpu-small, cpu-small-modern, bf16 and fp32); not modelled: the CPU's SDPA math
-  fallback for dropout > 0 beyond 512 positions (gpt2-small-seed on a CPU), FSDP and checkpointing
-  (not measured: the trainer has neither yet), and the CUDA paths (no GPU measurement yet).
+  cpu-tiny, cpu-small, cpu-small-modern, bf16 and fp32). Not modelled: the CPU's SDPA math
+  fallback for dropout > 0 beyond 512 positions (gpt2-small-seed on a CPU). Modelled but not yet
+  measured: FSDP and checkpointing (the trainer has neither yet) and the CUDA paths (no GPU run).
 - workspace: DDP's gradient buckets (4 bytes per parameter, on more than one GPU), FSDP's gathered
   bf16 blocks (two, for prefetch) and root parameters, and 5% allocator slack; the CUDA context
   (about 0.75 GiB) is reserved from the GPU's memory before anything fits.
