@@ -20,6 +20,7 @@ VERBS = [
     "prepare",
     "data",
     "train",
+    "plan",
     "sample",
     "eval",
     "hellaswag",

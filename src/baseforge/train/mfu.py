@@ -1,9 +1,10 @@
 """Model FLOPs utilisation: achieved model FLOPs per second over the device's peak.
 
-Peaks are dense (no sparsity) tensor-core numbers from the vendors' datasheets, for the
-dtype in use, with FP32 accumulation (what autocast uses; GeForce cards run that at half the
-FP16-accumulate rate that their headline numbers quote). Devices not in the table, CPUs
-included, get a short measured matmul peak instead, labelled as measured.
+Known GPUs get their datasheet peak from `baseforge.hardware` (exact names, dense tensor-core
+figures). Other devices, CPUs included, get a measured matmul peak: the best of several short
+timed matmuls at a few sizes (large enough to fill a big GPU), because one long measurement on a
+busy machine comes out low and then the MFU reads above 100%. A measured peak can still be
+under-measured, so `format_mfu` never shows an MFU above 100% as if it were real.
 """
 
 from __future__ import annotations
@@ -12,58 +13,42 @@ import time
 
 import torch
 
-# name substring (lower case) -> {precision: peak TFLOP/s}; first match wins, so specific names first.
-GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
-    ("b200", {"bf16": 2250, "fp16": 2250, "fp32": 1100}),  # fp32 column = TF32 tensor cores
-    ("h200", {"bf16": 989, "fp16": 989, "fp32": 494}),
-    ("h100 pcie", {"bf16": 756, "fp16": 756, "fp32": 378}),
-    ("h100", {"bf16": 989, "fp16": 989, "fp32": 494}),
-    ("a100", {"bf16": 312, "fp16": 312, "fp32": 156}),
-    ("a10g", {"bf16": 70, "fp16": 70, "fp32": 35}),
-    ("a10", {"bf16": 125, "fp16": 125, "fp32": 62.5}),
-    ("l40s", {"bf16": 362, "fp16": 362, "fp32": 183}),
-    ("l4", {"bf16": 121, "fp16": 121, "fp32": 60}),
-    ("rtx 4090", {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6}),
-    ("rtx 4080", {"bf16": 97.5, "fp16": 97.5, "fp32": 48.7}),
-    ("rtx 3090", {"bf16": 71, "fp16": 71, "fp32": 35.6}),
-    ("rtx 3080", {"bf16": 59.5, "fp16": 59.5, "fp32": 29.8}),
-    ("rtx a6000", {"bf16": 154.8, "fp16": 154.8, "fp32": 77.4}),
-    ("v100", {"fp16": 125, "fp32": 15.7}),
-    ("t4", {"fp16": 65, "fp32": 8.1}),
-]
+from baseforge.hardware import gpu_for_device_name
 
 _measured: dict[tuple, float] = {}
 
 
 def table_peak(device_name: str, precision: str) -> float | None:
-    """Peak FLOP/s from the table, or None for an unknown device/dtype."""
-    name = device_name.lower()
-    for key, peaks in GPU_PEAKS:
-        if key in name:
-            tflops = peaks.get(precision)
-            return tflops * 1e12 if tflops else None
-    return None
+    """Peak FLOP/s of a GPU named exactly as torch reports it, or None if unknown."""
+    gpu = gpu_for_device_name(device_name)
+    tflops = gpu.peak_tflops(precision) if gpu else None
+    return tflops * 1e12 if tflops else None
+
+
+def _sizes(device: torch.device) -> tuple[int, ...]:
+    # A CPU reaches its peak at 1024-2048; a big GPU needs 8192 to fill its tensor cores.
+    return (1024, 2048) if device.type == "cpu" else (4096, 8192)
 
 
 def measure_matmul_peak(
-    device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0
+    device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] | None = None, repeats: int = 5
 ) -> float:
-    """FLOP/s of a square matmul on this device, best of a short run (cached per process)."""
-    key = (str(device), dtype, size)
+    """Best FLOP/s of `repeats` short timed square matmuls per size (cached per process)."""
+    sizes = sizes or _sizes(device)
+    key = (str(device), dtype, sizes, repeats)
     if key in _measured:
         return _measured[key]
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):  # warm up the kernels
-        a @ b
     best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = max(best, 2 * size**3 / (time.perf_counter() - t))
+    for size in sizes:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        a @ b  # warm up the kernel
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = max(best, 2 * size**3 / max(time.perf_counter() - t, 1e-9))
     _measured[key] = best
     return best
 
@@ -82,3 +67,12 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
             return peak, f"table: {name}"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return measure_matmul_peak(device, dtype), "measured"
+
+
+def format_mfu(mfu: float | None) -> str | None:
+    """'41.3%' for a plausible MFU; '>100% (peak under-measured)' above 100%; None when unknown."""
+    if mfu is None or mfu != mfu or mfu < 0:
+        return None
+    if mfu > 1.0:
+        return ">100% (peak under-measured)"
+    return f"{100 * mfu:.1f}%"

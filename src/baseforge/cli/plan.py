@@ -1,0 +1,84 @@
+"""`baseforge plan`: memory per GPU, the largest micro-batch, speed, time and cost for a preset."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  baseforge plan --preset gpt2-xl --gpu rtx-3090
+  baseforge plan --preset gpt2-xl --gpu rtx-3090 --parallel fsdp --gpus 8 --price 0.3
+  baseforge plan --preset gpt2-medium --gpu h100-sxm --from-run runs/medium --json
+GPUs: see `baseforge plan --list-gpus`. Memory is modelled on the trainer's code (src/baseforge/plan.py);
+speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu or --from-run says otherwise.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="what fits on which GPUs, how fast, and at what cost",
+        description="Memory per GPU, the largest micro-batch that fits, tokens/s, time and cost.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", help="model and recipe, e.g. gpt2-124m")
+    p.add_argument("--gpu", default="h100-sxm", help="GPU short name or device name (default h100-sxm)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp")
+    p.add_argument("--micro-batch", type=int, help="sequences per GPU per micro-step (default: largest)")
+    p.add_argument("--tokens", type=float, help="token budget (default: the preset's tokens per parameter)")
+    p.add_argument("--price", type=float, help="USD per GPU-hour, for the cost")
+    p.add_argument("--activation-checkpointing", choices=("none", "blocks"), default="none")
+    p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default: bf16 where the GPU has it")
+    p.add_argument("--mfu", type=float, help="MFU to assume, as a fraction (default 0.40)")
+    p.add_argument("--from-run", metavar="RUN", help="take the MFU measured in RUN/metrics.jsonl")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--list-gpus", action="store_true", help="list the GPUs the planner knows")
+    p.set_defaults(run=run)
+
+
+def _list_gpus() -> None:
+    from baseforge.hardware import GPUS
+
+    print(f"{'name':<16}{'GPU':<16}{'bf16':>8}{'fp16':>8}{'tf32/fp32':>11}{'memory':>9}")
+    for g in GPUS:
+        bf16 = f"{g.bf16:g}" if g.bf16 else "-"
+        print(f"{g.key:<16}{g.label:<16}{bf16:>8}{g.fp16:>8g}{g.fp32:>11g}{g.memory_gib:>6g} GiB")
+    print("dense TFLOP/s with FP32 accumulate; see src/baseforge/hardware.py for sources")
+
+
+def run(args) -> int:
+    import json
+
+    from baseforge.errors import UserError
+    from baseforge.hardware import find_gpu
+    from baseforge.plan import Setup, format_plan, make_plan, mfu_from_run
+
+    if args.list_gpus:
+        _list_gpus()
+        return 0
+    if not args.preset:
+        raise UserError("--preset is required (e.g. --preset gpt2-124m)")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
+    mfu, source = args.mfu, "given with --mfu" if args.mfu is not None else ""
+    if args.from_run:
+        mfu = mfu_from_run(args.from_run)
+        source = f"median measured in {args.from_run}"
+        if mfu > 1:
+            raise UserError(
+                f"{args.from_run}: its MFU ({mfu:.2f}) is above 100%: its peak was under-measured"
+            )
+    setup = Setup(
+        args.preset,
+        find_gpu(args.gpu),
+        args.gpus,
+        args.parallel,
+        args.micro_batch,
+        args.activation_checkpointing,
+        args.precision or "",
+    )
+    plan = make_plan(setup, int(args.tokens) if args.tokens else None, args.price, mfu, source)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0
