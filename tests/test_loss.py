@@ -84,3 +84,54 @@ def test_target_probability_underflow_gives_the_exact_loss():
     masked_underflow = torch.tensor([0, -100])  # row 1's clamped target 0 underflows, but it is masked
     got = fused.linear_cross_entropy(h, w, masked_underflow)
     torch.testing.assert_close(got, reference(h, w, masked_underflow, 0.0))
+
+
+def test_no_grad_runs_only_the_forward_matmul():
+    """Eval under no_grad, parameters requiring grad: one (N x C) @ (C x V) matmul, no gradients."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h = torch.randn(32, 16, requires_grad=True)
+    w = torch.randn(100, 16, requires_grad=True)
+    targets = torch.randint(0, 100, (32,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        got = fused.linear_cross_entropy(h, w, targets)
+    assert counter.get_total_flops() == 2 * 32 * 16 * 100
+    assert not got.requires_grad
+    torch.testing.assert_close(got, reference(h, w, targets, 0.0).detach())
+
+
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_fp16_gradients_carry_the_loss_scale(softcap):
+    """fp16 autocast with a GradScaler-sized loss scale: the fused gradients equal what autocast's fp16
+    logits + F.cross_entropy give, element by element, tiny ones included (formed in the forward, before
+    the scale, they flushed to zero or lost most of their digits)."""
+    torch.manual_seed(0)
+    h = torch.randn(64, 16, requires_grad=True)
+    w = (torch.randn(300, 16) * 1.5).requires_grad_()
+    targets = torch.randint(0, 300, (64,))
+    targets[::7] = -100
+    scale = 2.0**14
+
+    def scaled_grads(loss_fn):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = loss_fn()
+        return loss.detach(), *(g / scale for g in torch.autograd.grad(loss * scale, (h, w)))
+
+    got = scaled_grads(lambda: fused.linear_cross_entropy(h, w, targets, softcap))
+    want = scaled_grads(lambda: reference(h, w, targets, softcap))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-3, atol=0)  # fp16 p[target]: 2^-11
+    for g, ref in zip(got[1:], want[1:]):
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        torch.testing.assert_close(g, ref, rtol=5e-2, atol=1e-9)
+
+
+def test_fp16_overflow_reaches_the_scaler_as_inf():
+    """A loss scale too large for fp16 must overflow (GradScaler then skips the step and lowers it)."""
+    torch.manual_seed(0)
+    h = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (8,))
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = fused.linear_cross_entropy(h, w, targets)
+    gh, gw = torch.autograd.grad(loss * 2.0**30, (h, w))
+    assert not torch.isfinite(gh).all() and not torch.isfinite(gw).all()

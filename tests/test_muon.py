@@ -198,3 +198,68 @@ def test_muon_trains_a_tiny_model():
             o.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def _per_matrix_step(params, grads, bufs, lr, beta, wd, nesterov=True):
+    """The per-matrix Muon step, written out: the reference the batched step must reproduce."""
+    for p, g, buf in zip(params, grads, bufs):
+        buf.lerp_(g, 1 - beta)
+        update = orthogonalize(g.lerp(buf, beta) if nesterov else buf).to(p.dtype)
+        p.mul_(1 - lr * wd)
+        p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_step_equals_the_per_matrix_step(nesterov):
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 48), (48, 16), (32, 32), (48, 16), (16, 48)]
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    frozen = torch.nn.Parameter(torch.randn(48, 16))  # no grad: untouched, no state
+    expected = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    opt = Muon([*params, frozen], lr=0.05, momentum=0.9, weight_decay=0.1, nesterov=nesterov)
+    before = frozen.detach().clone()
+    for step in range(3):
+        grads = [
+            torch.randn(*s, generator=torch.Generator().manual_seed(10 * step + i))
+            for i, s in enumerate(shapes)
+        ]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        _per_matrix_step(expected, grads, bufs, 0.05, 0.9, 0.1, nesterov)
+    for p, want, buf in zip(params, expected, bufs):
+        # batched and single bf16 matmuls may round differently: one bf16 ulp of the update, times lr
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=0.05 * 3**0.5 * 2**-7)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf)
+    assert torch.equal(frozen.detach(), before) and frozen not in opt.state
+
+
+def test_stack_is_orthogonalized_matrix_by_matrix():
+    torch.manual_seed(0)
+    stack = torch.randn(5, 64, 24) * torch.logspace(-3, 2, 5)[:, None, None]  # norms far apart
+    got = orthogonalize(stack).float()
+    for g, o in zip(stack, got):
+        torch.testing.assert_close(o, orthogonalize(g).float(), rtol=0, atol=2 * 2**-8)
+
+
+def test_equal_shapes_share_one_batched_newton_schulz():
+    """12 layers' worth of 4 shapes: matmul launches per step follow the shapes, not the matrices."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.bmm):
+                CountMatmuls.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    shapes = [(96, 32), (32, 32), (128, 32), (32, 128)] * 12
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Muon(params, ns_steps=5)
+    with CountMatmuls():
+        opt.step()
+    assert CountMatmuls.calls <= 4 * 5 * 3  # 4 shapes x 5 iterations x 3 matmuls, not x 48 matrices

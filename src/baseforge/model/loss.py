@@ -14,6 +14,11 @@ gradient fed to the two backward matmuls. Under bf16 autocast nothing of the chu
 ever cast to fp32 (the softmax kernel accumulates in fp32 internally). The loss of a row is
 -log p[target]: in bf16 that carries a relative rounding of 2^-9 on p, 0.002 nats, far less than
 the rounding autocast already applies to the logits themselves.
+
+Two exceptions. Under `torch.no_grad` (evaluation) only the loss is computed: no gradient matmuls.
+Under fp16 autocast gradients formed in the forward would be rounded to fp16 before GradScaler's
+loss scale reaches them, so there the gradients are formed in backward, scaled by grad_output,
+at the price of recomputing the head matmul.
 """
 
 from __future__ import annotations
@@ -48,67 +53,121 @@ def _exact_row_losses(hc, wc, targets, softcap: float) -> torch.Tensor:
     return torch.logsumexp(z, dim=-1) - z.gather(1, targets[:, None]).squeeze(1)
 
 
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    device = h.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+
+
+def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
+    """Chunked loss (sum over valid rows, fp32) and, if asked, the row-summed grad_h and grad_w (fp32)."""
+    dtype = _compute_dtype(h)
+    hc, wc = h.to(dtype), weight.to(dtype)
+    n, vocab = h.shape[0], weight.shape[0]
+    valid = targets != -100
+    all_valid = bool(valid.all())
+    safe = targets.clamp(min=0)
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w_t = None
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    rows = max(1, min(n, CHUNK_ELEMENTS // vocab))
+    buf = _workspace(rows * vocab, dtype, h.device)
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        hs, ts = hc[start:end], safe[start:end]
+        z = torch.mm(hs, wc.t(), out=buf[: (end - start) * vocab].view(end - start, vocab))
+        if softcap:  # z becomes t = tanh(z / cap), kept for the gradient; logits = cap * t
+            t = z.div_(softcap).tanh_()
+            p = torch.mul(t, softcap, out=_workspace(z.numel(), dtype, h.device, slot=1).view_as(z))
+        else:
+            p = z
+        p = torch.softmax(p, dim=-1, out=p)  # in place: one kernel, fp32 accumulation inside
+        at_target = (torch.arange(end - start, device=h.device), ts)
+        losses = -p[at_target].float().log()
+        if not all_valid:
+            losses = losses.masked_fill(~valid[start:end], 0.0)
+        bad = torch.isinf(losses)
+        if bool(bad.any()):
+            losses[bad] = _exact_row_losses(hs[bad], wc, ts[bad], softcap)
+        total += losses.sum()
+        if not (need_h or need_w):
+            continue
+        p[at_target] -= 1  # p is now d(sum of row losses) / d logits
+        if softcap:
+            p.mul_(t.square_().neg_().add_(1))
+        if need_h:
+            gh = p @ wc
+            grad_h[start:end] = gh if all_valid else gh * valid[start:end, None]
+        if need_w:  # as (C, V): this orientation of the matmul runs ~25% faster on oneDNN
+            part = (hs if all_valid else hs * valid[start:end, None].to(dtype)).t() @ p
+            grad_w_t = part.float() if grad_w_t is None else grad_w_t.add_(part)
+    grad_w = None
+    if need_w:
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=h.device).copy_(grad_w_t.t())
+    return total, grad_h, grad_w
+
+
+def _scaled_grads(h, weight, targets, softcap: float, dtype, scale, need_h: bool, need_w: bool):
+    """fp16's backward: recompute each chunk's logits, form (softmax - onehot) * scale in fp32 and only
+    then round it to fp16 for the two matmuls. `scale` (grad_out / count) carries GradScaler's loss
+    scale, so small gradients are lifted above fp16's underflow and an overflow shows up as inf for
+    the scaler to skip: what autocast does for an unfused head. Costs one extra head matmul."""
+    hc, wc = h.to(dtype), weight.to(dtype)
+    n, vocab = h.shape[0], weight.shape[0]
+    valid = (targets != -100)[:, None]
+    safe = targets.clamp(min=0)
+    grad_h = torch.empty_like(h) if need_h else None
+    grad_w_t = None
+    rows = max(1, min(n, CHUNK_ELEMENTS // vocab))
+    for start in range(0, n, rows):
+        end = min(start + rows, n)
+        hs = hc[start:end]
+        z = (hs @ wc.t()).float()
+        t = torch.tanh(z / softcap) if softcap else None
+        g = torch.softmax(softcap * t if softcap else z, dim=-1)
+        g[torch.arange(end - start, device=h.device), safe[start:end]] -= 1
+        if softcap:
+            g *= 1 - t.square()
+        g = (g * (scale * valid[start:end])).to(dtype)
+        if need_h:
+            grad_h[start:end] = g @ wc
+        if need_w:
+            part = (hs.t() @ g).float()
+            grad_w_t = part if grad_w_t is None else grad_w_t.add_(part)
+    return grad_h, (grad_w_t.t() if need_w else None)
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, softcap: float):
-        dtype = (
-            torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-        )
-        hc, wc = h.to(dtype), weight.to(dtype)
-        n, vocab = h.shape[0], weight.shape[0]
-        valid = targets != -100
-        all_valid = bool(valid.all())
-        safe = targets.clamp(min=0)
-        count = valid.sum().clamp(min=1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = grad_w_t = None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        rows = max(1, min(n, CHUNK_ELEMENTS // vocab))
-        buf = _workspace(rows * vocab, dtype, h.device)
-        for start in range(0, n, rows):
-            end = min(start + rows, n)
-            hs, ts = hc[start:end], safe[start:end]
-            z = torch.mm(hs, wc.t(), out=buf[: (end - start) * vocab].view(end - start, vocab))
-            if softcap:  # z becomes t = tanh(z / cap), kept for the gradient; logits = cap * t
-                t = z.div_(softcap).tanh_()
-                p = torch.mul(t, softcap, out=_workspace(z.numel(), dtype, h.device, slot=1).view_as(z))
-            else:
-                p = z
-            p = torch.softmax(p, dim=-1, out=p)  # in place: one kernel, fp32 accumulation inside
-            at_target = (torch.arange(end - start, device=h.device), ts)
-            losses = -p[at_target].float().log()
-            if not all_valid:
-                losses = losses.masked_fill(~valid[start:end], 0.0)
-            bad = torch.isinf(losses)
-            if bool(bad.any()):
-                losses[bad] = _exact_row_losses(hs[bad], wc, ts[bad], softcap)
-            total += losses.sum()
-            if not (need_h or need_w):
-                continue
-            p[at_target] -= 1  # p is now d(sum of row losses) / d logits
-            if softcap:
-                p.mul_(t.square_().neg_().add_(1))
-            if need_h:
-                gh = p @ wc
-                grad_h[start:end] = gh if all_valid else gh * valid[start:end, None]
-            if need_w:  # as (C, V): this orientation of the matmul runs ~25% faster on oneDNN
-                part = (hs if all_valid else hs * valid[start:end, None].to(dtype)).t() @ p
-                grad_w_t = part.float() if grad_w_t is None else grad_w_t.add_(part)
-        if need_w:
-            grad_w = torch.empty(weight.shape, dtype=torch.float32, device=h.device).copy_(grad_w_t.t())
-        # Gradients are stored as sums over rows; backward scales them by grad_out / count at once.
-        ctx.save_for_backward(count, *(x if x is not None else torch.empty(0) for x in (grad_h, grad_w)))
-        ctx.weight_dtype = weight.dtype
+        ctx.dtype, ctx.weight_dtype, ctx.softcap = _compute_dtype(h), weight.dtype, softcap
+        # fp16: gradients formed here would be rounded to fp16 before GradScaler's scale reaches them
+        # (tiny ones flush to zero, which no scale can undo); form them in backward instead.
+        ctx.deferred = ctx.dtype == torch.float16
+        total, grad_h, grad_w = _fused_pass(
+            h, weight, targets, softcap, need_h and not ctx.deferred, need_w and not ctx.deferred
+        )
+        count = (targets != -100).sum().clamp(min=1)
+        if ctx.deferred:
+            ctx.save_for_backward(count, h, weight, targets)
+        else:  # stored as sums over rows; backward scales them by grad_out / count at once
+            empty = torch.empty(0)
+            ctx.save_for_backward(count, grad_h if need_h else empty, grad_w if need_w else empty)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_out):
-        count, grad_h, grad_w = ctx.saved_tensors
-        scale = grad_out / count
-        gh = grad_h * scale if ctx.needs_input_grad[0] else None
-        gw = (grad_w * scale).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if ctx.deferred:
+            count, h, weight, targets = ctx.saved_tensors
+            scale = grad_out.float() / count
+            gh, gw = _scaled_grads(h, weight, targets, ctx.softcap, ctx.dtype, scale, need_h, need_w)
+        else:
+            count, grad_h, grad_w = ctx.saved_tensors
+            scale = grad_out / count
+            gh = grad_h * scale if need_h else None
+            gw = grad_w * scale if need_w else None
+        return gh, (gw.to(ctx.weight_dtype) if need_w else None), None, None
 
 
 @torch.compiler.disable  # data-dependent Python control flow: a whole-model torch.compile calls it eagerly
@@ -116,4 +175,9 @@ def linear_cross_entropy(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0
 ) -> torch.Tensor:
     """mean CE of softmax(softcap(h @ weight.T)) against targets; h (N, C), weight (V, C), targets (N,)."""
+    if not torch.is_grad_enabled():
+        # Inside forward grad mode is always off and needs_input_grad follows requires_grad, so
+        # evaluation under no_grad would build both gradients: decide here, loss only.
+        total, _, _ = _fused_pass(h, weight, targets, softcap, False, False)
+        return total / (targets != -100).sum().clamp(min=1)
     return FusedLinearCrossEntropy.apply(h, weight, targets, softcap)

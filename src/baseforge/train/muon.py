@@ -13,6 +13,10 @@ Gradient accumulation: `step` only reads `.grad` (never writes it), so summing m
 works as for any optimizer. DDP: grads are all-reduced before `step`, so every rank holds the same
 grad and momentum and computes the same update; nothing is communicated here (the orthogonalisation
 is duplicated on each rank, which is cheap next to forward and backward at GPT-2 sizes).
+
+Speed: matrices of equal shape are stacked and orthogonalised in one batched Newton-Schulz, and the
+momentum and weight updates use foreach kernels, so a step launches a few dozen kernels per shape
+instead of a dozen per matrix (GPT-2 small: 48 matrices of 4 shapes).
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for a 2-D `g` = U S V^T, by `steps` Newton-Schulz iterations in bfloat16."""
-    if g.ndim != 2:
-        raise ValueError(f"orthogonalize needs a matrix, got shape {tuple(g.shape)}")
+    """Approximately U V^T for `g` = U S V^T, by `steps` Newton-Schulz iterations in bfloat16.
+
+    `g` is one matrix (m, n) or a stack of equal-shape matrices (k, m, n), each orthogonalised on its own.
+    """
+    if g.ndim not in (2, 3):
+        raise ValueError(f"orthogonalize needs a matrix or a stack of matrices, got shape {tuple(g.shape)}")
     a, b, c = NS_COEFFS
     x = g.bfloat16()
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation: X X^T is then the smaller Gram matrix
         x = x.mT
     # Frobenius norm >= spectral norm, so this puts every singular value in [0, 1] where the
     # polynomial's iteration converges towards its band around 1.
-    x = x / (x.norm() + eps)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x  # a X + b (X X^T) X + c (X X^T)^2 X
@@ -90,23 +97,34 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.lerp_(grad, 1 - beta)
-                update = grad.lerp(buf, beta) if group["nesterov"] else buf  # out of place: .grad untouched
-                update = orthogonalize(update, group["ns_steps"]).to(p.dtype)
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * scale)
+            for params in _same_shape_batches([p for p in group["params"] if p.grad is not None]):
+                self._update(group, params)
         return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One step for matrices of equal shape: a handful of batched kernels, not a loop per matrix."""
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - beta)
+        # Out of place: .grad is never written.
+        updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
+        ortho = orthogonalize(torch.stack(updates), group["ns_steps"]).to(params[0].dtype)
+        scale = max(1.0, params[0].size(0) / params[0].size(1)) ** 0.5
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_add_(params, ortho.unbind(0), alpha=-lr * scale)
+
+
+def _same_shape_batches(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Parameters grouped by (shape, dtype, device), in first-seen order, so each group stacks."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
+    return list(groups.values())
 
 
 def param_groups_for_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

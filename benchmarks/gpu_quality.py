@@ -1,0 +1,137 @@
+"""The seed recipe (gpt2-small-seed) against gpt2-small-modern on one GPU: same data, same minutes each.
+
+Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
+    python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--minutes 1.5] [--quick]
+
+Each recipe trains through the CLI (`baseforge train --preset P`, bf16 + torch.compile, micro-batch
+by search) for about `--minutes` of training time: a 10-step calibration run gives its step time, and
+max_steps is set so that the whole schedule (warmup, decay) fits in that time. From the runs'
+metrics.jsonl: validation loss at equal training time and at equal tokens (linear interpolation
+between evaluations), and tokens/s of each. `--quick` runs the same path on CPU with a tiny shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ["gpt2-small-seed", "gpt2-small-modern"]
+GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto", "sample_tokens=0"]
+QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
+QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
+
+
+def train(data: Path, run: Path, preset: str, keys: list[str], log=print) -> list[dict]:
+    """`baseforge train` in a subprocess; the run's metrics rows."""
+    from baseforge.train.metrics import read_metrics
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--preset",
+        preset,
+    ]
+    for key in keys:
+        cmd += ["--set", key]
+    log("$ " + " ".join(cmd))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{preset} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return read_metrics(run)
+
+
+def at(rows: list[dict], key: str, x: float) -> float | None:
+    """Validation loss at `key` (elapsed_s or tokens) = x, interpolated between evaluations."""
+    pts = [(r[key], r["val_loss"]) for r in rows if "val_loss" in r and key in r]
+    if not pts or x > pts[-1][0]:
+        return None
+    xs, ys = zip(*pts)
+    return float(np.interp(x, xs, ys))
+
+
+def compare(runs: dict[str, list[dict]]) -> dict:
+    trained = {name: [r for r in rows if r.get("loss") is not None] for name, rows in runs.items()}
+    time = min(rows[-1]["elapsed_s"] for rows in trained.values())
+    tokens = min(rows[-1]["tokens"] for rows in trained.values())
+    out = {"equal_time_s": time, "equal_tokens": tokens, "recipes": {}}
+    for name, rows in trained.items():
+        evals = [r for r in rows if "val_loss" in r]
+        out["recipes"][name] = {
+            "val_loss_at_equal_time": at(rows, "elapsed_s", time),
+            "val_loss_at_equal_tokens": at(rows, "tokens", tokens),
+            "final_val_loss": evals[-1]["val_loss"] if evals else None,
+            "tokens": rows[-1]["tokens"],
+            "train_seconds": rows[-1]["elapsed_s"],
+            "tokens_per_s": rows[-1]["tokens"] / max(rows[-1]["elapsed_s"], 1e-9),
+            "curve": [(r["elapsed_s"], r["tokens"], r["val_loss"]) for r in evals],
+        }
+    return out
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in result["recipes"].items():
+        secs, toks, losses = zip(*r["curve"]) if r["curve"] else ((), (), ())
+        axes[0].plot(secs, losses, marker="o", label=name)
+        axes[1].plot([t / 1e6 for t in toks], losses, marker="o", label=name)
+    axes[0].set_xlabel("training seconds")
+    axes[1].set_xlabel("tokens (M)")
+    for ax in axes:
+        ax.set_ylabel("validation loss")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_quality(data: Path, work: Path, minutes: float, quick: bool, log=print) -> dict:
+    runs = {}
+    for preset in RECIPES:
+        if quick:
+            keys = [*QUICK_KEYS, "max_steps=4", "eval_every=2", "eval_tokens=512", "log_every=1"]
+        else:  # calibrate the step time, then size the schedule to the minutes
+            calib = train(
+                data, work / f"calib-{preset}", preset, [*GPU_KEYS, "max_steps=12", "log_every=4"], log
+            )
+            rate = [r for r in calib if r.get("loss") is not None][-1]
+            seconds_per_step = (rate["tokens"] / rate["tokens_per_s"]) / rate["step"] if rate["step"] else 1.0
+            steps = max(20, int(60 * minutes * rate["tokens_per_s"] / (rate["tokens"] / rate["step"])))
+            log(f"{preset}: ~{seconds_per_step:.3f} s/step -> {steps} steps in {minutes} min")
+            keys = [*GPU_KEYS, f"max_steps={steps}", f"eval_every={max(1, steps // 8)}", "log_every=10"]
+            keys += ["eval_tokens=524288", "checkpoint_every=1000000"]
+        runs[preset] = train(data, work / preset, preset, keys, log)
+    return compare(runs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--minutes", type=float, default=1.5)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    result = run_quality(args.data, args.work, args.minutes, args.quick)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
