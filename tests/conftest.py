@@ -75,8 +75,3 @@ def shakespeare_dir(tmp_path_factory) -> Path:
     if not path.is_file():
         pytest.skip(f"shared test data not found at {path}")
     return build_data_dir(tmp_path_factory.mktemp("data") / "shakespeare", path.read_text())
-
-
-def pytest_configure(config) -> None:
-    # Until pyproject.toml's markers list names it: tests that need a CUDA GPU (tests/test_cuda.py).
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU")

@@ -142,11 +142,15 @@ def test_token_budget_default_is_20_tokens_per_parameter():
     assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
 
 
-def test_shipped_recipes_resolve():
-    from pathlib import Path
+def test_shipped_recipes_resolve(tmp_path, monkeypatch):
+    from baseforge.config import RECIPES
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+    recipes = sorted(RECIPES.glob("*.toml"))
     assert recipes
     for path in recipes:
-        config = resolve_config(None, path)
-        assert config.preset in PRESETS, path
+        assert resolve_config(None, path).preset in PRESETS, path
+    # By name, and by the path a clone would have, from a folder without the files.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config(None, "seed-3090").preset == resolve_config(None, "recipes/seed-3090.toml").preset
+    with pytest.raises(UserError, match="shipped recipes: seed-3090"):
+        resolve_config(None, "nope.toml")

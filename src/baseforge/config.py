@@ -215,10 +215,19 @@ def preset_config(name: str) -> RunConfig:
     return RunConfig(name, ModelConfig(**preset.model), TrainConfig(**preset.train))
 
 
+RECIPES = Path(__file__).parent / "recipes"  # recipe files shipped with the package
+
+
 def load_toml(path: Path | str) -> dict:
+    """A TOML config file; a name that is not a file here is looked up among the shipped recipes
+    (`--config seed-3090`, or `--config recipes/seed-3090.toml` outside a clone)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} not found")
+        shipped = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+        if not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
+            raise UserError(f"config file {path} not found (shipped recipes: {names})")
+        path = shipped
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
