@@ -11,6 +11,7 @@ gpt2, openai-community/gpt2 a Hub model name, downloaded when online
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,8 +161,15 @@ def download_hf(name: str) -> Path:
         ) from None
 
 
+def _hub_name(spec: str) -> bool:
+    """Could `spec` be a Hub repo id ("gpt2", "org/name")? Local-looking paths cannot."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", spec) is not None
+
+
 def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:
     """hf:PATH -> a local HF folder; an existing path -> a baseforge run/checkpoint; else a Hub name."""
+    if not spec.startswith("hf:") and not Path(spec).exists() and not _hub_name(spec):
+        raise UserError(f"{spec} does not exist (nor is it a Hub model name such as gpt2 or org/name)")
     if spec.startswith("hf:") or not Path(spec).exists():
         path = Path(spec[3:]) if spec.startswith("hf:") else download_hf(spec)
         if not path.exists():
