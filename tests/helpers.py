@@ -33,12 +33,13 @@ def cli_env() -> dict:
     return env
 
 
-def baseforge(*args, check=False, **kwargs) -> subprocess.CompletedProcess:
+def baseforge(*args, check=False, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """`baseforge ARGS` in a subprocess; `env` adds variables to the test environment."""
     return subprocess.run(
         [sys.executable, "-m", "baseforge", *map(str, args)],
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         check=check,
         **kwargs,
     )

@@ -151,21 +151,6 @@ def test_export_gives_baseforge_logits_in_transformers(shakespeare_dir, tmp_path
     assert hf_tok.encode("To be, or not to be") == tokenizer.encode("To be, or not to be")
 
 
-def test_modern_models_refuse_export_clearly(shakespeare_dir, tmp_path):
-    from baseforge.config import resolve_config
-    from baseforge.train.loop import Trainer
-    from helpers import TINY
-
-    run = tmp_path / "run"
-    Trainer(
-        resolve_config("cpu-tiny", None, [*TINY, "max_steps=1", "pos_emb=rope", "norm=rmsnorm"]),
-        shakespeare_dir,
-        run,
-        log=lambda *a: None,
-    ).run()
-    assert_clean_error(baseforge("export", run, "--out", tmp_path / "x"), "rotary", "RMSNorm")
-
-
 def test_hellaswag_scoring_by_hand(gpt2_available):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=64, n_layer=1, n_head=2, n_embd=16)).eval()

@@ -39,6 +39,11 @@ class JudgeServer:
                         self.send_header("Retry-After", "0.01")
                     self.end_headers()
                     return
+                if fault == "redirect":  # to another path: the Authorization header must not follow
+                    self.send_response(307)
+                    self.send_header("Location", "/elsewhere/chat/completions")
+                    self.end_headers()
+                    return
                 if fault == "slow":
                     time.sleep(1.0)
                 prompt = body["messages"][0]["content"]
@@ -218,3 +223,25 @@ def test_progress_lines_go_through_log_when_not_a_terminal(server, answer_files,
     assert not any("\r" in line for line in lines)
     quiet = judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"))  # no log: no progress
     assert quiet.requests == 0 and capsys.readouterr().err == ""
+
+
+def test_redirects_are_refused_so_the_api_key_goes_nowhere_else(server):
+    from baseforge.errors import UserError
+
+    server.faults = ["redirect"]
+    with pytest.raises(UserError, match="HTTP 307"):
+        Backend("openai", "judge-model", server.url, "key", timeout=5).request("score this")
+    assert server.paths == ["/chat/completions"]  # nothing was sent to the redirect's target
+
+
+def test_report_html_escapes_every_metrics_value(tmp_path):
+    from baseforge.eval.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"preset": "cpu-tiny", "model": {}, "train": {}}))
+    row = {"step": 1, "tokens": 2, "loss": "<script>x</script>", "val_loss": "<b>1</b>"}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    build_report(run)
+    page = (run / "report.html").read_text()
+    assert "<script>x" not in page and "&lt;script&gt;" in page and "<b>1</b>" not in page

@@ -31,52 +31,52 @@ class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
     # when global_batch is set, grad_accum follows from it (so a run keeps its global batch on
     # any number of processes). micro_batch = "auto" searches for the largest that fits.
-    micro_batch: int | Literal["auto"] = 8
-    grad_accum: int = 1
-    global_batch: int = 0
+    micro_batch: int | Literal["auto"] = 8  # sequences per forward/backward; auto: the largest that fits
+    grad_accum: int = 1  # micro-batches per optimizer step (derived when global_batch is set)
+    global_batch: int = 0  # sequences per optimizer step over all processes; 0: micro x accum x processes
     # AdamW (the write-up's baseline: lr 4e-4, weight decay 0.1).
     optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices + AdamW for the rest
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    lr: float = 4e-4  # peak learning rate of AdamW (with muon: of embeddings, head and gains)
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    eps: float = 1e-8  # AdamW's denominator epsilon
     decay_all: bool = True  # false: no weight decay on biases, norms and embeddings
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
+    muon_lr: float = 0.02  # Muon's learning rate for the hidden matrices
+    muon_momentum: float = 0.95  # Muon's Nesterov momentum
     muon_weight_decay: float = 0.0  # decoupled, so scaled by muon_lr: keep it small
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     # Schedule: constant, cosine (warmup, cosine to min_lr), wsd (warmup-stable-decay).
     schedule: Literal["constant", "cosine", "wsd"] = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup steps (0: use warmup_fraction)
     warmup_fraction: float = 0.0  # used when warmup_steps = 0
     min_lr_ratio: float = 0.1  # floor of the decay, as a fraction of lr
     decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly
     # Length: max_steps, else max_tokens, else tokens_per_param x parameters (Chinchilla's 20).
-    max_steps: int = 0
-    max_tokens: int = 0
-    tokens_per_param: float = 20.0
-    seed: int = 1337
+    max_steps: int = 0  # optimizer steps to train (0: from max_tokens or tokens_per_param)
+    max_tokens: int = 0  # tokens to train on (0: tokens_per_param x parameters)
+    tokens_per_param: float = 20.0  # the token budget per parameter (Chinchilla's 20)
+    seed: int = 1337  # initialisation, data order and dropout
     # Numerics and speed.
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    precision: str = (
-        "auto"  # "auto" (bf16 where supported, else fp16 on CUDA, else fp32), "bf16", "fp16", "fp32"
-    )
+    # compute precision; auto: bf16 where the device runs it natively, else fp16 on CUDA, else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False  # torch.compile the model; falls back to eager where it cannot run
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
     # Logging, evaluation, checkpoints.
     log_every: int = 10
-    eval_every: int = 250
+    trackers: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; optional extras)
+    eval_every: int = 250  # steps between validation-loss evaluations
     eval_tokens: int = 1_048_576  # fixed slice of the validation split, the same tokens every time
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 1000  # steps between checkpoints
     checkpoint_minutes: float = 0.0  # also checkpoint every this many minutes; 0 = off
     keep_last: int = 3  # checkpoints kept besides the best
     early_stop_evals: int = 0  # stop when validation loss has not improved for this many evaluations; 0 = off
     hellaswag_every: int = 0  # also score HellaSwag every this many steps (0 = off)
     hellaswag_data: str = ""  # hellaswag_val.jsonl(.gz); empty = download once
     hellaswag_limit: int = 500  # items per in-training HellaSwag evaluation
-    sample_prompt: str = "Every effort moves you"
-    sample_tokens: int = 64
+    sample_prompt: str = "Every effort moves you"  # prompt of the sample at the end of training
+    sample_tokens: int = 64  # tokens of that sample (0: no sample)
     dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
 
     def __post_init__(self) -> None:
@@ -129,7 +129,7 @@ MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}
 TRAIN_KEYS = {f.name: f for f in fields(TrainConfig)}
 
 
-def _parse_value(key: str, raw: str, current):
+def parse_value(key: str, raw: str, current):
     """Parse a --set string into the type of the key's current value."""
     kind = type(current)
     low = raw.strip().lower()
@@ -263,7 +263,7 @@ def resolve_config(
     for key, value in flat.items():
         current = config.get(key) if key in MODEL_KEYS or key in TRAIN_KEYS else None
         if isinstance(value, str) and not isinstance(current, str):
-            value = _parse_value(key, value, current)
+            value = parse_value(key, value, current)
         values[key] = value
     values.update(_typed_overrides(config, overrides))
     config.update(values)
@@ -284,8 +284,43 @@ def parse_overrides(overrides) -> dict:
     return parsed
 
 
+def config_changes(saved: RunConfig, wanted: RunConfig, allowed: set[str] = frozenset()) -> list[str]:
+    """'key old -> new' for every key `wanted` changes in `saved`, except `allowed` train keys.
+
+    A vocab_size left open (None) in `wanted` matches whatever the saved run took from its data.
+    """
+    changes = []
+    for key in [*MODEL_KEYS, *TRAIN_KEYS]:
+        old, new = saved.get(key), wanted.get(key)
+        if key == "vocab_size" and new is None:
+            continue
+        if old != new and not (key in allowed and key in TRAIN_KEYS):
+            changes.append(f"{key} {old!r} -> {new!r}")
+    return changes
+
+
+def resume_config(saved: RunConfig, preset: str | None, toml_path, overrides) -> RunConfig:
+    """The config to resume with: the saved one, with `--set` train keys applied.
+
+    `--preset` / `--config` / `--set` that equal the saved run are accepted (re-running the original
+    command with --resume works); anything that would really change the model, or a train key
+    that only a preset or file implies, is refused naming each key.
+    """
+    explicit = set(parse_overrides(overrides))
+    if preset or toml_path:
+        wanted = resolve_config(preset or saved.preset, toml_path, overrides)
+        changes = config_changes(saved, wanted, allowed=explicit)
+        if changes:
+            raise UserError(
+                f"--resume keeps the run's saved config, but the flags would change: {'; '.join(changes)}. "
+                "Drop those flags, or change train keys with --set"
+            )
+    apply_overrides(saved, overrides, model_keys=False)
+    return saved
+
+
 def _typed_overrides(config: RunConfig, overrides) -> dict:
-    return {key: _parse_value(key, raw, config.get(key)) for key, raw in parse_overrides(overrides).items()}
+    return {key: parse_value(key, raw, config.get(key)) for key, raw in parse_overrides(overrides).items()}
 
 
 def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> None:
@@ -297,12 +332,46 @@ def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> No
     config.update(values)
 
 
+def _field_docs(cls) -> dict[str, str]:
+    """The comment on (or just above) each field of a config dataclass: the keys' documentation."""
+    import inspect
+
+    docs, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+            continue
+        name = text.split(":", 1)[0]
+        if ":" in text and name.isidentifier() and not text.startswith(("def ", "class ")):
+            comment = text.split("  # ", 1)[1] if "  # " in text else ""
+            docs[name] = comment or " ".join(pending)  # its own comment, else the one above it
+        pending = []
+    return docs
+
+
+def _type_name(cls, name: str) -> str:
+    import typing
+
+    from baseforge.model.config import _choices
+
+    hint = typing.get_type_hints(cls)[name]
+    choices, types = _choices(hint)
+    kinds = [t.__name__ for t in types if t is not type(None)] + ([" | ".join(choices)] if choices else [])
+    return " | ".join(kinds) or str(hint)
+
+
 def describe_keys() -> str:
-    """Every config key with its default, for `--help-config`."""
-    lines = ["model keys:"]
-    for name, f in MODEL_KEYS.items():
-        lines.append(f"  {name} = {f.default!r}")
-    lines.append("train keys:")
-    for name, f in TRAIN_KEYS.items():
-        lines.append(f"  {name} = {f.default!r}")
+    """Every config key with its type or choices, default and meaning, for `--help-config`."""
+    lines = []
+    for title, cls, keys in (
+        ("model keys", ModelConfig, MODEL_KEYS),
+        ("train keys", TrainConfig, TRAIN_KEYS),
+    ):
+        docs = _field_docs(cls)
+        lines.append(f"{title}:")
+        for name, f in keys.items():
+            lines.append(f"  {name} = {f.default!r}  ({_type_name(cls, name)})")
+            if docs.get(name):
+                lines.append(f"      {docs[name]}")
     return "\n".join(lines)

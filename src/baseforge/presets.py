@@ -123,19 +123,19 @@ _ALL = [
     ),
     Preset(
         "gpt2-medium",
-        "GPT-2 medium (350M); a 24 GB GPU or more",
+        "GPT-2 medium (355M); one 24 GB GPU",
         dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
         dict(_WRITEUP, lr=3e-4),
     ),
     Preset(
         "gpt2-large",
-        "GPT-2 large (774M); a 40-80 GB GPU, or FSDP",
+        "GPT-2 large (774M); one 24 GB GPU at small micro-batches, or more memory",
         dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
         dict(_WRITEUP, lr=2.5e-4),
     ),
     Preset(
         "gpt2-xl",
-        "GPT-2 XL (1.56B); several GPUs with FSDP",
+        "GPT-2 XL (1.56B); FSDP on 2+ GPUs of 24 GB, or one 80 GB GPU",
         dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
         dict(_WRITEUP, lr=2e-4),
     ),
@@ -150,13 +150,13 @@ _ALL = [
     ),
     Preset(
         "cpu-tiny",
-        "1M parameters that visibly learn in 2 minutes on 2 CPU cores (the built-in demo)",
+        "1.3M parameters that visibly learn in 2 minutes on 2 CPU cores (the built-in demo)",
         _CPU_TINY,
         dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
     ),
     Preset(
         "cpu-small",
-        "11M parameters for a CPU or a small GPU, 600 steps",
+        "12M parameters for a CPU or a small GPU, 600 steps",
         _CPU_SMALL,
         dict(_CPU, max_steps=600, lr=1.5e-3),
     ),

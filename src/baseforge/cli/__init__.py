@@ -20,6 +20,7 @@ VERBS = [
     "prepare",
     "data",
     "train",
+    "presets",
     "plan",
     "sample",
     "eval",

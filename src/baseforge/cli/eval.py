@@ -59,14 +59,14 @@ def run(args) -> int:
     from baseforge.cli import emit_results
     from baseforge.data.shards import read_manifest
     from baseforge.eval.loss import check_vocab, heldout_loss
-    from baseforge.eval.models import load_any, tokenizer_name_for_data
+    from baseforge.eval.models import load_any
     from baseforge.train.precision import resolve_device
 
     device = resolve_device(args.device)
     manifest = read_manifest(args.data)
     loaded = [load_any(spec, device, args.which) for spec in args.models]
     for m in loaded:
-        check_vocab(m.name, m.model, tokenizer_name_for_data(m, args.data, manifest), args.data, manifest)
+        check_vocab(m.name, m.model, m.tokenizer, args.data, manifest)
     context = args.context or min(m.model.config.context for m in loaded)
     rows = []
     for m in loaded:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+
+from baseforge.errors import UserError
 
 DEMO_DATA = Path("data/builtin")
 DEMO_RUN = Path("runs/demo")
@@ -20,15 +23,22 @@ examples:
   baseforge train --data data/fineweb --out runs/seed --resume
       continue a run exactly where its latest checkpoint left off
   baseforge train --data data/tiny --out runs/t --preset cpu-tiny --set lr=1e-3 --set max_steps=200
+  baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed --dry-run
+      print the resolved config, parameter count, tokens per step, steps and tokens; train nothing
+  baseforge train --data data/new --out runs/more --init-from runs/seed --set max_steps=2000
+      continued pretraining: a run's (or hf:DIR's) weights, a fresh optimizer and schedule
   torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
 
 config: a preset, then --config FILE.toml (flat keys or [model]/[train] tables), then --set
 key=value (repeatable). `--help-config` lists every key and its default. The resolved config
 is saved in RUN/config.json and in every checkpoint. On --resume the run's saved config is used,
-with any --set applied on top (for example a larger max_steps to extend a run).
+with any --set of a train key applied on top (for example a larger max_steps to extend a run);
+re-running the original command with --resume appended works, and a flag that would change the
+saved config is refused, naming the key. The run remembers its data (RUN/data.json): --resume
+without --data uses it; other data needs --new-data and the same tokenizer.
 
-the run dir: config.json, metrics.jsonl (one JSON row per logged step), charts/training.png,
-checkpoints/step_NNNNNNN/ (model.safetensors, trainer.pt, state.json, config.json),
+the run dir: config.json, data.json, metrics.jsonl (one JSON row per logged step), charts/training.png,
+checkpoints/step_NNNNNNN/ (model.safetensors, trainer.safetensors + trainer.json, state.json, config.json),
 checkpoints/latest and /best, summary.json, sample.txt. Ctrl-C (or SIGTERM) saves a checkpoint
 and exits; --resume continues bit-exactly.
 """
@@ -60,8 +70,15 @@ def register(sub) -> None:
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     p.add_argument(
-        "--help-config", action="store_true", help="list every config key and its default, then exit"
+        "--new-data", action="store_true", help="with --resume: continue on other data (same tokenizer)"
     )
+    p.add_argument(
+        "--init-from", metavar="MODEL", help="start from these weights: a run, checkpoint or hf:DIR"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved run (config, size, steps) and exit"
+    )
+    p.add_argument("--help-config", action="store_true", help="list every config key: type, default, meaning")
     p.set_defaults(run=run)
 
 
@@ -81,62 +98,161 @@ def evaluators(cfg) -> dict:
         result = evaluate_hellaswag(
             inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device
         )
-        return {"acc_norm": result["acc_norm"]}
+        return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
 
     return {"hellaswag": hellaswag}
 
 
 def run(args) -> int:
-    from baseforge.config import apply_overrides, describe_keys, load_run_config, resolve_config
-    from baseforge.errors import UserError
+    from baseforge.config import describe_keys
+    from baseforge.fileio import check_out_dir
 
     if args.help_config:
         print(describe_keys())
         return 0
-    data = args.data or DEMO_DATA
-    out = args.out or DEMO_RUN
-    demo = args.data is None
-    if demo and not (data / "manifest.json").is_file():
+    out = check_out_dir(args.out or DEMO_RUN)
+    if args.resume and args.init_from:
+        raise UserError("--init-from starts a new run; it cannot be combined with --resume")
+    data = resume_data(args, out) if args.resume else (args.data or DEMO_DATA)
+    if data == DEMO_DATA and not (data / "manifest.json").is_file():
         from baseforge.data.prepare import prepare
 
         print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
         prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
+    config = run_config(args, out)
+    init = None
+    if args.init_from:
+        config, init = init_from(args.init_from, config, data, args.overrides)
+    if args.dry_run:
+        print(dry_run_report(config, data))
+        return 0
+    return train(config, data, out, args.resume, init)
+
+
+def run_config(args, out: Path):
+    from baseforge.config import load_run_config, resolve_config, resume_config
+
     if args.resume:
-        if not (out / "config.json").is_file():
-            raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
-        if args.preset or args.config:
-            raise UserError(
-                "--resume uses the run's saved config; --preset/--config cannot change it (use --set)"
-            )
-        config = load_run_config(out)
-        apply_overrides(config, args.overrides, model_keys=False)
-    else:
-        if demo and (out / "checkpoints" / "latest").exists() and not args.preset:
-            raise UserError(
-                f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
-                f"continue it with `baseforge train --resume`, or remove it to start over"
-            )
-        config = resolve_config(args.preset or (DEMO_PRESET if demo else None), args.config, args.overrides)
-    return train(config, data, out, args.resume)
+        return resume_config(load_run_config(out), args.preset, args.config, args.overrides)
+    if args.data is None and (out / "checkpoints" / "latest").exists() and not args.preset:
+        raise UserError(
+            f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
+            f"continue it with `baseforge train --resume`, or remove it to start over"
+        )
+    return resolve_config(
+        args.preset or (DEMO_PRESET if args.data is None else None), args.config, args.overrides
+    )
 
 
-def train(config, data: Path, out: Path, resume: bool) -> int:
+def resume_data(args, out: Path) -> Path:
+    """The data a resumed run continues on: its own (RUN/data.json), or --data if the same or --new-data."""
+    from baseforge.train.checkpoint import data_fingerprint, read_data_record
+
+    if not (out / "config.json").is_file():
+        raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
+    record = read_data_record(out)
+    if args.data is None:
+        if record is None:
+            if out == DEMO_RUN:
+                return DEMO_DATA
+            raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
+        return Path(record["path"])
+    same = record is None or (
+        Path(record["path"]) == args.data.resolve()
+        and record["manifest_sha256"] == data_fingerprint(args.data)
+    )
+    if not same and not args.new_data:
+        raise UserError(
+            f"{out} was trained on {record['path']}, not {args.data}; resume without --data, or add "
+            "--new-data to continue on other data prepared with the same tokenizer"
+        )
+    return args.data
+
+
+def init_from(spec: str, config, data: Path, overrides):
+    """(config with the source model's shape, its weights) for continued pretraining from `spec`."""
+    from dataclasses import replace
+
+    from baseforge.config import MODEL_KEYS, parse_overrides, parse_value
+    from baseforge.data.shards import read_manifest
+    from baseforge.eval.models import load_any
+    from baseforge.tokenizer import check_same_tokenizer
+    from baseforge.train.checkpoint import model_tensors
+
+    loaded = load_any(spec)
+    source = loaded.model.config
+    changed = [
+        key
+        for key, raw in parse_overrides(overrides).items()
+        if key in MODEL_KEYS
+        and key != "dropout"
+        and parse_value(key, raw, getattr(source, key)) != getattr(source, key)
+    ]
+    if changed:
+        raise UserError(f"--init-from takes the model's shape from {spec}; drop --set {', '.join(changed)}")
+    check_same_tokenizer(loaded.tokenizer.record(), read_manifest(data)["tokenizer"], spec, str(data))
+    config.model = replace(source, dropout=config.model.dropout)
+    return config, model_tensors(loaded.model)
+
+
+def dry_run_report(config, data: Path) -> str:
+    """What `train` would do, without training: the resolved config, model size, steps and tokens."""
+    import json
+
     import torch
 
-    from baseforge.errors import UserError
+    from baseforge.data.shards import read_manifest
+    from baseforge.model import GPT
+    from baseforge.train.loop import total_steps
+
+    manifest = read_manifest(data)
+    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
+    with torch.device("meta"):
+        n_params = GPT(config.model).num_params()
+    cfg = config.train
+    lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
+    if cfg.micro_batch == "auto" and not cfg.global_batch:
+        lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
+        return "\n".join(lines)
+    sequences = cfg.global_batch or cfg.micro_batch * cfg.grad_accum
+    per_step = sequences * config.model.context
+    steps = total_steps(cfg, n_params, per_step)
+    lines += [
+        f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
+        f"steps: {steps:,}; tokens: {steps * per_step:,} ({steps * per_step / n_params:.1f} per parameter)",
+        f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
+    ]
+    return "\n".join(lines)
+
+
+def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int:
+    import shutil
+
+    import torch
+
+    from baseforge.runlock import RunLock
     from baseforge.train.distributed import process_group
     from baseforge.train.loop import Trainer
 
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    existed = out.exists()
     with process_group(config.train.dist_timeout_s, config.train.device) as dist:
+        extra = evaluators(config.train)
         trainer = Trainer(
-            config, data, out, resume=resume, log=log, evaluators=evaluators(config.train), dist=dist
+            config, data, out, resume=resume, log=log, evaluators=extra, dist=dist, init_weights=init_weights
         )
         try:
-            result = trainer.run()
+            with RunLock(out) if dist.is_main else contextlib.nullcontext():
+                result = trainer.run()
         except torch.OutOfMemoryError:
             raise UserError(
                 f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
                 "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
             ) from None
+        finally:
+            # A run that failed before writing anything leaves no folder of its own behind.
+            if dist.is_main and not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
+                shutil.rmtree(out, ignore_errors=True)
     return 130 if result.stopped else 0

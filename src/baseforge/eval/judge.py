@@ -102,6 +102,16 @@ def build_prompt(item_id: str, item: dict, seed: int) -> tuple[str, dict[str, st
     ), labels
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would re-send the Authorization header to another URL: treat it as an error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
+
+
 class Malformed(ValueError):
     pass
 
@@ -152,7 +162,7 @@ class Backend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(url, json.dumps(body).encode(), headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _NO_REDIRECTS.open(req, timeout=self.timeout) as resp:
                 reply = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as exc:
             if exc.code == 429 or exc.code >= 500:

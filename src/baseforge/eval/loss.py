@@ -24,13 +24,24 @@ from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 
 
-def check_vocab(name: str, model, model_tokenizer: str, data_dir: Path, manifest: dict) -> None:
+def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> None:
+    """Refuse (one line) a model whose tokenizer's ids mean other tokens than the data's.
+
+    Compared by content, not by name: a baseforge tokenizer by its definition's hash, a
+    transformers folder's own tokenizer token by token against the data's.
+    """
+    from baseforge.eval.models import FolderTokenizer, same_tokenizer
+    from baseforge.tokenizer import check_same_tokenizer, load_tokenizer
+
     data_tok = manifest["tokenizer"]
-    if data_tok["name"] != model_tokenizer:
-        raise UserError(
-            f"{name} uses tokenizer {model_tokenizer} but {data_dir} was prepared with "
-            f"{data_tok['name']}: prepare the data with the model's tokenizer"
-        )
+    if isinstance(tokenizer, FolderTokenizer):
+        if not same_tokenizer(tokenizer, load_tokenizer(data_tok, data_dir)):
+            raise UserError(
+                f"{name}'s tokenizer ({tokenizer.vocab_size} tokens) is not the one {data_dir} was prepared "
+                f"with ({data_tok['name']}): prepare the data with the model's tokenizer"
+            )
+    else:
+        check_same_tokenizer(tokenizer.record(), data_tok, name, str(data_dir))
     if data_tok["vocab_size"] > model.config.vocab_size:
         raise UserError(
             f"{name} has a vocabulary of {model.config.vocab_size} tokens but {data_dir} uses "

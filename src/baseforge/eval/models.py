@@ -131,18 +131,6 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
         return False
 
 
-def tokenizer_name_for_data(loaded: "LoadedModel", data_dir: Path, manifest: dict) -> str:
-    """The name to check against a data dir: the data's own when a folder's tokenizer is the same."""
-    record = manifest["tokenizer"]
-    if loaded.tokenizer.name == record["name"] or not isinstance(loaded.tokenizer, FolderTokenizer):
-        return loaded.tokenizer.name
-    from baseforge.tokenizer import load_tokenizer
-
-    if same_tokenizer(loaded.tokenizer, load_tokenizer(record, data_dir)):
-        return record["name"]
-    return loaded.tokenizer.name
-
-
 def download_hf(name: str) -> Path:
     """A Hub model's config and weights, via huggingface_hub (fails fast and clearly offline)."""
     from baseforge.data.hub import check_reachable

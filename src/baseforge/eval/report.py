@@ -72,8 +72,8 @@ def build_report(run: Path | str) -> tuple[Path, Path]:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items()
     )
     val_rows = "".join(
-        f"<tr><td>{r['step']:,}</td><td>{r['tokens']:,}</td><td>{_fmt(r.get('loss'))}</td>"
-        f"<td>{_fmt(r['val_loss'])}</td></tr>"
+        f"<tr><td>{html.escape(_fmt(r['step']))}</td><td>{html.escape(_fmt(r['tokens']))}</td>"
+        f"<td>{html.escape(_fmt(r.get('loss')))}</td><td>{html.escape(_fmt(r['val_loss']))}</td></tr>"
         for r in rows
         if r.get("val_loss") is not None
     )

@@ -34,22 +34,22 @@ def _choices(hint) -> tuple[list, list]:
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int | None = 50257  # None: taken from the data's tokenizer when the run starts
-    context: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    context: int = 1024  # tokens per sequence (the attention window)
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # on attention, MLP output and embeddings, in training only
     qkv_bias: bool = True  # bias on the fused query/key/value projection
     bias: bool = True  # biases on the other linear layers and on the norms
     tie_weights: bool = True  # output head shares the token embedding matrix
     # Modern options (all off = GPT-2). Each is independent.
-    pos_emb: Literal["learned", "rope"] = "learned"  # learned absolute positions, or rotary
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    pos_emb: Literal["learned", "rope"] = "learned"  # learned absolute positions, or rotary (rope)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # normalisation before each sublayer
     qk_norm: bool = False  # normalise queries and keys per head before attention
     mlp_act: Literal["gelu", "relu2"] = "gelu"  # GPT-2's tanh-approximated GELU, or squared ReLU
     zero_init_head: bool = False  # start the (untied) output head at zero
     logit_softcap: float = 0.0  # 0 = off; else logits = cap * tanh(logits / cap)
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # rotary frequency base
 
     def __post_init__(self) -> None:
         check_choices(self)

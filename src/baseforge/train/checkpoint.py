@@ -3,6 +3,7 @@
 Layout of a run dir:
 
     RUN/config.json                  the resolved config of the run
+    RUN/data.json                    where the run's data came from: {"path", "manifest_sha256"}
     RUN/metrics.jsonl                one JSON object per logged step (see metrics.py)
     RUN/charts/*.png                 loss, learning rate and grad-norm charts
     RUN/checkpoints/latest           text file: the name of the newest complete checkpoint
@@ -23,6 +24,7 @@ checkpoint is executed when it is read: weights and trainer tensors are safetens
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -220,6 +222,26 @@ def restore_training(ckpt: Path, model, optimizers, scaler, device) -> dict:
         scaler.load_state_dict(trainer["scaler"])
     set_rng_state(trainer["rng"])
     return state
+
+
+DATA_RECORD = "data.json"
+
+
+def data_fingerprint(source: Path) -> str | None:
+    """sha256 of a data dir's manifest (or of a data file): what identifies the data a run trained on."""
+    source = Path(source)
+    target = source / "manifest.json" if source.is_dir() else source
+    return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
+
+
+def write_data_record(run_dir: Path, source: Path) -> None:
+    record = {"path": str(Path(source).resolve()), "manifest_sha256": data_fingerprint(source)}
+    atomic_write_json(Path(run_dir) / DATA_RECORD, record)
+
+
+def read_data_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / DATA_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_run_config(run_dir: Path, config: RunConfig) -> None:

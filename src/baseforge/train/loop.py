@@ -13,6 +13,7 @@ optimizers; it reads a checkpoint to resume from); `prepare_run_dir()` is the fi
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +25,14 @@ from baseforge.data.loader import BatchLayout, TokenData
 from baseforge.errors import UserError
 from baseforge.eval.loss import loss_sum
 from baseforge.model import GPT
+from baseforge.progress import Progress
+from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.cadence import Cadence, Due
 from baseforge.train.device import Runtime, compile_for_training
 from baseforge.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier
-from baseforge.train.metrics import (
-    MetricsLog,
-    Progress,
-    format_count,
-    format_duration,
-    memory_gb,
-    truncate_metrics,
-)
+from baseforge.train.metrics import MetricsLog, format_count, format_duration, memory_gb, truncate_metrics
+from baseforge.train.mfu import format_mfu
 from baseforge.train.optim import build_optimizers
 from baseforge.train.schedule import Schedule
 from baseforge.train.state import RunState
@@ -130,12 +127,11 @@ class Trainer:
             return None
         path = ckpt.find_checkpoint(self.run_dir)
         _, state = ckpt.read_checkpoint_meta(path)
-        theirs, ours = state["tokenizer"], self.data.tokenizer.record()
-        if (theirs["name"], theirs["vocab_size"]) != (ours["name"], ours["vocab_size"]):
-            raise UserError(
-                f"the checkpoint was trained with tokenizer {theirs['name']} ({theirs['vocab_size']} tokens) "
-                f"but {self.data.source} uses {ours['name']} ({ours['vocab_size']}); resume with its data"
-            )
+        note = check_same_tokenizer(
+            state["tokenizer"], self.data.tokenizer.record(), f"the checkpoint {path}", str(self.data.source)
+        )
+        if note:
+            self._say(f"note: {note}")
         return path
 
     def _check_vocab(self) -> None:
@@ -190,6 +186,8 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_run_config(self.run_dir, self.config)
+        if isinstance(self.data.source, Path):
+            ckpt.write_data_record(self.run_dir, self.data.source)
         if self.resume:
             truncate_metrics(self.run_dir, self.state.step)
             ckpt.discard_after(self.run_dir, self.state.step)
@@ -199,35 +197,84 @@ class Trainer:
         self.setup()
         self.prepare_run_dir()
         self._announce()
-        metrics = MetricsLog(self.run_dir) if self.runtime.is_main else None
-        progress = Progress(self.total, self.log, self.state.step, self.state.elapsed_s)
+        main = self.runtime.is_main
+        metrics = MetricsLog(self.run_dir) if main else None
+        trackers = self._open_trackers() if main else None
         cadence = Cadence.from_config(self.config.train)
         self.step_fn.model.train()
-        if self.state.step == 0:
-            self._initial_validation(metrics)
-        with StopRequested() as stop:
-            while self.state.step < self.total:
-                self._train_one_step()
-                last = self.state.step == self.total
-                due = cadence.due(self.state.step, last)
-                if due.log:
-                    self._log_row(due, metrics, progress)
-                if self._should_stop_early(last):
-                    last, self.total = True, self.state.step
-                stopping, on_time = any_rank(
-                    [stop.signal is not None, cadence.checkpoint_time_due()], self.dist, self.runtime.device
-                )
-                # Never checkpoint a model that is producing non-finite values: keep the last good one.
-                if (due.checkpoint or last or stopping or on_time) and self.state.bad_in_row == 0:
-                    self.save()
-                    cadence.checkpointed()
-                if stopping:
-                    self._say(
-                        f"stopped by signal at step {self.state.step}; checkpoint saved in {self.run_dir}. "
-                        "To continue, run the same command again with --resume"
+        try:
+            with self._progress() as bar, StopRequested() as stop:
+                if self.state.step == 0:
+                    self._initial_validation(metrics, trackers)
+                while self.state.step < self.total:
+                    self._train_one_step()
+                    last = self.state.step == self.total
+                    due = cadence.due(self.state.step, last)
+                    if due.log:
+                        self._log_row(due, metrics, bar, trackers)
+                    if self._should_stop_early(last):
+                        last, self.total = True, self.state.step
+                    stopping, on_time = any_rank(
+                        [stop.signal is not None, cadence.checkpoint_time_due()],
+                        self.dist,
+                        self.runtime.device,
                     )
-                    return RunResult(self.state.step, stopped=True, signal=stop.signal)
+                    if due.checkpoint or last or stopping or on_time:
+                        saved = self._save_if_healthy()
+                        cadence.checkpointed()
+                    if stopping:
+                        return self._stopped(stop.signal, saved)
+        finally:
+            if trackers is not None:
+                trackers.close()
         return self.finish()
+
+    def _save_if_healthy(self) -> bool:
+        """Checkpoint unless the model is producing non-finite values: then the last good one stays."""
+        if self.state.bad_in_row:
+            return False
+        self.save()
+        return True
+
+    def _stopped(self, signum: int, saved: bool) -> RunResult:
+        where = (
+            f"checkpoint saved in {self.run_dir}"
+            if saved
+            else ("no checkpoint saved: the last steps were not finite, so the last good one stays latest")
+        )
+        self._say(
+            f"stopped by signal at step {self.state.step}; {where}. "
+            "To continue, run the same command again with --resume"
+        )
+        return RunResult(self.state.step, stopped=True, signal=signum)
+
+    def _progress(self) -> Progress:
+        """A bar on a terminal; elsewhere one plain line per logged step, through the run's log."""
+        return Progress(
+            self.total,
+            "train",
+            "step",
+            initial=self.state.step,
+            enabled=self.runtime.is_main,
+            file=sys.stdout,
+            every_s=0.0,
+            write=self.log,
+        )
+
+    def _open_trackers(self):
+        names = [n.strip() for n in self.config.train.trackers.split(",") if n.strip()]
+        if not names:
+            return None
+        from baseforge.train.trackers import open_trackers
+
+        return open_trackers(
+            names,
+            self.run_dir,
+            self.config.to_dict(),
+            resume=self.resume,
+            log=self.log,
+            start_step=self.state.step,
+        )
 
     def train_step(self) -> StepResult:
         """One optimizer step at the current step number (the loop's; benchmarks call it directly)."""
@@ -256,12 +303,21 @@ class Trainer:
         )
         return True
 
-    def _initial_validation(self, metrics: MetricsLog | None) -> None:
+    def _initial_validation(self, metrics: MetricsLog | None, trackers) -> None:
         """Validation before the first step, so the curve shows how far training moved it."""
         self.state.initial_val = self.evaluate()
-        if metrics is not None and self.state.initial_val is not None:
-            metrics.write({"step": 0, "tokens": 0, "loss": None, "val_loss": self.state.initial_val})
-            self.log(f"step 0 | val {self.state.initial_val:.4f}")
+        if metrics is None:
+            return
+        if self.state.initial_val is None:
+            self.log(
+                f"warning: {self.data.source} has no validation split: training without a validation loss"
+            )
+            return
+        row = {"step": 0, "tokens": 0, "loss": None, "val_loss": self.state.initial_val}
+        metrics.write(row)
+        if trackers is not None:
+            trackers.log(row, 0)
+        self.log(f"step 0 | val {self.state.initial_val:.4f}")
 
     # --- periodic actions -----------------------------------------------------------------------
     @property
@@ -286,7 +342,7 @@ class Trainer:
         total, count = all_reduce_sum([total, float(count)], self.dist, rt.device)
         return total / count if count else None
 
-    def _log_row(self, due: Due, metrics: MetricsLog | None, progress: Progress) -> None:
+    def _log_row(self, due: Due, metrics: MetricsLog | None, bar: Progress, trackers) -> None:
         row = self._metrics_row()
         if due.evaluate:
             val = self.evaluate()
@@ -301,7 +357,9 @@ class Trainer:
             model.train()
         if metrics is not None:
             metrics.write(row)
-            progress.update(row, self.state.elapsed_s)
+            if trackers is not None:
+                trackers.log(row, row["step"])
+        bar.update(row["step"] - bar.n, **_progress_fields(row))
         self.state.window = type(self.state.window)()
         self.last_row = row
 
@@ -324,6 +382,7 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Write a checkpoint of the current step (rank 0) and the charts; every rank waits for it."""
         if self.runtime.is_main:
             step = self.step_fn
             ckpt.save_checkpoint(
@@ -422,3 +481,17 @@ class Trainer:
             seed=self.config.train.seed,
         )
         return tok.decode(ids)
+
+
+def _progress_fields(row: dict) -> dict:
+    """What the progress bar / line shows of a metrics row."""
+    fields = {"loss": f"{row['loss']:.4f}"}
+    if "val_loss" in row:
+        fields["val"] = f"{row['val_loss']:.4f}"
+    fields.update(
+        lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2f}", tok_s=format_count(row["tokens_per_s"])
+    )
+    mfu = format_mfu(row.get("mfu"))
+    if mfu:
+        fields["mfu"] = mfu
+    return fields
