@@ -67,7 +67,7 @@ def throughput(args) -> dict:
         for name in args.variants:
             t0 = time.perf_counter()
             trainers[name] = make_trainer(data, Path(tmp) / name, VARIANTS[name])
-            compiled = trainers[name].fwd_model is not trainers[name].model
+            compiled = trainers[name].step_fn.wrapped is not trainers[name].step_fn.model
             print(
                 f"{name}: set up in {time.perf_counter() - t0:.1f}s"
                 + (

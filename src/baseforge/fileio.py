@@ -273,3 +273,23 @@ def read_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: not a JSON object")
             yield lineno, row
+
+
+def read_append_log(path: Path | str) -> list[dict]:
+    """The objects of an append-only JSON-lines log (metrics.jsonl, the judge's cache).
+
+    Unlike `read_jsonl` (input data, where a bad line is the user's to fix), a log's bad line is
+    one a kill left half-written: it is skipped, never an error. A missing log is empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

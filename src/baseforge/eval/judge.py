@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from baseforge.errors import UserError
-from baseforge.fileio import read_jsonl
+from baseforge.fileio import read_append_log, read_jsonl
 from baseforge.progress import progress_bar
 
 FIELDS = ("id", "model", "instruction", "input", "reference", "answer")
@@ -192,13 +192,9 @@ class Cache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.entries: dict[str, dict] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+        for entry in read_append_log(self.path):
+            if "key" in entry:
+                self.entries[entry["key"]] = entry
 
     def put(self, entry: dict) -> None:
         self.entries[entry["key"]] = entry

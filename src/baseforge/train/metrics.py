@@ -20,22 +20,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from baseforge.fileio import atomic_write_text
+from baseforge.fileio import atomic_write_text, read_append_log
 
 METRICS = "metrics.jsonl"
 
 
 def read_metrics(run_dir: Path | str) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill
-    return rows
+    return read_append_log(Path(run_dir) / METRICS)
 
 
 def truncate_metrics(run_dir: Path | str, step: int) -> None:
