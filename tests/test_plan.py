@@ -74,7 +74,7 @@ def test_tracker_counts_saved_tensors_and_frees():
 def _trained_model(preset: str, precision: str):
     run = preset_config(preset)
     torch.manual_seed(0)
-    model = GPT(run.model_config(VOCAB)).train()
+    model = GPT(run.with_vocab(VOCAB).model).train()
     opt = build_optimizers(model, run.train, torch.device("cpu"))
     return model, opt
 

@@ -128,7 +128,7 @@ def model_shape(preset: str, vocab: int | None = None) -> Shape:
     from baseforge.train.muon import param_groups_for_muon
 
     run = preset_config(preset)
-    cfg = run.model_config(vocab or run.model.get("vocab_size") or 50257)
+    cfg = run.with_vocab(vocab or run.model.vocab_size or 50257).model
     with torch.device("meta"):
         model = GPT(cfg)
     muon = param_groups_for_muon(model)[0] if run.train.optimizer == "muon" else []

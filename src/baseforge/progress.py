@@ -50,6 +50,7 @@ class Progress:
         every_s: float = 30.0,
         write: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scale: bool = False,
     ):
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self.initial = initial
@@ -68,7 +69,13 @@ class Progress:
 
             # tqdm's own rate and remaining time also exclude `initial`.
             self.bar = tqdm(
-                total=total, desc=desc, unit=unit, initial=initial, file=self.file, dynamic_ncols=True
+                total=total,
+                desc=desc,
+                unit=unit,
+                initial=initial,
+                file=self.file,
+                dynamic_ncols=True,
+                unit_scale=scale,  # 3.48M tok, not 3483295tok
             )
 
     @property
@@ -101,6 +108,15 @@ class Progress:
         now = self.clock()
         if self.last_line_at is None or now - self.last_line_at >= self.every_s:
             self.write_line(now)
+
+    def note(self, text: str) -> None:
+        """A message above the bar (through the bar on a terminal, so it does not tear it)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.file)
+        else:
+            self.write(text)
 
     def set_fields(self, **fields) -> None:
         """Change the postfix fields without advancing."""

@@ -79,6 +79,7 @@ def run(args) -> int:
             batch_size=args.batch_size,
             device=device,
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
+            show_progress=True,
         )
         rows.append({"model": m.name, **result})
     emit_results(

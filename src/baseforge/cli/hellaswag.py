@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 EPILOG = """\
@@ -59,9 +58,7 @@ def run(args) -> int:
     rows = []
     for spec in args.models:
         m = load_any(spec, device, args.which)
-        result = evaluate_hellaswag(
-            m.model, m.tokenizer, args.data, args.limit, device, progress=lambda s: print(s, file=sys.stderr)
-        )
+        result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device, show_progress=True)
         rows.append({"model": spec, **result})
     emit_results(
         rows,

@@ -78,7 +78,7 @@ def run(args) -> int:
         seed=args.seed,
         retries=args.retries,
         backoff_s=args.backoff,
-        log=lambda m: print(m, file=sys.stderr, end="\r" if sys.stderr.isatty() else "\n"),
+        log=lambda m: print(m, file=sys.stderr),
     )
     rows = summarize(result)
     if args.out:

@@ -421,26 +421,21 @@ def _remove_stale_shards(out: Path, splits: dict) -> None:
 
 
 class _Meter:
-    """Progress on stderr: documents, tokens, rate and (when the total is known) ETA."""
+    """Progress (a bar on a terminal, else a line every 5 s on stderr: documents, tokens, rate, ETA
+    when the token budget is known) and the closing summary."""
 
     def __init__(self, log, total_tokens: int | None, every_s: float = 5.0):
-        self.log, self.total, self.every = log, total_tokens, every_s
-        self.start = self.last = time.monotonic()
+        from baseforge.progress import Progress
+
+        self.log = log
+        self.start = time.monotonic()
+        self.bar = Progress(total_tokens, "prepare", "tok", every_s=every_s, scale=True)
 
     def update(self, docs: int, tokens: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            return
-        self.last = now
-        rate = tokens / max(now - self.start, 1e-9)
-        eta = f", eta {(self.total - tokens) / rate / 60:.1f} min" if self.total and rate else ""
-        print(
-            f"prepare: {docs:,} documents, {tokens:,} tokens, {rate / 1e3:.0f}k tokens/s{eta}",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.bar.update(tokens - self.bar.n, documents=f"{docs:,}")
 
     def finish(self, counts, splits, pack) -> None:
+        self.bar.close()
         seconds = time.monotonic() - self.start
         sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
         self.log(

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from baseforge.errors import UserError
 from baseforge.fileio import read_jsonl
+from baseforge.progress import Progress
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 
@@ -140,7 +141,7 @@ def _argmax(values: list[float]) -> int:
 
 
 def evaluate_hellaswag(
-    model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu", progress=None
+    model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu", show_progress=False
 ) -> dict:
     """{"acc", "acc_norm", "acc_norm_tok", "items"} over the first `limit` items (all by default).
 
@@ -151,10 +152,10 @@ def evaluate_hellaswag(
     model.eval()
     hits = {"acc": 0, "acc_norm": 0, "acc_norm_tok": 0}
     keys = {"acc": "ll", "acc_norm": "ll_per_char", "acc_norm_tok": "ll_per_token"}
-    for n, item in enumerate(items, 1):
-        scores = score_item(model, tokenizer, item, device)
-        for metric, key in keys.items():
-            hits[metric] += int(_argmax(scores[key]) == item.label)
-        if progress and n % 100 == 0:
-            progress(f"hellaswag {n}/{len(items)}: acc_norm {hits['acc_norm'] / n:.4f}")
+    with Progress(len(items), "hellaswag", "item", enabled=show_progress, every_s=10) as bar:
+        for n, item in enumerate(items, 1):
+            scores = score_item(model, tokenizer, item, device)
+            for metric, key in keys.items():
+                hits[metric] += int(_argmax(scores[key]) == item.label)
+            bar.update(1, acc_norm=f"{hits['acc_norm'] / n:.4f}")
     return {**{k: v / len(items) for k, v in hits.items()}, "items": len(items)}

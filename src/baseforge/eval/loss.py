@@ -22,6 +22,7 @@ import torch
 from baseforge.data.loader import TokenWindows, eval_batches
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
+from baseforge.progress import Progress
 
 
 def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> None:
@@ -67,6 +68,12 @@ def loss_sum(
     return total, count
 
 
+def _counted(batches, bar):
+    for batch in batches:
+        yield batch
+        bar.update(1)
+
+
 @torch.no_grad()
 def heldout_loss(
     model,
@@ -78,6 +85,7 @@ def heldout_loss(
     batch_size: int = 8,
     device="cpu",
     autocast_dtype: torch.dtype | None = None,
+    show_progress: bool = False,
 ) -> dict:
     """{"loss", "perplexity", "tokens"} of `model` on the fixed slice of `split`."""
     data_dir = Path(data_dir)
@@ -91,7 +99,10 @@ def heldout_loss(
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype)
 
-    total, count = loss_sum(model, eval_batches(windows, tokens, batch_size), device, amp)
+    n_windows = min(windows.n, max(1, tokens // windows.context)) if tokens else windows.n
+    with Progress(-(-n_windows // batch_size), "eval", "batch", enabled=show_progress, every_s=10) as bar:
+        batches = _counted(eval_batches(windows, tokens, batch_size), bar)
+        total, count = loss_sum(model, batches, device, amp)
     if not count:
         raise UserError(f"no tokens to evaluate in the {split} split of {data_dir}")
     mean = total / count

@@ -84,6 +84,7 @@ class Trainer:
         self.evaluators = evaluators or {}
         self.dist = dist or DistInfo()
         self.step_fn: TrainStep | None = None  # set by setup()
+        self._note = None  # while the progress bar runs: writes a message above it
 
     # --- building the run -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -203,9 +204,10 @@ class Trainer:
         cadence = Cadence.from_config(self.config.train)
         self.step_fn.model.train()
         try:
+            if self.state.step == 0:
+                self._initial_validation(metrics, trackers)
             with self._progress() as bar, StopRequested() as stop:
-                if self.state.step == 0:
-                    self._initial_validation(metrics, trackers)
+                self._note = bar.note  # messages mid-run go above the bar
                 while self.state.step < self.total:
                     self._train_one_step()
                     last = self.state.step == self.total
@@ -403,9 +405,9 @@ class Trainer:
 
     # --- words and the end ----------------------------------------------------------------------
     def _say(self, message: str) -> None:
-        """Log on the main process only."""
+        """Log on the main process only (above the progress bar while there is one)."""
         if self.dist.is_main:
-            self.log(message)
+            (self._note or self.log)(message)
 
     def _announce(self) -> None:
         c, rt, layout = self.config.model, self.runtime, self.step_fn.layout
