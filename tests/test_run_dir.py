@@ -97,6 +97,8 @@ def test_paths_are_checked_and_failures_leave_no_folder(shakespeare_dir, tmp_pat
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert_clean_error(train(shakespeare_dir, a_file), "is a file")
+    assert_clean_error(baseforge("export", shakespeare_dir, "--out", a_file), "is a file")
+    assert_clean_error(baseforge("import-gpt2", "gpt2", "--out", a_file), "is a file")
     fresh = tmp_path / "fresh"
     # Fails inside the trainer (after the lock made the folder): the folder goes again.
     assert_clean_error(train(shakespeare_dir, fresh, *sets("vocab_size=10")), "vocab_size")

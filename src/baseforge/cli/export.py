@@ -40,8 +40,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from baseforge.errors import UserError
     from baseforge.eval.hf_export import export_run
+    from baseforge.fileio import check_out_dir
 
-    out = export_run(args.run_dir, args.out, args.which)
+    out = export_run(args.run_dir, check_out_dir(args.out), args.which)
     remote = (out / "modeling_baseforge.py").is_file()
     kind = "remote-code model (load with trust_remote_code=True)" if remote else "GPT2LMHeadModel"
     print(f"exported {args.run_dir} to {out} as a {kind}")

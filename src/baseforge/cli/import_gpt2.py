@@ -30,7 +30,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from baseforge.eval.hf_export import import_gpt2
+    from baseforge.fileio import check_out_dir
 
-    out = import_gpt2(args.source, args.out)
+    out = import_gpt2(args.source, check_out_dir(args.out))
     print(f"imported {args.source} into {out}")
     return 0
