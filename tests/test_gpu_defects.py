@@ -133,3 +133,126 @@ def test_fused_loss_reads_no_value_on_the_host(dtype, softcap, underflow, monkey
         assert all(torch.equal(a, b) for a, b in zip(device[1:], host[1:]))
     else:  # nothing to repair: the same numbers, bit for bit
         assert all(torch.equal(a, b) for a, b in zip(device, host))
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    """A train split of three shards of different lengths (windows never cross a shard boundary)."""
+    import numpy as np
+
+    from baseforge.data.shards import write_manifest, write_shard
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, n in enumerate([700, 1234, 333]):
+        write_shard(tmp_path / f"train_{i:06d}.bin", rng.integers(0, 60000, n), 65536)
+        entries.append({"file": f"train_{i:06d}.bin", "tokens": n})
+    write_manifest(tmp_path, {"splits": {"train": {"documents": 0, "tokens": 0, "shards": entries}}})
+    return tmp_path
+
+
+def _old_stream_indices(seed: int, n: int, start: int, count: int) -> list[int]:
+    """The loader's permutation as the per-window Python loop computed it (the specification)."""
+    import math
+
+    import numpy as np
+
+    out = []
+    for j in range(start, start + count):
+        rng = np.random.default_rng([seed, j // n])
+        a = int(rng.integers(1, max(n, 2)))
+        while math.gcd(a, n) != 1:
+            a = a % n + 1 if n > 1 else 1
+        out.append((a * (j % n) + int(rng.integers(0, n))) % n)
+    return out
+
+
+def test_vectorised_gather_equals_the_window_loop(sharded):
+    import numpy as np
+
+    from baseforge.data.loader import TokenWindows, TrainStream
+
+    windows = TokenWindows(sharded, "train", 16)
+    stream = TrainStream(windows, seed=3)
+    start = 5 * windows.n - 7  # crosses from epoch 4 into epoch 5
+    indices = stream.indices(start, 20)
+    assert indices == _old_stream_indices(3, windows.n, start, 20)
+    assert len(np.unique(np.searchsorted(windows.starts, indices, side="right"))) > 1  # several shards
+    x, y = stream.batch(start, 20)
+    rows = np.stack([windows.window(k) for k in indices]).astype(np.int64)
+    assert torch.equal(x, torch.from_numpy(rows[:, :-1])) and torch.equal(y, torch.from_numpy(rows[:, 1:]))
+    assert x.dtype == torch.int64
+
+
+class _CountingData:
+    """TokenData's micro_batch interface over a stream, recording which thread gathered what."""
+
+    def __init__(self, stream):
+        import threading
+
+        self.stream, self.calls, self.main = stream, [], threading.get_ident()
+
+    def micro_batch(self, step, micro, layout):
+        import threading
+
+        self.calls.append((step, micro, threading.get_ident() != self.main))
+        return self.stream.micro_batch(step, micro, layout)
+
+
+def test_prefetched_batches_equal_direct_ones(sharded):
+    from baseforge.data.loader import BatchLayout, Prefetcher, TokenWindows, TrainStream
+
+    stream = TrainStream(TokenWindows(sharded, "train", 16), seed=1)
+    data = _CountingData(stream)
+    layout = BatchLayout(micro_batch=3, grad_accum=2)
+    prefetch = Prefetcher()
+    order = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (5, 1), (6, 0), (0, 0), (0, 1)]  # a jump, a restart
+    for step, micro in order:
+        got = prefetch.get(data, step, micro, layout)
+        want = stream.micro_batch(step, micro, layout)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    background = {(s, m) for s, m, in_thread in data.calls if in_thread}
+    assert {(0, 1), (1, 0), (1, 1), (2, 0)} <= background  # the ones that followed in order came ready
+    assert (5, 1) not in background and (6, 0) in background
+
+
+def test_train_step_reads_the_device_once_per_step(shakespeare_dir, tmp_path, monkeypatch):
+    """Host reads of tensor values from baseforge's code, as a GPU would see them: none inside a
+    micro-step (accumulation 4 here), one per optimizer step (loss and grad norm together)."""
+    import sys
+
+    from baseforge.config import resolve_config
+    from baseforge.model import loss
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=2", "global_batch=8", "dropout=0.1"])
+    trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *_: None)
+    trainer.setup()
+    step = trainer.step_fn
+    reads, inside = [], [False]
+    monkeypatch.setattr(loss, "host_reads_are_free", lambda device: False, raising=False)
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "baseforge" in caller and "tests" not in caller:
+                reads.append((_name, inside[0], caller))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    forward_backward = step.forward_backward
+
+    def micro_step(*args, **kwargs):
+        inside[0] = True
+        try:
+            return forward_backward(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(step, "forward_backward", micro_step)
+    results = [step(s, trainer.data) for s in range(3)]
+    assert all(r.applied and r.loss > 0 for r in results)
+    assert not [r for r in reads if r[1]], reads  # nothing inside a micro-step
+    assert len(reads) <= 3, reads  # at most one per optimizer step
