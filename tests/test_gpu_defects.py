@@ -388,3 +388,35 @@ def test_ranks_agree_on_the_smallest_micro_batch(tmp_path):
     out = str(tmp_path / "agreed")
     mp.spawn(_agree_on_rank, args=(f"file://{tmp_path / 'pg'}", out), nprocs=2)
     assert [open(f"{out}.{r}").read() for r in range(2)] == ["4", "4"]
+
+
+# --- defect 7 (compile): nothing compiles after the warm-up ---------------------------------------
+@pytest.mark.slow  # ~45 s of compiling on a loaded 2-core CPU
+def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path, monkeypatch):
+    """Training steps at micro-batch 4 and evaluations whose last batch is partial (31 windows):
+    every graph exists after setup's warm-up. (aot_eager: dynamo's guards and recompiles are the
+    backend's concern no more than inductor's, and it compiles in seconds on CPU.)"""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    keys = [*TINY, "compile=true", "micro_batch=4", "global_batch=8", "eval_tokens=1984"]
+    logs = []
+    trainer = Trainer(
+        resolve_config("cpu-tiny", None, keys), shakespeare_dir, tmp_path / "run", log=logs.append
+    )
+    trainer.setup()
+    assert not any("training eager" in line for line in logs), logs
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    trainer.step_fn.model.train()
+    for step in range(3):
+        assert trainer.step_fn(step, trainer.data).applied
+        assert trainer.evaluate() is not None
+    assert counters["stats"]["unique_graphs"] == graphs, "recompiled after the warm-up"
