@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from baseforge.errors import UserError
+from baseforge.train.device import rng_devices
 
 if TYPE_CHECKING:
     from baseforge.config import TrainConfig
@@ -125,13 +126,6 @@ def agree(micro: int, runtime: Runtime) -> int:
     t = torch.tensor([micro], dtype=torch.int64, device=runtime.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
-
-
-def rng_devices(device: torch.device) -> list[int]:
-    """The CUDA generators whose state a trial may change: the run's device's."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def search_micro_batch(

@@ -41,6 +41,13 @@ class Runtime:
         return cls(dist, device, precision, peak, source)
 
 
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA generators that work on `device` may advance (for torch.random.fork_rng)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def compile_for_training(
     model: torch.nn.Module, warm_up: Callable[[torch.nn.Module], None], log
 ) -> torch.nn.Module:
@@ -49,17 +56,12 @@ def compile_for_training(
     Static shapes (`dynamic=False`): the run's shapes are few and known, so `warm_up` compiles each of
     them (a training step at the run's micro-batch, evaluation's batch shapes) while a failure can
     still fall back to eager, and nothing recompiles later; a dynamic-shape graph would be slower.
-    The warm-up's random draws (dropout) are undone, so a compiled run draws what an eager one does.
+    The warm-up's random draws (dropout) are undone: the run's generators start where they would have.
     """
-    device = next(model.parameters()).device
-    cuda = (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
     try:
         compiled = torch.compile(model, dynamic=False)
-        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        devices = rng_devices(next(model.parameters()).device)
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
             warm_up(compiled)
         model.zero_grad(set_to_none=True)
         return compiled
