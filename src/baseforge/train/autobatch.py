@@ -84,7 +84,12 @@ class DeviceMemory:
         return torch.cuda.max_memory_reserved(self.device) if self.cuda else 0
 
     def capacity(self) -> int:
-        return torch.cuda.get_device_properties(self.device).total_memory if self.cuda else 0
+        """Bytes this process may use: the GPU's, times a set_per_process_memory_fraction cap."""
+        if not self.cuda:
+            return 0
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        return int(total * (fraction(self.device) if fraction else 1.0))
 
     def release(self) -> None:
         if self.cuda:
