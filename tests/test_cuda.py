@@ -235,6 +235,58 @@ def test_no_host_device_sync_inside_a_micro_step():
     assert torch.isfinite(loss).item()
 
 
+def trainer_on_gpu(data: Path, run: Path, *keys: str):
+    """A set-up in-process Trainer on the GPU (helpers.TINY with `keys`)."""
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+
+    trainer = Trainer(resolve_config("cpu-tiny", None, [*TINY, *CUDA, *keys]), data, run, log=lambda *_: None)
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_step_micro_steps_do_not_sync(data_dir, tmp_path, precision):
+    """TrainStep's micro-steps (accumulation 4, pinned prefetched batches, fp16's scaler, dropout):
+    no host-device sync; the step's one sync (loss and grad norm) comes after them."""
+    trainer = trainer_on_gpu(
+        data_dir, tmp_path / "run", f"precision={precision}", "micro_batch=2", "dropout=0.1"
+    )
+    step = trainer.step_fn
+    step(0, trainer.data)  # warm-up: allocator, kernels, lazy init
+    torch.cuda.synchronize()
+    micro_step = step.forward_backward
+
+    def checked(x, y, sync):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return micro_step(x, y, sync)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    step.forward_backward = checked
+    assert step(1, trainer.data).applied
+    x, y = step.batches.get(trainer.data, 2, 0, step.layout)
+    assert x.is_pinned() and y.is_pinned()  # so .to(cuda, non_blocking=True) is really asynchronous
+
+
+def test_precision_auto_and_tf32_on_this_gpu():
+    from baseforge.train.precision import resolve_precision, setup_precision
+
+    native = torch.cuda.get_device_capability() >= (8, 0)
+    assert resolve_precision("auto", torch.device("cuda")) == ("bf16" if native else "fp16")
+    a, b = torch.randn(2048, 2048, device="cuda"), torch.randn(2048, 2048, device="cuda")
+    exact = (a.double() @ b.double()).float()
+    setup_precision("fp32", torch.device("cuda"))
+    fp32_error = ((a @ b) - exact).abs().max().item()
+    setup_precision("bf16" if native else "fp16", torch.device("cuda"))
+    mixed_error = ((a @ b) - exact).abs().max().item()
+    setup_precision("fp32", torch.device("cuda"))
+    assert fp32_error < 1e-2  # ieee fp32: ~1e-4 here; TF32's 10-bit mantissa gives ~1e-1
+    if native:
+        assert mixed_error > 10 * fp32_error  # TF32 really on for a mixed-precision run
+
+
 def test_ddp_over_nccl_with_one_process(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP

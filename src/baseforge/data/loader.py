@@ -19,7 +19,9 @@ model) sees the same tokens.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,7 @@ class TokenWindows:
         self.shards = split_shards(self.data_dir, self.manifest, split)
         counts = [max(0, (len(s) - 1) // context) for s in self.shards]
         self.starts = np.cumsum([0] + counts).tolist()  # first window index of each shard
+        self._starts = np.asarray(self.starts, dtype=np.int64)
         self.n = self.starts[-1]
         if self.n == 0:
             tokens = sum(len(s) for s in self.shards)
@@ -103,9 +106,27 @@ class TokenWindows:
         return self.shards[shard][offset : offset + self.context + 1]
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = np.stack([self.window(k) for k in indices]).astype(np.int64)
+        """Windows `indices` as (inputs, targets), gathered shard by shard with numpy fancy indexing."""
+        k = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rows = np.empty((len(k), self.context + 1), dtype=np.int64)
+        shard_of = np.searchsorted(self._starts, k, side="right") - 1
+        span = np.arange(self.context + 1)
+        for shard in np.unique(shard_of):
+            mine = shard_of == shard
+            offsets = (k[mine] - self._starts[shard]) * self.context
+            rows[mine] = self.shards[shard][offsets[:, None] + span]
         data = torch.from_numpy(rows)
         return data[:, :-1], data[:, 1:]
+
+
+@functools.lru_cache(maxsize=64)
+def _affine(seed: int, epoch: int, n: int) -> tuple[int, int]:
+    """Epoch `epoch`'s permutation k -> (a*k + c) mod n: a pure function (threads share it safely)."""
+    rng = np.random.default_rng([seed, epoch])
+    a = int(rng.integers(1, max(n, 2)))
+    while math.gcd(a, n) != 1:
+        a = a % n + 1 if n > 1 else 1
+    return a, int(rng.integers(0, n))
 
 
 class TrainStream:
@@ -114,27 +135,26 @@ class TrainStream:
     def __init__(self, windows: TokenWindows, seed: int):
         self.windows = windows
         self.seed = seed
-        self._epoch = None
-        self._affine = (1, 0)
 
-    def _permute(self, k: int, epoch: int) -> int:
+    def _window_indices(self, start: int, count: int) -> np.ndarray:
         n = self.windows.n
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            a = int(rng.integers(1, max(n, 2)))
-            while math.gcd(a, n) != 1:
-                a = a % n + 1 if n > 1 else 1
-            self._affine, self._epoch = (a, int(rng.integers(0, n))), epoch
-        a, c = self._affine
-        return (a * k + c) % n
+        j = np.arange(start, start + count, dtype=np.int64)
+        epochs, k = j // n, j % n
+        # a*k < n^2 fits int64 below 3e9 windows; beyond, Python integers
+        k = k if n < 2**31 else k.astype(object)
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            a, c = _affine(self.seed, int(epoch), n)
+            mine = epochs == epoch
+            out[mine] = (a * k[mine] + c) % n
+        return out
 
     def indices(self, start: int, count: int) -> list[int]:
-        n = self.windows.n
-        return [self._permute(j % n, j // n) for j in range(start, start + count)]
+        return self._window_indices(start, count).tolist()
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
-        return self.windows.batch(self.indices(start, count))
+        return self.windows.batch(self._window_indices(start, count))
 
     def micro_batch(
         self, step: int, micro_step: int, layout: BatchLayout
@@ -176,3 +196,45 @@ class TokenData:
         if self.val is None:
             return iter(())
         return eval_batches(self.val, max_tokens, batch_size, rank, world)
+
+
+@dataclass
+class _Pending:
+    data: object
+    key: tuple[int, int, BatchLayout]
+    future: Future
+
+
+class Prefetcher:
+    """The trainer's micro-batches, each gathered on a background thread while the previous one trains.
+
+    A micro-batch is a pure function of (step, micro-step, layout), so the next one is known before it
+    is asked for: after handing out one, the thread gathers the next. A request for anything else (the
+    first, a resume, another layout) is gathered on the calling thread, so batches are the same with
+    and without prefetching. With `pin` (a CUDA device) batches land in pinned memory: only from there
+    is the trainer's `.to(device, non_blocking=True)` an asynchronous copy (from pageable memory it
+    waits for the GPU).
+    """
+
+    def __init__(self, pin: bool = False):
+        self.pin = pin
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baseforge-batches")
+        self._pending: _Pending | None = None
+
+    def _load(self, data, step: int, micro: int, layout: BatchLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = data.micro_batch(step, micro, layout)
+        if self.pin:  # contiguous first: a strided source is copied through pageable memory
+            x, y = x.contiguous().pin_memory(), y.contiguous().pin_memory()
+        return x, y
+
+    def get(self, data, step: int, micro: int, layout: BatchLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.data is data and pending.key == (step, micro, layout):
+            batch = pending.future.result()  # its errors surface here, where the batch was needed
+        else:
+            if pending is not None:
+                pending.future.exception()  # wait: never two gathers at once; a stale one's error is moot
+            batch = self._load(data, step, micro, layout)
+        nxt = (step, micro + 1) if micro + 1 < layout.grad_accum else (step + 1, 0)
+        self._pending = _Pending(data, (*nxt, layout), self._pool.submit(self._load, data, *nxt, layout))
+        return batch

@@ -15,6 +15,10 @@ ever cast to fp32 (the softmax kernel accumulates in fp32 internally). The loss 
 -log p[target]: in bf16 that carries a relative rounding of 2^-9 on p, 0.002 nats, far less than
 the rounding autocast already applies to the logits themselves.
 
+Nothing here waits for a GPU: masked rows are masked without asking whether there are any, and
+rows whose target probability underflows are repaired with torch.where (`_repair_underflow`). On CPU,
+where reading a tensor's value costs no sync, the cheaper host branches are kept.
+
 Two exceptions. Under `torch.no_grad` (evaluation) only the loss is computed: no gradient matmuls.
 Under fp16 autocast gradients formed in the forward would be rounded to fp16 before GradScaler's
 loss scale reaches them, so there the gradients are formed in backward, scaled by grad_output,
@@ -53,6 +57,34 @@ def _exact_row_losses(hc, wc, targets, softcap: float) -> torch.Tensor:
     return torch.logsumexp(z, dim=-1) - z.gather(1, targets[:, None]).squeeze(1)
 
 
+def host_reads_are_free(device: torch.device) -> bool:
+    """A bool() of a CPU tensor reads host memory; on a GPU it waits for the device (a sync)."""
+    return device.type == "cpu"
+
+
+def _logit_at(hs, wc, index, softcap: float) -> torch.Tensor:
+    """Each row's logit at `index` (fp32 dot products, no (rows x vocab) work)."""
+    z = (hs.float() * wc[index].float()).sum(-1)
+    return softcap * torch.tanh(z / softcap) if softcap else z
+
+
+def _repair_underflow(losses, p, hs, wc, targets, softcap: float, host: bool) -> torch.Tensor:
+    """Rows whose target probability underflowed to 0 (their loss is inf): the exact loss instead.
+
+    On CPU the rare rows are found and recomputed. On a GPU that would be a sync per chunk, so every
+    row gets a branch-free second value, lse - z[target] with lse = z[k] - log p[k] at the row's most
+    likely token k (p[k] >= 1/vocab never underflows), and torch.where keeps it for the bad rows only:
+    one extra read of the chunk, the other rows' losses unchanged."""
+    bad = torch.isinf(losses)
+    if host:
+        if bool(bad.any()):
+            losses[bad] = _exact_row_losses(hs[bad], wc, targets[bad], softcap)
+        return losses
+    p_max, k = p.max(dim=-1)
+    lse = _logit_at(hs, wc, k, softcap) - p_max.float().log()
+    return torch.where(bad, lse - _logit_at(hs, wc, targets, softcap), losses)
+
+
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     device = h.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
@@ -64,7 +96,8 @@ def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
     hc, wc = h.to(dtype), weight.to(dtype)
     n, vocab = h.shape[0], weight.shape[0]
     valid = targets != -100
-    all_valid = bool(valid.all())
+    host = host_reads_are_free(h.device)
+    all_valid = bool(valid.all()) if host else False  # on a GPU: mask always, no sync
     safe = targets.clamp(min=0)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w_t = None
@@ -85,9 +118,7 @@ def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
         losses = -p[at_target].float().log()
         if not all_valid:
             losses = losses.masked_fill(~valid[start:end], 0.0)
-        bad = torch.isinf(losses)
-        if bool(bad.any()):
-            losses[bad] = _exact_row_losses(hs[bad], wc, ts[bad], softcap)
+        losses = _repair_underflow(losses, p, hs, wc, ts, softcap, host)
         total += losses.sum()
         if not (need_h or need_w):
             continue

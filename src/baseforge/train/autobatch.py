@@ -1,8 +1,21 @@
 """Find the largest micro-batch that fits (`--set micro_batch=auto`), like the write-up's search.
 
 Candidates are the divisors of the per-process batch, so the accumulation it implies is whole.
-Each candidate runs a few real training steps; out-of-memory means too big. Binary search
-assumes that if b fits, every smaller b fits too.
+Each candidate runs real training steps, as the run will: `TrainStep`'s micro-step (loss divided
+by the accumulation, GradScaler under fp16), two micro-steps, unscale, clip, optimizer step;
+out-of-memory means too big. Binary search assumes that if b fits, every smaller b fits too.
+
+Margin: the size found is the largest that fitted once; the run also holds what the trials did not
+(DDP's gradient buckets, evaluation, allocator fragmentation over hours). So where the trial at that
+size peaked above 90% of the GPU's memory (`MARGIN`), the next divisor down is taken.
+
+Under DDP each rank searches alone on its plain model (no process group traffic in the trials, which
+could hang a rank that ran out of memory while the others wait); the ranks then take the smallest of
+their answers (all-reduce MIN), so every rank runs the same micro-batch.
+
+Trials change the weights and draw random numbers; both are put back (CPU and CUDA generators), the
+gradients are cleared even after an out-of-memory in backward, and the peak-memory counter is reset,
+so the run that follows is the run it would have been with that micro-batch given explicitly.
 """
 
 from __future__ import annotations
@@ -12,19 +25,26 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from baseforge.errors import UserError
+from baseforge.train.device import rng_devices
 
 if TYPE_CHECKING:
     from baseforge.config import TrainConfig
     from baseforge.train.device import Runtime
+
+MARGIN = 0.10  # fraction of the GPU's memory the chosen micro-batch's trial must leave free
 
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def divisors(n: int) -> list[int]:
+    return [b for b in range(1, n + 1) if n % b == 0]
+
+
 def largest_fitting(per_rank_batch: int, fits: Callable[[int], bool]) -> int:
     """The largest divisor b of per_rank_batch with fits(b); UserError if not even 1 fits."""
-    candidates = [b for b in range(1, per_rank_batch + 1) if per_rank_batch % b == 0]
+    candidates = divisors(per_rank_batch)
     if not fits(candidates[0]):
         raise UserError(
             "out of memory even at micro_batch 1: use a smaller model or context, "
@@ -40,49 +60,114 @@ def largest_fitting(per_rank_batch: int, fits: Callable[[int], bool]) -> int:
     return candidates[lo]
 
 
-def step_fits(run_steps: Callable[[int], None], device: torch.device) -> Callable[[int], bool]:
-    """Wrap `run_steps(b)` (a few real steps at micro-batch b) into a fits(b) test."""
+def with_margin(per_rank_batch: int, micro: int, peak: int, capacity: int) -> int:
+    """`micro`, or the next divisor down where its trial left less than MARGIN of `capacity` free."""
+    if not capacity or peak <= (1 - MARGIN) * capacity:
+        return micro
+    smaller = [b for b in divisors(per_rank_batch) if b < micro]
+    return smaller[-1] if smaller else micro
+
+
+class DeviceMemory:
+    """What the search reads of the device's memory; on CPU nothing is known (no margin)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        """Bytes the allocator held at most since reset_peak (reserved: what an OOM is about)."""
+        return torch.cuda.max_memory_reserved(self.device) if self.cuda else 0
+
+    def capacity(self) -> int:
+        """Bytes this process may use: the GPU's, times a set_per_process_memory_fraction cap."""
+        if not self.cuda:
+            return 0
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        return int(total * (fraction(self.device) if fraction else 1.0))
+
+    def release(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+
+def step_fits(
+    run_steps: Callable[[int], None],
+    model: torch.nn.Module,
+    memory: DeviceMemory,
+    peaks: dict[int, int],
+) -> Callable[[int], bool]:
+    """Wrap `run_steps(b)` (a few real steps at micro-batch b) into a fits(b) test; records peaks[b]."""
 
     def fits(b: int) -> bool:
+        memory.reset_peak()
         try:
             run_steps(b)
+            peaks[b] = memory.peak()
             return True
         except Exception as exc:  # noqa: BLE001 - only OOM is an answer; anything else is a bug
             if not is_oom(exc):
                 raise
             return False
         finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            # an OOM in backward leaves the gradients of the layers it reached
+            model.zero_grad(set_to_none=True)
+            memory.release()
 
     return fits
 
 
-def search_micro_batch(
-    model: torch.nn.Module, data, cfg: TrainConfig, runtime: Runtime, per_rank: int
-) -> int:
-    """The largest micro-batch (a divisor of `per_rank`) whose real training steps fit in memory.
+def agree(micro: int, runtime: Runtime) -> int:
+    """The smallest of the ranks' answers (each rank searched alone): one micro-batch for all."""
+    if not runtime.dist.enabled:
+        return micro
+    import torch.distributed as dist
 
-    Trial steps change the weights and draw random numbers; both are put back, so the run that
-    follows is the run it would have been with that micro-batch given explicitly.
-    """
+    t = torch.tensor([micro], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def search_micro_batch(
+    model: torch.nn.Module,
+    data,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    per_rank: int,
+    memory: DeviceMemory | None = None,
+) -> int:
+    """The largest micro-batch (a divisor of `per_rank`) whose real training steps fit in memory,
+    less the margin, agreed by all ranks. Weights, RNG, gradients and the peak counter are put back."""
+    memory = memory or DeviceMemory(runtime.device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    peaks: dict[int, int] = {}
+    with torch.random.fork_rng(devices=rng_devices(runtime.device), device_type="cuda"):
+        fits = step_fits(lambda b: _trial_steps(model, data, cfg, runtime, per_rank, b), model, memory, peaks)
+        micro = largest_fitting(per_rank, fits)
+    model.load_state_dict(initial)
+    micro = with_margin(per_rank, micro, peaks.get(micro, 0), memory.capacity())
+    micro = agree(micro, runtime)
+    memory.release()
+    memory.reset_peak()  # max_memory_allocated is the run's, not the search's
+    return micro
+
+
+def _trial_steps(model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int, b: int) -> None:
+    """One optimizer step of two micro-steps at micro-batch b, through the trainer's own TrainStep."""
     from baseforge.data.loader import BatchLayout
     from baseforge.train.optim import build_optimizers
+    from baseforge.train.step import TrainStep
 
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
-
-    def run_steps(b: int) -> None:
-        opt = build_optimizers(model, cfg, runtime.device)
-        x, y = data.micro_batch(0, 0, BatchLayout(micro_batch=b))
-        for _ in range(2):
-            with runtime.precision.autocast():
-                _, loss = model(x.to(runtime.device), y.to(runtime.device))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-
-    micro = largest_fitting(per_rank, step_fits(run_steps, runtime.device))
-    model.load_state_dict(initial)
-    torch.set_rng_state(rng)
-    return micro
+    layout = BatchLayout(micro_batch=b, grad_accum=per_rank // b)
+    optimizers = build_optimizers(model, cfg, runtime.device)
+    step = TrainStep(model, model, optimizers, runtime, layout, schedule=None, grad_clip=cfg.grad_clip)
+    x, y = data.micro_batch(0, 0, layout)
+    x, y = x.to(runtime.device), y.to(runtime.device)
+    step.forward_backward(x, y, sync=False)
+    step.forward_backward(x, y, sync=True)
+    step.update(bool(torch.isfinite(step.clip_gradients())))

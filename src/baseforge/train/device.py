@@ -41,17 +41,33 @@ class Runtime:
         return cls(dist, device, precision, peak, source)
 
 
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA generators that work on `device` may advance (for torch.random.fork_rng)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def compile_for_training(
     model: torch.nn.Module, warm_up: Callable[[torch.nn.Module], None], log
 ) -> torch.nn.Module:
-    """`torch.compile(model)`, warmed up by `warm_up(compiled)`; the eager model where compiling fails."""
+    """`torch.compile(model)`, warmed up by `warm_up(compiled)`; the eager model where compiling fails.
+
+    Static shapes (`dynamic=False`): the run's shapes are few and known, so `warm_up` compiles each of
+    them (a training step at the run's micro-batch, evaluation's batch shapes) while a failure can
+    still fall back to eager, and nothing recompiles later; a dynamic-shape graph would be slower.
+    The warm-up's random draws (dropout) are undone: the run's generators start where they would have.
+    """
     try:
-        compiled = torch.compile(model)
-        warm_up(compiled)
+        compiled = torch.compile(model, dynamic=False)
+        devices = rng_devices(next(model.parameters()).device)
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            warm_up(compiled)
         model.zero_grad(set_to_none=True)
         return compiled
     except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
         model.zero_grad(set_to_none=True)
+        model.train()
         first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
         log(f"torch.compile unavailable here ({type(exc).__name__}: {first_line}); training eager")
         return model

@@ -176,10 +176,24 @@ class Trainer:
             wrapped = DDP(wrapped, device_ids=ids)
         return wrapped
 
-    def _warm_up(self, compiled: torch.nn.Module) -> None:
-        x, y = self.data.micro_batch(0, 0, BatchLayout(micro_batch=1))
-        with self.runtime.precision.autocast():
-            compiled(x.to(self.runtime.device), y.to(self.runtime.device))[1].backward()
+    def _warm_up(self, compiled: torch.nn.Module, layout: BatchLayout | None = None) -> None:
+        """Compile every shape the run uses now, where a failure still falls back to eager: a training
+        step at the run's micro-batch, and evaluation (no_grad, eval mode) at each of its batch shapes
+        (the last batch of the slice may be partial). `layout` is the run's; without it an explicit
+        micro_batch gives the same shapes (`auto`: pass the layout)."""
+        cfg, rt = self.config.train, self.runtime
+        if layout is None:
+            layout = BatchLayout(micro_batch=cfg.micro_batch if cfg.micro_batch != "auto" else 1)
+        x, y = self.data.micro_batch(0, 0, layout)
+        with rt.precision.autocast():
+            compiled(x.to(rt.device), y.to(rt.device))[1].backward()
+        val = self.data.val_batches(cfg.eval_tokens, layout.micro_batch, self.dist.rank, self.dist.world)
+        shapes = {tuple(x.shape): (x, y) for x, y in val}
+        compiled.eval()
+        with torch.no_grad(), rt.precision.autocast():
+            for x, y in shapes.values():
+                compiled(x.to(rt.device), y.to(rt.device))
+        compiled.train()
 
     def prepare_run_dir(self) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""

@@ -1,14 +1,20 @@
 """Mixed precision: which dtype to compute in, the autocast context, and the fp16 grad scaler.
 
-`auto` picks bf16 where the device runs it natively (CUDA compute capability >= 8.0, and CPUs
+`auto` picks bf16 where the device runs it natively (CUDA compute capability >= 8.0, not the
+emulated bf16 that `torch.cuda.is_bf16_supported()` also counts on V100/T4, and CPUs
 with bf16 instructions such as AVX512-BF16 or AMX, where oneDNN's bf16 matmuls are several
 times faster than fp32), fp16 with a GradScaler on older GPUs, and fp32 elsewhere. Weights and
 optimizer state stay fp32; only the forward/backward matmuls run in low precision.
+
+TF32 (fp32 matmuls on tensor cores, 10-bit mantissa) is switched on for bf16/fp16 runs, where the
+matmuls that remain in fp32 are few, and off for `precision=fp32`, which then means fp32. The switch
+is process-wide, so it is set both ways on every run, not only turned on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -45,15 +51,24 @@ def cpu_has_bf16() -> bool:
     return native or "AMX" in capability or "BF16" in capability
 
 
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Native bf16 (compute capability >= 8.0); V100 and T4 only emulate it, far slower than fp16."""
+    if "including_emulation" not in inspect.signature(torch.cuda.is_bf16_supported).parameters:
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    # is_bf16_supported asks about the current device: make it this one
+    with torch.cuda.device(device) if device.index is not None else contextlib.nullcontext():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise UserError("config: precision = fp16 is not supported on CPU; use bf16 or fp32")
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if name == "bf16" and device.type == "cuda" and not gpu_has_bf16(device):
             raise UserError("config: this GPU has no bf16; use precision = fp16 (with loss scaling) or fp32")
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if gpu_has_bf16(device) else "fp16"
     if device.type == "cpu":
         return "bf16" if cpu_has_bf16() else "fp32"
     return "fp32"
@@ -80,9 +95,22 @@ class Precision:
         return torch.amp.GradScaler(self.device.type)
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions, on or off (process-wide), through the newer
+    `fp32_precision` switches where this torch has them (mixing them with allow_tf32 is an error)."""
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32" if enabled else "ieee"
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "tf32" if enabled else "ieee"
+        return
+    matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def setup_precision(name: str, device: torch.device) -> Precision:
+    precision = Precision(resolve_precision(name, device), device)
     if device.type == "cuda":
-        # TF32 for the fp32 matmuls that remain (the write-up's "AMP + TF32").
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return Precision(resolve_precision(name, device), device)
+        # TF32 for the fp32 matmuls that remain in a mixed-precision run (the write-up's "AMP + TF32").
+        set_tf32(precision.name != "fp32")
+    return precision

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baseforge.data.loader import BatchLayout
+from baseforge.data.loader import BatchLayout, Prefetcher
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
 from baseforge.train.schedule import Schedule
@@ -45,6 +45,7 @@ class TrainStep:
         self.schedule = schedule
         self.grad_clip = grad_clip
         self.scaler = runtime.precision.grad_scaler()
+        self.batches = Prefetcher(pin=runtime.device.type == "cuda")
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
         """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
@@ -58,21 +59,33 @@ class TrainStep:
         return loss.detach()
 
     def __call__(self, step: int, data) -> StepResult:
+        """One optimizer step. Host-device syncs: none inside the micro-steps (batches arrive pinned,
+        the loss stays on the device), then one per step, reading loss and gradient norm together to
+        decide whether to skip a non-finite update (fp16's GradScaler.step adds its own)."""
         device = self.runtime.device
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
         for micro in range(self.layout.grad_accum):
-            x, y = data.micro_batch(step, micro, self.layout)
+            x, y = self.batches.get(data, step, micro, self.layout)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss_sum += self.forward_backward(x, y, sync=micro == self.layout.grad_accum - 1)
+        grad_norm = self.clip_gradients()
+        loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()  # the one sync
+        applied = math.isfinite(norm)  # identical on every rank: gradients are all-reduced
+        self.update(applied)
+        return StepResult(loss, norm, applied)
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Unscale (fp16), clip the global norm; the norm before clipping, on the device."""
         if self.scaler:
             self.optimizers.unscale_(self.scaler)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        applied = math.isfinite(grad_norm)  # identical on every rank: gradients are all-reduced
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def update(self, applied: bool) -> None:
+        """Step the optimizers (unless the step is skipped), update the loss scale, clear gradients."""
         if applied:
             self.optimizers.step(self.scaler)
         if self.scaler:
             self.scaler.update()
         self.optimizers.zero_grad()
-        return StepResult(loss_sum.item(), grad_norm, applied)
