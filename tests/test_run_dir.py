@@ -99,6 +99,10 @@ def test_paths_are_checked_and_failures_leave_no_folder(shakespeare_dir, tmp_pat
     assert_clean_error(train(shakespeare_dir, a_file), "is a file")
     assert_clean_error(baseforge("export", shakespeare_dir, "--out", a_file), "is a file")
     assert_clean_error(baseforge("import-gpt2", "gpt2", "--out", a_file), "is a file")
+    # An unavailable device is one line too, whichever kind.
+    assert_clean_error(train(shakespeare_dir, tmp_path / "m", *sets("device=mps")), "mps", "device=cpu")
+    assert_clean_error(train(shakespeare_dir, tmp_path / "c", *sets("device=cuda")), "no CUDA GPU")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
     fresh = tmp_path / "fresh"
     # Fails inside the trainer (after the lock made the folder): the folder goes again.
     assert_clean_error(train(shakespeare_dir, fresh, *sets("vocab_size=10")), "vocab_size")

@@ -39,6 +39,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("config: device = cuda but no CUDA GPU is available; use device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"config: device = {name} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+            "use cuda:0 or another index"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps and mps.is_available()):
+        raise UserError("config: device = mps but Apple's MPS backend is not available here; use device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"config: device = {name!r} is not supported (use auto, cpu, cuda, cuda:N or mps)")
     return device
 
 
