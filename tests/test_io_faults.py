@@ -142,7 +142,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# One fault per writer in the default suite; every other combination is marked slow.
+QUICK = {"checkpoint-enospc", "checkpoint-safetensors-full", "metrics-enospc", "charts-eio"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=() if c in QUICK else pytest.mark.slow) for c in CASES]
+)
 def test_a_write_fault_mid_run_is_one_line_keeps_the_last_checkpoint_and_resumes(
     case, shakespeare_dir, reference, tmp_path, monkeypatch, capsys
 ):
