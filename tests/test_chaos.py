@@ -44,7 +44,7 @@ MODES = ("startup", "step", "eval", "checkpoint")
 class Chaos:
     kills: int = 0
     aimed: dict = field(default_factory=lambda: {m: 0 for m in MODES})
-    mid_write: int = 0  # kills that left a half-written .step_*.tmp behind
+    mid_write: int = 0  # kills that left a new half-written .step_*.tmp behind
     before_first_checkpoint: int = 0
     launches: int = 0
 
@@ -136,6 +136,7 @@ def run_with_chaos(data: Path, run: Path, extra: list[str], plan: list[str], see
     for mode in [*plan, None]:
         resume = (run / "checkpoints" / "latest").exists()
         args = ["--data", data, "--out", run, *(["--resume"] if resume else sets(*CONFIG, *extra))]
+        before = set(tmp_dirs(run))
         child = Child(args)
         chaos.launches += 1
         if mode is None:
@@ -147,7 +148,7 @@ def run_with_chaos(data: Path, run: Path, extra: list[str], plan: list[str], see
             pytest.fail(f"the run finished after {chaos.kills} of {kills} kills: give it more steps")
         chaos.kills += 1
         chaos.aimed["startup" if mode == "first" else mode] += 1
-        chaos.mid_write += bool(tmp_dirs(run))
+        chaos.mid_write += bool(set(tmp_dirs(run)) - before)
         chaos.before_first_checkpoint += not (run / "checkpoints" / "latest").exists()
         check_latest(run)
     raise AssertionError("unreachable")
