@@ -1,0 +1,179 @@
+"""Write faults during a training run: a full disk, an I/O error or a read-only filesystem while a
+checkpoint, the metrics log or the charts are written ends the run with one line that says what to do,
+exit 1, the previous checkpoint and `latest` intact and no temporary dirs; once the fault is gone the
+run resumes and ends as an uninterrupted run would.
+
+The faults are injected where the library meets the OS (the safetensors writer, the metrics file, the
+chart writer) with the errors those really raise: an OSError without a file name, or safetensors' own
+error text. The runs go through the CLI's `main` in this process (fast: torch is already imported).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import matplotlib.figure
+import pytest
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+import baseforge.train.checkpoint as checkpoint
+import baseforge.train.metrics as metrics
+from baseforge.cli import main
+from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.metrics import read_metrics
+from helpers import TINY, sets
+
+STEPS = ["max_steps=6", "checkpoint_every=2", "eval_every=3"]
+FAIL_FROM = 4  # the step from which writes fail: the checkpoint at step 2 is complete before
+WORDS = {
+    errno.ENOSPC: ["No space left on device", "keep_last", "--resume"],
+    errno.EIO: ["I/O error", "dmesg"],
+    errno.EROFS: ["read-only filesystem"],
+}
+
+
+def train(data, run, *extra) -> int:
+    return main(["train", "--data", str(data), "--out", str(run), *extra])
+
+
+def fresh(data, run) -> int:
+    return train(data, run, *sets(*TINY, *STEPS))
+
+
+def losses(run):
+    return [
+        (r["step"], r["loss"], r.get("val_loss"), r["lr"] if r["step"] else None) for r in read_metrics(run)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(shakespeare_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert fresh(shakespeare_dir, run) == 0
+    return run
+
+
+def the_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def oserror(code: int) -> OSError:
+    """What the kernel gives Python for a failed write: an errno, no file name."""
+    return OSError(code, os.strerror(code))
+
+
+# --- where the faults are injected --------------------------------------------------------------------
+def fail_checkpoints(monkeypatch, fault: Exception) -> str:
+    real = checkpoint.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if int(Path(filename).parent.name.split("_")[1].split(".")[0]) >= FAIL_FROM:  # .step_0000004.x.tmp
+            raise fault
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    return f"step_{FAIL_FROM:07d}"
+
+
+class FailingFile:
+    """A metrics file on a disk that fails: every write raises, as flush() on a full disk does."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, _text):
+        raise oserror(self.code)
+
+    def flush(self):
+        raise oserror(self.code)
+
+
+def fail_metrics(monkeypatch, code: int) -> str:
+    def open_(path, mode="r", *args, **kwargs):
+        rows = len(read_metrics(Path(path).parent))  # rows 0..FAIL_FROM-1 are written
+        if "a" in mode and rows >= FAIL_FROM:
+            return FailingFile(code)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "open", open_, raising=False)  # shadows the builtin in that module only
+    return metrics.METRICS
+
+
+def fail_charts(monkeypatch, code: int) -> str:
+    real, calls = matplotlib.figure.Figure.savefig, []
+
+    def savefig(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the charts of the first checkpoint are drawn
+            raise oserror(code)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return "training.png"
+
+
+SAFETENSORS_FULL = (
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+)
+CASES = {
+    "checkpoint-enospc": ("checkpoint", errno.ENOSPC, oserror(errno.ENOSPC)),
+    "checkpoint-safetensors-full": ("checkpoint", errno.ENOSPC, SafetensorError(SAFETENSORS_FULL)),
+    "checkpoint-eio": ("checkpoint", errno.EIO, oserror(errno.EIO)),
+    "checkpoint-erofs": ("checkpoint", errno.EROFS, oserror(errno.EROFS)),
+    "metrics-enospc": ("metrics", errno.ENOSPC, None),
+    "metrics-eio": ("metrics", errno.EIO, None),
+    "metrics-erofs": ("metrics", errno.EROFS, None),
+    "charts-enospc": ("charts", errno.ENOSPC, None),
+    "charts-eio": ("charts", errno.EIO, None),
+    "charts-erofs": ("charts", errno.EROFS, None),
+}
+
+
+# One fault per writer in the default suite; every other combination is marked slow.
+QUICK = {"checkpoint-enospc", "checkpoint-safetensors-full", "metrics-enospc", "charts-eio"}
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=() if c in QUICK else pytest.mark.slow) for c in CASES]
+)
+def test_a_write_fault_mid_run_is_one_line_keeps_the_last_checkpoint_and_resumes(
+    case, shakespeare_dir, reference, tmp_path, monkeypatch, capsys
+):
+    target, code, fault = CASES[case]
+    run = tmp_path / "run"
+    if target == "checkpoint":
+        where = fail_checkpoints(monkeypatch, fault)
+    elif target == "metrics":
+        where = fail_metrics(monkeypatch, code)
+    else:
+        where = fail_charts(monkeypatch, code)
+    capsys.readouterr()
+    assert fresh(shakespeare_dir, run) == 1
+    line = the_error_line(capsys)
+    assert line.startswith("baseforge train: error: ") and where in line, line
+    for word in WORDS[code]:
+        assert word in line, (word, line)
+    root = run / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step_0000002" or target == "charts"
+    assert (find_checkpoint(run) / "trainer.safetensors").is_file()  # latest names a complete checkpoint
+    load_file(str(find_checkpoint(run) / "model.safetensors"))
+    assert not [p.name for p in run.rglob("*.tmp")], "temporary files or dirs left behind"
+
+    monkeypatch.undo()  # the space is back
+    assert train(shakespeare_dir, run, "--resume") == 0, capsys.readouterr().err
+    assert losses(run) == losses(reference)
+    ref, got = (load_file(str(find_checkpoint(r) / "model.safetensors")) for r in (reference, run))
+    assert all((ref[k] == got[k]).all() for k in ref)
