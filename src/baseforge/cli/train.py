@@ -150,6 +150,10 @@ def resume_data(args, out: Path) -> Path:
 
     if not (out / "config.json").is_file():
         raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
+    if not (out / "checkpoints" / "latest").is_file():
+        raise UserError(
+            f"{out} has no checkpoint yet (it stopped before the first); start it again without --resume"
+        )
     record = read_data_record(out)
     if args.data is None:
         if record is None:

@@ -31,7 +31,14 @@ from baseforge.train import checkpoint as ckpt
 from baseforge.train.cadence import Cadence, Due
 from baseforge.train.device import Runtime, compile_for_training
 from baseforge.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier
-from baseforge.train.metrics import MetricsLog, format_count, format_duration, memory_gb, truncate_metrics
+from baseforge.train.metrics import (
+    MetricsLog,
+    format_count,
+    format_duration,
+    memory_gb,
+    read_metrics,
+    truncate_metrics,
+)
 from baseforge.train.mfu import format_mfu
 from baseforge.train.optim import build_optimizers
 from baseforge.train.schedule import Schedule
@@ -206,6 +213,8 @@ class Trainer:
         if self.resume:
             truncate_metrics(self.run_dir, self.state.step)
             ckpt.discard_after(self.run_dir, self.state.step)
+        else:  # a run started again after dying before its first checkpoint: its rows are redone
+            truncate_metrics(self.run_dir, -1)
 
     # --- the run --------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -445,6 +454,8 @@ class Trainer:
 
     def finish(self) -> RunResult:
         state, row = self.state, self.last_row
+        if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
+            row = next((r for r in reversed(read_metrics(self.run_dir)) if r["step"] == state.step), {})
         summary = {
             "data": str(self.data.source),
             "steps": state.step,

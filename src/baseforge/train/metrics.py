@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from baseforge.fileio import atomic_write_text, read_append_log
+from baseforge.fileio import atomic_write_text, io_errors, read_append_log
 
 METRICS = "metrics.jsonl"
 
@@ -40,7 +40,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a") as f:
+        with io_errors(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
