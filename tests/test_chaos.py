@@ -14,6 +14,7 @@ checkpoint. Then the run goes on with --resume until it finishes by itself.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -78,9 +79,10 @@ class Child:
         return False
 
     def logged_step(self, wanted=lambda step: True) -> bool:
-        for line in reversed(self.lines):
-            if line.startswith("step ") and "/" in line.split()[1]:
-                return wanted(int(line.split()[1].split("/")[0]))
+        for line in reversed(self.lines):  # the progress line: "train 12/60 step (20%) | loss ..."
+            logged = re.match(r"train (\d+)/\d+ step", line)
+            if logged:
+                return wanted(int(logged.group(1)))
         return False
 
     def kill(self) -> bool:
@@ -184,7 +186,7 @@ def chaos_against_reference(data: Path, tmp_path: Path, steps: int, plan: list[s
 
 def test_killed_and_resumed_three_times_ends_bit_for_bit(shakespeare_dir, tmp_path):
     plan = ["first", "checkpoint", "eval"]
-    chaos = chaos_against_reference(shakespeare_dir, tmp_path, steps=24, plan=plan, seed=1)
+    chaos = chaos_against_reference(shakespeare_dir, tmp_path, steps=60, plan=plan, seed=1)
     assert chaos.kills == 3 and chaos.before_first_checkpoint >= 1
 
 
