@@ -27,7 +27,14 @@ from baseforge.model import GPT
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.cadence import Cadence, Due
 from baseforge.train.device import Runtime, compile_for_training
-from baseforge.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier
+from baseforge.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    seed_rank,
+)
 from baseforge.train.metrics import (
     MetricsLog,
     Progress,
@@ -37,7 +44,9 @@ from baseforge.train.metrics import (
     truncate_metrics,
 )
 from baseforge.train.optim import build_optimizers
+from baseforge.train.parallel import is_fsdp, wrap_model
 from baseforge.train.schedule import Schedule
+from baseforge.train.sharded import save_sharded
 from baseforge.train.state import RunState
 from baseforge.train.step import StepResult, TrainStep
 from baseforge.train.stop import StopRequested
@@ -107,8 +116,9 @@ class Trainer:
         model.to(self.runtime.device)
         layout = self._batch_layout(model)
         total = total_steps(cfg, model.num_params(), layout.global_batch * self.config.model.context)
-        optimizers = build_optimizers(model, cfg, self.runtime.device)
         wrapped = self._wrap(model)
+        # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
+        optimizers = build_optimizers(model, cfg, self.runtime.device)
         self.step_fn = TrainStep(
             model, wrapped, optimizers, self.runtime, layout, Schedule.from_config(cfg, total), cfg.grad_clip
         )
@@ -116,7 +126,7 @@ class Trainer:
         self.state = RunState()
         if resume_from is not None:
             saved = ckpt.restore_training(
-                resume_from, model, optimizers, self.step_fn.scaler, self.runtime.device
+                resume_from, model, optimizers, self.step_fn.scaler, self.runtime.device, self.dist, cfg.seed
             )
             self.state = RunState.from_json(saved)
         self.last_row: dict = {}
@@ -168,16 +178,10 @@ class Trainer:
         return layout
 
     def _wrap(self, model: GPT) -> torch.nn.Module:
-        """What runs forward in training: the model, compiled if asked, inside DDP with several processes."""
-        wrapped = model
-        if self.config.train.compile:
-            wrapped = compile_for_training(model, self._warm_up, self._say)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-            wrapped = DDP(wrapped, device_ids=ids)
-        return wrapped
+        """What runs forward in training (parallel.wrap_model); first, each rank's own dropout stream."""
+        seed_rank(self.config.train.seed, self.dist)  # after the model init, which is the same on every rank
+        compile_fn = lambda m: compile_for_training(m, self._warm_up, self._say)  # noqa: E731
+        return wrap_model(model, self.config.train, self.runtime, compile_fn)
 
     def _warm_up(self, compiled: torch.nn.Module) -> None:
         x, y = self.data.micro_batch(0, 0, BatchLayout(micro_batch=1))
@@ -324,19 +328,23 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Every rank takes part: each one's RNG state is gathered; FSDP runs also write their shards."""
+        step = self.step_fn
+        rng = ckpt.gather_rng_states(self.dist, self.runtime.device)
+        args = dict(
+            step=self.state.step,
+            config=self.config,
+            tokenizer=self.data.tokenizer,
+            state=self.state.to_json(),
+            keep_last=self.config.train.keep_last,
+            is_best=self.state.best_step == self.state.step,
+        )
+        if is_fsdp(step.model):
+            save_sharded(self.run_dir, step.model, step.optimizers, step.scaler, rng, self.dist, **args)
+        elif self.runtime.is_main:
+            trainer = ckpt.trainer_state(step.optimizers, step.scaler, rng)
+            ckpt.save_checkpoint(self.run_dir, model=step.model, trainer=trainer, **args)
         if self.runtime.is_main:
-            step = self.step_fn
-            ckpt.save_checkpoint(
-                self.run_dir,
-                step=self.state.step,
-                model=step.model,
-                config=self.config,
-                tokenizer=self.data.tokenizer,
-                state=self.state.to_json(),
-                trainer=ckpt.trainer_state(step.optimizers, step.scaler),
-                keep_last=self.config.train.keep_last,
-                is_best=self.state.best_step == self.state.step,
-            )
             from baseforge.train.charts import write_charts
 
             write_charts(self.run_dir)
