@@ -82,7 +82,7 @@ class SafeReader(FileSystemReader):
             with self.fs.create_stream(path, "rb") as f:
                 metadata = _MetadataUnpickler(f).load()
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as exc:
-            raise UserError(f"sharded checkpoint {self.path} has no readable index ({exc})") from None
+            raise UserError(f"no readable index ({exc})") from None
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -134,13 +134,24 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizers) -> None:
     The run's config wins over the checkpoint for base_lr and weight_decay, as in Optimizers.load_state_dict.
     """
     state = _sharded_state(model, optimizers)
-    dcp.load(state, storage_reader=SafeReader(path), no_dist=not dist.is_initialized())
+    _load(state, path, no_dist=not dist.is_initialized())
     set_model_state_dict(model, state["model"])
     for name, opt in optimizers.optimizers.items():
         keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
         set_optimizer_state_dict(model, opt, state[f"optim.{name}"])
         for group, values in zip(opt.param_groups, keep):
             group.update(values)
+
+
+def _load(state: dict, path: Path, no_dist: bool) -> None:
+    """dcp.load through SafeReader; an unreadable or refused checkpoint is the user's one-line error."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=SafeReader(path), no_dist=no_dist)
+    except CheckpointException as exc:
+        causes = [str(e) for _, (e, _) in sorted(exc.failures.items())] or [str(exc)]
+        raise UserError(f"cannot load sharded checkpoint {path}: {causes[0].splitlines()[0][:300]}") from None
 
 
 def consolidate(checkpoint: Path) -> Path:
@@ -153,7 +164,7 @@ def consolidate(checkpoint: Path) -> Path:
     config, state = ckpt.read_checkpoint_meta(checkpoint)
     model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
     weights = {"model": model.state_dict()}
-    dcp.load(weights, storage_reader=SafeReader(checkpoint / DCP), no_dist=True)
+    _load(weights, checkpoint / DCP, no_dist=True)
     model.load_state_dict(weights["model"])
     out = checkpoint / "model.safetensors"
     with atomic_path(out) as tmp:
