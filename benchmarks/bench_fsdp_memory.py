@@ -46,7 +46,7 @@ def worker(args) -> None:
     config = resolve_config("cpu-small", None, [f"{s}" for s in [*MODEL, *RECIPE, f"parallel={args.mode}"]])
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with process_group(60, "cpu") as dist:
-        trainer = Trainer(config, args.data, Path(args.run) / args.mode, log=lambda m: None, dist=dist)
+        trainer = Trainer(config, args.data, Path(args.runs) / args.mode, log=lambda m: None, dist=dist)
         trainer.setup()
         for _ in range(args.steps):
             trainer.train_step()
@@ -74,8 +74,8 @@ def worker(args) -> None:
 
 def run_mode(mode: str, data: Path, run: Path, steps: int) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    cmd += [str(29700 + os.getpid() % 500), __file__, "--worker", "--mode", mode, "--data", str(data)]
-    cmd += ["--run", str(run), "--steps", str(steps)]
+    cmd += [str(29700 + os.getpid() % 500), str(Path(__file__).resolve()), "--worker", "--mode", mode, "--data", str(data)]
+    cmd += ["--runs", str(run), "--steps", str(steps)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
@@ -124,7 +124,7 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("ddp", "fsdp"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

@@ -14,19 +14,21 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from baseforge.config import RunConfig, preset_config
+from baseforge.config import RunConfig, TrainConfig, preset_config
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model.config import ModelConfig
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.distributed import DistInfo, rank_seed
 from baseforge.train.metrics import read_metrics
-from baseforge.train.parallel import checkpoint_blocks
+from baseforge.train.parallel import checkpoint_blocks, shard_model
+from baseforge.train.precision import Precision
 from helpers import TINY, baseforge, cli_env, sets
 from test_distributed import torchrun
 
@@ -319,3 +321,33 @@ def test_muon_on_sharded_parameters_gives_the_unsharded_update(tmp_path):
     torch.multiprocessing.spawn(_muon_on_shards, args=(2, 33500 + os.getpid() % 1000, out), nprocs=2)
     for got, want in torch.load(out):  # 12 rows over 2 ranks, 5 rows (uneven): both bit for bit
         assert torch.equal(got, want)
+
+
+def _gather_copy(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from baseforge.train.sharded import gathered_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = tiny_model(dropout=0)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    want = model(x)[0].detach()
+    runtime = SimpleNamespace(
+        precision=Precision("fp32", torch.device("cpu")),
+        device=torch.device("cpu"),
+        dist=DistInfo(rank, world),
+    )
+    shard_model(model, TrainConfig(), runtime)
+    copy = gathered_model(model, "cpu")
+    if rank == 0:
+        torch.save((copy(x)[0].detach(), want), out)
+    else:
+        assert copy is None
+    dist.destroy_process_group()
+
+
+def test_a_sharded_model_gathers_into_a_plain_copy_on_rank_zero(tmp_path):
+    out = str(tmp_path / "copy.pt")
+    torch.multiprocessing.spawn(_gather_copy, args=(2, 34500 + os.getpid() % 1000, out), nprocs=2)
+    got, want = torch.load(out)
+    assert torch.equal(got, want)

@@ -170,3 +170,16 @@ def consolidate(checkpoint: Path) -> Path:
     with atomic_path(out) as tmp:
         save_file(ckpt.model_tensors(model), str(tmp), metadata={"format": "pt", "step": str(state["step"])})
     return out
+
+
+def gathered_model(model: torch.nn.Module, device) -> torch.nn.Module | None:
+    """A plain copy of a sharded model on rank 0 (None elsewhere), for work only rank 0 does (sampling,
+    HellaSwag), which must not run the sharded model's collectives alone. A collective: all ranks call it."""
+    from baseforge.model import GPT
+
+    tensors = full_model_tensors(model)
+    if not tensors:
+        return None
+    copy = GPT(model.config)
+    ckpt.load_model_tensors(copy, tensors)
+    return copy.to(device).eval()
