@@ -36,6 +36,15 @@ COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_eve
 FSDP = [*COMMON, "parallel=fsdp", "max_steps=8"]
 
 
+def free_port() -> int:
+    """A port nobody listens on now (other test runs may share this machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def curve(run):
     return [r["loss"] for r in read_metrics(run) if r["loss"] is not None]
 
@@ -277,7 +286,7 @@ def _draw_masks(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ranks_share_the_init_but_draw_their_own_dropout_masks(tmp_path):
     out = str(tmp_path / "masks.pt")
-    torch.multiprocessing.spawn(_draw_masks, args=(2, 32500 + os.getpid() % 1000, out), nprocs=2)
+    torch.multiprocessing.spawn(_draw_masks, args=(2, free_port(), out), nprocs=2)
     (init0, mask0), (init1, mask1) = torch.load(out)
     assert torch.equal(init0, init1)
     assert not torch.equal(mask0, mask1)
@@ -318,7 +327,7 @@ def _muon_on_shards(rank: int, world: int, port: int, out: str) -> None:
 
 def test_muon_on_sharded_parameters_gives_the_unsharded_update(tmp_path):
     out = str(tmp_path / "muon.pt")
-    torch.multiprocessing.spawn(_muon_on_shards, args=(2, 33500 + os.getpid() % 1000, out), nprocs=2)
+    torch.multiprocessing.spawn(_muon_on_shards, args=(2, free_port(), out), nprocs=2)
     for got, want in torch.load(out):  # 12 rows over 2 ranks, 5 rows (uneven): both bit for bit
         assert torch.equal(got, want)
 
@@ -348,6 +357,6 @@ def _gather_copy(rank: int, world: int, port: int, out: str) -> None:
 
 def test_a_sharded_model_gathers_into_a_plain_copy_on_rank_zero(tmp_path):
     out = str(tmp_path / "copy.pt")
-    torch.multiprocessing.spawn(_gather_copy, args=(2, 34500 + os.getpid() % 1000, out), nprocs=2)
+    torch.multiprocessing.spawn(_gather_copy, args=(2, free_port(), out), nprocs=2)
     got, want = torch.load(out)
     assert torch.equal(got, want)
