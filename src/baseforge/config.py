@@ -78,6 +78,9 @@ class TrainConfig:
     sample_prompt: str = "Every effort moves you"  # prompt of the sample at the end of training
     sample_tokens: int = 64  # tokens of that sample (0: no sample)
     dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: shard weights, grads, optimizer state over processes
+    fsdp_offload: bool = False  # fsdp: keep parameters and optimizer state in CPU memory
+    activation_checkpointing: Literal["none", "blocks", "selective"] = "none"  # recompute in backward
 
     def __post_init__(self) -> None:
         def bad(key, why):

@@ -28,6 +28,7 @@ VERBS = [
     "harness",
     "import_gpt2",
     "export",
+    "checkpoint",
     "report",
     "finetune",
     "answer",

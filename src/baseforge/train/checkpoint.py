@@ -12,6 +12,9 @@ Layout of a run dir:
         model.safetensors            fp32 weights (a tied output head is stored once, as wte)
         trainer.safetensors          optimizer(s) tensors and RNG states      } the trainer state, no pickle:
         trainer.json                 the rest of it, naming those tensors     } see statefile.py
+        dcp/                         FSDP runs only: every rank's shards of the weights and optimizer
+                                     state (torch.distributed.checkpoint; see sharded.py), which then
+                                     stay out of trainer.*; model.safetensors is still written whole
         state.json                   step, tokens seen, data position, losses, tokenizer record
         config.json                  the resolved config
         tokenizer.json               for trained BPE tokenizers
@@ -19,13 +22,21 @@ Layout of a run dir:
 A checkpoint is written under a temporary name and renamed into place, and only then do the
 pointers move (also atomically), so a kill at any moment leaves `latest` on a complete one.
 Checkpoints of imported models (and trainer-less writes) have no trainer.* files. Nothing in a
-checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON.
+checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON
+(DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP).
+
+RNG: the trainer state holds every rank's own RNG state (a list, rank 0 first; older checkpoints hold
+one dict). On resume each rank restores its own; where the world size changed, a rank without a saved
+state is seeded deterministically from (seed, rank, step) (`restore_rng`). CUDA states are per device:
+a process saves and restores the generator of its own device only, so any GPU count resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -36,10 +47,18 @@ from safetensors.torch import load_file, save_file
 
 from baseforge.config import RunConfig
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from baseforge.fileio import (
+    _fsync_file,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    io_errors,
+)
 from baseforge.model import GPT
 from baseforge.tokenizer import Tokenizer, load_tokenizer
 from baseforge.train import statefile
+from baseforge.train.distributed import DistInfo, gather_to_main, rank_seed
 
 CHECKPOINTS = "checkpoints"
 
@@ -68,19 +87,50 @@ def load_model_tensors(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """This process's RNG states; with a CUDA device, that device's generator only."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    device = torch.device(device)
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):  # an older checkpoint: every device of the saving host; take ours if there
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
+
+
+def gather_rng_states(dist: DistInfo, device: torch.device | str = "cpu") -> list[dict]:
+    """Every rank's RNG state on rank 0 (rank order), [] on the others: a collective, all ranks call it."""
+    return gather_to_main(rng_state(device), dist)
+
+
+def restore_rng(saved, dist: DistInfo, device, seed: int, step: int) -> bool:
+    """Restore this rank's own RNG state; False when the checkpoint has none for this rank.
+
+    `saved` is the trainer state's "rng": a list by rank, or one dict (older checkpoints: rank 0's).
+    Same world size: every rank continues its stream exactly. Otherwise ranks below the saved world size
+    still take their own saved state, and the others are seeded from (seed, rank, step): deterministic,
+    though no longer the stream an unchanged world size would have drawn.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    if dist.rank < len(states):
+        set_rng_state(states[dist.rank], device)
+        return True
+    torch.manual_seed(rank_seed(seed + step, dist.rank))
+    return False
 
 
 def save_checkpoint(
@@ -94,19 +144,23 @@ def save_checkpoint(
     trainer: dict | None = None,
     keep_last: int = 0,
     is_best: bool = False,
+    staged: Path | None = None,
 ) -> Path:
     """Write checkpoint `step_{step}` atomically, move the pointers, prune old ones.
 
-    `state` is the run's progress (state.json); `trainer` the optimizer / scaler / RNG state to resume
-    from (None: a weights-only checkpoint, as for imported models). keep_last=0 prunes nothing.
+    `model` is the model, or its tensors as model_tensors gives them. `state` is the run's progress
+    (state.json); `trainer` the optimizer / scaler / RNG state to resume from (None: a weights-only
+    checkpoint, as for imported models). keep_last=0 prunes nothing. `staged`: a temporary folder that
+    other ranks already wrote into (FSDP shards); it is completed and renamed into place instead of a
+    new one.
     """
     root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:07d}"
     path = root / name
     if not path.exists():
-        with atomic_dir(path) as tmp:
+        with adopt_dir(staged, path) if staged is not None else atomic_dir(path) as tmp:
             save_file(
-                model_tensors(model),
+                model if isinstance(model, dict) else model_tensors(model),
                 str(tmp / "model.safetensors"),
                 metadata={"format": "pt", "step": str(step)},
             )
@@ -125,6 +179,22 @@ def save_checkpoint(
     if keep_last:
         prune(root, keep_last)
     return path
+
+
+@contextlib.contextmanager
+def adopt_dir(staged: Path, path: Path):
+    """Like fileio.atomic_dir, for a temporary folder made beforehand (shared by several writers)."""
+    try:
+        with io_errors(path):
+            yield staged
+            for f in staged.rglob("*"):
+                if f.is_file():
+                    _fsync_file(f)
+            os.chmod(staged, 0o777 & ~current_umask())
+            os.replace(staged, path)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def _pointer(root: Path, which: str) -> str | None:
@@ -187,11 +257,13 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
     return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
 
 
-def trainer_state(optimizers, scaler) -> dict:
+def trainer_state(optimizers, scaler, rng: list[dict] | None = None) -> dict:
+    """optimizers None: their state is elsewhere (dcp/). rng: every rank's (gather_rng_states); default
+    this process's alone."""
     return {
-        "optimizers": optimizers.state_dict(),
+        "optimizers": optimizers.state_dict() if optimizers is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": rng_state(),
+        "rng": rng if rng is not None else [rng_state()],
     }
 
 
@@ -212,15 +284,33 @@ def read_trainer_state(ckpt: Path) -> dict:
         ) from None
 
 
-def restore_training(ckpt: Path, model, optimizers, scaler, device) -> dict:
-    """Load weights, optimizer, scaler and RNG states into a live run; return state.json."""
+def restore_training(
+    ckpt: Path, model, optimizers, scaler, device, dist: DistInfo | None = None, seed: int = 0
+) -> dict:
+    """Load weights, optimizer, scaler and RNG states into a live run; return state.json.
+
+    A checkpoint with dcp/ (written by an FSDP run) loads weights and optimizer state from its shards,
+    into a sharded model or a plain one, at any world size; a sharded model needs such a checkpoint.
+    """
+    from baseforge.train import sharded
+    from baseforge.train.parallel import is_fsdp
+
+    dist = dist or DistInfo()
     _, state = read_checkpoint_meta(ckpt)
     trainer = read_trainer_state(ckpt)
-    load_model_tensors(unwrap(model), load_file(str(ckpt / "model.safetensors"), device=str(device)))
-    optimizers.load_state_dict(trainer["optimizers"])
+    if (ckpt / sharded.DCP).is_dir():
+        sharded.load_sharded(ckpt / sharded.DCP, unwrap(model), optimizers)
+    elif is_fsdp(unwrap(model)):
+        raise UserError(
+            f"{ckpt} was written by a DDP run (no dcp/ folder); resume it with parallel=ddp, or start the "
+            "FSDP run from its weights with `baseforge finetune`"
+        )
+    else:
+        load_model_tensors(unwrap(model), load_file(str(ckpt / "model.safetensors"), device=str(device)))
+        optimizers.load_state_dict(trainer["optimizers"])
     if scaler is not None and trainer["scaler"] is not None:
         scaler.load_state_dict(trainer["scaler"])
-    set_rng_state(trainer["rng"])
+    restore_rng(trainer["rng"], dist, device, seed, state["step"])
     return state
 
 

@@ -71,3 +71,20 @@ def compile_for_training(
         first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
         log(f"torch.compile unavailable here ({type(exc).__name__}: {first_line}); training eager")
         return model
+
+
+def warm_up_shapes(compiled: torch.nn.Module, *, data, layout, runtime: Runtime, eval_tokens: int) -> None:
+    """Run every shape a run uses through `compiled` now, where a failure still falls back to eager:
+    a training step at the run's micro-batch, and evaluation (no_grad, eval mode) at each of its
+    batch shapes (the last batch of the validation slice may be partial)."""
+    dist = runtime.dist
+    x, y = data.micro_batch(0, 0, layout)
+    with runtime.precision.autocast():
+        compiled(x.to(runtime.device), y.to(runtime.device))[1].backward()
+    val = data.val_batches(eval_tokens, layout.micro_batch, dist.rank, dist.world)
+    shapes = {tuple(x.shape): (x, y) for x, y in val}
+    compiled.eval()
+    with torch.no_grad(), runtime.precision.autocast():
+        for x, y in shapes.values():
+            compiled(x.to(runtime.device), y.to(runtime.device))
+    compiled.train()

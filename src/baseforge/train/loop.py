@@ -12,6 +12,7 @@ optimizers; it reads a checkpoint to resume from); `prepare_run_dir()` is the fi
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -29,22 +30,29 @@ from baseforge.progress import Progress
 from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.cadence import Cadence, Due
-from baseforge.train.device import Runtime, compile_for_training
-from baseforge.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, any_rank, barrier
+from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
+from baseforge.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    seed_rank,
+)
 from baseforge.train.metrics import (
     MetricsLog,
-    format_count,
-    format_duration,
     memory_gb,
     read_metrics,
     truncate_metrics,
 )
-from baseforge.train.mfu import format_mfu
 from baseforge.train.optim import build_optimizers
+from baseforge.train.parallel import is_fsdp, wrap_model
 from baseforge.train.schedule import Schedule
+from baseforge.train.sharded import save_sharded
 from baseforge.train.state import RunState
 from baseforge.train.step import StepResult, TrainStep
 from baseforge.train.stop import StopRequested
+from baseforge.train.summary import announce_lines, build_summary, progress_fields, summary_line
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,9 @@ class Trainer:
         model.to(self.runtime.device)
         layout = self._batch_layout(model)
         total = total_steps(cfg, model.num_params(), layout.global_batch * self.config.model.context)
+        wrapped = self._wrap(model, layout)
+        # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
         optimizers = build_optimizers(model, cfg, self.runtime.device)
-        wrapped = self._wrap(model)
         self.step_fn = TrainStep(
             model, wrapped, optimizers, self.runtime, layout, Schedule.from_config(cfg, total), cfg.grad_clip
         )
@@ -121,7 +130,7 @@ class Trainer:
         self.state = RunState()
         if resume_from is not None:
             saved = ckpt.restore_training(
-                resume_from, model, optimizers, self.step_fn.scaler, self.runtime.device
+                resume_from, model, optimizers, self.step_fn.scaler, self.runtime.device, self.dist, cfg.seed
             )
             self.state = RunState.from_json(saved)
         self.last_row: dict = {}
@@ -171,36 +180,19 @@ class Trainer:
             self._say(f"micro_batch auto: {micro} fits; gradient accumulation {layout.grad_accum}")
         return layout
 
-    def _wrap(self, model: GPT) -> torch.nn.Module:
-        """What runs forward in training: the model, compiled if asked, inside DDP with several processes."""
-        wrapped = model
-        if self.config.train.compile:
-            wrapped = compile_for_training(model, self._warm_up, self._say)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-            wrapped = DDP(wrapped, device_ids=ids)
-        return wrapped
-
-    def _warm_up(self, compiled: torch.nn.Module, layout: BatchLayout | None = None) -> None:
-        """Compile every shape the run uses now, where a failure still falls back to eager: a training
-        step at the run's micro-batch, and evaluation (no_grad, eval mode) at each of its batch shapes
-        (the last batch of the slice may be partial). `layout` is the run's; without it an explicit
-        micro_batch gives the same shapes (`auto`: pass the layout)."""
-        cfg, rt = self.config.train, self.runtime
-        if layout is None:
-            layout = BatchLayout(micro_batch=cfg.micro_batch if cfg.micro_batch != "auto" else 1)
-        x, y = self.data.micro_batch(0, 0, layout)
-        with rt.precision.autocast():
-            compiled(x.to(rt.device), y.to(rt.device))[1].backward()
-        val = self.data.val_batches(cfg.eval_tokens, layout.micro_batch, self.dist.rank, self.dist.world)
-        shapes = {tuple(x.shape): (x, y) for x, y in val}
-        compiled.eval()
-        with torch.no_grad(), rt.precision.autocast():
-            for x, y in shapes.values():
-                compiled(x.to(rt.device), y.to(rt.device))
-        compiled.train()
+    def _wrap(self, model: GPT, layout: BatchLayout) -> torch.nn.Module:
+        """What runs forward in training (parallel.wrap_model); first, each rank's own dropout stream."""
+        seed_rank(self.config.train.seed, self.dist)  # after the model init, which is the same on every rank
+        # Compile the shapes the run will use (its micro-batch, evaluation's) while eager is a fallback.
+        warm_up = functools.partial(
+            warm_up_shapes,
+            data=self.data,
+            layout=layout,
+            runtime=self.runtime,
+            eval_tokens=self.config.train.eval_tokens,
+        )
+        compile_fn = lambda m: compile_for_training(m, warm_up, self._say)  # noqa: E731
+        return wrap_model(model, self.config.train, self.runtime, compile_fn)
 
     def prepare_run_dir(self) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
@@ -349,6 +341,15 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.step_fn.layout.global_batch * self.config.model.context
 
+    def _solo_model(self) -> torch.nn.Module | None:
+        """A model rank 0 can run alone (sampling, HellaSwag). Under FSDP a gathered copy, which is a
+        collective: every rank calls this; ranks other than 0 get None."""
+        if is_fsdp(self.step_fn.model):
+            from baseforge.train.sharded import gathered_model
+
+            return gathered_model(self.step_fn.model, self.runtime.device)
+        return self._local_model
+
     @property
     def _local_model(self) -> torch.nn.Module:
         """The (possibly compiled) model without the DDP wrapper: for evaluations, which do not sync."""
@@ -374,17 +375,18 @@ class Trainer:
             if val is not None:
                 row["val_loss"] = val
                 self.state.record_val(val)
-        if due.hellaswag and self.runtime.is_main:
-            model = self._local_model
-            for name, evaluate in self.evaluators.items():
-                for key, value in evaluate(model, self.data.tokenizer).items():
-                    row[f"{name}_{key}"] = value
-            model.train()
+        if due.hellaswag and self.evaluators:
+            model = self._solo_model()
+            if self.runtime.is_main:
+                for name, evaluate in self.evaluators.items():
+                    for key, value in evaluate(model, self.data.tokenizer).items():
+                        row[f"{name}_{key}"] = value
+                model.train()
         if metrics is not None:
             metrics.write(row)
             if trackers is not None:
                 trackers.log(row, row["step"])
-        bar.update(row["step"] - bar.n, **_progress_fields(row))
+        bar.update(row["step"] - bar.n, **progress_fields(row))
         self.state.window = type(self.state.window)()
         self.last_row = row
 
@@ -407,20 +409,24 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write a checkpoint of the current step (rank 0) and the charts; every rank waits for it."""
+        """Write a checkpoint of the current step and the charts. Every rank takes part: each one's RNG
+        state is gathered; FSDP runs also write their shards."""
+        step = self.step_fn
+        rng = ckpt.gather_rng_states(self.dist, self.runtime.device)
+        args = dict(
+            step=self.state.step,
+            config=self.config,
+            tokenizer=self.data.tokenizer,
+            state=self.state.to_json(),
+            keep_last=self.config.train.keep_last,
+            is_best=self.state.best_step == self.state.step,
+        )
+        if is_fsdp(step.model):
+            save_sharded(self.run_dir, step.model, step.optimizers, step.scaler, rng, self.dist, **args)
+        elif self.runtime.is_main:
+            trainer = ckpt.trainer_state(step.optimizers, step.scaler, rng)
+            ckpt.save_checkpoint(self.run_dir, model=step.model, trainer=trainer, **args)
         if self.runtime.is_main:
-            step = self.step_fn
-            ckpt.save_checkpoint(
-                self.run_dir,
-                step=self.state.step,
-                model=step.model,
-                config=self.config,
-                tokenizer=self.data.tokenizer,
-                state=self.state.to_json(),
-                trainer=ckpt.trainer_state(step.optimizers, step.scaler),
-                keep_last=self.config.train.keep_last,
-                is_best=self.state.best_step == self.state.step,
-            )
             from baseforge.train.charts import write_charts
 
             write_charts(self.run_dir)
@@ -433,74 +439,36 @@ class Trainer:
             (self._note or self.log)(message)
 
     def _announce(self) -> None:
-        c, rt, layout = self.config.model, self.runtime, self.step_fn.layout
-        n_params = self.step_fn.model.num_params()
-        verb = f"resuming from step {self.state.step}" if self.state.step else "training"
-        self._say(
-            f"{verb}: {self.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
-            f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
-            f"tokenizer {self.data.tokenizer.name})"
-        )
-        self._say(
-            f"device {rt.device} x{self.dist.world}, {rt.precision.name}; peak {rt.peak / 1e12:.1f} TFLOP/s "
-            f"({rt.peak_source}); batch {layout.global_batch} x {c.context} tokens = micro "
-            f"{layout.micro_batch} x accum {layout.grad_accum} x {self.dist.world} processes"
-        )
-        tokens = self.total * self.tokens_per_step
-        self._say(
-            f"{self.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
-            f"train split {format_count(self.data.train_tokens)} tokens"
-        )
+        for line in announce_lines(self):
+            self._say(line)
 
     def finish(self) -> RunResult:
-        state, row = self.state, self.last_row
+        row = self.last_row
         if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
-            row = next((r for r in reversed(read_metrics(self.run_dir)) if r["step"] == state.step), {})
-        summary = {
-            "data": str(self.data.source),
-            "steps": state.step,
-            "tokens": state.tokens,
-            "params": self.step_fn.model.num_params(),
-            "train_seconds": state.elapsed_s,
-            "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
-            "initial_val_loss": state.initial_val,
-            "final_loss": row.get("loss"),
-            "final_val_loss": row.get("val_loss"),
-            "best_val_loss": state.best_val,
-            "skipped_steps": state.skipped,
-            "clip_frac": state.clipped / max(state.step, 1),
-            "precision": self.runtime.precision.name,
-            "device": str(self.runtime.device),
-            "processes": self.dist.world,
-            "mfu": row.get("mfu"),
-            "peak_source": self.runtime.peak_source,
-        }
+            row = next((r for r in reversed(read_metrics(self.run_dir)) if r["step"] == self.state.step), {})
+        summary = build_summary(self, row)
+        model = self._solo_model() if self.config.train.sample_tokens else None
         if self.runtime.is_main:
-            self._write_summary(summary)
-        return RunResult(state.step, summary=summary)
+            self._write_summary(summary, model)
+        return RunResult(self.state.step, summary=summary)
 
-    def _write_summary(self, summary: dict) -> None:
+    def _write_summary(self, summary: dict, model: torch.nn.Module | None) -> None:
         from baseforge.fileio import atomic_write_json, atomic_write_text
 
         atomic_write_json(self.run_dir / "summary.json", summary)
-        val = f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else ""
-        self.log(
-            f"done: {summary['steps']} steps, {format_count(summary['tokens'])} tokens in "
-            f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
-            f"final train loss {summary['final_loss']:.4f}{val}"
-        )
+        self.log(summary_line(summary))
         cfg = self.config.train
         if cfg.sample_tokens:
-            text = self.sample(cfg.sample_prompt, cfg.sample_tokens)
+            text = self.sample(cfg.sample_prompt, cfg.sample_tokens, model)
             atomic_write_text(self.run_dir / "sample.txt", cfg.sample_prompt + text + "\n")
             self.log(f"sample:\n{cfg.sample_prompt}{text}")
 
-    def sample(self, prompt: str, tokens: int) -> str:
+    def sample(self, prompt: str, tokens: int, model: torch.nn.Module | None = None) -> str:
         from baseforge.generate import generate
 
         tok = self.data.tokenizer
         ids = generate(
-            self.step_fn.model,
+            model or self.step_fn.model,
             tok.encode(prompt),
             max_new_tokens=tokens,
             temperature=0.8,
@@ -508,17 +476,3 @@ class Trainer:
             seed=self.config.train.seed,
         )
         return tok.decode(ids)
-
-
-def _progress_fields(row: dict) -> dict:
-    """What the progress bar / line shows of a metrics row."""
-    fields = {"loss": f"{row['loss']:.4f}"}
-    if "val_loss" in row:
-        fields["val"] = f"{row['val_loss']:.4f}"
-    fields.update(
-        lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2f}", tok_s=format_count(row["tokens_per_s"])
-    )
-    mfu = format_mfu(row.get("mfu"))
-    if mfu:
-        fields["mfu"] = mfu
-    return fields

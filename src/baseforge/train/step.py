@@ -7,7 +7,6 @@ unscale (fp16), clip the global norm, step the optimizers unless the norm is not
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import torch
 from baseforge.data.loader import BatchLayout, Prefetcher
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
+from baseforge.train.parallel import sync_gradients
 from baseforge.train.schedule import Schedule
 
 
@@ -49,9 +49,9 @@ class TrainStep:
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
         """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
-        distributed = self.runtime.dist.enabled
-        no_sync = contextlib.nullcontext() if sync or not distributed else self.wrapped.no_sync()
-        with no_sync:
+        # Gradients reduce across processes on the last micro-step only (DDP's no_sync, FSDP's
+        # set_requires_gradient_sync on the others): see parallel.sync_gradients.
+        with sync_gradients(self.wrapped, sync):
             with self.runtime.precision.autocast():
                 _, loss = self.wrapped(x, y)
             loss = loss / self.layout.grad_accum

@@ -1,0 +1,149 @@
+"""How the model runs forward in training: one process, DDP, or FSDP2; activation checkpointing for all.
+
+`wrap_model` is the one place that decides. Its order matters:
+
+1. Activation checkpointing first, on the plain blocks (`checkpoint_blocks`), so the wrappers see
+   blocks whose forward recomputes in backward.
+2. One process: the model itself (compiled if asked).
+3. DDP (`parallel=ddp`, several processes): `DistributedDataParallel(gradient_as_bucket_view=True)`,
+   so gradients live in the all-reduce buckets (no copy in, no second gradient-sized buffer), then
+   `torch.compile` of the DDP module. That is PyTorch's documented order for DDP + compile
+   (torch.compiler FAQ, "Do you support distributed code?"): Dynamo sees the active DDP module and its
+   DDPOptimizer splits the compiled graph at bucket boundaries, so each bucket's all-reduce is issued
+   while backward of the earlier layers still runs. Compiling inside DDP instead gives one opaque
+   backward whose gradients are all ready only at its end: all-reduce cannot overlap it.
+4. FSDP2 (`parallel=fsdp`): `fully_shard` on each transformer block, then on the root (embeddings,
+   final norm, head), over a 1-D device mesh of all processes; parameters, gradients and optimizer
+   state are sharded by rows (Shard(0)), and each block's weights are all-gathered just in time for
+   its forward and backward. Mixed precision from the run's precision: parameters cast to bf16 (fp16)
+   for compute, gradients reduce-scattered in fp32; fp32 runs use no policy. `fsdp_offload=true`
+   keeps the sharded parameters, gradients and optimizer state in CPU memory (CPUOffloadPolicy): slower,
+   for models whose optimizer state does not fit. Compile, if asked, applies to the sharded root.
+
+With one process `parallel=fsdp` trains the plain model (sharding over one process saves nothing);
+its checkpoints are ordinary ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from baseforge.config import TrainConfig
+from baseforge.errors import UserError
+from baseforge.train.device import Runtime
+
+
+def checkpoint_blocks(model: torch.nn.Module, mode: str) -> int:
+    """Recompute transformer blocks' activations in backward instead of storing them; returns how many.
+
+    "blocks": every block keeps only its input; backward reruns its forward (about one extra forward
+    pass, ~33% more compute; activation memory falls from all of every block to one block's at a time).
+    "selective": every other block (0, 2, 4, ...): about half the activation memory saved for half the
+    recomputation, for a model that almost fits. Non-reentrant checkpointing (the recommended kind: works
+    with FSDP's hooks and torch.compile, and with inputs that need no grad); the RNG state is replayed,
+    so dropout draws the same masks in the recomputation and the gradients are those without it.
+    """
+    if mode == "none":
+        return 0
+    blocks = list(model.transformer.h)
+    chosen = blocks if mode == "blocks" else blocks[::2]
+    for block in chosen:
+        # An instance attribute: nn.Module.__call__ (and FSDP's hooks around it) run this instead of
+        # the class's forward, while parameter names, and so checkpoints, stay as they are.
+        block.forward = functools.partial(_checkpointed, type(block).forward.__get__(block))
+    return len(chosen)
+
+
+def _checkpointed(forward: Callable, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def is_fsdp(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def wrap_model(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    compile_fn: Callable[[torch.nn.Module], torch.nn.Module],
+) -> torch.nn.Module:
+    """What runs forward in training (see the module docstring). `compile_fn(module)` compiles (and warms
+    up) a module, falling back to it where compiling fails; it is called only when `cfg.compile`.
+
+    FSDP shards `model` in place: its parameters become DTensors, so build optimizers after this.
+    """
+    checkpoint_blocks(model, cfg.activation_checkpointing)
+    maybe_compile = compile_fn if cfg.compile else (lambda m: m)
+    if not runtime.dist.enabled:
+        return maybe_compile(model)
+    if cfg.parallel == "fsdp":
+        shard_model(model, cfg, runtime)
+        return _WithModule(maybe_compile(model), model)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return maybe_compile(DDP(model, device_ids=ids, gradient_as_bucket_view=True))
+
+
+def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> None:
+    """FSDP2 over all processes: each transformer block is one unit (all-gathered for its forward and
+    backward, freed after), the root holds the rest. The root is not resharded after forward: backward
+    starts with it at once (the usual FSDP2 choice for the last unit to run)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    name = runtime.precision.name
+    if name == "fp16":
+        # torch.amp.GradScaler checks only this rank's gradient shard for inf: ranks would disagree on
+        # the scale and reduce-scatter mixed scales. ShardedGradScaler is needed first.
+        raise UserError("config: parallel = fsdp does not support precision = fp16 yet; use bf16 or fp32")
+    mesh = init_device_mesh(runtime.device.type, (runtime.dist.world,))
+    options = {"mesh": mesh}
+    if name in ("bf16", "fp16"):
+        low = runtime.precision.dtype
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+    if cfg.fsdp_offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for block in model.transformer.h:
+        fully_shard(block, **options)
+    fully_shard(model, reshard_after_forward=False, **options)
+
+
+class _WithModule(torch.nn.Module):
+    """The sharded model (maybe compiled) with `.module` naming the sharded model itself: what the trainer
+    evaluates on, as it does with DDP's `.module`. Evaluation under FSDP still runs on every process."""
+
+    def __init__(self, runner: torch.nn.Module, module: torch.nn.Module):
+        super().__init__()
+        self.runner = runner
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.runner(*args, **kwargs)
+
+
+def sync_gradients(wrapped: torch.nn.Module, sync: bool):
+    """A context for one micro-step's backward: gradients are reduced only when `sync` (the last micro-step).
+
+    DDP: `no_sync()` on the others. FSDP2: `set_requires_gradient_sync(False)` keeps the unsharded
+    gradients and accumulates into them locally, then one reduce-scatter on the last micro-step;
+    `set_reshard_after_backward(False)` keeps the parameters gathered between those micro-steps
+    (one all-gather per step, not per micro-step) at the price of holding them for the step.
+    """
+    import contextlib
+
+    module = getattr(wrapped, "module", wrapped)
+    if is_fsdp(module):
+        module.set_requires_gradient_sync(sync)
+        module.set_reshard_after_backward(sync)
+        return contextlib.nullcontext()
+    if sync or not hasattr(wrapped, "no_sync"):
+        return contextlib.nullcontext()
+    return wrapped.no_sync()
