@@ -154,3 +154,15 @@ def test_shipped_recipes_resolve(tmp_path, monkeypatch):
     assert resolve_config(None, "seed-3090").preset == resolve_config(None, "recipes/seed-3090.toml").preset
     with pytest.raises(UserError, match="shipped recipes: seed-3090"):
         resolve_config(None, "nope.toml")
+
+
+def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypatch):
+    import torch
+
+    from baseforge.train.distributed import backend_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with a GPU
+    assert backend_for("cpu") == "gloo"  # a CPU run there must not hand CPU tensors to NCCL
+    assert backend_for("auto") == "nccl" and backend_for("cuda:1") == "nccl"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_for("auto") == "gloo"

@@ -89,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"baseforge {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERBS:
-        try:
-            module = importlib.import_module(f"baseforge.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"baseforge.cli.{name}":
-                continue  # verb not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"baseforge.cli.{name}").register(sub)
     return parser
 
 

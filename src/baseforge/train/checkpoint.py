@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from baseforge.config import RunConfig
+from baseforge.config import RunConfig, load_run_config
 from baseforge.errors import UserError
 from baseforge.fileio import (
     _fsync_file,
@@ -235,8 +235,8 @@ def find_checkpoint(path: Path | str, which: str = "latest") -> Path:
 
 
 def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
+    config = load_run_config(ckpt)
     try:
-        config = RunConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
         state = json.loads((ckpt / "state.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError) as exc:
         raise UserError(f"checkpoint {ckpt} is incomplete or corrupt ({exc})") from None

@@ -40,6 +40,11 @@ def dist_from_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def backend_for(device: str) -> str:
+    """The collective backend for a run on `device` (a config value): NCCL for CUDA runs, else gloo."""
+    return "nccl" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "gloo"
+
+
 @contextlib.contextmanager
 def process_group(timeout_s: float, device: str = "auto") -> Iterator[DistInfo]:
     """The process group of a torchrun job for the duration of a command (a no-op outside torchrun).
@@ -51,12 +56,10 @@ def process_group(timeout_s: float, device: str = "auto") -> Iterator[DistInfo]:
     if not info.enabled or dist.is_initialized():
         yield info
         return
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
+    backend = backend_for(device)
+    if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(
-        backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
-    )
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield info
     finally:

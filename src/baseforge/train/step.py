@@ -80,7 +80,9 @@ class TrainStep:
         if self.scaler:
             self.optimizers.unscale_(self.scaler)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # Under FSDP the norm of sharded gradients is a replicated DTensor, the same on every rank.
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def update(self, applied: bool) -> None:
         """Step the optimizers (unless the step is skipped), update the loss scale, clear gradients."""
