@@ -13,15 +13,14 @@ def write_charts(run_dir: Path | str) -> Path | None:
     rows = read_metrics(run_dir)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    # A bare Figure with the Agg canvas: no pyplot, so no global figure registry and no display.
+    from matplotlib.figure import Figure
 
     val = [(r["tokens"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     rows = [r for r in rows if r.get("loss") is not None]  # the step-0 row holds only val_loss
     tokens = [r["tokens"] for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    fig = Figure(figsize=(8, 9))
+    axes = fig.subplots(3, 1, sharex=True)
     axes[0].plot(tokens, [r["loss"] for r in rows], label="train", lw=1)
     if val:
         axes[0].plot(*zip(*val), "o-", label="validation", ms=4)
@@ -41,5 +40,4 @@ def write_charts(run_dir: Path | str) -> Path | None:
     out = Path(run_dir) / "charts" / "training.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return out
