@@ -26,13 +26,11 @@ def announce_lines(trainer) -> list[str]:
 
 
 def progress_fields(row: dict) -> dict:
-    """What the progress bar / line shows of a metrics row."""
+    """What the progress bar / line shows of a metrics row: few enough fields that the bar stays visible."""
     fields = {"loss": f"{row['loss']:.4f}"}
     if "val_loss" in row:
         fields["val"] = f"{row['val_loss']:.4f}"
-    fields.update(
-        lr=f"{row['lr']:.2e}", gnorm=f"{row['grad_norm']:.2f}", tok_s=format_count(row["tokens_per_s"])
-    )
+    fields["tok/s"] = format_count(row["tokens_per_s"])  # lr and grad norm: metrics.jsonl and the charts
     mfu = format_mfu(row.get("mfu"))
     if mfu:
         fields["mfu"] = mfu
