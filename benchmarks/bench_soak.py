@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-STEP_LINE = re.compile(r"^step (\d+)/")
+STEP_LINE = re.compile(r"^train (\d+)/\d+ step")  # the progress line: "train 120/3000 step (4%) | ..."
 
 
 @dataclass

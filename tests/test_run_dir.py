@@ -199,3 +199,9 @@ def test_eval_refuses_data_whose_same_named_tokenizer_means_other_tokens(finishe
     other = build_data_dir(tmp_path / "other", text[len(text) // 2 :])
     assert json.loads((other / "manifest.json").read_text())["tokenizer"]["name"] == "bpe:512"
     assert_clean_error(baseforge("eval", finished_run, "--data", other), "sha256")
+
+
+def test_prepare_budget_is_the_presets_token_budget():
+    from baseforge.cli.prepare import budget_tokens
+
+    assert budget_tokens("gpt2-small-seed") == 20 * 163_009_536  # the write-up's 3.26B tokens

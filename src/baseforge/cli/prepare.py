@@ -97,7 +97,7 @@ def budget_tokens(preset: str) -> int:
 
     config = resolve_config(preset)
     with torch.device("meta"):
-        n = GPT(config.model_config(50257)).num_params()
+        n = GPT(config.with_vocab(50257).model).num_params()
     return int(config.train.tokens_per_param * n)
 
 
