@@ -29,6 +29,14 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def format_count(n: float) -> str:
+    """1.2B, 3.4M, 56.7k, 89."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
 def format_field(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -1,4 +1,4 @@
-"""The metrics log and the progress line.
+"""The metrics log: one JSON row per logged step, appended; read back tolerating a torn last line.
 
 `RUN/metrics.jsonl` holds one JSON object per logged step:
 
@@ -43,48 +43,6 @@ class MetricsLog:
         with io_errors(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def format_count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:.0f}"
-
-
-class Progress:
-    """One line per logged step: where the run is, how fast, and when it will finish.
-
-    The ETA uses the rate since this process started (a resumed run's earlier time is not its rate).
-    """
-
-    def __init__(self, total_steps: int, log=print, start_step: int = 0, start_elapsed_s: float = 0.0):
-        self.total = total_steps
-        self.log = log
-        self.start_step = start_step
-        self.start_elapsed_s = start_elapsed_s
-
-    def update(self, row: dict, elapsed_s: float) -> None:
-        parts = [f"step {row['step']}/{self.total}", f"loss {row['loss']:.4f}"]
-        if "val_loss" in row:
-            parts.append(f"val {row['val_loss']:.4f}")
-        parts += [
-            f"lr {row['lr']:.2e}",
-            f"gnorm {row['grad_norm']:.2f}",
-            f"{format_count(row['tokens_per_s'])} tok/s",
-        ]
-        if row.get("mfu") is not None:
-            parts.append(f"mfu {100 * row['mfu']:.1f}%")
-        per_step = (elapsed_s - self.start_elapsed_s) / max(row["step"] - self.start_step, 1)
-        parts.append(f"eta {format_duration((self.total - row['step']) * per_step)}")
-        self.log(" | ".join(parts))
 
 
 def memory_gb(device) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from baseforge.train.metrics import format_count, format_duration
+from baseforge.progress import format_count, format_duration
 from baseforge.train.mfu import format_mfu
 
 
