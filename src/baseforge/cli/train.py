@@ -230,33 +230,32 @@ def dry_run_report(config, data: Path) -> str:
 
 
 def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int:
-    import shutil
-
     import torch
 
-    from baseforge.runlock import RunLock
+    from baseforge.fileio import output_dir
+    from baseforge.runlock import LOCK_FILE, RunLock
     from baseforge.train.distributed import process_group
     from baseforge.train.loop import Trainer
 
     def log(message: str) -> None:
         print(message, flush=True)
 
-    existed = out.exists()
+    def wrote_something(path: Path) -> bool:  # a failed run that wrote nothing leaves no folder behind
+        return any(p.name != LOCK_FILE for p in path.iterdir())
+
     with process_group(config.train.dist_timeout_s, config.train.device) as dist:
         extra = evaluators(config.train)
         trainer = Trainer(
             config, data, out, resume=resume, log=log, evaluators=extra, dist=dist, init_weights=init_weights
         )
+        main = dist.is_main
         try:
-            with RunLock(out) if dist.is_main else contextlib.nullcontext():
-                result = trainer.run()
+            with output_dir(out, keep=wrote_something) if main else contextlib.nullcontext():
+                with RunLock(out) if main else contextlib.nullcontext():
+                    result = trainer.run()
         except torch.OutOfMemoryError:
             raise UserError(
                 f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
                 "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
             ) from None
-        finally:
-            # A run that failed before writing anything leaves no folder of its own behind.
-            if dist.is_main and not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {".lock"}:
-                shutil.rmtree(out, ignore_errors=True)
     return 130 if result.stopped else 0
