@@ -90,14 +90,11 @@ def register(sub) -> None:
 
 def budget_tokens(preset: str) -> int:
     """Training tokens of a preset's default budget (tokens_per_param x parameters)."""
-    import torch
-
     from baseforge.config import resolve_config
     from baseforge.model import GPT
 
     config = resolve_config(preset)
-    with torch.device("meta"):
-        n = GPT(config.with_vocab(50257).model).num_params()
+    n = GPT.count_params(config.with_vocab(50257).model)
     return int(config.train.tokens_per_param * n)
 
 

@@ -28,8 +28,6 @@ DEMO_VOCAB = 4096
 
 
 def rows() -> list[dict]:
-    import torch
-
     from baseforge.model import GPT, ModelConfig
     from baseforge.presets import PRESETS
 
@@ -39,8 +37,7 @@ def rows() -> list[dict]:
         vocab_from_data = config.vocab_size is None
         if vocab_from_data:
             config = config.with_(vocab_size=DEMO_VOCAB)
-        with torch.device("meta"):
-            params = GPT(config).num_params()
+        params = GPT.count_params(config)
         out.append({"name": preset.name, "params": params, "vocab_from_data": vocab_from_data,
                     "context": config.context, "summary": preset.summary})  # fmt: skip
     return out

@@ -203,16 +203,13 @@ def dry_run_report(config, data: Path) -> str:
     """What `train` would do, without training: the resolved config, model size, steps and tokens."""
     import json
 
-    import torch
-
     from baseforge.data.shards import read_manifest
     from baseforge.model import GPT
     from baseforge.train.loop import total_steps
 
     manifest = read_manifest(data)
     config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
-    with torch.device("meta"):
-        n_params = GPT(config.model).num_params()
+    n_params = GPT.count_params(config.model)
     cfg = config.train
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
     if cfg.micro_batch == "auto" and not cfg.global_batch:

@@ -195,6 +195,12 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
 
+    @staticmethod
+    def count_params(config: ModelConfig) -> int:
+        """num_params() of the model `config` describes, without allocating it (built on the meta device)."""
+        with torch.device("meta"):
+            return GPT(config).num_params()
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Unique parameters (a tied head counts once)."""
         n = sum(p.numel() for p in self.parameters())
