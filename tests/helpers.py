@@ -70,3 +70,44 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
     assert len(lines) == 1, result.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def free_port() -> int:
+    """A port nobody listens on now (other test runs may share this machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_cmd(nproc: int, *args) -> list[str]:
+    """`torchrun --nproc_per_node N -m baseforge ARGS`, on a free rendezvous port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(free_port()), "-m", "baseforge", *map(str, args)]  # fmt: skip
+
+
+def torchrun(nproc: int, *args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        torchrun_cmd(nproc, *args), capture_output=True, text=True, env=cli_env(), timeout=300, **kwargs
+    )
+
+
+def assert_a_dead_rank_ends_the_job(data: Path, run: Path, settings: list[str]) -> None:
+    """Start a 2-process run, SIGKILL one rank once it trains: the job must end, soon and non-zero."""
+    import signal
+    import time
+
+    cmd = torchrun_cmd(2, "train", "--data", data, "--out", run, *sets(*settings))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, children
+    os.kill(int(children[-1]), signal.SIGKILL)  # one rank dies
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
+    assert "failed" in err.lower() or "signal" in err.lower(), err[-2000:]

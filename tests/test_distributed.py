@@ -3,37 +3,15 @@ and a dead rank takes the whole job down."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from baseforge.train.checkpoint import find_checkpoint
 from baseforge.train.metrics import read_metrics
-from helpers import TINY, baseforge, cli_env, sets
+from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, sets, torchrun
 
 COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_every=4", "dist_timeout_s=60"]
-
-
-def torchrun(nproc: int, *args, **kwargs):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_port",
-        str(29500 + os.getpid() % 1000),
-        "-m",
-        "baseforge",
-        *map(str, args),
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300, **kwargs)
 
 
 def curve(run):
@@ -82,33 +60,6 @@ def test_checkpoint_from_two_processes_resumes_on_one(shakespeare_dir, one_proce
 
 
 def test_a_dead_rank_stops_the_job(shakespeare_dir, tmp_path):
-    run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(30500 + os.getpid() % 1000),
-        "-m",
-        "baseforge",
-        "train",
-        "--data",
-        str(shakespeare_dir),
-        "--out",
-        str(run),
-        *sets(*COMMON, "max_steps=100000", "dist_timeout_s=20"),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) == 2, children
-    os.kill(int(children[-1]), signal.SIGKILL)  # one rank dies
-    start = time.monotonic()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert time.monotonic() - start < 60
-    assert "failed" in err.lower() or "signal" in err.lower(), err[-2000:]
+    assert_a_dead_rank_ends_the_job(
+        shakespeare_dir, tmp_path / "run", [*COMMON, "max_steps=100000", "dist_timeout_s=20"]
+    )

@@ -10,10 +10,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -29,20 +25,10 @@ from baseforge.train.distributed import DistInfo, rank_seed
 from baseforge.train.metrics import read_metrics
 from baseforge.train.parallel import checkpoint_blocks, shard_model
 from baseforge.train.precision import Precision
-from helpers import TINY, baseforge, cli_env, sets
-from test_distributed import torchrun
+from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, free_port, sets, torchrun
 
 COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_every=4", "dist_timeout_s=60"]
 FSDP = [*COMMON, "parallel=fsdp", "max_steps=8"]
-
-
-def free_port() -> int:
-    """A port nobody listens on now (other test runs may share this machine)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def curve(run):
@@ -180,22 +166,9 @@ def test_ddp_resume_with_dropout_is_exact_and_ranks_draw_their_own_masks(shakesp
 
 @pytest.mark.slow
 def test_a_dead_rank_stops_an_fsdp_job(shakespeare_dir, tmp_path):
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    cmd += [str(31500 + os.getpid() % 1000), "-m", "baseforge", "train", "--data", str(shakespeare_dir)]
-    cmd += ["--out", str(run), *sets(*FSDP, "max_steps=100000", "dist_timeout_s=20")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) == 2, children
-    os.kill(int(children[-1]), signal.SIGKILL)
-    start = time.monotonic()
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert time.monotonic() - start < 60
-    assert "failed" in err.lower() or "signal" in err.lower(), err[-2000:]
+    assert_a_dead_rank_ends_the_job(
+        shakespeare_dir, tmp_path / "run", [*FSDP, "max_steps=100000", "dist_timeout_s=20"]
+    )
 
 
 # --- in one process ------------------------------------------------------------------------------------
