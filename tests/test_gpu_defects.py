@@ -47,37 +47,41 @@ def test_auto_precision_is_bf16_from_ampere_on(monkeypatch, keyword):
 
 # --- defect 11: fp32 means fp32 -------------------------------------------------------------------
 @pytest.fixture
-def tf32_switches(monkeypatch):
-    """The process-wide TF32 switches, put back after the test."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    if not hasattr(matmul, "fp32_precision"):
-        pytest.skip("this torch has only allow_tf32")
-    monkeypatch.setattr(matmul, "fp32_precision", matmul.fp32_precision)
-    monkeypatch.setattr(conv, "fp32_precision", conv.fp32_precision)
-    return matmul, conv
+def tf32_switches():
+    """The process-wide TF32 switches, saved and put back through the same API the trainer uses
+    (monkeypatch's undo on torch's precision objects breaks on pytest 9.2 and torch 2.11)."""
+    saved = prec.tf32_enabled()
+    yield
+    prec.set_tf32(saved)
+
+
+def _readable_everywhere() -> None:
+    """torch.compile reads the legacy getters; they must not raise after the trainer set TF32."""
+    torch.get_float32_matmul_precision()
+    torch._C._get_cublas_allow_tf32()
 
 
 def test_fp32_run_switches_tf32_off(tf32_switches, monkeypatch):
-    matmul, conv = tf32_switches
-    matmul.fp32_precision = conv.fp32_precision = "tf32"  # as an earlier bf16 run in this process left them
+    prec.set_tf32(True)  # as an earlier bf16 run in this process left them
     assert prec.setup_precision("fp32", CUDA).name == "fp32"
-    assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert torch.get_float32_matmul_precision() == "highest"
+    _readable_everywhere()
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
 def test_mixed_precision_run_switches_tf32_on(tf32_switches, monkeypatch, name):
     _fake_gpu(monkeypatch, (9, 0))
-    matmul, conv = tf32_switches
-    matmul.fp32_precision = conv.fp32_precision = "ieee"
+    prec.set_tf32(False)
     assert prec.setup_precision(name, CUDA).name == name
-    assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    assert prec.tf32_enabled()
+    _readable_everywhere()
 
 
 def test_cpu_run_leaves_tf32_alone(tf32_switches):
-    matmul, _ = tf32_switches
-    matmul.fp32_precision = "tf32"
+    prec.set_tf32(True)
     prec.setup_precision("fp32", torch.device("cpu"))
-    assert matmul.fp32_precision == "tf32"
+    assert prec.tf32_enabled()
 
 
 # --- defect 6: no host-device sync inside a micro-step ---------------------------------------------

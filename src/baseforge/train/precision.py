@@ -106,16 +106,18 @@ class Precision:
 
 
 def set_tf32(enabled: bool) -> None:
-    """TF32 for fp32 matmuls and convolutions, on or off (process-wide), through the newer
-    `fp32_precision` switches where this torch has them (mixing them with allow_tf32 is an error)."""
-    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = "tf32" if enabled else "ieee"
-        if conv is not None and hasattr(conv, "fp32_precision"):
-            conv.fp32_precision = "tf32" if enabled else "ieee"
-        return
-    matmul.allow_tf32 = enabled
+    """TF32 for fp32 matmuls and convolutions, on or off (process-wide), through the `allow_tf32`
+    switches only. Why not torch's newer `fp32_precision` switches: once those are set, the legacy
+    getters that torch.compile itself calls (`torch.get_float32_matmul_precision`, dynamo's
+    `_get_cublas_allow_tf32`) raise "mix of the legacy and new APIs" (seen on torch 2.13), while the
+    legacy setters keep both views consistent. One API, never mixed."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls and convolutions may use TF32 (both switches on)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
 
 
 def setup_precision(name: str, device: torch.device) -> Precision:
