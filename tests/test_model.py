@@ -33,18 +33,27 @@ def meta_count(module_factory) -> int:
 # --- parameter counts ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,expected", [("gpt2-small-seed", 163_009_536), ("gpt2-124m", 124_439_808)])
+# gpt2-124m's head is padded to 50304 rows: 47 x 768 more than OpenAI's 124,439,808.
+@pytest.mark.parametrize("name,expected", [("gpt2-small-seed", 163_009_536), ("gpt2-124m", 124_475_904)])
 def test_param_count_exact(name, expected):
     with torch.device("meta"):
         model = GPT(preset(name))
     assert model.num_params() == expected
 
 
+def test_gpt2_124m_is_openai_gpt2_small_with_a_padded_head():
+    from dataclasses import replace
+
+    config = preset("gpt2-124m")
+    assert config.vocab_size == 50304 and config.vocab_size % 64 == 0
+    assert meta_count(lambda: GPT(replace(config, vocab_size=50257))) == 124_439_808
+
+
 @pytest.mark.parametrize("name", ["gpt2-124m", "gpt2-medium", "gpt2-large", "gpt2-xl"])
 def test_param_count_matches_hf(name):
     # Known: 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200 (HF GPT2LMHeadModel, tied head).
     known = {
-        "gpt2-124m": 124_439_808,
+        "gpt2-124m": 124_475_904,  # padded head (50304 rows); 124,439,808 at 50257
         "gpt2-medium": 354_823_168,
         "gpt2-large": 774_030_080,
         "gpt2-xl": 1_557_611_200,
@@ -378,7 +387,7 @@ def test_flops_per_token_gpt2_small():
     # 6N (N = non-embedding matmul params + the tied head) + 12 * L * C * T, as in nanoGPT's MFU estimate.
     with torch.device("meta"):
         model = GPT(preset("gpt2-124m"))
-    n = 124_439_808 - 1024 * 768
+    n = 124_475_904 - 1024 * 768  # the padded head's rows are multiplied too
     assert model.flops_per_token() == 6 * n + 12 * 12 * 768 * 1024
 
 
