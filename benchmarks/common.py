@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 SHARED = ROOT.parent / "shared" / "data"
-if (SHARED / "gpt2" / "tiktoken-cache").is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "gpt2" / "tiktoken-cache"))
+# The benchmarks run from a bare checkout (the GPU machine has no baseforge install): this checkout's
+# src/ comes first on the path of this process, and child_env() puts it on every child's.
+sys.path.insert(0, str(SRC))
+# GPT-2's BPE offline: the packed copy that travels to the GPU machine (benchmarks/pack_device.py),
+# else ../shared beside the checkout.
+TIKTOKEN_CACHES = (ROOT / ".device" / "gpt2" / "tiktoken-cache", SHARED / "gpt2" / "tiktoken-cache")
+for _cache in TIKTOKEN_CACHES:
+    if _cache.is_dir():
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_cache))
+        break
+
+
+def child_env(**extra: str) -> dict:
+    """The environment of every child a benchmark starts: this checkout's src/ first on PYTHONPATH,
+    the tiktoken cache found above, and the HF libraries told they are offline (the GPU machine
+    has no network; nothing should wait on one)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return {**env, **extra}
 
 
 def synthetic_data_dir(

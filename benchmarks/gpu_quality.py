@@ -4,8 +4,8 @@ Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
     python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--minutes 1.5] [--quick]
 
 Each recipe trains through the CLI (`baseforge train --preset P`, bf16 + torch.compile, micro-batch
-by search) for about `--minutes` of training time: a 10-step calibration run gives its step time, and
-max_steps is set so that the whole schedule (warmup, decay) fits in that time. From the runs'
+by search) on the same number of tokens: what the seed recipe trains in `--minutes` at its measured
+tokens/s, so that each whole schedule (warmup, decay) fits; the runs differ in wall-clock. From the runs'
 metrics.jsonl: validation loss at equal training time and at equal tokens (linear interpolation
 between evaluations), and tokens/s of each. `--quick` runs the same path on CPU with a tiny shape.
 """
@@ -14,44 +14,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+import common
+
+ROOT = common.ROOT
 RECIPES = ["gpt2-small-seed", "gpt2-small-modern"]
 GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto", "sample_tokens=0"]
 QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
 
 
-def train(data: Path, run: Path, preset: str, keys: list[str], log=print) -> list[dict]:
-    """`baseforge train` in a subprocess; the run's metrics rows."""
+def train(data: Path, run: Path, preset: str, keys: list[str], runner) -> list[dict]:
+    """`baseforge train` in a child through `runner(cmd)` (the suite's, with its env and deadline)."""
     from baseforge.train.metrics import read_metrics
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "baseforge",
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        "--preset",
-        preset,
-    ]
+    cmd = [sys.executable, "-m", "baseforge", "train", "--data", data, "--out", run, "--preset", preset]
     for key in keys:
         cmd += ["--set", key]
-    log("$ " + " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{preset} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    runner(cmd)
     return read_metrics(run)
+
+
+def plain_runner(cmd: list) -> str:
+    """For running this file alone: the child gets common.child_env(), as under the suite."""
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=common.child_env())
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[4:]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result.stdout + result.stderr
 
 
 def at(rows: list[dict], key: str, x: float) -> float | None:
@@ -103,22 +97,32 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_quality(data: Path, work: Path, minutes: float, quick: bool, log=print) -> dict:
+def tokens_per_step(preset: str, keys: list[str]) -> int:
+    from baseforge.config import resolve_config
+
+    config = resolve_config(preset, None, [k for k in keys if not k.startswith(("device=", "compile="))])
+    return config.train.global_batch * config.model.context
+
+
+def run_quality(
+    data: Path, work: Path, minutes: float, quick: bool, runner=plain_runner, seed_rate: float | None = None
+) -> dict:
+    """Both recipes on the same tokens: as many as the seed recipe trains in `minutes` at `seed_rate`
+    tokens/s (the suite's throughput part measured it), else at a 12-step calibration's rate."""
+    if quick:
+        keys = [*QUICK_KEYS, "max_steps=4", "eval_every=2", "eval_tokens=512", "log_every=1"]
+        return compare({p: train(data, work / p, p, keys, runner) for p in RECIPES})
+    if seed_rate is None:
+        calib = train(data, work / "calib", RECIPES[0], [*GPU_KEYS, "max_steps=12", "log_every=4"], runner)
+        seed_rate = [r for r in calib if r.get("loss") is not None][-1]["tokens_per_s"]
+    tokens = 60 * minutes * seed_rate
     runs = {}
     for preset in RECIPES:
-        if quick:
-            keys = [*QUICK_KEYS, "max_steps=4", "eval_every=2", "eval_tokens=512", "log_every=1"]
-        else:  # calibrate the step time, then size the schedule to the minutes
-            calib = train(
-                data, work / f"calib-{preset}", preset, [*GPU_KEYS, "max_steps=12", "log_every=4"], log
-            )
-            rate = [r for r in calib if r.get("loss") is not None][-1]
-            seconds_per_step = (rate["tokens"] / rate["tokens_per_s"]) / rate["step"] if rate["step"] else 1.0
-            steps = max(20, int(60 * minutes * rate["tokens_per_s"] / (rate["tokens"] / rate["step"])))
-            log(f"{preset}: ~{seconds_per_step:.3f} s/step -> {steps} steps in {minutes} min")
-            keys = [*GPU_KEYS, f"max_steps={steps}", f"eval_every={max(1, steps // 8)}", "log_every=10"]
-            keys += ["eval_tokens=524288", "checkpoint_every=1000000"]
-        runs[preset] = train(data, work / preset, preset, keys, log)
+        steps = max(20, int(tokens / tokens_per_step(preset, GPU_KEYS)))
+        keys = [*GPU_KEYS, f"max_steps={steps}", f"eval_every={max(1, steps // 6)}", "log_every=10"]
+        runs[preset] = train(
+            data, work / preset, preset, keys + ["eval_tokens=262144", "checkpoint_every=1000000"], runner
+        )
     return compare(runs)
 
 
@@ -126,7 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--minutes", type=float, default=1.5)
+    ap.add_argument("--minutes", type=float, default=0.5)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     result = run_quality(args.data, args.work, args.minutes, args.quick)
