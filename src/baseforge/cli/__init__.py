@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from baseforge import __version__
+from baseforge import __version__, require_torch
 from baseforge.errors import UserError
 
 # Order here is the order in `baseforge --help`.
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        require_torch()
         return int(args.run(args) or 0)
     except UserError as exc:
         print(f"baseforge {args.verb}: error: {exc}", file=sys.stderr)
