@@ -77,3 +77,91 @@ def test_terminal_gets_a_tqdm_bar_with_postfix():
 
 def test_format_duration():
     assert format_duration(270) == "4m30s" and format_duration(3 * 3600 + 125) == "3h02m"
+
+
+def _read_all(fd: int) -> str:
+    import os
+
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_a_terminal_of_size_0x0_gets_plain_lines():
+    # Under `script` (and some CI ptys) the terminal reports 0 columns: a tqdm bar would be empty.
+    import os
+    import pty
+
+    master, slave = pty.openpty()  # a new pty reports 0x0 until someone sets its size
+    assert os.get_terminal_size(slave).columns == 0
+    with os.fdopen(slave, "w") as out:
+        clock = Clock()
+        bar = Progress(10, "train", "step", file=out, every_s=0.0, clock=clock)
+        for _ in range(3):
+            clock.t += 1.0
+            bar.update(1, loss=2.5)
+        bar.close()
+    text = _read_all(master)
+    os.close(master)
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    assert len(lines) == 3, repr(text)
+    assert lines[0].startswith("train 1/10 step (10%) | loss 2.5") and lines[-1].startswith("train 3/10")
+
+
+def test_nothing_is_drawn_after_the_stop_message():
+    out = Terminal()
+    bar = Progress(10, "train", "step", file=out)
+    bar.update(3, loss=2.0)
+    bar.note("stopped by signal at step 3; checkpoint saved")
+    bar.close()
+    text = out.getvalue()
+    after = text.split("stopped by signal at step 3; checkpoint saved\n", 1)[1]
+    assert "train" not in after and "3/10" not in after, repr(after)
+
+
+def test_the_bar_comes_back_after_a_message_mid_run():
+    out = Terminal()
+    bar = Progress(10, "train", "step", file=out)
+    bar.update(3, loss=2.0)
+    bar.note("best checkpoint so far")
+    bar.update(2, loss=1.5)
+    bar.close()
+    after = out.getvalue().split("best checkpoint so far\n", 1)[1]
+    assert "5/10" in after
+
+
+def test_no_plain_line_after_the_stop_message():
+    clock, seen = Clock(), []
+    bar = Progress(10, "train", "step", every_s=30.0, write=seen.append, clock=clock)
+    bar.update(1, loss=2.0)
+    clock.t += 1
+    bar.update(2, loss=1.9)  # within every_s: no line yet
+    bar.note("stopped by signal at step 3")
+    bar.close()
+    assert seen[-1] == "stopped by signal at step 3"
+
+
+def test_fields_keep_one_order_after_a_resume():
+    from baseforge.train.summary import progress_fields
+
+    log_row = {"loss": 2.0, "tokens_per_s": 5000.0, "mfu": 0.03}
+    val_row = {**log_row, "val_loss": 2.1}
+    fresh, resumed = (
+        Progress(100, "train", "step", file=io.StringIO()),
+        Progress(100, "train", "step", initial=50, file=io.StringIO()),
+    )
+    fresh.update(1, **progress_fields(val_row))  # a fresh run's first row has validation (step 0)
+    fresh.update(1, **progress_fields(log_row))
+    resumed.update(1, **progress_fields(log_row))  # a resumed run's first row may not
+    resumed.update(1, **progress_fields(val_row))
+    assert list(fresh.fields) == list(resumed.fields) == ["loss", "val", "tok/s", "mfu"]
+    order = [part.split()[0] for part in resumed.line().split(" | ")[1:4]]
+    assert order == ["loss", "val", "tok/s"]
