@@ -13,7 +13,8 @@ def register(sub) -> None:
         description="One page about a run: config, charts, throughput, losses and evaluations.",
         epilog="examples:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n"
         "  baseforge report /shared/runs/seed --out reports/seed     # a run dir you cannot write to\n\n"
-        "Evaluations saved with `--save-to RUN` (eval, hellaswag) appear on the page.",
+        "Evaluations saved with `--save-to RUN` (eval, hellaswag, harness) appear on the page as tables, "
+        "a row per model: evaluate reference models with the same `--save-to` to see them side by side.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
