@@ -165,3 +165,44 @@ def test_fields_keep_one_order_after_a_resume():
     assert list(fresh.fields) == list(resumed.fields) == ["loss", "val", "tok/s", "mfu"]
     order = [part.split()[0] for part in resumed.line().split(" | ")[1:4]]
     assert order == ["loss", "val", "tok/s"]
+
+
+def test_train_under_a_0x0_terminal_prints_progress_lines(shakespeare_dir, tmp_path):
+    # `baseforge train` with its stdout on a pty that reports no size, as under `script`.
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from helpers import TINY, cli_env, sets
+
+    master, slave = pty.openpty()
+    cmd = [
+        sys.executable,
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    cmd += sets(*TINY, "max_steps=6", "checkpoint_every=6")
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=cli_env(), text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, err = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, err[-2000:]
+    lines = b"".join(chunks).decode().replace("\r\n", "\n").split("\n")
+    progress = [line for line in lines if line.startswith("train ")]
+    assert any(line.startswith("train 6/6 step (100%)") for line in progress), lines
+    assert len(progress) >= 6  # log_every=1: a line per step, not an invisible bar
