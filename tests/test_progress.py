@@ -206,3 +206,61 @@ def test_train_under_a_0x0_terminal_prints_progress_lines(shakespeare_dir, tmp_p
     progress = [line for line in lines if line.startswith("train ")]
     assert any(line.startswith("train 6/6 step (100%)") for line in progress), lines
     assert len(progress) >= 6  # log_every=1: a line per step, not an invisible bar
+
+
+def test_train_stopped_by_a_signal_draws_no_bar_after_the_message(shakespeare_dir, tmp_path):
+    # A real terminal (a pty of 30x120): Ctrl-C's message is the last thing on it.
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from helpers import TINY, cli_env, sets
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    cmd = [
+        sys.executable,
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    cmd += sets(*TINY, "max_steps=100000", "eval_every=100000")
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=cli_env())
+    os.close(slave)
+    seen, deadline, sent = b"", time.monotonic() + 240, False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and seen.count(b"step/s") >= 3:  # the bar is running
+            proc.send_signal(signal.SIGINT)
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert sent and "stopped by signal" in text, text[-2000:]
+    after = (
+        text.split("stopped by signal", 1)[1].split("\n", 1)[1]
+        if "\n" in text.split("stopped by signal", 1)[1]
+        else ""
+    )
+    assert "step/s" not in after and "train" not in after, repr(after[-500:])
