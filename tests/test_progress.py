@@ -258,9 +258,5 @@ def test_train_stopped_by_a_signal_draws_no_bar_after_the_message(shakespeare_di
     os.close(master)
     text = seen.decode(errors="replace")
     assert sent and "stopped by signal" in text, text[-2000:]
-    after = (
-        text.split("stopped by signal", 1)[1].split("\n", 1)[1]
-        if "\n" in text.split("stopped by signal", 1)[1]
-        else ""
-    )
+    after = text.split("stopped by signal", 1)[1].partition("\n")[2]  # what came after the message line
     assert "step/s" not in after and "train" not in after, repr(after[-500:])
