@@ -295,7 +295,7 @@ def test_report_page_with_saved_evals(shakespeare_dir, tmp_path, shared_data):
     result = baseforge("report", run)
     assert result.returncode == 0, result.stderr
     md, page = (run / "report.md").read_text(), (run / "report.html").read_text()
-    assert "heldout-loss" in md and "## Losses" in md and "charts/training.png" in md
+    assert "Held-out loss" in md and "## Losses" in md and "report.png" in md
     assert "data:image/png;base64," in page and "<table>" in page
     assert_clean_error(baseforge("report", tmp_path / "nothing"), "not a run dir")
 

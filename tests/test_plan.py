@@ -140,8 +140,8 @@ def test_largest_micro_batch_is_the_boundary():
 
 
 def test_gpt2_xl_on_a_3090_with_ddp_does_not_fit_and_says_why(capsys):
-    assert main(["plan", "--preset", "gpt2-xl", "--gpu", "rtx-3090", "--parallel", "ddp"]) == 0
-    verdict = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["plan", "--preset", "gpt2-xl", "--gpu", "rtx-3090", "--parallel", "ddp"]) == 1
+    verdict = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("baseforge plan: error: ")
     assert verdict.startswith("does not fit: weights + gradients + optimizer state alone")
     assert "16 bytes per parameter" in verdict and "--parallel fsdp" in verdict
 
@@ -186,3 +186,18 @@ def test_bad_arguments_are_user_errors(capsys):
     assert "unknown GPU" in capsys.readouterr().err
     with pytest.raises(UserError, match="--gpus"):
         make_plan(Setup("gpt2-124m", find_gpu("a100"), gpus=0))
+
+
+def test_does_not_fit_exits_non_zero_with_no_time_or_cost():
+    from helpers import assert_clean_error, baseforge
+
+    argv = ["plan", "--preset", "gpt2-xl", "--gpu", "rtx-3090", "--price", "0.5"]
+    result = baseforge(*argv)
+    assert_clean_error(result, "does not fit")
+    assert "memory per GPU" in result.stdout and "31.3 GiB" in result.stdout  # what rules it out
+    assert " h" not in result.stdout.replace("GiB", "") and "$" not in result.stdout
+    assert "3,132" not in result.stdout + result.stderr
+    as_json = baseforge(*argv, "--json")
+    assert_clean_error(as_json, "does not fit")
+    plan = json.loads(as_json.stdout)
+    assert plan["fits"] is False and plan["hours"] is None and plan["cost_usd"] is None

@@ -77,3 +77,186 @@ def test_terminal_gets_a_tqdm_bar_with_postfix():
 
 def test_format_duration():
     assert format_duration(270) == "4m30s" and format_duration(3 * 3600 + 125) == "3h02m"
+
+
+def _read_all(fd: int) -> str:
+    import os
+
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_a_terminal_of_size_0x0_gets_plain_lines():
+    # Under `script` (and some CI ptys) the terminal reports 0 columns: a tqdm bar would be empty.
+    import os
+    import pty
+
+    master, slave = pty.openpty()  # a new pty reports 0x0 until someone sets its size
+    assert os.get_terminal_size(slave).columns == 0
+    with os.fdopen(slave, "w") as out:
+        clock = Clock()
+        bar = Progress(10, "train", "step", file=out, every_s=0.0, clock=clock)
+        for _ in range(3):
+            clock.t += 1.0
+            bar.update(1, loss=2.5)
+        bar.close()
+    text = _read_all(master)
+    os.close(master)
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    assert len(lines) == 3, repr(text)
+    assert lines[0].startswith("train 1/10 step (10%) | loss 2.5") and lines[-1].startswith("train 3/10")
+
+
+def test_nothing_is_drawn_after_the_stop_message():
+    out = Terminal()
+    bar = Progress(10, "train", "step", file=out)
+    bar.update(3, loss=2.0)
+    bar.note("stopped by signal at step 3; checkpoint saved")
+    bar.close()
+    text = out.getvalue()
+    after = text.split("stopped by signal at step 3; checkpoint saved\n", 1)[1]
+    assert "train" not in after and "3/10" not in after, repr(after)
+
+
+def test_the_bar_comes_back_after_a_message_mid_run():
+    out = Terminal()
+    bar = Progress(10, "train", "step", file=out)
+    bar.update(3, loss=2.0)
+    bar.note("best checkpoint so far")
+    bar.update(2, loss=1.5)
+    bar.close()
+    after = out.getvalue().split("best checkpoint so far\n", 1)[1]
+    assert "5/10" in after
+
+
+def test_no_plain_line_after_the_stop_message():
+    clock, seen = Clock(), []
+    bar = Progress(10, "train", "step", every_s=30.0, write=seen.append, clock=clock)
+    bar.update(1, loss=2.0)
+    clock.t += 1
+    bar.update(2, loss=1.9)  # within every_s: no line yet
+    bar.note("stopped by signal at step 3")
+    bar.close()
+    assert seen[-1] == "stopped by signal at step 3"
+
+
+def test_fields_keep_one_order_after_a_resume():
+    from baseforge.train.summary import progress_fields
+
+    log_row = {"loss": 2.0, "tokens_per_s": 5000.0, "mfu": 0.03}
+    val_row = {**log_row, "val_loss": 2.1}
+    fresh, resumed = (
+        Progress(100, "train", "step", file=io.StringIO()),
+        Progress(100, "train", "step", initial=50, file=io.StringIO()),
+    )
+    fresh.update(1, **progress_fields(val_row))  # a fresh run's first row has validation (step 0)
+    fresh.update(1, **progress_fields(log_row))
+    resumed.update(1, **progress_fields(log_row))  # a resumed run's first row may not
+    resumed.update(1, **progress_fields(val_row))
+    assert list(fresh.fields) == list(resumed.fields) == ["loss", "val", "tok/s", "mfu"]
+    order = [part.split()[0] for part in resumed.line().split(" | ")[1:4]]
+    assert order == ["loss", "val", "tok/s"]
+
+
+def test_train_under_a_0x0_terminal_prints_progress_lines(shakespeare_dir, tmp_path):
+    # `baseforge train` with its stdout on a pty that reports no size, as under `script`.
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from helpers import TINY, cli_env, sets
+
+    master, slave = pty.openpty()
+    cmd = [
+        sys.executable,
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    cmd += sets(*TINY, "max_steps=6", "checkpoint_every=6")
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=cli_env(), text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, err = proc.communicate(timeout=300)
+    os.close(master)
+    assert proc.returncode == 0, err[-2000:]
+    lines = b"".join(chunks).decode().replace("\r\n", "\n").split("\n")
+    progress = [line for line in lines if line.startswith("train ")]
+    assert any(line.startswith("train 6/6 step (100%)") for line in progress), lines
+    assert len(progress) >= 6  # log_every=1: a line per step, not an invisible bar
+
+
+def test_train_stopped_by_a_signal_draws_no_bar_after_the_message(shakespeare_dir, tmp_path):
+    # A real terminal (a pty of 30x120): Ctrl-C's message is the last thing on it.
+    import fcntl
+    import os
+    import pty
+    import select
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    from helpers import TINY, cli_env, sets
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    cmd = [
+        sys.executable,
+        "-m",
+        "baseforge",
+        "train",
+        "--data",
+        str(shakespeare_dir),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    cmd += sets(*TINY, "max_steps=100000", "eval_every=100000")
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=cli_env())
+    os.close(slave)
+    seen, deadline, sent = b"", time.monotonic() + 240, False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if not sent and seen.count(b"step/s") >= 3:  # the bar is running
+            proc.send_signal(signal.SIGINT)
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    proc.wait(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert sent and "stopped by signal" in text, text[-2000:]
+    after = text.split("stopped by signal", 1)[1].partition("\n")[2]  # what came after the message line
+    assert "step/s" not in after and "train" not in after, repr(after[-500:])

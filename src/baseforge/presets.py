@@ -154,7 +154,7 @@ _ALL = [
     ),
     Preset(
         "cpu-tiny",
-        "1.3M parameters that visibly learn in 2 minutes on 2 CPU cores (the built-in demo)",
+        "1.3M parameters that visibly learn on 2 CPU cores (the built-in demo; time: README)",
         _CPU_TINY,
         dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
     ),

@@ -5,11 +5,18 @@
             ...
             bar.update(1, loss=loss)          # extra fields show after the bar / in the line
 
-On a terminal (the stream's `isatty()`) this is a tqdm bar with postfix fields. When the stream is
-not a terminal (CI, `nohup`, torchrun logs) a bar's carriage returns would pile up into one huge
-line, so it writes a plain line instead (through `write`, default: print to the
+On a terminal (the stream's `isatty()`) with a size this is a tqdm bar with postfix fields. When the
+stream is not a terminal (CI, `nohup`, torchrun logs) a bar's carriage returns would pile up into one
+huge line, and a terminal that reports no size (0 columns, e.g. under `script`) gets a bar of width
+zero, i.e. nothing; both get a plain line instead (through `write`, default: print to the
 stream): on the first update, then at most every `every_s` seconds, and at the end.
 `enabled=False` (non-zero ranks) writes nothing.
+
+The fields keep one order however they arrive: a field first seen later (`val` after a resume, when
+the first row has no validation) takes its place after the field that precedes it in that update.
+A message (`note`) is the last thing on the screen until the next update: the bar is drawn again
+by the next update, not right after the message, and a `close()` that follows a message directly
+draws nothing more (the "stopped by signal" line stays the last line).
 
 The ETA counts only the work done since the bar was created (after a resume, `initial` steps
 were done by an earlier process and say nothing about this one's rate).
@@ -72,7 +79,8 @@ class Progress:
         self.last_line_at: float | None = None
         self.last_line_n: int | None = None
         self.bar = None
-        if enabled and _isatty(self.file):
+        self.noted = False  # a message was written since the last update
+        if enabled and _is_sized_terminal(self.file):
             from tqdm import tqdm
 
             # tqdm's own rate and remaining time also exclude `initial`.
@@ -105,13 +113,16 @@ class Progress:
 
     def update(self, n: int = 1, **fields) -> None:
         self.n += n
-        self.fields.update({k: format_field(v) for k, v in fields.items()})
+        self.fields = merge_fields(self.fields, {k: format_field(v) for k, v in fields.items()})
         if not self.enabled:
             return
+        noted, self.noted = self.noted, False
         if self.bar is not None:
             if fields:
                 self.bar.set_postfix(self.fields, refresh=False)
             self.bar.update(n)
+            if noted:
+                self.bar.refresh()  # cleared for the message: back now
             return
         now = self.clock()
         if self.last_line_at is None or now - self.last_line_at >= self.every_s:
@@ -122,9 +133,14 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.write(text, file=self.file)
+            # Clear the bar, write the message, and leave the bar off until the next update.
+            with self.bar.get_lock():
+                self.bar.clear(nolock=True)
+                self.file.write(text + "\n")
+                self.file.flush()
         else:
             self.write(text)
+        self.noted = True
 
     def set_fields(self, **fields) -> None:
         """Change the postfix fields without advancing."""
@@ -152,8 +168,10 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
+            if self.noted:
+                self.bar.leave = False  # a message was the last word: close without drawing the bar
             self.bar.close()
-        elif self.last_line_n != self.n:
+        elif self.last_line_n != self.n and not self.noted:
             self.write_line(self.clock())  # the final count always shows
 
     def __enter__(self) -> "Progress":
@@ -163,11 +181,35 @@ class Progress:
         self.close()
 
 
+def merge_fields(old: dict, new: dict) -> dict:
+    """`old` updated with `new`; a key new to `old` goes right after the key before it in `new`."""
+    keys, before = list(old), None
+    for key in new:
+        if key not in keys:
+            keys.insert(keys.index(before) + 1 if before is not None else 0, key)
+        before = key
+    merged = {**old, **new}
+    return {k: merged[k] for k in keys}
+
+
 def _isatty(stream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # closed or file-like without isatty
         return False
+
+
+def _is_sized_terminal(stream) -> bool:
+    """A terminal that reports its width: a terminal of 0 columns (under `script`, some CI ptys)
+    would get a bar of width zero, that is nothing at all."""
+    if not _isatty(stream):
+        return False
+    import os
+
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # a file-like terminal without a descriptor
+        return True
 
 
 def progress_bar(total: int | None, desc: str = "", unit: str = "it", **kwargs) -> Progress:

@@ -38,7 +38,7 @@ VERBS = [
 DESCRIPTION = """\
 Train a GPT-2-class base language model from scratch, on a CPU, one GPU or a multi-GPU node.
 
-Quick start (no download, ~10 minutes on 2 CPU cores):
+Quick start (no download; README.md says how long it takes):
   baseforge train                      # prepares the built-in corpus, trains runs/demo, samples
   baseforge sample runs/demo --prompt "def main("
 

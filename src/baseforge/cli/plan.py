@@ -80,5 +80,14 @@ def run(args) -> int:
         args.precision or "",
     )
     plan = make_plan(setup, int(args.tokens) if args.tokens else None, args.price, mfu, source)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
-    return 0
+    if plan.fits:
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+        return 0
+    # Does not fit: the memory that rules it out, no time or cost for a run that cannot start, and
+    # the verdict as the error (exit 1).
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "hours": None, "cost_usd": None}, indent=2))
+    else:
+        lines = format_plan(plan).splitlines()[:-1]  # the verdict goes to stderr
+        print("\n".join(line for line in lines if not line.startswith("budget")).rstrip())
+    raise UserError(plan.verdict)

@@ -1,4 +1,4 @@
-"""`baseforge report RUN_DIR`: one page (Markdown and HTML) with config, charts, losses, evals."""
+"""`baseforge report RUN_DIR [--out DIR]`: one page (Markdown and HTML) with config, charts, losses, evals."""
 
 from __future__ import annotations
 
@@ -9,19 +9,27 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser(
         "report",
-        help="write RUN/report.md and RUN/report.html",
+        help="write RUN/report.md and RUN/report.html (or into --out DIR)",
         description="One page about a run: config, charts, throughput, losses and evaluations.",
-        epilog="example:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n\n"
-        "Evaluations saved with `--save-to RUN` (eval, hellaswag) appear on the page.",
+        epilog="examples:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n"
+        "  baseforge report /shared/runs/seed --out reports/seed     # a run dir you cannot write to\n\n"
+        "Evaluations saved with `--save-to RUN` (eval, hellaswag, harness) appear on the page as tables, "
+        "a row per model: evaluate reference models with the same `--save-to` to see them side by side.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write report.md, report.html and report.png into DIR instead of RUN_DIR",
+    )
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from baseforge.eval.report import build_report
 
-    md, page = build_report(args.run_dir)
+    md, page = build_report(args.run_dir, args.out)
     print(f"wrote {md} and {page}")
     return 0

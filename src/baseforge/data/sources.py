@@ -171,7 +171,11 @@ class JsonlLines:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise UserError(f"{self.path}:{lineno}: not valid JSON") from None
             if not isinstance(row, dict) or not isinstance(row.get(self.text_column), str):
-                raise UserError(f"{self.path}:{lineno}: no {self.text_column!r} string field")
+                fields = f" (fields: {', '.join(map(str, row))})" if isinstance(row, dict) and row else ""
+                raise UserError(
+                    f"{self.path}:{lineno}: no {self.text_column!r} string field{fields}; "
+                    "name the field that holds the text with --text-column"
+                )
             docs.append(row[self.text_column])
         return docs
 

@@ -18,7 +18,9 @@ lm_eval is an optional dependency (`pip install "baseforge[harness]"`), imported
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
 from dataclasses import dataclass, field
 
 import torch
@@ -197,6 +199,32 @@ def flatten(name: str, results: dict) -> HarnessResult:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_git_probe():
+    """lm-eval records the git commit of the working folder with `git describe`, whose stderr
+    ("fatal: not a git repository") reaches the user outside a repository: the same probe, quiet."""
+    import lm_eval.evaluator as evaluator
+
+    def git_commit_hash() -> str | None:
+        try:
+            probe = subprocess.run(
+                ["git", "describe", "--always"], capture_output=True, text=True, check=False
+            )
+        except OSError:  # no git
+            return None
+        return probe.stdout.strip() or None if probe.returncode == 0 else None
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:  # another lm-eval version: nothing to quieten
+        yield
+        return
+    evaluator.get_git_commit_hash = git_commit_hash
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def run_harness(
     loaded,
     tasks: list[str],
@@ -216,15 +244,16 @@ def run_harness(
     if unknown:
         raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)}; see `lm-eval ls tasks`")
     try:
-        results = simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            limit=limit,
-            task_manager=manager,
-            num_fewshot=num_fewshot,
-            log_samples=False,
-            bootstrap_iters=1000,
-        )
+        with _quiet_git_probe():
+            results = simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                limit=limit,
+                task_manager=manager,
+                num_fewshot=num_fewshot,
+                log_samples=False,
+                bootstrap_iters=1000,
+            )
     except (ConnectionError, OSError) as exc:
         raise UserError(
             f"lm-eval could not load a task's data ({type(exc).__name__}: {str(exc)[:160]}); "

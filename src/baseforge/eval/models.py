@@ -135,7 +135,11 @@ def download_hf(name: str) -> Path:
     """A Hub model's config and weights, via huggingface_hub (fails fast and clearly offline)."""
     from baseforge.data.hub import check_reachable
 
-    check_reachable(name, hint="download it elsewhere and pass hf:LOCAL_DIR")
+    check_reachable(
+        name,
+        hint=f"nor is there a local path {name}: check the path, or download it elsewhere and pass "
+        "hf:LOCAL_DIR",
+    )
     from huggingface_hub import snapshot_download
 
     try:
@@ -156,8 +160,13 @@ def _hub_name(spec: str) -> bool:
 
 def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:
     """hf:PATH -> a local HF folder; an existing path -> a baseforge run/checkpoint; else a Hub name."""
-    if not spec.startswith("hf:") and not Path(spec).exists() and not _hub_name(spec):
-        raise UserError(f"{spec} does not exist (nor is it a Hub model name such as gpt2 or org/name)")
+    if not spec.startswith("hf:") and not Path(spec).exists():
+        if not _hub_name(spec):
+            raise UserError(f"{spec} does not exist (nor is it a Hub model name such as gpt2 or org/name)")
+        if Path(spec).parent != Path(".") and Path(spec).parent.is_dir():  # runs/x, with runs/ here: a path
+            raise UserError(
+                f"{spec} does not exist (there is no such run or checkpoint in {Path(spec).parent})"
+            )
     if spec.startswith("hf:") or not Path(spec).exists():
         path = Path(spec[3:]) if spec.startswith("hf:") else download_hf(spec)
         if not path.exists():

@@ -1,18 +1,47 @@
-"""One page about a run: config, charts, throughput, losses, evaluations (report.md and report.html)."""
+"""One page about a run: config, charts, throughput, losses, evaluations (report.md and report.html).
+
+What the page shows and where it comes from:
+
+    summary          RUN/summary.json (MFU in percent, times as durations, a dash where unknown)
+    losses           RUN/metrics.jsonl rows with a validation loss (step 0 has no train loss: a dash)
+    during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step
+    evaluations      RUN/evals/NAME.json, one table each: a row per model, so the reference models
+                     a user evaluated with `--save-to RUN` stand beside the run (lm-eval's stderr as ±)
+    chart            drawn here from metrics.jsonl: titled with the run's preset and model, and a
+                     dashed line at every step the run was resumed from (RUN/resumes.jsonl)
+    sample, config   RUN/sample.txt (wrapped, not one long line) and RUN/config.json
+
+Everything read from the run dir is escaped in the HTML. The page is written to the run dir, or to
+`out` (a folder) when the run dir cannot be written.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import math
 from pathlib import Path
 
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_write_text
-from baseforge.train.metrics import read_metrics
+from baseforge.fileio import atomic_write_bytes, atomic_write_text
+from baseforge.train.metrics import read_metrics, read_resumes
+
+DASH = "–"
+# metrics.jsonl columns every run writes: anything else on a row came from an in-training evaluator
+STANDARD = {
+    "step", "tokens", "loss", "val_loss", "lr", "grad_norm", "clip_frac", "skipped",
+    "tokens_per_s", "mfu", "mem_gb", "elapsed_s",
+}  # fmt: skip
+EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
 
 
 def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:,.4g}"
     if isinstance(value, int):
@@ -20,11 +49,154 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def build_report(run: Path | str) -> tuple[Path, Path]:
+LABELS = {
+    "train_seconds": "train time",
+    "tokens_per_s": "tokens/s",
+    "mfu": "MFU",
+    "clip_frac": "clipped steps",
+}
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def _fmt_summary(key: str, value) -> str:
+    from baseforge.progress import format_duration
+    from baseforge.train.mfu import format_mfu
+
+    if key == "mfu" and isinstance(value, (int, float)):
+        return format_mfu(value) or DASH
+    if key == "clip_frac" and isinstance(value, (int, float)):
+        return f"{100 * value:.1f}%"
+    if key.endswith("_seconds") and isinstance(value, (int, float)):
+        return format_duration(value)
+    if key == "tokens_per_s" and isinstance(value, (int, float)):
+        return f"{value:,.0f}"
+    if key.endswith("loss") and isinstance(value, float):
+        return f"{value:.4f}"
+    return _fmt(value)
+
+
+def _fmt_metric(value, stderr=None) -> str:
+    if isinstance(value, float) and not math.isnan(value) and abs(value) < 1000:
+        text = f"{value:.4f}"
+        if isinstance(stderr, (int, float)) and not math.isnan(stderr):
+            text += f" ± {stderr:.4f}"
+        return text
+    return _fmt(value)
+
+
+def _eval_table(name: str, result, run: Path) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) for a saved evaluation: a list of per-model dicts; None for another shape."""
+    if not isinstance(result, list) or not result or not all(isinstance(r, dict) for r in result):
+        return None
+    keys = [k for k in dict.fromkeys(k for r in result for k in r) if k not in ("model", "stderr")]
+    header = ["model", *keys]
+    rows = []
+    for r in result:
+        model = str(r.get("model", DASH))
+        if _same_path(model, run):
+            model += " (this run)"
+        stderr = r.get("stderr") if isinstance(r.get("stderr"), dict) else {}
+        rows.append([model, *(_fmt_metric(r.get(k), stderr.get(k)) for k in keys)])
+    return header, rows
+
+
+def _same_path(spec: str, run: Path) -> bool:
+    try:
+        return Path(spec).resolve() == run.resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def _chart_title(run: Path, config: dict, summary: dict) -> str:
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    params = summary.get("params")
+    parts = [str(config.get("preset", "run"))]
+    if isinstance(params, (int, float)):
+        parts.append(f"{params / 1e6:.2f}M parameters")
+    shape = [f"{model[k]} {label}" for k, label in (("n_layer", "layers"), ("n_embd", "wide")) if k in model]
+    if shape:
+        parts.append(", ".join(shape))
+    return " · ".join(parts) + f"  ({run.resolve().name})"
+
+
+def draw_chart(rows: list[dict], title: str, resumes: list[int]) -> bytes | None:
+    """PNG: loss (train and validation), learning rate and grad norm against steps, resumes marked."""
+    steps_rows = [r for r in rows if isinstance(r.get("loss"), (int, float))]
+    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
+    if not steps_rows and not val:
+        return None
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 8))
+    axes = fig.subplots(3, 1, sharex=True)
+    steps = [r["step"] for r in steps_rows]
+    axes[0].plot(steps, [r["loss"] for r in steps_rows], label="train", lw=1)
+    if val:
+        axes[0].plot(*zip(*val), "o-", label="validation", ms=4)
+    axes[0].set_ylabel("loss")
+    for ax, key, label in ((axes[1], "lr", "learning rate"), (axes[2], "grad_norm", "grad norm (pre-clip)")):
+        points = [(r["step"], r[key]) for r in steps_rows if isinstance(r.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), lw=1)
+        ax.set_ylabel(label)
+    if any(isinstance(r.get("grad_norm"), (int, float)) and r["grad_norm"] > 0 for r in steps_rows):
+        axes[2].set_yscale("log")
+    axes[2].set_xlabel("step")
+    for i, step in enumerate(resumes):
+        for ax in axes:
+            ax.axvline(
+                step, color="tab:red", ls="--", lw=1, label="resumed" if i == 0 and ax is axes[0] else None
+            )
+        axes[0].annotate(
+            f"resumed at {step:,}", (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+            textcoords="offset points", color="tab:red", fontsize=8,
+        )  # fmt: skip
+    axes[0].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
+    return buf.getvalue()
+
+
+def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return [
+        "| " + " | ".join(map(cell, header)) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(map(cell, r)) + " |" for r in rows),
+    ]
+
+
+def _html_table(header: list[str] | None, rows: list[list[str]], right_from: int = 1) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        tds = (
+            f"<{tag}{' class=num' if i >= right_from else ''}>{html.escape(c)}</{tag}>"
+            for i, c in enumerate(cells)
+        )
+        return "<tr>" + "".join(tds) + "</tr>"
+
+    head = row(header, "th") if header else ""
+    return "<table>" + head + "".join(row(r, "td") for r in rows) + "</table>"
+
+
+def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, Path]:
+    """Write report.md, report.html and report.png into `out` (default: the run dir)."""
     run = Path(run)
     config_file = run / "config.json"
     if not config_file.is_file():
         raise UserError(f"{run} is not a run dir (no config.json)")
+    out = Path(out) if out is not None else run
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     config = json.loads(config_file.read_text())
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     evals = (
@@ -33,69 +205,89 @@ def build_report(run: Path | str) -> tuple[Path, Path]:
         else {}
     )
     rows = read_metrics(run)
-    chart = run / "charts" / "training.png"
+    resumes = read_resumes(run)
     sample = (run / "sample.txt").read_text() if (run / "sample.txt").is_file() else None
+    name = run.resolve().name
+    preset = str(config.get("preset", ""))
+    title = _chart_title(run, config, summary)
+    png = draw_chart(rows, title, resumes)
 
-    md = [
-        f"# {run.resolve().name}",
-        "",
-        f"Preset `{config['preset']}`.",
-        "",
-        "## Summary",
-        "",
-        "| | |",
-        "|---|---|",
-    ]
-    md += [f"| {k} | {_fmt(v)} |" for k, v in summary.items()]
-    if rows:
-        vals = [r for r in rows if r.get("val_loss") is not None]
-        md += ["", "## Losses", "", "| step | tokens | train loss | val loss |", "|---:|---:|---:|---:|"]
-        md += [
-            f"| {r['step']:,} | {r['tokens']:,} | {_fmt(r.get('loss'))} | {_fmt(r['val_loss'])} |"
-            for r in vals
+    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v)] for k, v in summary.items()]
+    loss_rows = [
+        [
+            _fmt(r.get("step")),
+            _fmt(r.get("tokens")),
+            _fmt_metric(r.get("loss")),
+            _fmt_metric(r.get("val_loss")),
         ]
-    for name, result in evals.items():
-        md += ["", f"## {name}", "", "```json", json.dumps(result, indent=2), "```"]
-    if chart.is_file():
-        md += ["", "## Charts", "", "![training](charts/training.png)"]
+        for r in rows
+        if r.get("val_loss") is not None
+    ]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in STANDARD]
+    during = [
+        [_fmt(r.get("step")), *(_fmt_metric(r.get(k)) for k in extra)]
+        for r in rows
+        if any(k in r for k in extra)
+    ]
+    tables = {n: _eval_table(n, result, run) for n, result in evals.items()}
+    resumed = ", ".join(f"{s:,}" for s in resumes)
+
+    # Markdown
+    md = [f"# {name}", "", f"Preset `{preset}`." + (f" Resumed from step {resumed}." if resumes else ""), ""]
+    md += ["## Summary", "", *_md_table(["", ""], summary_rows, right_from=2)]
+    if loss_rows:
+        md += ["", "## Losses", "", *_md_table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)]
+    if during:
+        md += ["", "## Evaluations during training", "", *_md_table(["step", *extra], during, 0)]
+    for n, result in evals.items():
+        md += ["", f"## {EVAL_TITLES.get(n, n)}", ""]
+        md += _md_table(*tables[n]) if tables[n] else ["```json", json.dumps(result, indent=2), "```"]
+    if png:
+        md += ["", "## Charts", "", "![training](report.png)"]
     if sample:
         md += ["", "## Sample", "", "```", sample.strip(), "```"]
     md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
-    md_text = "\n".join(md)
 
     # HTML: the same content, self-contained (the chart embedded as base64).
-    img = ""
-    if chart.is_file():
-        png = base64.b64encode(chart.read_bytes()).decode()
-        img = f'<img alt="training" src="data:image/png;base64,{png}">'
-    table = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items()
+    e = html.escape
+    parts = [f"<h1>{e(name)}</h1>", f"<p>Preset <code>{e(preset)}</code>."]
+    if resumes:
+        parts.append(f" Resumed from step {e(resumed)} (dashed lines on the chart).")
+    parts += ["</p>", "<h2>Summary</h2>", _html_table(None, summary_rows, right_from=2)]
+    if loss_rows:
+        parts += ["<h2>Losses</h2>", _html_table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)]
+    if during:
+        parts += ["<h2>Evaluations during training</h2>", _html_table(["step", *extra], during, 0)]
+    for n, result in evals.items():
+        parts.append(f"<h2>{e(EVAL_TITLES.get(n, n))}</h2>")
+        parts.append(
+            _html_table(*tables[n]) if tables[n] else f"<pre>{e(json.dumps(result, indent=2))}</pre>"
+        )
+    if png:
+        data = base64.b64encode(png).decode()
+        parts += ["<h2>Charts</h2>", f'<img alt="{e(title)}" src="data:image/png;base64,{data}">']
+    if sample:
+        parts += ["<h2>Sample</h2>", f'<pre class="sample">{e(sample)}</pre>']
+    parts += [
+        "<h2>Config</h2>",
+        f"<details><summary>config.json</summary><pre>{e(json.dumps(config, indent=2))}</pre></details>",
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 12px;text-align:left;"
+        "border-bottom:1px solid #ddd}th{background:#f4f4f4}td:first-child{color:#555}.num{text-align:right;"
+        "font-variant-numeric:tabular-nums}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;"
+        "overflow-wrap:anywhere}img{max-width:100%}"
     )
-    val_rows = "".join(
-        f"<tr><td>{html.escape(_fmt(r['step']))}</td><td>{html.escape(_fmt(r['tokens']))}</td>"
-        f"<td>{html.escape(_fmt(r.get('loss')))}</td><td>{html.escape(_fmt(r['val_loss']))}</td></tr>"
-        for r in rows
-        if r.get("val_loss") is not None
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{e(name)}: {e(preset)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    evals_html = "".join(
-        f"<h2>{html.escape(n)}</h2><pre>{html.escape(json.dumps(r, indent=2))}</pre>"
-        for n, r in evals.items()
-    )
-    title = html.escape(run.resolve().name)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left}}
-pre{{background:#f4f4f4;padding:8px;overflow:auto}}img{{max-width:100%}}</style></head><body>
-<h1>{title}</h1><p>Preset <code>{html.escape(config["preset"])}</code>.</p>
-<h2>Summary</h2><table>{table}</table>
-<h2>Losses</h2><table>
-<tr><th>step</th><th>tokens</th><th>train loss</th><th>val loss</th></tr>{val_rows}</table>
-{evals_html}<h2>Charts</h2>{img}
-{"<h2>Sample</h2><pre>" + html.escape(sample) + "</pre>" if sample else ""}
-<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre></body></html>
-"""
-    atomic_write_text(run / "report.md", md_text)
-    atomic_write_text(run / "report.html", page)
-    return run / "report.md", run / "report.html"
+    if png:
+        atomic_write_bytes(out / "report.png", png)
+    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.html", page)
+    return out / "report.md", out / "report.html"
 
 
 def save_eval(run: Path | str, name: str, result) -> Path:

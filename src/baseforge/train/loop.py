@@ -43,6 +43,7 @@ from baseforge.train.metrics import (
     MetricsLog,
     memory_gb,
     read_metrics,
+    record_resume,
     truncate_metrics,
 )
 from baseforge.train.optim import build_optimizers
@@ -204,6 +205,7 @@ class Trainer:
             ckpt.write_data_record(self.run_dir, self.data.source)
         if self.resume:
             truncate_metrics(self.run_dir, self.state.step)
+            record_resume(self.run_dir, self.state.step)  # the report marks it
             ckpt.discard_after(self.run_dir, self.state.step)
         else:  # a run started again after dying before its first checkpoint: its rows are redone
             truncate_metrics(self.run_dir, -1)

@@ -35,6 +35,23 @@ def truncate_metrics(run_dir: Path | str, step: int) -> None:
     atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+RESUMES = "resumes.jsonl"  # {"step": N} per resume: where a later process took over (the report marks it)
+
+
+def record_resume(run_dir: Path | str, step: int) -> None:
+    """On resume from `step`: note it; resume points after `step` belonged to an abandoned future."""
+    path = Path(run_dir) / RESUMES
+    kept = [r for r in read_append_log(path) if r.get("step", 0) < step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, {"step": step}]))
+
+
+def read_resumes(run_dir: Path | str) -> list[int]:
+    """The steps a run was resumed from (RUN/resumes.jsonl), in order; [] for a run never resumed."""
+    return [
+        int(r["step"]) for r in read_append_log(Path(run_dir) / RESUMES) if isinstance(r.get("step"), int)
+    ]
+
+
 class MetricsLog:
     def __init__(self, run_dir: Path | str):
         self.path = Path(run_dir) / METRICS
