@@ -83,8 +83,8 @@ def register(sub) -> None:
 
 
 def evaluators(cfg) -> dict:
-    """In-training evaluations the config asks for (HellaSwag every hellaswag_every steps)."""
-    if not cfg.hellaswag_every:
+    """In-training evaluations the config asks for (HellaSwag every evaluators_every steps)."""
+    if not cfg.evaluators_every:
         return {}
     from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 
@@ -175,7 +175,7 @@ def resume_data(args, out: Path) -> Path:
 
 def init_from(spec: str, config, data: Path, overrides):
     """(config with the source model's shape, its weights) for continued pretraining from `spec`."""
-    from dataclasses import replace
+    from dataclasses import asdict
 
     from baseforge.config import MODEL_KEYS, parse_overrides, parse_value
     from baseforge.data.shards import read_manifest
@@ -195,7 +195,7 @@ def init_from(spec: str, config, data: Path, overrides):
     if changed:
         raise UserError(f"--init-from takes the model's shape from {spec}; drop --set {', '.join(changed)}")
     check_same_tokenizer(loaded.tokenizer.record(), read_manifest(data)["tokenizer"], spec, str(data))
-    config.model = replace(source, dropout=config.model.dropout)
+    config.update({**asdict(source), "dropout": config.model.dropout})
     return config, model_tensors(loaded.model)
 
 
