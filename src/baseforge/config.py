@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from baseforge.errors import ConfigError, UserError
-from baseforge.model.config import ModelConfig, _choices, check_choices, help_text, option
+from baseforge.model.config import ModelConfig, check_choices, help_text, option, type_name
 from baseforge.presets import get_preset
 
 if sys.version_info >= (3, 11):
@@ -382,15 +382,6 @@ def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> No
     config.update(values)
 
 
-def _type_name(cls, name: str) -> str:
-    import typing
-
-    hint = typing.get_type_hints(cls)[name]
-    choices, types = _choices(hint)
-    kinds = [t.__name__ for t in types if t is not type(None)] + ([" | ".join(choices)] if choices else [])
-    return " | ".join(kinds) or str(hint)
-
-
 def describe_keys() -> str:
     """Every config key: its type or choices, default and help text, for `--help-config`."""
     lines = []
@@ -400,7 +391,7 @@ def describe_keys() -> str:
     ):
         lines.append(f"{title}:")
         for name, f in keys.items():
-            lines.append(f"  {name} = {f.default!r}  ({_type_name(cls, name)})")
+            lines.append(f"  {name} = {f.default!r}  ({type_name(cls, name)})")
             lines.append(f"      {help_text(cls, name)}")
     lines.append(
         "renamed keys (the old name still works): " + ", ".join(f"{o} -> {n}" for o, n in RENAMED.items())

@@ -25,6 +25,13 @@ def help_text(cls, name: str) -> str:
     return {f.name: f for f in fields(cls)}[name].metadata.get("help", "")
 
 
+def type_name(cls, name: str) -> str:
+    """Key `name`'s type as `--help-config` shows it: `int`, `int | auto`, `learned | rope`."""
+    choices, types = _choices(typing.get_type_hints(cls)[name])
+    kinds = [t.__name__ for t in types if t is not type(None)] + ([" | ".join(choices)] if choices else [])
+    return " | ".join(kinds) or str(typing.get_type_hints(cls)[name])
+
+
 def check_choices(obj) -> None:
     """ConfigError for a dataclass field typed with `Literal[...]` whose value is none of its choices,
     or a float field that is not finite (inf, nan).
