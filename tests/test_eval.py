@@ -315,7 +315,7 @@ def test_hellaswag_during_training(gpt2_data, shared_data, tmp_path):
         run,
         "--preset",
         "cpu-tiny",
-        *sets(*TINY, "max_steps=4", "hellaswag_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"),
+        *sets(*TINY, "max_steps=4", "evaluators_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"),
     )
     assert result.returncode == 0, result.stderr
     scored = [r["step"] for r in read_metrics(run) if "hellaswag_acc_norm" in r]

@@ -60,6 +60,27 @@ def test_batch_layout_keeps_global_batch_across_world_sizes():
         resolve(32, 5, 1, 1)
 
 
+def test_batch_layout_from_config_is_the_one_constructor():
+    from dataclasses import replace
+
+    cfg = resolve_config("cpu-tiny", None, ["micro_batch=2", "global_batch=8"]).train
+    assert BatchLayout.from_config(cfg) == BatchLayout(2, 4, 1, 0)
+    assert BatchLayout.from_config(cfg, world=2, rank=1) == BatchLayout(2, 2, 2, 1)
+    auto = replace(cfg, micro_batch="auto")
+    assert BatchLayout.from_config(auto).global_batch == 8  # what --dry-run and finetune count
+    assert BatchLayout.from_config(auto, world=2, micro_batch=2) == BatchLayout(2, 2, 2, 0)  # the search's
+    assert (
+        BatchLayout.from_config(
+            replace(cfg, global_batch=0, micro_batch=3, grad_accum=2), world=2
+        ).global_batch
+        == 12
+    )
+    with pytest.raises(UserError, match="decided by the search"):
+        BatchLayout.from_config(replace(auto, global_batch=0))
+    with pytest.raises(UserError, match="not divisible by micro_batch 3"):
+        BatchLayout.from_config(replace(cfg, micro_batch=3))
+
+
 def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespeare_dir):
     windows = TokenWindows(shakespeare_dir, "train", 64)
     stream = TrainStream(windows, seed=7)

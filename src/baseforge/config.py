@@ -2,8 +2,10 @@
 
 Two typed dataclasses travel together as one `RunConfig`: the model's shape (`model.ModelConfig`)
 and the training recipe (`TrainConfig`). Their keys are disjoint, so users write flat keys
-(`n_layer=6`, `lr=1e-3`) and each lands where it belongs. Both validate on construction, and every
-change goes through `RunConfig.set`, which rebuilds (and so re-validates) the changed half. The
+(`n_layer=6`, `lr=1e-3`) and each lands where it belongs. Both are frozen and validate on construction
+(`errors.ConfigError` for a bad value); every change goes through `RunConfig.update`, which rebuilds
+them with `dataclasses.replace` (and so re-validates). Each key's help text is in its field's metadata
+(`model.config.option`), read by `--help-config`. The
 resolved config is saved with every run and checkpoint as `{"preset", "model": {...}, "train": {...}}`.
 """
 
@@ -16,8 +18,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from baseforge.errors import UserError
-from baseforge.model.config import ModelConfig, check_choices
+from baseforge.errors import ConfigError, UserError
+from baseforge.model.config import ModelConfig, check_choices, help_text, option, type_name
 from baseforge.presets import get_preset
 
 if sys.version_info >= (3, 11):
@@ -26,68 +28,94 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
-    # when global_batch is set, grad_accum follows from it (so a run keeps its global batch on
-    # any number of processes). micro_batch = "auto" searches for the largest that fits.
-    micro_batch: int | Literal["auto"] = 8  # sequences per forward/backward; auto: the largest that fits
-    grad_accum: int = 1  # micro-batches per optimizer step (derived when global_batch is set)
-    global_batch: int = 0  # sequences per optimizer step over all processes; 0: micro x accum x processes
+    # when global_batch is set, grad_accum follows from it (data.loader.BatchLayout.from_config).
+    micro_batch: int | Literal["auto"] = option(
+        8, "sequences per forward/backward; auto: the largest that fits"
+    )
+    grad_accum: int = option(1, "micro-batches per optimizer step (derived when global_batch is set)")
+    global_batch: int = option(
+        0,
+        "sequences per optimizer step over all processes (kept on any number); 0: micro x accum x processes",
+    )
     # AdamW (the write-up's baseline: lr 4e-4, weight decay 0.1).
-    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices + AdamW for the rest
-    lr: float = 4e-4  # peak learning rate of AdamW (with muon: of embeddings, head and gains)
-    weight_decay: float = 0.1  # AdamW's decoupled weight decay
-    beta1: float = 0.9  # AdamW's first-moment decay
-    beta2: float = 0.95  # AdamW's second-moment decay
-    eps: float = 1e-8  # AdamW's denominator epsilon
-    decay_all: bool = True  # false: no weight decay on biases, norms and embeddings
-    muon_lr: float = 0.02  # Muon's learning rate for the hidden matrices
-    muon_momentum: float = 0.95  # Muon's Nesterov momentum
-    muon_weight_decay: float = 0.0  # decoupled, so scaled by muon_lr: keep it small
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    # Schedule: constant, cosine (warmup, cosine to min_lr), wsd (warmup-stable-decay).
-    schedule: Literal["constant", "cosine", "wsd"] = "cosine"
-    warmup_steps: int = 0  # linear warmup steps (0: use warmup_fraction)
-    warmup_fraction: float = 0.0  # used when warmup_steps = 0
-    min_lr_ratio: float = 0.1  # floor of the decay, as a fraction of lr
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly
+    optimizer: Literal["adamw", "muon"] = option(
+        "adamw", "muon: Muon for hidden matrices + AdamW for the rest"
+    )
+    lr: float = option(4e-4, "peak learning rate of AdamW (with muon: of embeddings, head and gains)")
+    weight_decay: float = option(0.1, "AdamW's decoupled weight decay")
+    beta1: float = option(0.9, "AdamW's first-moment decay")
+    beta2: float = option(0.95, "AdamW's second-moment decay")
+    eps: float = option(1e-8, "AdamW's denominator epsilon")
+    decay_all: bool = option(True, "false: no weight decay on biases, norms and embeddings")
+    muon_lr: float = option(0.02, "Muon's learning rate for the hidden matrices")
+    muon_momentum: float = option(0.95, "Muon's Nesterov momentum")
+    muon_weight_decay: float = option(
+        0.0, "Muon's weight decay; decoupled, so scaled by muon_lr: keep it small"
+    )
+    grad_clip: float = option(1.0, "max global grad norm; 0 = off")
+    # Schedule.
+    schedule: Literal["constant", "cosine", "wsd"] = option(
+        "cosine",
+        "learning-rate schedule: constant, cosine (warmup, cosine to min_lr), wsd (warmup-stable-decay)",
+    )
+    warmup_steps: int = option(0, "linear warmup steps (0: use warmup_fraction)")
+    warmup_fraction: float = option(0.0, "warmup as a fraction of the steps, used when warmup_steps = 0")
+    min_lr_ratio: float = option(0.1, "floor of the decay, as a fraction of lr")
+    decay_fraction: float = option(0.2, "wsd: the last fraction of steps decays linearly")
     # Length: max_steps, else max_tokens, else tokens_per_param x parameters (Chinchilla's 20).
-    max_steps: int = 0  # optimizer steps to train (0: from max_tokens or tokens_per_param)
-    max_tokens: int = 0  # tokens to train on (0: tokens_per_param x parameters)
-    tokens_per_param: float = 20.0  # the token budget per parameter (Chinchilla's 20)
-    seed: int = 1337  # initialisation, data order and dropout
+    max_steps: int = option(0, "optimizer steps to train (0: from max_tokens or tokens_per_param)")
+    max_tokens: int = option(0, "tokens to train on (0: tokens_per_param x parameters)")
+    tokens_per_param: float = option(20.0, "the token budget per parameter (Chinchilla's 20)")
+    seed: int = option(1337, "seed of initialisation, data order and dropout")
     # Numerics and speed.
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    # compute precision; auto: bf16 where the device runs it natively, else fp16 on CUDA, else fp32
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    compile: bool = False  # torch.compile the model; falls back to eager where it cannot run
-    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+    device: str = option("auto", '"auto", "cpu", "cuda", "cuda:1", "mps"')
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
+        "auto",
+        "compute precision; auto: bf16 where the device runs it natively, else fp16 on CUDA, else fp32",
+    )
+    compile: bool = option(False, "torch.compile the model; falls back to eager where it cannot run")
+    max_bad_steps: int = option(10, "stop after this many non-finite steps in a row")
     # Logging, evaluation, checkpoints.
-    log_every: int = 10
-    trackers: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; optional extras)
-    eval_every: int = 250  # steps between validation-loss evaluations
-    eval_tokens: int = 1_048_576  # fixed slice of the validation split, the same tokens every time
-    checkpoint_every: int = 1000  # steps between checkpoints
-    checkpoint_minutes: float = 0.0  # also checkpoint every this many minutes; 0 = off
-    keep_last: int = 3  # checkpoints kept besides the best
-    early_stop_evals: int = 0  # stop when validation loss has not improved for this many evaluations; 0 = off
-    hellaswag_every: int = 0  # also score HellaSwag every this many steps (0 = off)
-    hellaswag_data: str = ""  # hellaswag_val.jsonl(.gz); empty = download once
-    hellaswag_limit: int = 500  # items per in-training HellaSwag evaluation
-    sample_prompt: str = "Every effort moves you"  # prompt of the sample at the end of training
-    sample_tokens: int = 64  # tokens of that sample (0: no sample)
-    dist_timeout_s: float = 600.0  # a dead rank stops the job after this long instead of hanging it
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp: shard weights, grads, optimizer state over processes
-    fsdp_offload: bool = False  # fsdp: keep parameters and optimizer state in CPU memory
-    activation_checkpointing: Literal["none", "blocks", "selective"] = "none"  # recompute in backward
+    log_every: int = option(10, "steps between metrics rows (metrics.jsonl, trackers, the progress line)")
+    trackers: str = option("", "also send metrics to: tensorboard, wandb (comma-separated; optional extras)")
+    eval_every: int = option(250, "steps between validation-loss evaluations")
+    eval_tokens: int = option(1_048_576, "fixed slice of the validation split, the same tokens every time")
+    checkpoint_every: int = option(1000, "steps between checkpoints")
+    checkpoint_minutes: float = option(0.0, "also checkpoint every this many minutes; 0 = off")
+    keep_last: int = option(3, "checkpoints kept besides the best")
+    early_stop_evals: int = option(
+        0, "stop when validation loss has not improved for this many evaluations; 0 = off"
+    )
+    evaluators_every: int = option(
+        0, "steps between the in-training evaluators (every one of them: today HellaSwag); 0 = off"
+    )
+    hellaswag_data: str = option(
+        "", "hellaswag_val.jsonl(.gz) of the in-training HellaSwag; empty = download once"
+    )
+    hellaswag_limit: int = option(500, "items per in-training HellaSwag evaluation")
+    sample_prompt: str = option("Every effort moves you", "prompt of the sample at the end of training")
+    sample_tokens: int = option(64, "tokens of that sample (0: no sample)")
+    dist_timeout_s: float = option(
+        600.0, "a dead rank stops the job after this many seconds instead of hanging it"
+    )
+    parallel: Literal["ddp", "fsdp"] = option(
+        "ddp", "fsdp: shard weights, grads, optimizer state over processes"
+    )
+    fsdp_offload: bool = option(False, "fsdp: keep parameters and optimizer state in CPU memory")
+    activation_checkpointing: Literal["none", "blocks", "selective"] = option(
+        "none", "recompute activations in backward: none, every block, or every other block (selective)"
+    )
 
     def __post_init__(self) -> None:
         def bad(key, why):
-            raise UserError(f"config: {key} = {getattr(self, key)!r} {why}")
+            raise ConfigError(f"config: {key} = {getattr(self, key)!r} {why}")
 
         if self.micro_batch != "auto" and (not isinstance(self.micro_batch, int) or self.micro_batch < 1):
             bad("micro_batch", "must be a positive integer or 'auto'")
+        check_choices(self)  # choices, and every float finite (so lr=inf is refused here)
         for key in ("grad_accum", "log_every", "eval_every", "checkpoint_every", "max_bad_steps"):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
@@ -99,7 +127,7 @@ class TrainConfig:
             "eval_tokens",
             "keep_last",
             "sample_tokens",
-            "hellaswag_every",
+            "evaluators_every",
             "hellaswag_limit",
             "weight_decay",
             "muon_weight_decay",
@@ -114,10 +142,6 @@ class TrainConfig:
             bad("lr", "must be positive")
         if self.optimizer == "muon" and not self.muon_lr > 0:
             bad("muon_lr", "must be positive")
-        try:
-            check_choices(self)
-        except ValueError as exc:
-            raise UserError(f"config: {exc}") from None
         for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
@@ -130,6 +154,30 @@ class TrainConfig:
 
 MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}
 TRAIN_KEYS = {f.name: f for f in fields(TrainConfig)}
+# Old names still accepted (in --set, TOML files and the config.json of older runs): old -> new.
+RENAMED = {"hellaswag_every": "evaluators_every"}
+_told: set[str] = set()
+
+
+def _renamed(values: dict) -> dict:
+    """`values` with old key names replaced by their new ones, saying so once per process on stderr."""
+    out = {}
+    for name, value in values.items():
+        new = RENAMED.get(name)
+        if new is None:
+            out[name] = value
+            continue
+        if new in values:
+            raise ConfigError(f"config: {name} is the old name of {new}; give only {new}")
+        if name not in _told:
+            _told.add(name)
+            print(
+                f"note: config key {name} is now {new} (it sets the cadence of every in-training "
+                f"evaluator); the old name still works but is deprecated",
+                file=sys.stderr,
+            )
+        out[new] = value
+    return out
 
 
 def parse_value(key: str, raw: str, current):
@@ -155,15 +203,15 @@ def parse_value(key: str, raw: str, current):
         if isinstance(current, float):
             return float(raw)
     except ValueError:
-        raise UserError(f"config: {key} = {raw!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"config: {key} = {raw!r} is not a valid {kind.__name__}") from None
     return raw
 
 
-def _unknown(key: str) -> UserError:
+def _unknown(key: str) -> ConfigError:
     known = sorted(MODEL_KEYS) + sorted(TRAIN_KEYS)
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see `baseforge train --help-config`"
-    return UserError(f"unknown config key {key!r}{hint}")
+    return ConfigError(f"unknown config key {key!r}{hint}")
 
 
 @dataclass
@@ -175,15 +223,14 @@ class RunConfig:
     train: TrainConfig
 
     def update(self, values: dict) -> None:
-        """Change several keys at once; each half is rebuilt once, so the result is validated as a whole
-        (n_embd=64 with n_head=2 is fine even if n_embd=64 alone does not divide the old n_head)."""
-        for key in values:
-            if key not in MODEL_KEYS and key not in TRAIN_KEYS:
-                raise _unknown(key)
-        try:
-            self.model = replace(self.model, **{k: v for k, v in values.items() if k in MODEL_KEYS})
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"config: {exc}") from None
+        """Change several keys at once: the one way a config changes. Each half is rebuilt once with
+        `dataclasses.replace` (both are frozen), so the result is validated as a whole (n_embd=64 with
+        n_head=2 is fine even if n_embd=64 alone does not divide the old n_head)."""
+        values = _renamed(values)
+        for name in values:
+            if name not in MODEL_KEYS and name not in TRAIN_KEYS:
+                raise _unknown(name)
+        self.model = replace(self.model, **{k: v for k, v in values.items() if k in MODEL_KEYS})
         self.train = replace(self.train, **{k: v for k, v in values.items() if k in TRAIN_KEYS})
 
     def set(self, key: str, value) -> None:
@@ -203,14 +250,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        for key in [*d.get("model", {}), *d.get("train", {})]:
-            if key not in MODEL_KEYS and key not in TRAIN_KEYS:
-                raise _unknown(key)
+        model, train = d.get("model", {}), _renamed(d.get("train", {}))
+        for name in [*model, *train]:
+            if name not in MODEL_KEYS and name not in TRAIN_KEYS:
+                raise _unknown(name)
         try:
-            model = ModelConfig(**d.get("model", {}))
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"config: {exc}") from None
-        return cls(d.get("preset", "custom"), model, TrainConfig(**d.get("train", {})))
+            return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train))
+        except TypeError as exc:  # a key under the wrong table
+            raise ConfigError(f"config: {exc}") from None
 
 
 def preset_config(name: str) -> RunConfig:
@@ -263,7 +310,7 @@ def resolve_config(
         else:
             flat[key] = value
     values = {}
-    for key, value in flat.items():
+    for key, value in _renamed(flat).items():
         current = config.get(key) if key in MODEL_KEYS or key in TRAIN_KEYS else None
         if isinstance(value, str) and not isinstance(current, str):
             value = parse_value(key, value, current)
@@ -281,10 +328,10 @@ def parse_overrides(overrides) -> dict:
             raise UserError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key not in MODEL_KEYS and key not in TRAIN_KEYS:
+        if key not in MODEL_KEYS and key not in TRAIN_KEYS and key not in RENAMED:
             raise _unknown(key)
         parsed[key] = raw
-    return parsed
+    return _renamed(parsed)
 
 
 def config_changes(saved: RunConfig, wanted: RunConfig, allowed: set[str] = frozenset()) -> list[str]:
@@ -335,46 +382,18 @@ def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> No
     config.update(values)
 
 
-def _field_docs(cls) -> dict[str, str]:
-    """The comment on (or just above) each field of a config dataclass: the keys' documentation."""
-    import inspect
-
-    docs, pending = {}, []
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if text.startswith("#"):
-            pending.append(text.lstrip("# "))
-            continue
-        name = text.split(":", 1)[0]
-        if ":" in text and name.isidentifier() and not text.startswith(("def ", "class ")):
-            comment = text.split("  # ", 1)[1] if "  # " in text else ""
-            docs[name] = comment or " ".join(pending)  # its own comment, else the one above it
-        pending = []
-    return docs
-
-
-def _type_name(cls, name: str) -> str:
-    import typing
-
-    from baseforge.model.config import _choices
-
-    hint = typing.get_type_hints(cls)[name]
-    choices, types = _choices(hint)
-    kinds = [t.__name__ for t in types if t is not type(None)] + ([" | ".join(choices)] if choices else [])
-    return " | ".join(kinds) or str(hint)
-
-
 def describe_keys() -> str:
-    """Every config key with its type or choices, default and meaning, for `--help-config`."""
+    """Every config key: its type or choices, default and help text, for `--help-config`."""
     lines = []
     for title, cls, keys in (
         ("model keys", ModelConfig, MODEL_KEYS),
         ("train keys", TrainConfig, TRAIN_KEYS),
     ):
-        docs = _field_docs(cls)
         lines.append(f"{title}:")
         for name, f in keys.items():
-            lines.append(f"  {name} = {f.default!r}  ({_type_name(cls, name)})")
-            if docs.get(name):
-                lines.append(f"      {docs[name]}")
+            lines.append(f"  {name} = {f.default!r}  ({type_name(cls, name)})")
+            lines.append(f"      {help_text(cls, name)}")
+    lines.append(
+        "renamed keys (the old name still works): " + ", ".join(f"{o} -> {n}" for o, n in RENAMED.items())
+    )
     return "\n".join(lines)

@@ -8,3 +8,8 @@ and exits non-zero, without a traceback. Everything else is a bug and keeps its 
 
 class UserError(Exception):
     """A mistake the user can fix; the message says what is wrong and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid config value (ModelConfig, TrainConfig, --set, TOML, config.json): a `UserError`,
+    so the CLI prints it in one line; also a `ValueError`, as for any bad argument value."""

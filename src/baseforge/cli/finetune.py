@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.eval.instruct import finetune
+    from baseforge.train.finetune import finetune
 
     result = finetune(
         args.model,

@@ -82,30 +82,10 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def evaluators(cfg) -> dict:
-    """In-training evaluations the config asks for (HellaSwag every hellaswag_every steps)."""
-    if not cfg.hellaswag_every:
-        return {}
-    from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
-
-    path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
-    load_items(path, 1)  # a missing file or an offline download fails now, not mid-run
-
-    def hellaswag(model, tokenizer):
-        from baseforge.train.checkpoint import unwrap
-
-        inner = unwrap(model)
-        result = evaluate_hellaswag(
-            inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device
-        )
-        return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
-
-    return {"hellaswag": hellaswag}
-
-
 def run(args) -> int:
     from baseforge.config import describe_keys
     from baseforge.fileio import check_out_dir
+    from baseforge.launch import dry_run_report, init_from, resume_data
 
     if args.help_config:
         print(describe_keys())
@@ -113,7 +93,11 @@ def run(args) -> int:
     out = check_out_dir(args.out or DEMO_RUN)
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run; it cannot be combined with --resume")
-    data = resume_data(args, out) if args.resume else (args.data or DEMO_DATA)
+    if args.resume:
+        unrecorded = DEMO_DATA if out == DEMO_RUN else None
+        data = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
+    else:
+        data = args.data or DEMO_DATA
     if data == DEMO_DATA and not (data / "manifest.json").is_file():
         from baseforge.data.prepare import prepare
 
@@ -131,10 +115,11 @@ def run(args) -> int:
 
 def run_config(args, out: Path):
     from baseforge.config import load_run_config, resolve_config, resume_config
+    from baseforge.train.checkpoint import CHECKPOINTS
 
     if args.resume:
         return resume_config(load_run_config(out), args.preset, args.config, args.overrides)
-    if args.data is None and (out / "checkpoints" / "latest").exists() and not args.preset:
+    if args.data is None and (out / CHECKPOINTS / "latest").exists() and not args.preset:
         raise UserError(
             f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
             f"continue it with `baseforge train --resume`, or remove it to start over"
@@ -144,92 +129,11 @@ def run_config(args, out: Path):
     )
 
 
-def resume_data(args, out: Path) -> Path:
-    """The data a resumed run continues on: its own (RUN/data.json), or --data if the same or --new-data."""
-    from baseforge.train.checkpoint import data_fingerprint, read_data_record
-
-    if not (out / "config.json").is_file():
-        raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
-    if not (out / "checkpoints" / "latest").is_file():
-        raise UserError(
-            f"{out} has no checkpoint yet (it stopped before the first); start it again without --resume"
-        )
-    record = read_data_record(out)
-    if args.data is None:
-        if record is None:
-            if out == DEMO_RUN:
-                return DEMO_DATA
-            raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
-        return Path(record["path"])
-    same = record is None or (
-        Path(record["path"]) == args.data.resolve()
-        and record["manifest_sha256"] == data_fingerprint(args.data)
-    )
-    if not same and not args.new_data:
-        raise UserError(
-            f"{out} was trained on {record['path']}, not {args.data}; resume without --data, or add "
-            "--new-data to continue on other data prepared with the same tokenizer"
-        )
-    return args.data
-
-
-def init_from(spec: str, config, data: Path, overrides):
-    """(config with the source model's shape, its weights) for continued pretraining from `spec`."""
-    from dataclasses import replace
-
-    from baseforge.config import MODEL_KEYS, parse_overrides, parse_value
-    from baseforge.data.shards import read_manifest
-    from baseforge.eval.models import load_any
-    from baseforge.tokenizer import check_same_tokenizer
-    from baseforge.train.checkpoint import model_tensors
-
-    loaded = load_any(spec)
-    source = loaded.model.config
-    changed = [
-        key
-        for key, raw in parse_overrides(overrides).items()
-        if key in MODEL_KEYS
-        and key != "dropout"
-        and parse_value(key, raw, getattr(source, key)) != getattr(source, key)
-    ]
-    if changed:
-        raise UserError(f"--init-from takes the model's shape from {spec}; drop --set {', '.join(changed)}")
-    check_same_tokenizer(loaded.tokenizer.record(), read_manifest(data)["tokenizer"], spec, str(data))
-    config.model = replace(source, dropout=config.model.dropout)
-    return config, model_tensors(loaded.model)
-
-
-def dry_run_report(config, data: Path) -> str:
-    """What `train` would do, without training: the resolved config, model size, steps and tokens."""
-    import json
-
-    from baseforge.data.shards import read_manifest
-    from baseforge.model import GPT
-    from baseforge.train.loop import total_steps
-
-    manifest = read_manifest(data)
-    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
-    n_params = GPT.count_params(config.model)
-    cfg = config.train
-    lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
-    if cfg.micro_batch == "auto" and not cfg.global_batch:
-        lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
-        return "\n".join(lines)
-    sequences = cfg.global_batch or cfg.micro_batch * cfg.grad_accum
-    per_step = sequences * config.model.context
-    steps = total_steps(cfg, n_params, per_step)
-    lines += [
-        f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
-        f"steps: {steps:,}; tokens: {steps * per_step:,} ({steps * per_step / n_params:.1f} per parameter)",
-        f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
-    ]
-    return "\n".join(lines)
-
-
 def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int:
     import torch
 
     from baseforge.fileio import output_dir
+    from baseforge.launch import evaluators
     from baseforge.runlock import LOCK_FILE, RunLock
     from baseforge.train.distributed import process_group
     from baseforge.train.loop import Trainer

@@ -54,6 +54,26 @@ class BatchLayout:
         )
 
     @classmethod
+    def from_config(
+        cls, cfg, *, world: int = 1, rank: int = 0, micro_batch: int | None = None
+    ) -> BatchLayout:
+        """The run's layout from its TrainConfig: the one constructor `train`, `--dry-run` and
+        `finetune` share. `micro_batch` is the size the search found when the config says "auto";
+        without it, an "auto" run with a global_batch is laid out as one micro-batch per rank."""
+        micro = micro_batch or cfg.micro_batch
+        if micro == "auto":
+            if not cfg.global_batch:
+                raise UserError("micro_batch=auto without a global_batch: the batch is decided by the search")
+            micro = max(1, cfg.global_batch // world)
+        return cls.resolve(
+            global_batch=cfg.global_batch,
+            micro_batch=micro,
+            grad_accum=cfg.grad_accum,
+            world=world,
+            rank=rank,
+        )
+
+    @classmethod
     def resolve(
         cls, *, global_batch: int, micro_batch: int, grad_accum: int, world: int, rank: int
     ) -> BatchLayout:

@@ -1,15 +1,40 @@
-"""The model's shape and architecture options (the presets' shapes live in `baseforge.presets`)."""
+"""The model's shape and architecture options (the presets' shapes live in `baseforge.presets`).
+
+Every config field is declared with `option(default, help)`: the help text lives in the field's
+metadata, where `--help-config` reads it (`help_text`) and a test checks it for every key.
+"""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
+
+from baseforge.errors import ConfigError
+
+
+def option(default, help: str):
+    """A config field: its default and its one-line `--help-config` text (in the field's metadata)."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_text(cls, name: str) -> str:
+    """The help text of config key `name` of dataclass `cls` ('' if it has none)."""
+    return {f.name: f for f in fields(cls)}[name].metadata.get("help", "")
+
+
+def type_name(cls, name: str) -> str:
+    """Key `name`'s type as `--help-config` shows it: `int`, `int | auto`, `learned | rope`."""
+    choices, types = _choices(typing.get_type_hints(cls)[name])
+    kinds = [t.__name__ for t in types if t is not type(None)] + ([" | ".join(choices)] if choices else [])
+    return " | ".join(kinds) or str(typing.get_type_hints(cls)[name])
 
 
 def check_choices(obj) -> None:
-    """ValueError for a dataclass field typed with `Literal[...]` whose value is none of its choices.
+    """ConfigError for a dataclass field typed with `Literal[...]` whose value is none of its choices,
+    or a float field that is not finite (inf, nan).
 
     A field may also admit other types (`int | Literal["auto"]`): values of those pass.
     """
@@ -18,7 +43,11 @@ def check_choices(obj) -> None:
         allowed, types = _choices(hints[f.name])
         value = getattr(obj, f.name)
         if allowed and value not in allowed and not isinstance(value, tuple(types)):
-            raise ValueError(f"{f.name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+            raise ConfigError(
+                f"config: {f.name} must be one of {', '.join(map(repr, allowed))}, not {value!r}"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config: {f.name} = {value!r} must be a finite number")
 
 
 def _choices(hint) -> tuple[list, list]:
@@ -33,39 +62,44 @@ def _choices(hint) -> tuple[list, list]:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int | None = 50257  # None: taken from the data's tokenizer when the run starts
-    context: int = 1024  # tokens per sequence (the attention window)
-    n_layer: int = 12  # transformer blocks
-    n_head: int = 12  # attention heads per block
-    n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # on attention, MLP output and embeddings, in training only
-    qkv_bias: bool = True  # bias on the fused query/key/value projection
-    bias: bool = True  # biases on the other linear layers and on the norms
-    tie_weights: bool = True  # output head shares the token embedding matrix
+    vocab_size: int | None = option(
+        50257, "token vocabulary size; None: taken from the data's tokenizer when the run starts"
+    )
+    context: int = option(1024, "tokens per sequence (the attention window)")
+    n_layer: int = option(12, "transformer blocks")
+    n_head: int = option(12, "attention heads per block")
+    n_embd: int = option(768, "width of the residual stream")
+    dropout: float = option(0.0, "dropout rate on attention, MLP output and embeddings, in training only")
+    qkv_bias: bool = option(True, "bias on the fused query/key/value projection")
+    bias: bool = option(True, "biases on the other linear layers and on the norms")
+    tie_weights: bool = option(True, "output head shares the token embedding matrix")
     # Modern options (all off = GPT-2). Each is independent.
-    pos_emb: Literal["learned", "rope"] = "learned"  # learned absolute positions, or rotary (rope)
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # normalisation before each sublayer
-    qk_norm: bool = False  # normalise queries and keys per head before attention
-    mlp_act: Literal["gelu", "relu2"] = "gelu"  # GPT-2's tanh-approximated GELU, or squared ReLU
-    zero_init_head: bool = False  # start the (untied) output head at zero
-    logit_softcap: float = 0.0  # 0 = off; else logits = cap * tanh(logits / cap)
-    rope_base: float = 10000.0  # rotary frequency base
+    pos_emb: Literal["learned", "rope"] = option("learned", "learned absolute positions, or rotary (rope)")
+    norm: Literal["layernorm", "rmsnorm"] = option("layernorm", "normalisation before each sublayer")
+    qk_norm: bool = option(False, "normalise queries and keys per head before attention")
+    mlp_act: Literal["gelu", "relu2"] = option("gelu", "GPT-2's tanh-approximated GELU, or squared ReLU")
+    zero_init_head: bool = option(False, "start the (untied) output head at zero")
+    logit_softcap: float = option(0.0, "cap on the logits, 0 = off; else logits = cap * tanh(logits / cap)")
+    rope_base: float = option(10000.0, "rotary frequency base (pos_emb = rope)")
 
     def __post_init__(self) -> None:
+        def bad(why):
+            raise ConfigError(f"config: {why}")
+
         check_choices(self)
         for name in ("context", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+                bad(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.vocab_size is not None and self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be at least 1, not {self.vocab_size}")
+            bad(f"vocab_size must be at least 1, not {self.vocab_size}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            bad(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("rope needs an even head size")
+            bad("rope needs an even head size")
         if self.zero_init_head and self.tie_weights:
-            raise ValueError("zero_init_head needs tie_weights = false (a zero embedding cannot learn)")
+            bad("zero_init_head needs tie_weights = false (a zero embedding cannot learn)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
+            bad(f"dropout must be in [0, 1), not {self.dropout}")
 
     @property
     def head_dim(self) -> int:

@@ -26,7 +26,7 @@ class Due:
 class Cadence:
     log_every: int
     eval_every: int
-    hellaswag_every: int  # 0 = never
+    evaluators_every: int  # 0 = never
     checkpoint_every: int
     checkpoint_minutes: float  # 0 = off
     last_checkpoint_time: float = 0.0
@@ -36,7 +36,7 @@ class Cadence:
         return cls(
             cfg.log_every,
             cfg.eval_every,
-            cfg.hellaswag_every,
+            cfg.evaluators_every,
             cfg.checkpoint_every,
             cfg.checkpoint_minutes,
             time.monotonic(),
@@ -48,7 +48,7 @@ class Cadence:
 
     def due(self, step: int, last: bool) -> Due:
         evaluate = self._every(step, self.eval_every) or last
-        hellaswag = self.hellaswag_every > 0 and (self._every(step, self.hellaswag_every) or last)
+        hellaswag = self.evaluators_every > 0 and (self._every(step, self.evaluators_every) or last)
         log = self._every(step, self.log_every) or evaluate or hellaswag
         return Due(log, evaluate, hellaswag, self._every(step, self.checkpoint_every) or last)
 

@@ -170,13 +170,7 @@ class Trainer:
             # Search up to the whole per-process batch (no accumulation), or 64 without a global batch.
             per_rank = cfg.global_batch // world if cfg.global_batch else 64
             micro = search_micro_batch(model, self.data, cfg, self.runtime, per_rank)
-        layout = BatchLayout.resolve(
-            global_batch=cfg.global_batch,
-            micro_batch=micro,
-            grad_accum=cfg.grad_accum,
-            world=world,
-            rank=self.dist.rank,
-        )
+        layout = BatchLayout.from_config(cfg, world=world, rank=self.dist.rank, micro_batch=micro)
         if cfg.micro_batch == "auto":
             self._say(f"micro_batch auto: {micro} fits; gradient accumulation {layout.grad_accum}")
         return layout

@@ -1,0 +1,114 @@
+"""Starting a pretraining run: what `baseforge train` decides before the loop, as library calls.
+
+The data a resumed run continues on (`resume_data`), the weights and shape of continued pretraining
+(`init_from`), the in-training evaluators the config asks for (`evaluators`) and what a dry run
+reports (`dry_run_report`). The CLI parses its flags, calls these and prints. This module sits
+above `train/` and `eval/` (it builds a HellaSwag evaluator and reads any model `eval.models` reads),
+so neither of them imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig, parse_overrides, parse_value
+from baseforge.data.loader import BatchLayout
+from baseforge.data.shards import read_manifest
+from baseforge.errors import UserError
+from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
+from baseforge.eval.models import load_any
+from baseforge.model import GPT
+from baseforge.tokenizer import check_same_tokenizer
+from baseforge.train.checkpoint import CHECKPOINTS, data_fingerprint, model_tensors, read_data_record, unwrap
+from baseforge.train.loop import total_steps
+
+
+def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
+    """The data a resumed run continues on: its own (RUN/data.json), or `data` if the same or `new_data`.
+
+    `unrecorded` is the data of a run that does not record it (the CLI's demo run); else that is an error.
+    """
+    if not (out / "config.json").is_file():
+        raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
+    if not (out / CHECKPOINTS / "latest").is_file():
+        raise UserError(
+            f"{out} has no checkpoint yet (it stopped before the first); start it again without --resume"
+        )
+    record = read_data_record(out)
+    if data is None:
+        if record is None:
+            if unrecorded is not None:
+                return Path(unrecorded)
+            raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
+        return Path(record["path"])
+    same = record is None or (
+        Path(record["path"]) == data.resolve() and record["manifest_sha256"] == data_fingerprint(data)
+    )
+    if not same and not new_data:
+        raise UserError(
+            f"{out} was trained on {record['path']}, not {data}; resume without --data, or add "
+            "--new-data to continue on other data prepared with the same tokenizer"
+        )
+    return data
+
+
+def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunConfig, dict]:
+    """(config with the source model's shape, its weights) for continued pretraining from `spec`.
+
+    The run keeps its own dropout; a `--set` of any other model key that differs from the source is refused.
+    """
+    loaded = load_any(spec)
+    source = loaded.model.config
+    changed = [
+        key
+        for key, raw in parse_overrides(overrides).items()
+        if key in MODEL_KEYS
+        and key != "dropout"
+        and parse_value(key, raw, getattr(source, key)) != getattr(source, key)
+    ]
+    if changed:
+        raise UserError(f"--init-from takes the model's shape from {spec}; drop --set {', '.join(changed)}")
+    check_same_tokenizer(loaded.tokenizer.record(), read_manifest(data)["tokenizer"], spec, str(data))
+    config.update({**asdict(source), "dropout": config.model.dropout})
+    return config, model_tensors(loaded.model)
+
+
+def evaluators(cfg: TrainConfig) -> dict:
+    """In-training evaluations the config asks for, {name: fn(model, tokenizer) -> dict}; the loop runs
+    every one of them each `evaluators_every` steps (today: HellaSwag)."""
+    if not cfg.evaluators_every:
+        return {}
+    path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
+    load_items(path, 1)  # a missing file or an offline download fails now, not mid-run
+
+    def hellaswag(model, tokenizer):
+        inner = unwrap(model)
+        result = evaluate_hellaswag(
+            inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device
+        )
+        return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
+
+    return {"hellaswag": hellaswag}
+
+
+def dry_run_report(config: RunConfig, data: Path) -> str:
+    """What `train` would do, without training: the resolved config, model size, steps and tokens."""
+    manifest = read_manifest(data)
+    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
+    n_params = GPT.count_params(config.model)
+    cfg = config.train
+    lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
+    if cfg.micro_batch == "auto" and not cfg.global_batch:
+        lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
+        return "\n".join(lines)
+    sequences = BatchLayout.from_config(cfg).global_batch
+    per_step = sequences * config.model.context
+    steps = total_steps(cfg, n_params, per_step)
+    lines += [
+        f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
+        f"steps: {steps:,}; tokens: {steps * per_step:,} ({steps * per_step / n_params:.1f} per parameter)",
+        f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
+    ]
+    return "\n".join(lines)

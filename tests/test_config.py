@@ -1,0 +1,119 @@
+"""The run config: help text for every key, one error type, frozen halves, finite numbers, renamed keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from baseforge.config import (
+    MODEL_KEYS,
+    TRAIN_KEYS,
+    RunConfig,
+    TrainConfig,
+    describe_keys,
+    load_run_config,
+    resolve_config,
+)
+from baseforge.errors import ConfigError, UserError
+from baseforge.model.config import ModelConfig, help_text
+from helpers import assert_clean_error, baseforge, sets
+
+HEADINGS = ("Logging, evaluation, checkpoints.", "Numerics and speed.", "Modern options")
+
+
+def test_every_key_has_its_own_help_text():
+    texts = {}
+    for cls, keys in ((ModelConfig, MODEL_KEYS), (TrainConfig, TRAIN_KEYS)):
+        for name in keys:
+            text = help_text(cls, name)
+            assert text.strip(), f"{name} has no help text"
+            assert not text.startswith(HEADINGS), f"{name} is documented by a section heading: {text!r}"
+            texts.setdefault(text, []).append(name)
+    shared = {text: names for text, names in texts.items() if len(names) > 1}
+    assert not shared, shared
+    assert "metrics row" in help_text(TrainConfig, "log_every")
+
+
+def test_help_config_shows_each_keys_own_text():
+    lines = baseforge("train", "--help-config", check=True).stdout.splitlines()
+    assert lines == describe_keys().splitlines()
+    for cls, keys in ((ModelConfig, MODEL_KEYS), (TrainConfig, TRAIN_KEYS)):
+        for name, f in keys.items():
+            entry = [i for i, line in enumerate(lines) if line.startswith(f"  {name} = ")]
+            assert len(entry) == 1, name
+            assert lines[entry[0]].startswith(f"  {name} = {f.default!r}  (")
+            assert lines[entry[0] + 1] == f"      {help_text(cls, name)}", name
+
+
+def test_both_halves_are_frozen_and_change_only_through_update():
+    config = resolve_config("cpu-tiny")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model.n_layer = 1
+    before = config.train
+    config.update({"lr": 1e-3, "n_layer": 3})
+    assert (config.train.lr, config.model.n_layer) == (1e-3, 3)
+    assert before.lr != 1e-3  # a new object, not a changed one
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ModelConfig(n_embd=30, n_head=4),
+        lambda: ModelConfig(pos_emb="alibi"),
+        lambda: TrainConfig(lr=-1.0),
+        lambda: TrainConfig(schedule="linear"),
+        lambda: resolve_config("cpu-tiny", None, ["n_head=3"]),
+        lambda: resolve_config("cpu-tiny", None, ["lrr=1"]),
+        lambda: RunConfig.from_dict({"model": {"dropout": 2.0}}),
+    ],
+)
+def test_one_error_type_for_an_invalid_config(build):
+    with pytest.raises(ConfigError, match="config") as info:
+        build()
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "item", ["lr=inf", "lr=nan", "weight_decay=nan", "dist_timeout_s=inf", "rope_base=-inf"]
+)
+def test_numbers_must_be_finite(item):
+    with pytest.raises(ConfigError, match="finite"):
+        resolve_config("cpu-tiny", None, [item])
+
+
+def test_set_lr_inf_is_refused_in_one_line(tmp_path):
+    result = baseforge(
+        "train", "--data", tmp_path / "data", "--out", tmp_path / "run", *sets("lr=inf"), cwd=tmp_path
+    )
+    assert_clean_error(result, "lr", "finite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_toml_inf_is_refused(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("lr = inf\n")
+    with pytest.raises(ConfigError, match="lr = inf must be a finite number"):
+        resolve_config("cpu-tiny", toml)
+
+
+def test_hellaswag_every_is_an_alias_of_evaluators_every(tmp_path):
+    assert resolve_config("cpu-tiny", None, ["hellaswag_every=7"]).train.evaluators_every == 7
+    toml = tmp_path / "old.toml"
+    toml.write_text("[train]\nhellaswag_every = 5\n")
+    assert resolve_config("cpu-tiny", toml).train.evaluators_every == 5
+    # An older run dir's config.json still loads (for --resume).
+    saved = resolve_config("cpu-tiny").to_dict()
+    saved["train"]["hellaswag_every"] = saved["train"].pop("evaluators_every") or 3
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_run_config(tmp_path).train.evaluators_every == 3
+    with pytest.raises(ConfigError, match="old name"):
+        resolve_config("cpu-tiny", None, ["hellaswag_every=7", "evaluators_every=7"])
+    result = baseforge(
+        "train", "--data", tmp_path / "none", "--dry-run", *sets("hellaswag_every=2"), cwd=tmp_path
+    )
+    assert "hellaswag_every is now evaluators_every" in result.stderr
+    assert "deprecated" in result.stderr
