@@ -158,13 +158,8 @@ class _Deadline:
                 return self.do_open(connection(http.client.HTTPConnection), req)
 
         class HTTPS(urllib.request.HTTPSHandler):
-            def https_open(self, req):
-                return self.do_open(
-                    connection(http.client.HTTPSConnection),
-                    req,
-                    context=self._context,
-                    check_hostname=self._check_hostname,
-                )
+            def https_open(self, req):  # the default TLS context (certificates and host names checked)
+                return self.do_open(connection(http.client.HTTPSConnection), req, context=self._context)
 
         self.opener = urllib.request.build_opener(_RefuseRedirects, HTTP, HTTPS)
 
