@@ -139,6 +139,7 @@ def summarise(samples: list[Sample], every: int) -> dict:
 
 def markdown(args, cmd: list[str], summary: dict, wall: float, samples: list[Sample], stopped: bool) -> str:
     s, w, e = summary["start"], summary["warm"], summary["end"]
+    reached = max(0, samples[-1].step)
     rows = [samples[i] for i in range(0, len(samples), max(1, len(samples) // 12))] + [samples[-1]]
     table = "\n".join(
         f"| {r.t_s:.0f} | {r.step} | {r.rss_mb:.1f} | {r.anon_mb:.1f} | {r.file_mb:.1f} | {r.fds} |"
@@ -160,9 +161,9 @@ Command: `{bench}`
     {" ".join(cmd[1:])}
 
 and samples the child from outside every {args.interval} s (VmRSS from /proc/PID/status, entries of
-/proc/PID/fd). {args.steps} steps (a modest count: the machine is shared), evaluation and a checkpoint
-(+ charts) every {args.every} steps, keep_last 3: {args.steps // args.every} evaluations, checkpoints
-and chart redraws, {len(samples)} samples, {wall:.0f} s wall.{stop_note}
+/proc/PID/fd). {args.steps} steps asked, {reached} reached (a modest count: the machine is shared),
+evaluation and a checkpoint (+ charts) every {args.every} steps, keep_last 3: {reached // args.every}
+evaluations, checkpoints and chart redraws done, {len(samples)} samples, {wall:.0f} s wall.{stop_note}
 
 | | t (s) | step | RSS (MB) | open fds |
 |---|---:|---:|---:|---:|

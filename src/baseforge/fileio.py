@@ -87,15 +87,27 @@ def atomic_dir(path: Path | str):
     try:
         with io_errors(path):
             yield tmp
-            for f in tmp.iterdir():
-                if f.is_file():
+            apply_umask_modes(tmp)
+            for f in tmp.rglob("*"):
+                if f.is_file() and not f.is_symlink():
                     _fsync_file(f)
-            os.chmod(tmp, 0o777 & ~current_umask())
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def apply_umask_modes(root: Path | str) -> None:
+    """Give folder `root`, and every file and folder under it, the mode a plain open() or mkdir()
+    would (0644 / 0755 under umask 022): mkdtemp makes 0700 and some writers make 0600 (safetensors'
+    save_file does), which the rename into place would otherwise keep. Symlinks are left alone."""
+    umask = current_umask()
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _fsync_file(path) -> None:

@@ -10,11 +10,22 @@ positions beyond T, so a sliding window is the honest thing to do.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
 
+from baseforge.errors import UserError
 from baseforge.model.gpt import GPT, KVCache
+
+
+def check_sampling(temperature: float, top_k: int | None = None) -> None:
+    """Refuse (UserError, one line) a temperature that is not a finite number >= 0 (nan, inf, -1)
+    or a top_k below 1: nan would otherwise reach the sampler as nan probabilities."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"temperature must be a finite number >= 0 (0 = greedy), not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"top_k must be >= 1, not {top_k}")
 
 
 def sample_next(
@@ -24,15 +35,12 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> int:
     """One token id from a (vocab,) row of logits. temperature 0 = greedy (argmax)."""
+    check_sampling(temperature, top_k)
     logits = logits.float()
     if temperature == 0:
         return int(logits.argmax())
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, not {temperature}")
     logits = logits / temperature
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, not {top_k}")
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     # Draw on the CPU with a CPU generator so a seed gives the same stream on any device.
@@ -62,6 +70,7 @@ def generate(
     with each new id as soon as it is sampled (for streaming output). The model runs in eval mode
     without gradients; its training mode is restored afterwards.
     """
+    check_sampling(temperature, top_k)  # before any work: a bad temperature is one line, not a trace
     if not prompt_ids:
         raise ValueError("generate needs a non-empty prompt (start with the end-of-text token if needed)")
     if stop_at_eot and eot_id is None:
@@ -124,6 +133,7 @@ def generate_batch(
     new tokens must fit the model's context: the caller crops the prompts (no sliding window
     here, unlike `generate`). Rows of one batch share positions, hence the equal lengths.
     """
+    check_sampling(temperature, top_k)
     if not prompts or len({len(p) for p in prompts}) != 1 or not prompts[0]:
         raise ValueError("generate_batch needs non-empty prompts of one length")
     context = model.config.context

@@ -17,7 +17,8 @@ examples:
   baseforge eval runs/seed runs/openai-gpt2 hf:/models/gpt2-medium --data data/fineweb --split test
   baseforge eval runs/seed --data data/fineweb --tokens 10e6 --json
 
-All models are scored with the same context (the smallest among them, or --context) on the first
+All models are scored with the same context (the smallest among them, or --context, which may not
+exceed it) on the first
 --tokens tokens of the split, in order: the same targets for every model and every rerun.
 """
 
@@ -58,6 +59,7 @@ def run(args) -> int:
 
     from baseforge.cli import emit_results
     from baseforge.data.shards import read_manifest
+    from baseforge.errors import UserError
     from baseforge.eval.loss import check_vocab, heldout_loss
     from baseforge.eval.models import load_any
     from baseforge.train.precision import resolve_device
@@ -67,7 +69,18 @@ def run(args) -> int:
     loaded = [load_any(spec, device, args.which) for spec in args.models]
     for m in loaded:
         check_vocab(m.name, m.model, m.tokenizer, args.data, manifest)
-    context = args.context or min(m.model.config.context for m in loaded)
+    smallest = min(loaded, key=lambda m: m.model.config.context)
+    context = smallest.model.config.context
+    if args.context is not None:
+        if args.context < 1:
+            raise UserError(f"--context must be at least 1, not {args.context}")
+        if args.context > context:
+            # Never a table labelled with a context the models did not use: refuse, and say the limit.
+            raise UserError(
+                f"--context {args.context} is longer than {smallest.name}'s context ({context}): "
+                f"pass --context {context} or less (or leave it out)"
+            )
+        context = args.context
     rows = []
     for m in loaded:
         result = heldout_loss(

@@ -46,7 +46,19 @@ def register(sub) -> None:
     p.add_argument(
         "--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)"
     )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds per request, all of it (connect, headers and reply), not per socket read",
+    )
+    p.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="longest wait a server's Retry-After (or the backoff) may ask for (default 300)",
+    )
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--out", type=Path, help="write per-item scores here (JSON lines)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some items failed")
@@ -54,10 +66,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import math
+
     from baseforge.errors import UserError
     from baseforge.eval.judge import Backend, Cache, judge, load_answers, summarize
     from baseforge.fileio import atomic_write_text
 
+    for flag, value in (("--timeout", args.timeout), ("--max-retry-after", args.max_retry_after)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a positive number of seconds, not {value}")
+    if not (math.isfinite(args.backoff) and args.backoff >= 0):
+        raise UserError(f"--backoff must be a number of seconds >= 0, not {args.backoff}")
     items = load_answers(args.answers)
     key = None
     if args.backend == "openai" and args.api_key_env != "NONE":
@@ -78,6 +97,7 @@ def run(args) -> int:
         seed=args.seed,
         retries=args.retries,
         backoff_s=args.backoff,
+        max_retry_after_s=args.max_retry_after,
         log=lambda m: print(m, file=sys.stderr),
     )
     rows = summarize(result)

@@ -50,10 +50,21 @@ def preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
+class BadLabel(ValueError):
+    pass
+
+
 def item_from_row(row: dict) -> Item:
     query = preprocess(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+    if not isinstance(row["endings"], list) or len(row["endings"]) < 2:
+        raise ValueError("endings is not a list of at least two endings")
     endings = [str(e) for e in row["endings"]]
-    return Item(row["ctx"], endings, query, [preprocess(e) for e in endings], int(row["label"]))
+    label = row["label"]
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)  # the rowanz files store it as a number; a digit string means the same
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(endings):
+        raise BadLabel(f"label {str(label)[:20]!r} is not the index of one of its {len(endings)} endings")
+    return Item(row["ctx"], endings, query, [preprocess(e) for e in endings], label)
 
 
 def default_path() -> Path:
@@ -87,10 +98,17 @@ def load_items(path: Path | None, limit: int | None = None) -> list[Item]:
             break
         try:
             items.append(item_from_row(row))
+        except BadLabel as exc:
+            raise UserError(f"{path}:{lineno}: {exc}; fix or remove that row") from None
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError(
                 f"{path}:{lineno}: not a HellaSwag row (activity_label, ctx_a, ctx_b, ctx, endings, label)"
             ) from None
+    if not items:
+        raise UserError(
+            f"HellaSwag file {path} holds no rows"
+            + (" (--limit 0)" if limit == 0 else "; pass a hellaswag_val.jsonl(.gz) with --data")
+        )
     return items
 
 

@@ -37,23 +37,38 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
-    hf_config = json.loads(config_file.read_text())
+    hf_config = _read_json(config_file)
     try:
         config = hf_map.config_from_hf(hf_config)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"{path}: {exc}; baseforge reads GPT-2 models (model_type gpt2) only") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = str(exc)[:200]
+        raise UserError(f"{path}: {reason}; baseforge reads GPT-2 models (model_type gpt2) only") from None
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
-        state = load_file(str(path / "model.safetensors"))
+        try:
+            state = load_file(str(path / "model.safetensors"))
+        except Exception:  # noqa: BLE001 - SafetensorError, OSError: truncated, torn or not safetensors
+            raise UserError(
+                f"{path / 'model.safetensors'} is not a readable safetensors file (truncated or corrupt)"
+            ) from None
     elif (path / "pytorch_model.bin").is_file():
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - UnpicklingError (not tensors only), EOFError, RuntimeError
+            raise UserError(
+                f"{path / 'pytorch_model.bin'} cannot be read as plain tensors (torch.load weights_only): "
+                "it holds other objects or is damaged; baseforge unpickles nothing else. Convert it to "
+                "model.safetensors"
+            ) from None
+        if not isinstance(state, dict):
+            raise UserError(f"{path / 'pytorch_model.bin'} holds no state dict of tensors")
     else:
         raise UserError(f"{path} has no model.safetensors or pytorch_model.bin")
     model = GPT(config)
     try:
         model.load_state_dict(hf_map.from_hf_state_dict(state, config))
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: the weights do not fit a GPT-2 of that config ({str(exc)[:200]})") from None
     return model, hf_config
 
@@ -80,7 +95,16 @@ class FolderTokenizer(Tokenizer):
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A folder's JSON object ({} when the file is absent); UserError (one line) when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON (UTF-8): fix or replace it") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not a JSON object: fix or replace it")
+    return obj
 
 
 def _special(value) -> str | None:
@@ -95,19 +119,28 @@ def load_folder_tokenizer(path: Path) -> FolderTokenizer:
 
     path = Path(path)
     config = _read_json(path / "tokenizer_config.json")
-    if (path / "tokenizer.json").is_file():
-        tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
-    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        tok = HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")))
-        tok.decoder = decoders.ByteLevel()
-        specials = {_special(config.get(k)) for k in ("bos_token", "eos_token", "unk_token")} - {None}
-        tok.add_special_tokens(sorted(t for t in specials if tok.token_to_id(t) is not None))
-    else:
+    try:
+        if (path / "tokenizer.json").is_file():
+            tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok = HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
+        else:
+            tok = None
+    except Exception:  # noqa: BLE001 - the tokenizers library's errors for a bad or truncated file
+        raise UserError(
+            f"{path}: its tokenizer files (tokenizer.json, or vocab.json + merges.txt) cannot be read; "
+            "replace them with the model's own"
+        ) from None
+    if tok is None:
         raise UserError(
             f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt): "
             "copy the model's tokenizer files into it"
         )
+    if not (path / "tokenizer.json").is_file():  # vocab.json + merges.txt: GPT-2's byte-level BPE
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")))
+        tok.decoder = decoders.ByteLevel()
+        specials = {_special(config.get(k)) for k in ("bos_token", "eos_token", "unk_token")} - {None}
+        tok.add_special_tokens(sorted(t for t in specials if tok.token_to_id(t) is not None))
     eos = _special(config.get("eos_token"))
     eot_id = tok.token_to_id(EOT)
     if eot_id is None and eos:
