@@ -70,7 +70,9 @@ def main() -> None:
             write_charts(run)
             rss, anon = status_mb()
             heap = tracemalloc.get_traced_memory()[0] / 2**20
-            samples.append({"draw": draw, "rows": written, "rss_mb": rss, "anon_mb": anon, "heap_mb": round(heap, 2)})
+            samples.append(
+                {"draw": draw, "rows": written, "rss_mb": rss, "anon_mb": anon, "heap_mb": round(heap, 2)}
+            )
     wall = time.monotonic() - t0
     warm = samples[min(9, len(samples) - 1)]  # after 10 draws: every code path and cache has run
     end = samples[-1]
