@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from helpers import cli_env
+
 SCRIPT = """
 import sys, torch
 from baseforge.train.host import keep_freed_memory
@@ -23,7 +25,8 @@ print(applied, before - rss_mb())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings are Linux-only")
 def test_keep_freed_memory_keeps_large_blocks():
     def run(mode):
-        env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_* variables: those make the setting a no-op
+        # No MALLOC_* variables (those make the setting a no-op); this checkout's src/, installed or not.
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": cli_env()["PYTHONPATH"]}
         out = subprocess.run(
             [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env=env
         ).stdout.split()

@@ -119,11 +119,9 @@ class Muon(torch.optim.Optimizer):
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         bufs = [self.state[p]["momentum_buffer"] for p in params]
-        torch._foreach_lerp_(bufs, grads, 1 - beta)
-        # Out of place: .grad is never written.
-        updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
-        stacked = torch.stack(updates)
         sharded = _is_dtensor(params[0])
+        updates = _momentum(bufs, grads, beta, group["nesterov"], per_tensor=sharded)
+        stacked = torch.stack(updates)
         if sharded:
             stacked = stacked.full_tensor()  # every rank: the whole matrices of this shape (all-gather)
         ortho = orthogonalize(stacked, group["ns_steps"]).to(params[0].dtype).unbind(0)
@@ -133,6 +131,18 @@ class Muon(torch.optim.Optimizer):
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)
         torch._foreach_add_(params, ortho, alpha=-lr * scale)
+
+
+def _momentum(bufs: list, grads: list, beta: float, nesterov: bool, per_tensor: bool) -> list:
+    """buf <- lerp(buf, grad, 1 - beta); the update is buf, or lerp(grad, buf, beta) with Nesterov
+    (out of place: .grad is never written). Per tensor for DTensors: torch 2.11 has no sharding rule
+    for the foreach lerp (the same lerp kernel either way, so the numbers are the same)."""
+    if not per_tensor:
+        torch._foreach_lerp_(bufs, grads, 1 - beta)
+        return torch._foreach_lerp(grads, bufs, beta) if nesterov else bufs
+    for buf, grad in zip(bufs, grads):
+        buf.lerp_(grad, 1 - beta)
+    return [grad.lerp(buf, beta) for grad, buf in zip(grads, bufs)] if nesterov else bufs
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:

@@ -147,6 +147,9 @@ def _load(state: dict, path: Path, no_dist: bool) -> None:
     """dcp.load through SafeReader; an unreadable or refused checkpoint is the user's one-line error."""
     from torch.distributed.checkpoint.api import CheckpointException
 
+    # The index is checked here first: torch 2.11's dcp.load swallows the reader's refusal and fails
+    # later with "metadata is None", which would hide why the checkpoint was refused.
+    SafeReader(path).read_metadata()
     try:
         dcp.load(state, storage_reader=SafeReader(path), no_dist=no_dist)
     except CheckpointException as exc:
