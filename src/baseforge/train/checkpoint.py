@@ -49,10 +49,10 @@ from baseforge.config import RunConfig, load_run_config
 from baseforge.errors import UserError
 from baseforge.fileio import (
     _fsync_file,
+    apply_umask_modes,
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
-    current_umask,
     io_errors,
 )
 from baseforge.model import GPT
@@ -190,7 +190,7 @@ def adopt_dir(staged: Path, path: Path):
             for f in staged.rglob("*"):
                 if f.is_file():
                     _fsync_file(f)
-            os.chmod(staged, 0o777 & ~current_umask())
+            apply_umask_modes(staged)  # DCP shards and safetensors files are written 0600
             os.replace(staged, path)
     finally:
         if staged.exists():
