@@ -83,13 +83,13 @@ def test_the_chart_is_titled_by_preset_and_marks_resumes(tmp_path, monkeypatch):
     import baseforge.eval.report as report
 
     seen = {}
-    real = report.draw_chart
+    real = report.chart_png
 
-    def spy(rows, title, resumes):
+    def spy(run, title, resumes):
         seen.update(title=title, resumes=resumes)
-        return real(rows, title, resumes)
+        return real(run, title, resumes)
 
-    monkeypatch.setattr(report, "draw_chart", spy)
+    monkeypatch.setattr(report, "chart_png", spy)
     _, html_path = report.build_report(fake_run(tmp_path, resumed=[20]))
     assert seen["title"].startswith("cpu-tiny · 1.33M parameters · 4 layers, 128 wide")
     assert seen["resumes"] == [20]

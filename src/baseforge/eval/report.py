@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_bytes, atomic_write_text
+from baseforge.train.charts import chart_png
 from baseforge.train.metrics import read_metrics, read_resumes
 
 DASH = "–"
@@ -122,48 +122,6 @@ def _chart_title(run: Path, config: dict, summary: dict) -> str:
     return " · ".join(parts) + f"  ({run.resolve().name})"
 
 
-def draw_chart(rows: list[dict], title: str, resumes: list[int]) -> bytes | None:
-    """PNG: loss (train and validation), learning rate and grad norm against steps, resumes marked."""
-    steps_rows = [r for r in rows if isinstance(r.get("loss"), (int, float))]
-    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
-    if not steps_rows and not val:
-        return None
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 8))
-    axes = fig.subplots(3, 1, sharex=True)
-    steps = [r["step"] for r in steps_rows]
-    axes[0].plot(steps, [r["loss"] for r in steps_rows], label="train", lw=1)
-    if val:
-        axes[0].plot(*zip(*val), "o-", label="validation", ms=4)
-    axes[0].set_ylabel("loss")
-    for ax, key, label in ((axes[1], "lr", "learning rate"), (axes[2], "grad_norm", "grad norm (pre-clip)")):
-        points = [(r["step"], r[key]) for r in steps_rows if isinstance(r.get(key), (int, float))]
-        if points:
-            ax.plot(*zip(*points), lw=1)
-        ax.set_ylabel(label)
-    if any(isinstance(r.get("grad_norm"), (int, float)) and r["grad_norm"] > 0 for r in steps_rows):
-        axes[2].set_yscale("log")
-    axes[2].set_xlabel("step")
-    for i, step in enumerate(resumes):
-        for ax in axes:
-            ax.axvline(
-                step, color="tab:red", ls="--", lw=1, label="resumed" if i == 0 and ax is axes[0] else None
-            )
-        axes[0].annotate(
-            f"resumed at {step:,}", (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-            textcoords="offset points", color="tab:red", fontsize=8,
-        )  # fmt: skip
-    axes[0].legend()
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
-    return buf.getvalue()
-
-
 def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -210,7 +168,7 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
     name = run.resolve().name
     preset = str(config.get("preset", ""))
     title = _chart_title(run, config, summary)
-    png = draw_chart(rows, title, resumes)
+    png = chart_png(run, title, resumes)
 
     summary_rows = [[_label(str(k)), _fmt_summary(str(k), v)] for k, v in summary.items()]
     loss_rows = [

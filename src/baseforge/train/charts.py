@@ -10,13 +10,15 @@ Memory stays flat however often the charts are redrawn and however long the log 
 
 from __future__ import annotations
 
+import bisect
 import gc
+import io
 import json
 import math
 from pathlib import Path
 
 from baseforge.fileio import atomic_path
-from baseforge.train.metrics import METRICS
+from baseforge.train.metrics import METRICS, read_resumes
 
 MAX_BUCKETS = 1000  # per series: at most 2 * MAX_BUCKETS points are drawn
 
@@ -67,14 +69,14 @@ def _release_memory() -> None:
 
 
 def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
-    """(tokens and loss / lr / grad_norm of the training rows, validation tokens, validation losses),
-    streamed from the log one line at a time so that no list of row dicts is ever held (a log of
-    12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped, as in
+    """(step, tokens and loss / lr / grad_norm of the training rows, validation tokens, validation
+    losses), streamed from the log one line at a time so that no list of row dicts is ever held (a
+    log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped, as in
     read_append_log. None when the log holds no row yet."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return None
-    train: dict[str, list] = {"tokens": [], "loss": [], "lr": [], "grad_norm": []}
+    train: dict[str, list] = {"step": [], "tokens": [], "loss": [], "lr": [], "grad_norm": []}
     val_x, val_y, rows = [], [], 0
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -94,40 +96,75 @@ def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
     return (train, val_x, val_y) if rows else None
 
 
-def write_charts(run_dir: Path | str) -> Path | None:
-    """Draw RUN/charts/training.png (three panels against tokens); None if there is nothing yet."""
-    read = _read_series(Path(run_dir))
+def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list[tuple[int, float]]) -> None:
+    """Three panels against tokens; each (step, tokens) in `marks` is a resume, a dashed red line."""
+    axes = fig.subplots(3, 1, sharex=True)
+    axes[0].plot(*series["loss"], label="train", lw=1)
+    if val[0]:
+        axes[0].plot(*val, "o-", label="validation", ms=4)
+    axes[0].set_ylabel("loss")
+    axes[1].plot(*series["lr"], lw=1)
+    axes[1].set_ylabel("learning rate")
+    axes[2].plot(*series["grad_norm"], lw=1)
+    axes[2].set_ylabel("grad norm (pre-clip)")
+    axes[2].set_xlabel("tokens")
+    if any(isinstance(g, (int, float)) and g > 0 for g in series["grad_norm"][1]):
+        axes[2].set_yscale("log")
+    for i, (step, x) in enumerate(marks):
+        for ax in axes:
+            ax.axvline(
+                x, color="tab:red", ls="--", lw=1, label="resumed" if i == 0 and ax is axes[0] else None
+            )
+        axes[0].annotate(
+            f"resumed at step {step:,}", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+            textcoords="offset points", color="tab:red", fontsize=8,
+        )  # fmt: skip
+    axes[0].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+
+
+def _render(run_dir: Path, title: str, resumes: list[int], save) -> bool:
+    """Draw the run's chart on the one reused figure and hand it to `save(fig)`; False if the log
+    holds no row yet."""
+    read = _read_series(run_dir)
     if read is None:
-        return None
+        return False
     train, val_x, val_y = read
-    tokens = train.pop("tokens")
+    steps, tokens = train.pop("step"), train.pop("tokens")
+    # A resume at step s sits where the first training row at or after s was logged.
+    marks = [(s, tokens[i]) for s in resumes if (i := bisect.bisect_left(steps, s)) < len(steps)]
     series = {key: downsample(tokens, values) for key, values in train.items()}
-    val_x, val_y = downsample(val_x, val_y)
-    del read, train, tokens
+    val = downsample(val_x, val_y)
+    del read, train, tokens, steps
     fig = _reused_figure()
     fig.clear()
     try:
-        axes = fig.subplots(3, 1, sharex=True)
-        axes[0].plot(*series["loss"], label="train", lw=1)
-        if val_x:
-            axes[0].plot(val_x, val_y, "o-", label="validation", ms=4)
-        axes[0].set_ylabel("loss")
-        axes[0].legend()
-        axes[0].grid(alpha=0.3)
-        axes[1].plot(*series["lr"], lw=1)
-        axes[1].set_ylabel("learning rate")
-        axes[1].grid(alpha=0.3)
-        axes[2].plot(*series["grad_norm"], lw=1)
-        axes[2].set_ylabel("grad norm (pre-clip)")
-        axes[2].set_xlabel("tokens")
-        axes[2].set_yscale("log")
-        axes[2].grid(alpha=0.3)
-        fig.suptitle(Path(run_dir).resolve().name)
-        fig.tight_layout()
-        out = Path(run_dir) / "charts" / "training.png"
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+        _draw(fig, series, val, title, marks)
+        save(fig)
     finally:
         fig.clear()
         _release_memory()
-    return out
+    return True
+
+
+def write_charts(run_dir: Path | str) -> Path | None:
+    """Draw RUN/charts/training.png (three panels against tokens, resumes marked); None if there
+    is nothing yet."""
+    run_dir = Path(run_dir)
+    out = run_dir / "charts" / "training.png"
+
+    def save(fig) -> None:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+
+    return out if _render(run_dir, run_dir.resolve().name, read_resumes(run_dir), save) else None
+
+
+def chart_png(run_dir: Path | str, title: str, resumes: list[int]) -> bytes | None:
+    """The same chart as PNG bytes, under `title` (the report's); None if there is nothing yet."""
+    buf = io.BytesIO()
+    drawn = _render(Path(run_dir), title, resumes, lambda fig: fig.savefig(buf, dpi=100, format="png"))
+    return buf.getvalue() if drawn else None
