@@ -179,10 +179,6 @@ def _chosen(args) -> list[Part]:
     return CALLS[args.call]
 
 
-def part_names() -> list[str]:
-    return [p.name for parts in CALLS.values() for p in parts]
-
-
 def command_line(call: int) -> str:
     return f"PYTHONUNBUFFERED=1 python benchmarks/gpu_suite.py --call {call} --out $OUT"
 
