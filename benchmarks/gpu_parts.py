@@ -7,6 +7,7 @@ the tiktoken cache, HF offline) and its output goes to the suite's log as well.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -178,8 +179,6 @@ def train_keys(suite, steps: int) -> list[str]:
 
 
 def throughput(suite, preset: str, deadline: float) -> dict:
-    import json
-
     from baseforge.train.metrics import read_metrics
 
     run = suite.work / f"throughput-{preset}"
@@ -213,8 +212,6 @@ def reference(suite) -> dict:
 
 
 def _from_out(suite, part: str) -> dict | None:
-    import json
-
     found = sorted(suite.out.glob(f"*-{part}.json"))
     return json.loads(found[-1].read_text()) if found else None
 

@@ -100,7 +100,7 @@ def chart(result: dict, path: Path) -> None:
 def tokens_per_step(preset: str, keys: list[str]) -> int:
     from baseforge.config import resolve_config
 
-    config = resolve_config(preset, None, [k for k in keys if not k.startswith(("device=", "compile="))])
+    config = resolve_config(preset, None, keys)
     return config.train.global_batch * config.model.context
 
 
