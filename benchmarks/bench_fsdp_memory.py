@@ -51,7 +51,7 @@ def worker(args) -> None:
         for _ in range(args.steps):
             trainer.train_step()
             trainer.state.step += 1
-        step = trainer.step_fn
+        step = trainer.parts.step
         optim = sum(
             local_bytes(v)
             for opt in step.optimizers.optimizers.values()
@@ -61,8 +61,8 @@ def worker(args) -> None:
         )
         row = {
             "rank": dist.rank,
-            "params": step.model.num_params(),
-            "param_bytes": sum(local_bytes(p) for p in step.model.parameters()),
+            "params": step.views.plain.num_params(),
+            "param_bytes": sum(local_bytes(p) for p in step.views.plain.parameters()),
             "optimizer_bytes": optim,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "runtime_rss_mb": baseline,

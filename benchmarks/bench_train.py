@@ -67,7 +67,7 @@ def throughput(args) -> dict:
         for name in args.variants:
             t0 = time.perf_counter()
             trainers[name] = make_trainer(data, Path(tmp) / name, VARIANTS[name])
-            compiled = trainers[name].step_fn.wrapped is not trainers[name].step_fn.model
+            compiled = trainers[name].parts.views.train is not trainers[name].parts.views.plain
             print(
                 f"{name}: set up in {time.perf_counter() - t0:.1f}s"
                 + (
@@ -97,12 +97,12 @@ def throughput(args) -> dict:
             tps = trainer.tokens_per_step / per_step
             rows[name] = {
                 "tokens_per_s": tps,
-                "mfu": trainer.step_fn.model.flops_per_token() * tps / trainer.runtime.peak,
-                "peak_tflops": trainer.runtime.peak / 1e12,
-                "peak_source": trainer.runtime.peak_source,
+                "mfu": trainer.parts.views.plain.flops_per_token() * tps / trainer.parts.runtime.peak,
+                "peak_tflops": trainer.parts.runtime.peak / 1e12,
+                "peak_source": trainer.parts.runtime.peak_source,
                 "step_s_median": per_step,
-                "params": trainer.step_fn.model.num_params(),
-                "compiled": trainer.step_fn.wrapped is not trainer.step_fn.model,
+                "params": trainer.parts.views.plain.num_params(),
+                "compiled": trainer.parts.views.train is not trainer.parts.views.plain,
             }
         return rows
 

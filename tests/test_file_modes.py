@@ -46,12 +46,10 @@ def test_single_files_follow_the_umask(tmp_path, umask):
 
 
 def test_a_sharded_checkpoint_folder_adopted_from_several_writers_follows_the_umask(tmp_path, umask):
-    from baseforge.train.checkpoint import adopt_dir
-
     staged, target = tmp_path / ".step_0000010.tmp", tmp_path / "step_0000010"
     (staged / "dcp").mkdir(parents=True)
     os.chmod(staged, 0o700)  # as mkdtemp makes it
-    with adopt_dir(staged, target):
+    with atomic_dir(target, staged=staged):
         save_file({"w": torch.zeros(3)}, str(staged / "model.safetensors"))  # 0600, as safetensors writes
     assert mode(target) == 0o777 & ~umask
     assert mode(target / "dcp") == 0o777 & ~umask

@@ -21,10 +21,12 @@ from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model.config import ModelConfig
 from baseforge.train import checkpoint as ckpt
-from baseforge.train.distributed import DistInfo, rank_seed
+from baseforge.train import rng
+from baseforge.train.distributed import DistInfo
 from baseforge.train.metrics import read_metrics
-from baseforge.train.parallel import checkpoint_blocks, shard_model
+from baseforge.train.parallel import recompute_blocks, shard_model
 from baseforge.train.precision import Precision
+from baseforge.train.rng import rank_seed
 from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, free_port, sets, torchrun
 
 COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_every=4", "dist_timeout_s=60"]
@@ -189,7 +191,7 @@ def test_activation_checkpointing_keeps_the_gradients(mode, expected):
     y = torch.roll(x, -1, 1)
     ref = grads_after_step(tiny_model(), x, y)
     model = tiny_model()
-    assert checkpoint_blocks(model, mode) == expected
+    assert recompute_blocks(model, mode) == expected
     saved = []  # tensors autograd keeps for backward: fewer when blocks recompute
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         torch.manual_seed(1)
@@ -229,27 +231,28 @@ def test_each_rank_restores_its_own_rng_and_new_ranks_are_seeded():
     states = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        states.append(ckpt.rng_state())
-    ckpt.restore_rng(states, DistInfo(rank=1, world=2), "cpu", 1337, 4)
+        states.append(rng.rng_state())
+    rng.restore_rng(states, DistInfo(rank=1, world=2), "cpu", 1337, 4)
     assert torch.equal(torch.get_rng_state(), states[1]["torch"])
-    assert ckpt.restore_rng(states[0], DistInfo(rank=0, world=1), "cpu", 1337, 4)  # an older checkpoint
+    assert rng.restore_rng(states[0], DistInfo(rank=0, world=1), "cpu", 1337, 4)  # an older checkpoint
     assert torch.equal(torch.get_rng_state(), states[0]["torch"])
     # Three ranks resuming a two-rank checkpoint: rank 2 has none and is seeded from (seed, rank, step).
-    assert not ckpt.restore_rng(states, DistInfo(rank=2, world=3), "cpu", 1337, 4)
+    assert not rng.restore_rng(states, DistInfo(rank=2, world=3), "cpu", 1337, 4)
     first = torch.rand(3)
-    ckpt.restore_rng(states, DistInfo(rank=2, world=3), "cpu", 1337, 4)
+    rng.restore_rng(states, DistInfo(rank=2, world=3), "cpu", 1337, 4)
     assert torch.equal(torch.rand(3), first)
 
 
 def _draw_masks(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from baseforge.train.distributed import gather_to_main, seed_rank
+    from baseforge.train.distributed import gather_to_main
+    from baseforge.train.rng import start_rank_stream
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(1337)
     init = torch.rand(4)  # the model init: the same on every rank
-    seed_rank(1337, DistInfo(rank, world))
+    start_rank_stream(1337, DistInfo(rank, world))
     mask = torch.nn.functional.dropout(torch.ones(256), 0.5)
     gathered = gather_to_main((init, mask), DistInfo(rank, world))
     if rank == 0:

@@ -233,7 +233,7 @@ def test_train_step_reads_the_device_once_per_step(shakespeare_dir, tmp_path, mo
     config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=2", "global_batch=8", "dropout=0.1"])
     trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *_: None)
     trainer.setup()
-    step = trainer.step_fn
+    step = trainer.parts.step
     reads, inside = [], [False]
     monkeypatch.setattr(loss, "host_reads_are_free", lambda device: False, raising=False)
     for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
@@ -292,7 +292,7 @@ def auto_trainer(shakespeare_dir, tmp_path):
     config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=8", "global_batch=8", "dropout=0.1"])
     trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *_: None)
     trainer.setup()
-    model, memory = trainer.step_fn.model, FakeMemory()
+    model, memory = trainer.parts.views.plain, FakeMemory()
 
     def see_batch(module, args):
         memory.batch = args[0].shape[0]
@@ -310,10 +310,12 @@ def test_auto_search_keeps_a_margin_and_leaves_no_trace(auto_trainer):
     from baseforge.train.autobatch import search_micro_batch
 
     trainer, memory = auto_trainer
-    model = trainer.step_fn.model
+    model = trainer.parts.views.plain
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    micro = search_micro_batch(model, trainer.data, trainer.config.train, trainer.runtime, 8, memory=memory)
+    micro = search_micro_batch(
+        model, trainer.data, trainer.config.train, trainer.parts.runtime, 8, memory=memory
+    )
     # 8 ran out of memory; 4 fitted but peaked at 95 of 100 units (< 10% free): the next divisor down
     assert micro == 2
     assert all(p.grad is None for p in model.parameters())  # not even after the OOM in backward
@@ -327,7 +329,7 @@ def test_auto_search_without_margin_pressure_takes_the_largest(auto_trainer, mon
 
     trainer, memory = auto_trainer
     monkeypatch.setattr(memory, "capacity", lambda: 1000)
-    args = (trainer.step_fn.model, trainer.data, trainer.config.train, trainer.runtime, 8)
+    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
     assert autobatch.search_micro_batch(*args, memory=memory) == 4
 
 
@@ -344,8 +346,8 @@ def test_auto_search_restores_the_cuda_generator(auto_trainer, monkeypatch):
     def draw(module, args):  # as dropout on a GPU would
         state[0] += 1
 
-    trainer.step_fn.model.register_forward_pre_hook(draw)
-    args = (trainer.step_fn.model, trainer.data, trainer.config.train, trainer.runtime, 8)
+    trainer.parts.views.plain.register_forward_pre_hook(draw)
+    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
     autobatch.search_micro_batch(*args, memory=memory)
     assert state[0].item() == 7
 
@@ -364,7 +366,7 @@ def test_trials_run_the_real_step(auto_trainer, monkeypatch):
 
     monkeypatch.setattr(step.TrainStep, "forward_backward", recording)
     monkeypatch.setattr(memory, "capacity", lambda: 1000)
-    args = (trainer.step_fn.model, trainer.data, trainer.config.train, trainer.runtime, 8)
+    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
     autobatch.search_micro_batch(*args, memory=memory)
     assert seen and all(b * accum == 8 for b, accum in seen)
 
@@ -419,8 +421,8 @@ def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path
     assert not any("training eager" in line for line in logs), logs
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0
-    trainer.step_fn.model.train()
+    trainer.parts.views.plain.train()
     for step in range(3):
-        assert trainer.step_fn(step, trainer.data).applied
-        assert trainer.evaluate() is not None
+        assert trainer.parts.step(step, trainer.data).applied
+        assert Validator(trainer.parts).loss() is not None
     assert counters["stats"]["unique_graphs"] == graphs, "recompiled after the warm-up"

@@ -109,7 +109,7 @@ def fail_metrics(monkeypatch, code: int) -> str:
         return open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(metrics, "open", open_, raising=False)  # shadows the builtin in that module only
-    return metrics.METRICS
+    return "metrics.jsonl"
 
 
 def fail_charts(monkeypatch, code: int) -> str:

@@ -151,14 +151,14 @@ def test_dry_run_and_help_config(shakespeare_dir, tmp_path):
 
 
 def test_stop_message_says_when_nothing_was_saved(tmp_path):
-    from baseforge.config import resolve_config
-    from baseforge.train.loop import Trainer
+    from baseforge.rundir import RunDir
+    from baseforge.train.reporter import Reporter
 
     said = []
-    trainer = Trainer(resolve_config("cpu-tiny"), tmp_path, tmp_path / "run", log=said.append)
-    trainer.state = type("S", (), {"step": 7})()
-    trainer._stopped(15, saved=False)
+    Reporter(RunDir(tmp_path / "run"), is_main=True, log=said.append).stopped(7, saved=False)
     assert "no checkpoint saved" in said[0] and "step 7" in said[0]
+    Reporter(RunDir(tmp_path / "run"), is_main=False, log=said.append).stopped(7, saved=True)
+    assert len(said) == 1  # other ranks say nothing
 
 
 def test_tensorboard_holds_every_metric_of_the_run(shakespeare_dir, tmp_path):

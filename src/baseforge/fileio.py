@@ -75,15 +75,20 @@ def atomic_write_json(path: Path | str, obj) -> None:
 
 
 @contextmanager
-def atomic_dir(path: Path | str):
+def atomic_dir(path: Path | str, staged: Path | str | None = None):
     """Yield a temporary folder beside `path`; rename it to `path` if the block succeeds.
 
-    `path` must not exist yet (a folder cannot be renamed over a non-empty one atomically).
+    `path` must not exist yet (a folder cannot be renamed over a non-empty one atomically). `staged`:
+    a temporary folder made beforehand, which other writers already filled (an FSDP run's ranks write
+    their shards into it); it is completed and renamed instead of a new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with io_errors(path):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if staged is not None:
+        tmp = Path(staged)
+    else:
+        with io_errors(path):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         with io_errors(path):
             yield tmp

@@ -20,9 +20,10 @@ from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.models import load_any
 from baseforge.model import GPT
+from baseforge.rundir import RunDir
 from baseforge.tokenizer import check_same_tokenizer
-from baseforge.train.checkpoint import CHECKPOINTS, data_fingerprint, model_tensors, read_data_record, unwrap
-from baseforge.train.loop import total_steps
+from baseforge.train.build import total_steps
+from baseforge.train.checkpoint import data_fingerprint, model_tensors, read_data_record
 
 
 def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
@@ -30,13 +31,14 @@ def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, 
 
     `unrecorded` is the data of a run that does not record it (the CLI's demo run); else that is an error.
     """
-    if not (out / "config.json").is_file():
+    run = RunDir(out)
+    if not run.config.is_file():
         raise UserError(f"nothing to resume in {out}: no config.json (start it without --resume)")
-    if not (out / CHECKPOINTS / "latest").is_file():
+    if not run.pointer("latest").is_file():
         raise UserError(
             f"{out} has no checkpoint yet (it stopped before the first); start it again without --resume"
         )
-    record = read_data_record(out)
+    record = read_data_record(run)
     if data is None:
         if record is None:
             if unrecorded is not None:
@@ -83,10 +85,9 @@ def evaluators(cfg: TrainConfig) -> dict:
     path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
     load_items(path, 1)  # a missing file or an offline download fails now, not mid-run
 
-    def hellaswag(model, tokenizer):
-        inner = unwrap(model)
+    def hellaswag(model, tokenizer):  # model: the plain model, whole (ModelViews.whole_on_main)
         result = evaluate_hellaswag(
-            inner, tokenizer, path, cfg.hellaswag_limit, next(inner.parameters()).device
+            model, tokenizer, path, cfg.hellaswag_limit, next(model.parameters()).device
         )
         return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
 

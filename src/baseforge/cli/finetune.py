@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.train.finetune import finetune
+
 EPILOG = """\
 The instruction-following test, end to end:
   baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed     # a base model
@@ -42,8 +44,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.train.finetune import finetune
-
     result = finetune(
         args.model,
         args.data,

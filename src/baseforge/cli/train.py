@@ -6,7 +6,17 @@ import argparse
 import contextlib
 from pathlib import Path
 
+import torch
+
+from baseforge.config import describe_keys, load_run_config, resolve_config, resume_config
+from baseforge.data.prepare import prepare
 from baseforge.errors import UserError
+from baseforge.fileio import check_out_dir, output_dir
+from baseforge.launch import dry_run_report, evaluators, init_from, resume_data
+from baseforge.rundir import RunDir
+from baseforge.runlock import LOCK_FILE, RunLock
+from baseforge.train.distributed import process_group
+from baseforge.train.loop import Trainer
 
 DEMO_DATA = Path("data/builtin")
 DEMO_RUN = Path("runs/demo")
@@ -83,10 +93,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.config import describe_keys
-    from baseforge.fileio import check_out_dir
-    from baseforge.launch import dry_run_report, init_from, resume_data
-
     if args.help_config:
         print(describe_keys())
         return 0
@@ -99,8 +105,6 @@ def run(args) -> int:
     else:
         data = args.data or DEMO_DATA
     if data == DEMO_DATA and not (data / "manifest.json").is_file():
-        from baseforge.data.prepare import prepare
-
         print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
         prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
     config = run_config(args, out)
@@ -114,12 +118,9 @@ def run(args) -> int:
 
 
 def run_config(args, out: Path):
-    from baseforge.config import load_run_config, resolve_config, resume_config
-    from baseforge.train.checkpoint import CHECKPOINTS
-
     if args.resume:
         return resume_config(load_run_config(out), args.preset, args.config, args.overrides)
-    if args.data is None and (out / CHECKPOINTS / "latest").exists() and not args.preset:
+    if args.data is None and RunDir(out).has_checkpoint() and not args.preset:
         raise UserError(
             f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
             f"continue it with `baseforge train --resume`, or remove it to start over"
@@ -130,14 +131,6 @@ def run_config(args, out: Path):
 
 
 def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int:
-    import torch
-
-    from baseforge.fileio import output_dir
-    from baseforge.launch import evaluators
-    from baseforge.runlock import LOCK_FILE, RunLock
-    from baseforge.train.distributed import process_group
-    from baseforge.train.loop import Trainer
-
     def log(message: str) -> None:
         print(message, flush=True)
 

@@ -15,9 +15,9 @@ A JSON list of {"instruction", "input", "output"} examples, formatted as the boo
 
 Split: a shuffle seeded by `seed` (default 123), then 85% train, 5% validation, 10% test; test items
 get stable ids test-0000, test-0001, ... With `mask_prompt` (default) only the response and its
-end-of-text carry loss: prompt targets are -100. `InstructionData` has the trainer's data interface
+end-of-text carry loss: prompt targets are IGNORE (-100). `InstructionData` has the trainer's data interface
 (see data.loader.TokenData): a step's batch is a pure function of (seed, step), so fine-tuning
-resumes exactly; batches are padded with end-of-text (inputs) and -100 (targets).
+resumes exactly; batches are padded with end-of-text (inputs) and IGNORE (targets).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from baseforge.errors import UserError
+from baseforge.model.loss import IGNORE
 
 PREAMBLE = (
     "Below is an instruction that describes a task. "
@@ -83,7 +84,7 @@ def encode_example(tokenizer, example: dict, context: int, mask_prompt: bool) ->
     inputs, targets = full[:-1], list(full[1:])
     if mask_prompt:
         for i in range(min(len(prompt) - 1, len(targets))):
-            targets[i] = -100  # predicting a prompt token: no loss
+            targets[i] = IGNORE  # predicting a prompt token: no loss
     return inputs, targets
 
 
@@ -116,7 +117,7 @@ class InstructionData:
     def _batch(self, pairs) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(x) for x, _ in pairs)
         x = torch.full((len(pairs), width), self.tokenizer.eot_id, dtype=torch.long)
-        y = torch.full((len(pairs), width), -100, dtype=torch.long)
+        y = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
         for i, (inputs, targets) in enumerate(pairs):
             x[i, : len(inputs)] = torch.tensor(inputs)
             y[i, : len(targets)] = torch.tensor(targets)

@@ -5,16 +5,14 @@ order (data.loader.eval_batches), so every model and every rerun scores identica
 side-by-side comparison use one context for all models (the smallest), as the write-up did.
 
 The loss is token-weighted: the sum of per-target cross-entropies over the number of scored
-targets (targets equal to IGNORE, such as a fine-tuning prompt's, are not scored). It is the one
-definition of held-out loss, used by the trainer's validation and by `baseforge eval`.
+targets (targets equal to model.loss.IGNORE, such as a fine-tuning prompt's, are not scored). It is the one
+definition of held-out loss (`model.loss.loss_sum`), used by the trainer's validation and by `baseforge eval`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -22,7 +20,10 @@ import torch
 from baseforge.data.loader import TokenWindows, eval_batches
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
+from baseforge.eval.models import FolderTokenizer, same_tokenizer
+from baseforge.model.loss import loss_sum
 from baseforge.progress import Progress
+from baseforge.tokenizer import check_same_tokenizer, load_tokenizer
 
 
 def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> None:
@@ -31,9 +32,6 @@ def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> 
     Compared by content, not by name: a baseforge tokenizer by its definition's hash, a
     transformers folder's own tokenizer token by token against the data's.
     """
-    from baseforge.eval.models import FolderTokenizer, same_tokenizer
-    from baseforge.tokenizer import check_same_tokenizer, load_tokenizer
-
     data_tok = manifest["tokenizer"]
     if isinstance(tokenizer, FolderTokenizer):
         if not same_tokenizer(tokenizer, load_tokenizer(data_tok, data_dir)):
@@ -48,24 +46,6 @@ def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> 
             f"{name} has a vocabulary of {model.config.vocab_size} tokens but {data_dir} uses "
             f"{data_tok['vocab_size']}: vocab mismatch"
         )
-
-
-IGNORE = -100  # the target value the model's loss skips
-
-
-@torch.no_grad()
-def loss_sum(
-    model, batches: Iterable, device, autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
-) -> tuple[float, int]:
-    """(sum of per-target losses, number of scored targets) of `model` over `batches` of (inputs, targets)."""
-    total, count = 0.0, 0
-    for x, y in batches:
-        with autocast():
-            _, loss = model(x.to(device), y.to(device))
-        n = int((y != IGNORE).sum())
-        total += loss.item() * n
-        count += n
-    return total, count
 
 
 def _counted(batches, bar):

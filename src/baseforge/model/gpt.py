@@ -214,7 +214,7 @@ class GPT(nn.Module):
         """(logits, None) without targets; (None, mean cross-entropy) with them.
 
         With targets the output head and the loss are fused so the logits are never built whole;
-        targets equal to -100 carry no loss (used to mask prompts when fine-tuning).
+        targets equal to loss.IGNORE (-100) carry no loss (used to mask prompts when fine-tuning).
         With `cache`, `idx` holds only the new positions; the cache supplies the rest.
         """
         B, T = idx.shape

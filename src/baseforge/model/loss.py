@@ -5,7 +5,8 @@ step (8 x 256 x 50257 floats = 400 MB in fp32), and the softmax over them, forwa
 costs more than the whole transformer body on a CPU. Here each chunk of rows computes its logits,
 its softmax, its loss and, when gradients are needed, its gradients at once (the loss is the last
 operation, so d loss / d logits = softmax - onehot is known in the forward pass); backward only
-scales the stored gradients. Targets equal to -100 carry no loss; the loss is the mean over the others.
+scales the stored gradients. Targets equal to IGNORE (-100) carry no loss; the loss is the mean over
+the others.
 
 Memory traffic is what this costs beyond the matmuls, so the chunk is touched as few times as
 possible, all in the compute dtype: the matmul writes the logits into a reused buffer, one fused
@@ -27,7 +28,13 @@ at the price of recomputing the head matmul.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
 import torch
+
+IGNORE = -100  # a target that carries no loss (a fine-tuning prompt's, padding); PyTorch's ignore_index
 
 # Logits per chunk: 2^27 = 256 MB in bf16. A CPU micro-batch (e.g. 8 x 256 tokens x 50257) is
 # then a single chunk: fewer, larger matmuls run faster, and the weight gradient is one matmul
@@ -95,7 +102,7 @@ def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
     dtype = _compute_dtype(h)
     hc, wc = h.to(dtype), weight.to(dtype)
     n, vocab = h.shape[0], weight.shape[0]
-    valid = targets != -100
+    valid = targets != IGNORE
     host = host_reads_are_free(h.device)
     all_valid = bool(valid.all()) if host else False  # on a GPU: mask always, no sync
     safe = targets.clamp(min=0)
@@ -144,7 +151,7 @@ def _scaled_grads(h, weight, targets, softcap: float, dtype, scale, need_h: bool
     the scaler to skip: what autocast does for an unfused head. Costs one extra head matmul."""
     hc, wc = h.to(dtype), weight.to(dtype)
     n, vocab = h.shape[0], weight.shape[0]
-    valid = (targets != -100)[:, None]
+    valid = (targets != IGNORE)[:, None]
     safe = targets.clamp(min=0)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w_t = None
@@ -178,7 +185,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         total, grad_h, grad_w = _fused_pass(
             h, weight, targets, softcap, need_h and not ctx.deferred, need_w and not ctx.deferred
         )
-        count = (targets != -100).sum().clamp(min=1)
+        count = (targets != IGNORE).sum().clamp(min=1)
         if ctx.deferred:
             ctx.save_for_backward(count, h, weight, targets)
         else:  # stored as sums over rows; backward scales them by grad_out / count at once
@@ -210,5 +217,24 @@ def linear_cross_entropy(
         # Inside forward grad mode is always off and needs_input_grad follows requires_grad, so
         # evaluation under no_grad would build both gradients: decide here, loss only.
         total, _, _ = _fused_pass(h, weight, targets, softcap, False, False)
-        return total / (targets != -100).sum().clamp(min=1)
+        return total / (targets != IGNORE).sum().clamp(min=1)
     return FusedLinearCrossEntropy.apply(h, weight, targets, softcap)
+
+
+@torch.no_grad()
+def loss_sum(
+    model, batches: Iterable, device, autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+) -> tuple[float, int]:
+    """(sum of per-target losses, number of scored targets) of `model` over `batches` of (inputs, targets).
+
+    The one definition of held-out loss: token-weighted over the scored targets (those not IGNORE),
+    used by the trainer's validation and by `baseforge eval`.
+    """
+    total, count = 0.0, 0
+    for x, y in batches:
+        with autocast():
+            _, loss = model(x.to(device), y.to(device))
+        n = int((y != IGNORE).sum())
+        total += loss.item() * n
+        count += n
+    return total, count

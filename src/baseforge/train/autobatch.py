@@ -24,8 +24,12 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from baseforge.data.loader import BatchLayout
 from baseforge.errors import UserError
 from baseforge.train.device import rng_devices
+from baseforge.train.optim import build_optimizers
+from baseforge.train.parallel import ModelViews
+from baseforge.train.step import TrainStep
 
 if TYPE_CHECKING:
     from baseforge.config import TrainConfig
@@ -159,13 +163,10 @@ def search_micro_batch(
 
 def _trial_steps(model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int, b: int) -> None:
     """One optimizer step of two micro-steps at micro-batch b, through the trainer's own TrainStep."""
-    from baseforge.data.loader import BatchLayout
-    from baseforge.train.optim import build_optimizers
-    from baseforge.train.step import TrainStep
-
     layout = BatchLayout(micro_batch=b, grad_accum=per_rank // b)
     optimizers = build_optimizers(model, cfg, runtime.device)
-    step = TrainStep(model, model, optimizers, runtime, layout, schedule=None, grad_clip=cfg.grad_clip)
+    views = ModelViews(model, model, model, "single", runtime)  # no sync: each rank searches alone
+    step = TrainStep(views, optimizers, runtime, layout, schedule=None, grad_clip=cfg.grad_clip)
     x, y = data.micro_batch(0, 0, layout)
     x, y = x.to(runtime.device), y.to(runtime.device)
     step.forward_backward(x, y, sync=False)

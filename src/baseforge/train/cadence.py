@@ -18,7 +18,7 @@ from baseforge.config import TrainConfig
 class Due:
     log: bool = False
     evaluate: bool = False
-    hellaswag: bool = False
+    evaluators: bool = False
     checkpoint: bool = False
 
 
@@ -48,9 +48,9 @@ class Cadence:
 
     def due(self, step: int, last: bool) -> Due:
         evaluate = self._every(step, self.eval_every) or last
-        hellaswag = self.evaluators_every > 0 and (self._every(step, self.evaluators_every) or last)
-        log = self._every(step, self.log_every) or evaluate or hellaswag
-        return Due(log, evaluate, hellaswag, self._every(step, self.checkpoint_every) or last)
+        evaluators = self.evaluators_every > 0 and (self._every(step, self.evaluators_every) or last)
+        log = self._every(step, self.log_every) or evaluate or evaluators
+        return Due(log, evaluate, evaluators, self._every(step, self.checkpoint_every) or last)
 
     def checkpoint_time_due(self) -> bool:
         """This process's clock says a time-based checkpoint is due."""

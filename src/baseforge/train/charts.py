@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 
 from baseforge.fileio import atomic_path
-from baseforge.train.metrics import METRICS, read_resumes
+from baseforge.rundir import RunDir
+from baseforge.train.metrics import read_resumes
 
 MAX_BUCKETS = 1000  # per series: at most 2 * MAX_BUCKETS points are drawn
 
@@ -73,7 +74,7 @@ def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
     losses), streamed from the log one line at a time so that no list of row dicts is ever held (a
     log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped, as in
     read_append_log. None when the log holds no row yet."""
-    path = Path(run_dir) / METRICS
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return None
     train: dict[str, list] = {"step": [], "tokens": [], "loss": [], "lr": [], "grad_norm": []}
@@ -154,7 +155,7 @@ def write_charts(run_dir: Path | str) -> Path | None:
     """Draw RUN/charts/training.png (three panels against tokens, resumes marked); None if there
     is nothing yet."""
     run_dir = Path(run_dir)
-    out = run_dir / "charts" / "training.png"
+    out = RunDir(run_dir).chart
 
     def save(fig) -> None:
         with atomic_path(out) as tmp:

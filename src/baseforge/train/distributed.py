@@ -106,26 +106,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The dropout seed of `rank`: `seed` itself on rank 0 (one process trains as it always did), and a
-    well-mixed, deterministic function of (seed, rank) on the others, so no two ranks draw the same masks."""
-    if rank == 0:
-        return seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def seed_rank(seed: int, info: DistInfo) -> None:
-    """Give this rank its own random stream (dropout) once the model is built.
-
-    Every rank seeds `seed` before building the model, so the initial weights agree everywhere; only
-    afterwards do ranks >= 1 switch to their own seed. Rank 0's stream is left exactly as it was.
-    """
-    if info.rank > 0:
-        torch.manual_seed(rank_seed(seed, info.rank))
-
-
 def gather_to_main(obj, info: DistInfo) -> list:
     """[obj of rank 0, obj of rank 1, ...] on rank 0, [] elsewhere; [obj] without a process group.
 

@@ -21,26 +21,23 @@ import json
 from pathlib import Path
 
 from baseforge.fileio import atomic_write_text, io_errors, read_append_log
-
-METRICS = "metrics.jsonl"
+from baseforge.rundir import RunDir
 
 
 def read_metrics(run_dir: Path | str) -> list[dict]:
-    return read_append_log(Path(run_dir) / METRICS)
+    return read_append_log(RunDir(run_dir).metrics)
 
 
 def truncate_metrics(run_dir: Path | str, step: int) -> None:
     """On resume: drop rows logged after the checkpoint we resume from (they will be redone)."""
     rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-RESUMES = "resumes.jsonl"  # {"step": N} per resume: where a later process took over (the report marks it)
+    atomic_write_text(RunDir(run_dir).metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def record_resume(run_dir: Path | str, step: int) -> None:
-    """On resume from `step`: note it; resume points after `step` belonged to an abandoned future."""
-    path = Path(run_dir) / RESUMES
+    """On resume from `step`: note it in RUN/resumes.jsonl, {"step": N} per resume, where a later process
+    took over (the report and the chart mark it); resume points after `step` were an abandoned future."""
+    path = RunDir(run_dir).resumes
     kept = [r for r in read_append_log(path) if r.get("step", 0) < step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, {"step": step}]))
 
@@ -48,13 +45,13 @@ def record_resume(run_dir: Path | str, step: int) -> None:
 def read_resumes(run_dir: Path | str) -> list[int]:
     """The steps a run was resumed from (RUN/resumes.jsonl), in order; [] for a run never resumed."""
     return [
-        int(r["step"]) for r in read_append_log(Path(run_dir) / RESUMES) if isinstance(r.get("step"), int)
+        int(r["step"]) for r in read_append_log(RunDir(run_dir).resumes) if isinstance(r.get("step"), int)
     ]
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path | str):
-        self.path = Path(run_dir) / METRICS
+        self.path = RunDir(run_dir).metrics
 
     def write(self, row: dict) -> None:
         with io_errors(self.path), open(self.path, "a") as f:

@@ -12,6 +12,7 @@ import inspect
 import torch
 
 from baseforge.config import TrainConfig
+from baseforge.train.muon import Muon, param_groups_for_muon
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -90,8 +91,6 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     named = list(model.named_parameters())
     if cfg.optimizer == "adamw":
         return Optimizers(adamw=make_adamw(adamw_groups(named, cfg, cfg.lr), cfg, device))
-    from baseforge.train.muon import Muon, param_groups_for_muon
-
     muon_params, adamw_params = param_groups_for_muon(model)
     muon_ids = {id(p) for p in muon_params}
     rest = [(n, p) for n, p in named if id(p) not in muon_ids]

@@ -1,9 +1,10 @@
 """How the model runs forward in training: one process, DDP, or FSDP2; activation checkpointing for all.
 
-`wrap_model` is the one place that decides. Its order matters:
+`wrap_model` is the one place that decides, and returns the `ModelViews` every user of the model
+takes its view from (nobody unwraps a wrapper to guess what is inside). Its order matters:
 
-1. Activation checkpointing first, on the plain blocks (`checkpoint_blocks`), so the wrappers see
-   blocks whose forward recomputes in backward.
+1. Activation recomputation first, on the plain blocks (`recompute_blocks`; the config key is
+   `activation_checkpointing`), so the wrappers see blocks whose forward recomputes in backward.
 2. One process: the model itself (compiled if asked).
 3. DDP (`parallel=ddp`, several processes): `DistributedDataParallel(gradient_as_bucket_view=True)`,
    so gradients live in the all-reduce buckets (no copy in, no second gradient-sized buffer), then
@@ -26,18 +27,25 @@ its checkpoints are ordinary ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
 from baseforge.config import TrainConfig
 from baseforge.errors import UserError
+from baseforge.model import GPT
 from baseforge.train.device import Runtime
+from baseforge.train.sharded import gathered_model
 
 
-def checkpoint_blocks(model: torch.nn.Module, mode: str) -> int:
+def recompute_blocks(model: torch.nn.Module, mode: str) -> int:
     """Recompute transformer blocks' activations in backward instead of storing them; returns how many.
 
     "blocks": every block keeps only its input; backward reruns its forward (about one extra forward
@@ -63,42 +71,78 @@ def _checkpointed(forward: Callable, *args, **kwargs):
 
 
 def is_fsdp(module: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(module, FSDPModule)
 
 
+@dataclass(frozen=True)
+class ModelViews:
+    """The model as each of its users needs it; `wrap_model` builds them.
+
+    `plain` holds the parameters: the optimizers step them, clipping reads their gradients, a checkpoint
+    saves them (under FSDP it is the sharded module itself). `train` runs forward in training (compiled
+    and/or wrapped by DDP). `eval` runs the held-out loss on every rank without DDP's gradient sync: one
+    process evaluates on the compiled model (its evaluation shapes were warmed up), DDP and FSDP on
+    `plain`. Work that rank 0 does alone (sampling, HellaSwag) takes `whole_on_main()`.
+    """
+
+    plain: GPT
+    train: torch.nn.Module
+    eval: torch.nn.Module
+    kind: Literal["single", "ddp", "fsdp"]
+    runtime: Runtime
+    ddp: DDP | None = None  # the DDP module, whose no_sync the micro-steps use
+
+    def gradient_sync(self, sync: bool):
+        """A context for one micro-step's backward: gradients are reduced only when `sync` (the last one).
+
+        DDP: `no_sync()` on the others. FSDP2: `set_requires_gradient_sync(False)` keeps the unsharded
+        gradients and accumulates into them locally, then one reduce-scatter on the last micro-step;
+        `set_reshard_after_backward(False)` keeps the parameters gathered between those micro-steps
+        (one all-gather per step, not per micro-step) at the price of holding them for the step.
+        """
+        if self.kind == "fsdp":
+            self.plain.set_requires_gradient_sync(sync)
+            self.plain.set_reshard_after_backward(sync)
+        if sync or self.ddp is None:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def whole_on_main(self) -> GPT | None:
+        """The whole model, uncompiled, on rank 0; None on the others. A collective: every rank calls it
+        (under FSDP rank 0 gets a gathered copy, since the sharded model's collectives cannot run alone)."""
+        if self.kind == "fsdp":
+            return gathered_model(self.plain, self.runtime.device)
+        return self.plain if self.runtime.is_main else None
+
+
 def wrap_model(
-    model: torch.nn.Module,
+    model: GPT,
     cfg: TrainConfig,
     runtime: Runtime,
     compile_fn: Callable[[torch.nn.Module], torch.nn.Module],
-) -> torch.nn.Module:
-    """What runs forward in training (see the module docstring). `compile_fn(module)` compiles (and warms
-    up) a module, falling back to it where compiling fails; it is called only when `cfg.compile`.
+) -> ModelViews:
+    """The views of `model` for this run (see the module docstring). `compile_fn(module)` compiles (and
+    warms up) a module, falling back to it where compiling fails; it is called only when `cfg.compile`.
 
     FSDP shards `model` in place: its parameters become DTensors, so build optimizers after this.
     """
-    checkpoint_blocks(model, cfg.activation_checkpointing)
+    recompute_blocks(model, cfg.activation_checkpointing)
     maybe_compile = compile_fn if cfg.compile else (lambda m: m)
     if not runtime.dist.enabled:
-        return maybe_compile(model)
+        compiled = maybe_compile(model)
+        return ModelViews(model, compiled, compiled, "single", runtime)
     if cfg.parallel == "fsdp":
         shard_model(model, cfg, runtime)
-        return _WithModule(maybe_compile(model), model)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+        return ModelViews(model, maybe_compile(model), model, "fsdp", runtime)
     ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    return maybe_compile(DDP(model, device_ids=ids, gradient_as_bucket_view=True))
+    ddp = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
+    return ModelViews(model, maybe_compile(ddp), model, "ddp", runtime, ddp=ddp)
 
 
 def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> None:
     """FSDP2 over all processes: each transformer block is one unit (all-gathered for its forward and
     backward, freed after), the root holds the rest. The root is not resharded after forward: backward
     starts with it at once (the usual FSDP2 choice for the last unit to run)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
     name = runtime.precision.name
     if name == "fp16":
         # torch.amp.GradScaler checks only this rank's gradient shard for inf: ranks would disagree on
@@ -114,36 +158,3 @@ def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> N
     for block in model.transformer.h:
         fully_shard(block, **options)
     fully_shard(model, reshard_after_forward=False, **options)
-
-
-class _WithModule(torch.nn.Module):
-    """The sharded model (maybe compiled) with `.module` naming the sharded model itself: what the trainer
-    evaluates on, as it does with DDP's `.module`. Evaluation under FSDP still runs on every process."""
-
-    def __init__(self, runner: torch.nn.Module, module: torch.nn.Module):
-        super().__init__()
-        self.runner = runner
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        return self.runner(*args, **kwargs)
-
-
-def sync_gradients(wrapped: torch.nn.Module, sync: bool):
-    """A context for one micro-step's backward: gradients are reduced only when `sync` (the last micro-step).
-
-    DDP: `no_sync()` on the others. FSDP2: `set_requires_gradient_sync(False)` keeps the unsharded
-    gradients and accumulates into them locally, then one reduce-scatter on the last micro-step;
-    `set_reshard_after_backward(False)` keeps the parameters gathered between those micro-steps
-    (one all-gather per step, not per micro-step) at the price of holding them for the step.
-    """
-    import contextlib
-
-    module = getattr(wrapped, "module", wrapped)
-    if is_fsdp(module):
-        module.set_requires_gradient_sync(sync)
-        module.set_reshard_after_backward(sync)
-        return contextlib.nullcontext()
-    if sync or not hasattr(wrapped, "no_sync"):
-        return contextlib.nullcontext()
-    return wrapped.no_sync()

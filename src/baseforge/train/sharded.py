@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -42,6 +45,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from baseforge.errors import UserError
+from baseforge.fileio import atomic_path
+from baseforge.model import GPT
+from baseforge.rundir import RunDir
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.distributed import DistInfo, barrier
 
@@ -75,8 +81,6 @@ class SafeReader(FileSystemReader):
     """DCP's file reader, with its index read by an allowlisting unpickler instead of pickle.load."""
 
     def read_metadata(self, *args, **kwargs):
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
         path = self._get_metadata_path(kwargs.get("rank"))
         try:
             with self.fs.create_stream(path, "rb") as f:
@@ -96,10 +100,7 @@ def full_model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not state:
         return {}
-    state = {k: v.contiguous() for k, v in state.items()}
-    if model.config.tie_weights:
-        state.pop("lm_head.weight", None)  # stored once, as wte (load_model_tensors re-ties)
-    return state
+    return ckpt.drop_tied_head({k: v.contiguous() for k, v in state.items()}, model.config)
 
 
 def _sharded_state(model: torch.nn.Module, optimizers) -> dict:
@@ -109,13 +110,12 @@ def _sharded_state(model: torch.nn.Module, optimizers) -> dict:
     return state
 
 
-def save_sharded(run_dir: Path, model, optimizers, scaler, rng: list[dict], info: DistInfo, **args) -> None:
+def save_sharded(run: RunDir, model, optimizers, scaler, rng: list[dict], info: DistInfo, **args) -> None:
     """An FSDP checkpoint (see the module docstring); every rank calls it. `args`: save_checkpoint's."""
-    root = Path(run_dir) / ckpt.CHECKPOINTS
-    name = f"step_{args['step']:07d}"
-    if (root / name).exists():  # on a shared filesystem every rank sees the same answer
+    path = run.checkpoint(args["step"])
+    if path.exists():  # on a shared filesystem every rank sees the same answer
         return
-    staged = root / f".{name}.dcp.tmp"
+    staged = path.parent / f".{path.name}.dcp.tmp"
     if info.is_main:
         shutil.rmtree(staged, ignore_errors=True)  # left by a run killed mid-write
         staged.mkdir(parents=True)
@@ -125,7 +125,7 @@ def save_sharded(run_dir: Path, model, optimizers, scaler, rng: list[dict], info
     barrier(info)  # every rank's shards are on disk before rank 0 renames the folder
     if info.is_main:
         trainer = ckpt.trainer_state(None, scaler, rng)
-        ckpt.save_checkpoint(run_dir, model=weights, trainer=trainer, staged=staged, **args)
+        ckpt.save_checkpoint(run, model=weights, trainer=trainer, staged=staged, **args)
 
 
 def load_sharded(path: Path, model: torch.nn.Module, optimizers) -> None:
@@ -145,7 +145,6 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizers) -> None:
 
 def _load(state: dict, path: Path, no_dist: bool) -> None:
     """dcp.load through SafeReader; an unreadable or refused checkpoint is the user's one-line error."""
-    from torch.distributed.checkpoint.api import CheckpointException
 
     # The index is checked here first: torch 2.11's dcp.load swallows the reader's refusal and fails
     # later with "metadata is None", which would hide why the checkpoint was refused.
@@ -159,17 +158,12 @@ def _load(state: dict, path: Path, no_dist: bool) -> None:
 
 def consolidate(checkpoint: Path) -> Path:
     """Write model.safetensors of a checkpoint from its dcp/ folder (one process, no process group)."""
-    from safetensors.torch import save_file
-
-    from baseforge.fileio import atomic_path
-    from baseforge.model import GPT
-
     config, state = ckpt.read_checkpoint_meta(checkpoint)
     model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
     weights = {"model": model.state_dict()}
     _load(weights, checkpoint / DCP, no_dist=True)
     model.load_state_dict(weights["model"])
-    out = checkpoint / "model.safetensors"
+    out = checkpoint / ckpt.MODEL_FILE
     with atomic_path(out) as tmp:
         save_file(ckpt.model_tensors(model), str(tmp), metadata={"format": "pt", "step": str(state["step"])})
     return out
@@ -178,8 +172,6 @@ def consolidate(checkpoint: Path) -> Path:
 def gathered_model(model: torch.nn.Module, device) -> torch.nn.Module | None:
     """A plain copy of a sharded model on rank 0 (None elsewhere), for work only rank 0 does (sampling,
     HellaSwag), which must not run the sharded model's collectives alone. A collective: all ranks call it."""
-    from baseforge.model import GPT
-
     tensors = full_model_tensors(model)
     if not tensors:
         return None

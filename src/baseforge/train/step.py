@@ -15,7 +15,7 @@ import torch
 from baseforge.data.loader import BatchLayout, Prefetcher
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
-from baseforge.train.parallel import sync_gradients
+from baseforge.train.parallel import ModelViews
 from baseforge.train.schedule import Schedule
 
 
@@ -29,16 +29,14 @@ class StepResult:
 class TrainStep:
     def __init__(
         self,
-        model: torch.nn.Module,
-        wrapped: torch.nn.Module,
+        views: ModelViews,
         optimizers: Optimizers,
         runtime: Runtime,
         layout: BatchLayout,
         schedule: Schedule,
         grad_clip: float,
     ):
-        self.model = model  # the plain module: parameters, clipping
-        self.wrapped = wrapped  # what runs forward: compiled and/or DDP-wrapped
+        self.views = views  # forward through views.train, clipping over views.plain's parameters
         self.optimizers = optimizers
         self.runtime = runtime
         self.layout = layout
@@ -50,10 +48,10 @@ class TrainStep:
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
         """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
         # Gradients reduce across processes on the last micro-step only (DDP's no_sync, FSDP's
-        # set_requires_gradient_sync on the others): see parallel.sync_gradients.
-        with sync_gradients(self.wrapped, sync):
+        # set_requires_gradient_sync on the others): see ModelViews.gradient_sync.
+        with self.views.gradient_sync(sync):
             with self.runtime.precision.autocast():
-                _, loss = self.wrapped(x, y)
+                _, loss = self.views.train(x, y)
             loss = loss / self.layout.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.detach()
@@ -80,7 +78,7 @@ class TrainStep:
         if self.scaler:
             self.optimizers.unscale_(self.scaler)
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.views.plain.parameters(), max_norm)
         # Under FSDP the norm of sharded gradients is a replicated DTensor, the same on every rank.
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 

@@ -1,28 +1,53 @@
-"""What a run says about itself: the opening lines, the progress fields, and summary.json."""
+"""What a run says about itself, as values: the opening lines, the metrics row, the progress fields,
+and summary.json (train/reporter.py writes them)."""
 
 from __future__ import annotations
 
 from baseforge.progress import format_count, format_duration
+from baseforge.train.build import Run
+from baseforge.train.distributed import all_reduce_mean
+from baseforge.train.metrics import memory_gb
 from baseforge.train.mfu import format_mfu
+from baseforge.train.state import RunState
 
 
-def announce_lines(trainer) -> list[str]:
+def announce_lines(run: Run, step: int) -> list[str]:
     """The three lines a run opens with: the model, the hardware and batch, the length of the run."""
-    c, rt, layout = trainer.config.model, trainer.runtime, trainer.step_fn.layout
-    n_params, world, step = trainer.step_fn.model.num_params(), trainer.dist.world, trainer.state.step
-    tokens = trainer.total * trainer.tokens_per_step
+    c, rt, layout, data = run.config.model, run.runtime, run.layout, run.data
+    n_params, world = run.n_params, rt.dist.world
+    tokens = run.total * run.tokens_per_step
     verb = f"resuming from step {step}" if step else "training"
     return [
-        f"{verb}: {trainer.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
+        f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
         f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
-        f"tokenizer {trainer.data.tokenizer.name})",
+        f"tokenizer {data.tokenizer.name})",
         f"device {rt.device} x{world}, {rt.precision.name}; peak {rt.peak / 1e12:.1f} TFLOP/s "
         f"({rt.peak_source}); "
         f"batch {layout.global_batch} x {c.context} tokens = micro {layout.micro_batch} x accum "
         f"{layout.grad_accum} x {world} processes",
-        f"{trainer.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
-        f"train split {format_count(trainer.data.train_tokens)} tokens",
+        f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
+        f"train split {format_count(data.train_tokens)} tokens",
     ]
+
+
+def metrics_row(run: Run, state: RunState) -> dict:
+    """The metrics row of the steps since the last one (metrics.py documents the fields). A collective:
+    the training loss is the mean over ranks."""
+    window, rt = state.window, run.runtime
+    tokens_per_s = window.tokens / max(window.seconds, 1e-9)
+    return {
+        "step": state.step,
+        "tokens": state.tokens,
+        "loss": all_reduce_mean(window.mean_loss(), rt.dist, rt.device),
+        "lr": run.optimizers.param_groups[0]["lr"],
+        "grad_norm": window.mean_grad_norm(),
+        "clip_frac": window.clipped / max(window.steps, 1),
+        "skipped": state.skipped,
+        "tokens_per_s": tokens_per_s,
+        "mfu": run.views.plain.flops_per_token() * tokens_per_s / (rt.peak * rt.dist.world),
+        "mem_gb": memory_gb(rt.device),
+        "elapsed_s": state.elapsed_s,
+    }
 
 
 def progress_fields(row: dict) -> dict:
@@ -37,14 +62,14 @@ def progress_fields(row: dict) -> dict:
     return fields
 
 
-def build_summary(trainer, last_row: dict) -> dict:
+def build_summary(run: Run, state: RunState, last_row: dict) -> dict:
     """summary.json: time, tokens, throughput, losses, MFU of the whole run."""
-    state, rt = trainer.state, trainer.runtime
+    rt = run.runtime
     return {
-        "data": str(trainer.data.source),
+        "data": str(run.data.source),
         "steps": state.step,
         "tokens": state.tokens,
-        "params": trainer.step_fn.model.num_params(),
+        "params": run.n_params,
         "train_seconds": state.elapsed_s,
         "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
         "initial_val_loss": state.initial_val,
@@ -55,7 +80,7 @@ def build_summary(trainer, last_row: dict) -> dict:
         "clip_frac": state.clipped / max(state.step, 1),
         "precision": rt.precision.name,
         "device": str(rt.device),
-        "processes": trainer.dist.world,
+        "processes": rt.dist.world,
         "mfu": last_row.get("mfu"),
         "peak_source": rt.peak_source,
     }

@@ -1,0 +1,107 @@
+"""Building a run: from a config, its data and a runtime to the frozen record of what the run is.
+
+`build_run` is the one place that makes the model, checks it against the data's vocabulary, picks the
+micro-batch (`micro_batch=auto` searches), wraps and compiles it (`parallel.wrap_model`) and builds the
+optimizers and the schedule. Everything it returns stays the same for the run's life; what changes
+(the step, the losses) is the `RunState`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from baseforge.config import RunConfig, TrainConfig
+from baseforge.data.loader import BatchLayout
+from baseforge.errors import UserError
+from baseforge.model import GPT
+from baseforge.train.autobatch import search_micro_batch
+from baseforge.train.checkpoint import load_model_tensors
+from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
+from baseforge.train.optim import Optimizers, build_optimizers
+from baseforge.train.parallel import ModelViews, wrap_model
+from baseforge.train.rng import start_rank_stream
+from baseforge.train.schedule import Schedule
+from baseforge.train.step import TrainStep
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a run is once built: its config (with the data's vocabulary), where it computes, the model's
+    views, optimizers, batch layout, schedule, planned steps, and the one optimizer step it repeats."""
+
+    config: RunConfig
+    data: object  # data.loader.TokenData, or any object with its interface (fine-tuning's)
+    runtime: Runtime
+    views: ModelViews
+    optimizers: Optimizers
+    layout: BatchLayout
+    schedule: Schedule
+    total: int  # planned optimizer steps (early stopping may end the run before)
+    step: TrainStep
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.layout.global_batch * self.config.model.context
+
+    @property
+    def n_params(self) -> int:
+        return self.views.plain.num_params()
+
+
+def total_steps(cfg: TrainConfig, n_params: int, tokens_per_step: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    budget = cfg.max_tokens or cfg.tokens_per_param * n_params
+    return max(1, math.ceil(budget / tokens_per_step))
+
+
+def build_run(config: RunConfig, data, runtime: Runtime, *, init_weights=None, say=print) -> Run:
+    """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
+    tensors instead of a random initialisation; `say` logs on the main process."""
+    config = config.with_vocab(data.tokenizer.vocab_size)
+    check_vocab(config, data.tokenizer)
+    cfg, dist = config.train, runtime.dist
+    torch.manual_seed(cfg.seed)  # before the model: every rank builds the same initial weights
+    model = GPT(config.model)
+    if init_weights is not None:
+        load_model_tensors(model, init_weights)
+    model.to(runtime.device)
+    layout = batch_layout(model, data, cfg, runtime, say)
+    total = total_steps(cfg, model.num_params(), layout.global_batch * config.model.context)
+    start_rank_stream(cfg.seed, dist)  # each rank its own dropout stream from here
+    # Compile the shapes the run will use (its micro-batch, evaluation's) while eager is a fallback.
+    warm_up = functools.partial(
+        warm_up_shapes, data=data, layout=layout, runtime=runtime, eval_tokens=cfg.eval_tokens
+    )
+    views = wrap_model(model, cfg, runtime, lambda m: compile_for_training(m, warm_up, say))
+    # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
+    optimizers = build_optimizers(model, cfg, runtime.device)
+    schedule = Schedule.from_config(cfg, total)
+    step = TrainStep(views, optimizers, runtime, layout, schedule, cfg.grad_clip)
+    return Run(config, data, runtime, views, optimizers, layout, schedule, total, step)
+
+
+def check_vocab(config: RunConfig, tok) -> None:
+    if config.model.vocab_size < tok.vocab_size:
+        raise UserError(
+            f"model vocab_size {config.model.vocab_size} is smaller than the data's tokenizer "
+            f"({tok.name}, {tok.vocab_size} tokens); set vocab_size={tok.vocab_size} or prepare the data "
+            "with another tokenizer"
+        )
+
+
+def batch_layout(model: GPT, data, cfg: TrainConfig, runtime: Runtime, say) -> BatchLayout:
+    """The run's batch layout; `micro_batch=auto` first searches the largest micro-batch that fits."""
+    world, micro = runtime.dist.world, cfg.micro_batch
+    if micro == "auto":
+        # Search up to the whole per-process batch (no accumulation), or 64 without a global batch.
+        per_rank = cfg.global_batch // world if cfg.global_batch else 64
+        micro = search_micro_batch(model, data, cfg, runtime, per_rank)
+    layout = BatchLayout.from_config(cfg, world=world, rank=runtime.dist.rank, micro_batch=micro)
+    if cfg.micro_batch == "auto":
+        say(f"micro_batch auto: {micro} fits; gradient accumulation {layout.grad_accum}")
+    return layout

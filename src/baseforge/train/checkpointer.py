@@ -1,0 +1,105 @@
+"""Checkpoints of a live run: where to resume from, the run dir's first writes, save and restore.
+
+The one place that picks a checkpoint's backend, for saving and loading alike: a sharded (FSDP) run
+writes and reads DCP shards (sharded.py); any other run the plain files of checkpoint.py. A checkpoint
+with shards loads into a sharded model or a plain one, at any world size; a sharded model needs one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from baseforge.config import RunConfig
+from baseforge.errors import UserError
+from baseforge.rundir import RunDir
+from baseforge.tokenizer import check_same_tokenizer
+from baseforge.train import checkpoint as ckpt
+from baseforge.train import sharded
+from baseforge.train.build import Run
+from baseforge.train.distributed import DistInfo, barrier
+from baseforge.train.metrics import record_resume, truncate_metrics
+from baseforge.train.rng import gather_rng_states, restore_rng
+from baseforge.train.state import RunState
+
+
+class Checkpointer:
+    def __init__(self, run_dir: RunDir, dist: DistInfo, say=print):
+        self.run_dir, self.dist, self.say = run_dir, dist, say
+
+    def resume_point(self, resume: bool, data) -> Path | None:
+        """The checkpoint to resume from (None: a fresh run), checked against the data's tokenizer; a
+        fresh run refuses a run dir that holds one already."""
+        if not resume:
+            if self.run_dir.has_checkpoint():
+                raise UserError(
+                    f"{self.run_dir.path} already holds a run; continue it with --resume, "
+                    "or choose another --out"
+                )
+            return None
+        path = ckpt.find_checkpoint(self.run_dir.path)
+        _, state = ckpt.read_checkpoint_meta(path)
+        where = f"the checkpoint {path}"
+        note = check_same_tokenizer(state["tokenizer"], data.tokenizer.record(), where, str(data.source))
+        if note:
+            self.say(f"note: {note}")
+        return path
+
+    def restore(self, path: Path, run: Run) -> RunState:
+        """Weights, optimizer, scaler and RNG states from checkpoint `path` into the live run; its RunState.
+
+        The run's config wins over the checkpoint for base_lr and weight_decay (Optimizers.load_state_dict,
+        sharded.load_sharded)."""
+        _, state = ckpt.read_checkpoint_meta(path)
+        trainer = ckpt.read_trainer_state(path)
+        plain, device = run.views.plain, run.runtime.device
+        if (path / sharded.DCP).is_dir():
+            sharded.load_sharded(path / sharded.DCP, plain, run.optimizers)
+        elif run.views.kind == "fsdp":
+            raise UserError(
+                f"{path} was written by a DDP run (no dcp/ folder); resume it with parallel=ddp, "
+                "or start the FSDP run from its weights with `baseforge finetune`"
+            )
+        else:
+            ckpt.load_model_tensors(plain, ckpt.read_model_tensors(path, device))
+            run.optimizers.load_state_dict(trainer["optimizers"])
+        if run.step.scaler is not None and trainer["scaler"] is not None:
+            run.step.scaler.load_state_dict(trainer["scaler"])
+        restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
+        return RunState.from_json(state)
+
+    def prepare_run_dir(self, config: RunConfig, source, *, resume: bool, step: int) -> None:
+        """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
+        if not self.dist.is_main:
+            return
+        self.run_dir.path.mkdir(parents=True, exist_ok=True)
+        ckpt.write_run_config(self.run_dir, config)
+        if isinstance(source, Path):
+            ckpt.write_data_record(self.run_dir, source)
+        if resume:
+            truncate_metrics(self.run_dir.path, step)
+            record_resume(self.run_dir.path, step)  # the report marks it
+            ckpt.discard_after(self.run_dir, step)
+        else:  # a run started again after dying before its first checkpoint: its rows are redone
+            truncate_metrics(self.run_dir.path, -1)
+
+    def save(self, run: Run, state: RunState) -> None:
+        """A checkpoint of the current step. Every rank takes part: each one's RNG state is gathered;
+        a sharded run's ranks each write their shards."""
+        rng = gather_rng_states(self.dist, run.runtime.device)
+        args = dict(
+            step=state.step,
+            config=run.config,
+            tokenizer=run.data.tokenizer,
+            state=state.to_json(),
+            keep_last=run.config.train.keep_last,
+            is_best=state.best_step == state.step,
+        )
+        scaler = run.step.scaler
+        if run.views.kind == "fsdp":
+            sharded.save_sharded(
+                self.run_dir, run.views.plain, run.optimizers, scaler, rng, self.dist, **args
+            )
+        elif self.dist.is_main:
+            trainer = ckpt.trainer_state(run.optimizers, scaler, rng)
+            ckpt.save_checkpoint(self.run_dir, model=run.views.plain, trainer=trainer, **args)
+        barrier(self.dist)

@@ -1,0 +1,47 @@
+"""Evaluation during training: the held-out loss on every rank, and the extra evaluators on rank 0."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from baseforge.model.loss import loss_sum
+from baseforge.train.build import Run
+from baseforge.train.distributed import all_reduce_sum
+
+# fn(model, tokenizer) -> {metric: value}: an in-training evaluation on rank 0 alone (launch.py makes them)
+Evaluator = Callable[..., dict]
+
+
+class Validator:
+    def __init__(self, run: Run, evaluators: dict[str, Evaluator] | None = None):
+        self.run = run
+        self.evaluators = evaluators or {}
+
+    def loss(self) -> float | None:
+        """Held-out loss on the fixed validation slice (model.loss's definition), token-weighted over all
+        ranks' shares of it; None without a validation split. A collective: every rank calls it."""
+        run, dist = self.run, self.run.runtime.dist
+        model = run.views.eval
+        model.eval()
+        batches = run.data.val_batches(
+            run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
+        )
+        total, count = loss_sum(model, batches, run.runtime.device, run.runtime.precision.autocast)
+        model.train()
+        total, count = all_reduce_sum([total, float(count)], dist, run.runtime.device)
+        return total / count if count else None
+
+    def extras(self) -> dict:
+        """Every evaluator's results as metrics-row fields ("hellaswag_acc", ...), on rank 0 ({} elsewhere).
+        A collective when there are evaluators (under FSDP rank 0 evaluates a gathered copy)."""
+        if not self.evaluators:
+            return {}
+        model = self.run.views.whole_on_main()
+        if model is None:
+            return {}
+        row = {}
+        for name, evaluate in self.evaluators.items():
+            for key, value in evaluate(model, self.run.data.tokenizer).items():
+                row[f"{name}_{key}"] = value
+        model.train()
+        return row
