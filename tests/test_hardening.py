@@ -15,7 +15,7 @@ import pytest
 
 from baseforge import fileio
 from baseforge.cli import main
-from baseforge.data.prepare import PrepareSpec, prepare, run_prepare
+from baseforge.data.prepare import prepare
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
 from baseforge.runlock import RunLock
@@ -146,8 +146,9 @@ def test_gpt2_hash_is_the_same_from_tiktoken_and_from_openais_files(shared_data,
 def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared_data, tmp_path, capsys):
     src = [str(shared_data / "corpora" / "tinyshakespeare.txt")]
     lines = []
-    spec = PrepareSpec(src, tmp_path / "d", "bpe:300", val_fraction=0.1, shard_tokens=20_000, workers=1)
-    m = run_prepare(spec, log=lines.append)
+    m = prepare(
+        src, tmp_path / "d", "bpe:300", val_fraction=0.1, shard_tokens=20_000, workers=1, log=lines.append
+    )
     whole = prepare(src, tmp_path / "all", "bpe:300", val_fraction=0.0, workers=1, log=quiet)
     assert m["held_out"] == "tail" and whole["held_out"] == "documents"
     assert m["splits"]["val"]["tokens"] == int(m["tokens"] * 0.1) > 20_000  # reaches back into written shards

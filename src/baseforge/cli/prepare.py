@@ -99,17 +99,17 @@ def budget_tokens(preset: str) -> int:
 
 
 def run(args) -> int:
-    from baseforge.data.prepare import PrepareSpec, run_prepare
+    from baseforge.data.prepare import prepare
     from baseforge.fileio import check_out_dir
 
     check_out_dir(args.out)  # before the budget's model is built
     max_train = budget_tokens(args.budget) if args.budget else None
     if max_train:
         print(f"budget: {max_train:,} training tokens for {args.budget}")
-    spec = PrepareSpec(
-        sources=args.sources,
-        out=args.out,
-        tokenizer=args.tokenizer,
+    prepare(
+        args.sources,
+        args.out,
+        args.tokenizer,
         pack=args.pack,
         context=args.context,
         val_fraction=args.val_fraction,
@@ -125,5 +125,4 @@ def run(args) -> int:
         include=tuple(args.include),
         overwrite=args.overwrite,
     )
-    run_prepare(spec)
     return 0

@@ -30,6 +30,7 @@ import torch
 
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
+from baseforge.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,6 @@ class TokenData:
     """
 
     def __init__(self, data_dir: Path | str, context: int, seed: int):
-        from baseforge.tokenizer import load_tokenizer
-
         self.source = Path(data_dir)
         manifest = read_manifest(self.source)
         self.tokenizer = load_tokenizer(manifest["tokenizer"], self.source)

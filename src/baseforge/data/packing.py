@@ -1,19 +1,20 @@
 """Packing tokenized documents into splits and shards: which document goes where, and the writes.
 
 `Router` sends each batch of documents to the train, val and test buffers (the held-out rule and
-the test slice are described in prepare.py); `SplitWriter` turns a split's buffer into numbered
-shards; `BackgroundWrites` writes them, in order, off the main thread.
+the test slice are described in prepare.py) and keeps the `Counts`; `SplitWriter` turns a split's
+buffer into numbered shards; `BackgroundWrites` writes them, in order, off the main thread.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from baseforge.data.shards import write_shard
+from baseforge.data.shards import read_shard, write_shard
 
 
 def held_out(i, fraction: float):
@@ -21,6 +22,34 @@ def held_out(i, fraction: float):
     if isinstance(i, np.ndarray):
         return ((i + 1) * fraction).astype(np.int64) > (i * fraction).astype(np.int64)
     return int((i + 1) * fraction) > int(i * fraction)
+
+
+@dataclass
+class Counts:
+    """What a prepare has read and routed so far; saved in its progress record (field order is the
+    record's key order) and reported in the manifest."""
+
+    pieces: int = 0
+    documents: int = 0
+    tokens: int = 0
+    held_out_tokens: int = 0
+    cropped_documents: int = 0
+    cropped_tokens: int = 0
+    binary_files: int = 0
+    first_binary: str = ""  # the first binary file skipped
+    val_from_tail: int = 0  # 1 when validation is the stream's tail (too few documents)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Counts:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+    def add_piece(self, binary: list[str]) -> None:
+        """One more piece read, with the binary files it skipped."""
+        self.pieces += 1
+        if binary:
+            self.binary_files += len(binary)
+            self.first_binary = self.first_binary or binary[0]
 
 
 class SplitWriter:
@@ -51,6 +80,17 @@ class SplitWriter:
         self.buffer, self.buffered = ([rest], len(rest)) if len(rest) else ([], 0)
         return rest
 
+    def take_tail(self, n: int) -> np.ndarray:
+        """Remove and return the split's last `n` tokens, reading back the written shards the tail
+        reaches into (they are written again by later flushes)."""
+        while self.buffered < n and self.shards:
+            last = self.shards.pop()
+            self.buffer.insert(0, np.array(read_shard(self.out_dir / last["file"])))
+            self.buffered += last["tokens"]
+        tokens = np.concatenate(self.buffer)
+        self.buffer, self.buffered = [tokens[:-n]], len(tokens) - n
+        return tokens[-n:]
+
     @property
     def tokens(self) -> int:
         return sum(s["tokens"] for s in self.shards)
@@ -73,7 +113,7 @@ class Router:
     def __init__(
         self,
         writers: dict,
-        counts: dict,
+        counts: Counts,
         crop: int | None,
         val_fraction: float,
         test_start: int,
@@ -88,19 +128,19 @@ class Router:
     def add_batch(self, flat: np.ndarray, lengths: np.ndarray) -> bool:
         """Route one batch; True once a token limit is reached (the batch is cut after that document)."""
         counts, train = self.counts, self.writers["train"]
-        held = held_out(counts["documents"] + np.arange(len(lengths)), self.val_fraction)
+        held = held_out(counts.documents + np.arange(len(lengths)), self.val_fraction)
         if self.crop:
             cut = lengths > self.crop
-            counts["cropped_documents"] += int(cut.sum())
-            counts["cropped_tokens"] += int((lengths - self.crop)[cut].sum())
+            counts.cropped_documents += int(cut.sum())
+            counts.cropped_tokens += int((lengths - self.crop)[cut].sum())
             starts = np.cumsum(lengths) - lengths
             flat = flat[np.arange(len(flat)) - np.repeat(starts, lengths) < self.crop]
             lengths = np.minimum(lengths, self.crop)
         done, keep = self._limit(lengths, held)
         if keep < len(lengths):
             flat, lengths, held = flat[: int(lengths[:keep].sum())], lengths[:keep], held[:keep]
-        counts["documents"] += keep
-        counts["tokens"] += int(lengths.sum())
+        counts.documents += keep
+        counts.tokens += int(lengths.sum())
         if not held.any():
             train.add(flat)
             train.documents += keep
@@ -117,7 +157,7 @@ class Router:
         """(limit reached?, documents of this batch to keep): stop after the document that reaches it."""
         reached = []
         if self.max_tokens:
-            reached.append(self.counts["tokens"] + np.cumsum(lengths) >= self.max_tokens)
+            reached.append(self.counts.tokens + np.cumsum(lengths) >= self.max_tokens)
         if self.max_train_tokens:
             train = self.writers["train"]
             reached.append(
@@ -129,8 +169,8 @@ class Router:
     def hold_out(self, doc: np.ndarray) -> None:
         """Held-out tokens [test_start, test_start + test_tokens) go to test, the rest to val."""
         counts, writers = self.counts, self.writers
-        pos = counts["held_out_tokens"]
-        counts["held_out_tokens"] += len(doc)
+        pos = counts.held_out_tokens
+        counts.held_out_tokens += len(doc)
         lo, hi = self.test_start, self.test_start + self.test_tokens
         a, b = max(pos, lo), min(pos + len(doc), hi)
         if self.test_tokens and a < b:
@@ -143,6 +183,16 @@ class Router:
         else:
             writers["val"].add(doc)
             writers["val"].documents += 1
+
+    def val_from_tail(self, fraction: float) -> int:
+        """Hold out the last `fraction` of the token stream (for a corpus of too few documents for the
+        held-out rule); returns the number of tokens held out (0: the fraction is under one token)."""
+        n = int(self.counts.tokens * fraction)
+        if n < 1:
+            return 0
+        self.hold_out(self.writers["train"].take_tail(n))
+        self.counts.val_from_tail = 1
+        return n
 
 
 class BackgroundWrites:

@@ -1,9 +1,9 @@
 """`prepare`: documents -> token ids (in worker processes) -> packed, split, fixed-size shards.
 
 Streaming: each source is cut into pieces (a parquet row group, a megabyte of jsonl lines, a group
-of text files; see sources.py) that worker processes read and tokenize; their results come back
-in order (a bounded window of pieces in flight) and are written shard by shard, so memory stays
-flat however large the corpus, and the output is byte-identical for any number of workers.
+of text files; see sources.py) that worker processes read and tokenize (workers.py); their results
+come back in order (a bounded window of pieces in flight) and are written shard by shard, so memory
+stays flat however large the corpus, and the output is byte-identical for any number of workers.
 
 Splits: document i is held out when floor((i+1)*f) > floor(i*f) for f = val_fraction (exactly a
 fraction f of the documents, spread evenly). Held-out tokens go to `val`, except the optional fixed
@@ -16,89 +16,36 @@ no documents, or only empty ones, is an error.
 
 Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
 `crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
-that drops. Whenever a train shard is full, the held-out buffers are flushed too and a progress
-record is saved, so an interrupted prepare resumes from its last complete shard.
+that drops (routing and counts: packing.py). Whenever a train shard is full, the held-out buffers
+are flushed too and a progress record is saved, so an interrupted prepare resumes from its last
+complete shard (resume.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
-import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from baseforge.data.packing import BackgroundWrites, Router, SplitWriter, held_out
-from baseforge.data.shards import MANIFEST, VERSION, read_shard, token_dtype, write_manifest
-from baseforge.data.sources import open_source, preload_readers
+from baseforge.data import resume
+from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
+from baseforge.data.shards import MANIFEST, VERSION, write_manifest
+from baseforge.data.sources import open_source
+from baseforge.data.workers import encoded_pieces
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_path, atomic_write_text, check_out_dir, output_dir
+from baseforge.fileio import check_out_dir, output_dir
+from baseforge.progress import Progress
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
-PROGRESS = ".prepare-progress.json"
-PENDING = ".prepare-pending-{}.npy"  # train tokens past the last full shard; numbered by that shard
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
 
 
-# --- worker side ------------------------------------------------------------------------------------
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(record: dict, directory: str) -> None:
-    global _worker_tokenizer
-    if _worker_tokenizer is None:  # forked workers inherit the main process's (loading GPT-2's takes 0.3 s)
-        _worker_tokenizer = load_tokenizer(record, Path(directory))
-
-
-def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """All documents' ids, each followed by end-of-text, as one array, plus each document's length.
-
-    One numpy array crosses the process boundary instead of lists of Python ints: pickling those
-    cost the parent more than tokenizing cost a worker.
-    """
-    eot = np.array([tok.eot_id], dtype=np.uint32)
-    arrays = tok.encode_arrays(docs)
-    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)) + 1
-    flat = np.concatenate([x for ids in arrays for x in (ids, eot)], dtype=token_dtype(tok.vocab_size))
-    return flat, lengths
-
-
-def read_and_encode(tok: Tokenizer, piece) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The piece's ids and document lengths (see encode_documents), and the binary files it skipped."""
-    docs = piece.read()
-    binary = getattr(piece, "binary", [])  # only text files can be binary
-    if not docs:
-        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary
-    return (*encode_documents(tok, docs), binary)
-
-
-def _encode(piece) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    return read_and_encode(_worker_tokenizer, piece)
-
-
-def _in_order(pool, tasks, ahead: int):
-    """Worker results in task order, with at most `ahead` tasks in flight.
-
-    Pool.imap would read the whole input ahead (its feeder thread has no bound) and queue every
-    result the parent has not consumed yet; this keeps memory flat however large the corpus.
-    """
-    pending = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(_encode, (task,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-# --- the pipeline -------------------------------------------------------------------------------------
 def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
     kind, size = parse_spec(spec)
     if kind == "gpt2":
@@ -183,16 +130,13 @@ class PrepareSpec:
 def prepare(
     sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, log=print, **options
 ) -> dict:
-    """`run_prepare` with the spec's fields as keyword arguments (see PrepareSpec)."""
-    return run_prepare(PrepareSpec(list(sources), Path(out_dir), tokenizer, **options), log=log)
-
-
-def run_prepare(spec: PrepareSpec, log=print) -> dict:
-    """Tokenize `spec.sources` into a data dir; returns its manifest (see shards.py for the format).
+    """Tokenize `sources` into a data dir; returns its manifest (see shards.py for the format).
+    `options`: the other fields of PrepareSpec, by name.
 
     Every argument and path is checked before any work; a prepare that fails removes the folders
     it made, unless it got far enough to leave a progress record to resume from.
     """
+    spec = PrepareSpec(list(sources), Path(out_dir), tokenizer, **options)
     spec.check()
     out = check_out_dir(spec.out)
     args = spec.key_args()
@@ -213,13 +157,13 @@ def run_prepare(spec: PrepareSpec, log=print) -> dict:
         )
         for s in spec.sources
     ]
-    with output_dir(out, keep=lambda path: (path / PROGRESS).exists()):
+    with output_dir(out, keep=resume.has_progress):
         (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
         return _prepare(spec, out, key, args, opened, log)
 
 
 def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
-    progress = _read_progress(out, key) if not spec.overwrite else None
+    progress = resume.read_progress(out, key) if not spec.overwrite else None
     if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
     else:
@@ -228,12 +172,12 @@ def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
         s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
         for s in ("train", "val", "test")
     }
-    counts = {**NEW_COUNTS, **(progress or {}).get("counts", {})}
+    counts = Counts.from_record((progress or {}).get("counts", {}))
     if progress:
         pending = np.load(out / progress["pending"])
         if len(pending):
             writers["train"].add(pending)
-        log(f"resuming: {counts['documents']} documents and {counts['tokens']} tokens already done")
+        log(f"resuming: {counts.documents} documents and {counts.tokens} tokens already done")
     router = Router(
         writers,
         counts,
@@ -247,8 +191,8 @@ def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
     meter = _Meter(log, spec.max_tokens or spec.max_train_tokens)
     _tokenize(spec, out, key, tok, opened, router, meter)
     _check_not_empty(spec, counts)
-    if spec.val_fraction > 0 and counts["held_out_tokens"] == 0:
-        _val_from_tail(out, router, spec.val_fraction, log)
+    if spec.val_fraction > 0 and counts.held_out_tokens == 0:
+        _val_from_tail(router, spec.val_fraction, log)
     jobs = []
     while writers["train"].buffered:
         writers["train"].flush(jobs, spec.shard_tokens)
@@ -264,160 +208,59 @@ def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
         "pack": spec.pack,
         "context": spec.context,
         "sources": list(spec.sources),
-        "documents": counts["documents"],
-        "tokens": counts["tokens"],
+        "documents": counts.documents,
+        "tokens": counts.tokens,
         "splits": splits,
-        "held_out": "tail" if counts["val_from_tail"] else "documents",
-        "skipped": {"binary_files": counts["binary_files"], "first": counts["first_binary"] or None},
-        "cropped": {"documents": counts["cropped_documents"], "tokens": counts["cropped_tokens"]},
+        "held_out": "tail" if counts.val_from_tail else "documents",
+        "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
+        "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
         "args_key": key,
         "args": args,
     }
     write_manifest(out, manifest)
-    for stale in [out / PROGRESS, *out.glob(PENDING.format("*"))]:
-        stale.unlink(missing_ok=True)
-    _remove_stale_shards(out, splits)
+    resume.clear(out, splits)
     meter.finish(counts, splits, spec.pack)
     return {"format": "baseforge-tokens", "version": VERSION, **manifest}
-
-
-NEW_COUNTS = {
-    "pieces": 0,
-    "documents": 0,
-    "tokens": 0,
-    "held_out_tokens": 0,
-    "cropped_documents": 0,
-    "cropped_tokens": 0,
-    "binary_files": 0,
-    "first_binary": "",
-    "val_from_tail": 0,
-}
 
 
 def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:
     """Read, tokenize and route every piece (workers when asked), writing full train shards as they fill."""
     counts, writers = router.counts, router.writers
     workers = max(1, spec.workers or os.cpu_count() or 1)
-    tasks = islice((piece for source in opened for piece in source.pieces()), counts["pieces"], None)
-    pool = None
-    if workers > 1:
-        global _worker_tokenizer
-        _worker_tokenizer = tok
-        preload_readers()
-        ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.record(), str(out)))
-        _worker_tokenizer = None
-        results = _in_order(pool, tasks, ahead=4 * workers)
-    else:
-        results = (read_and_encode(tok, piece) for piece in tasks)
+    pieces = islice((piece for source in opened for piece in source.pieces()), counts.pieces, None)
     disk = BackgroundWrites()
     try:
-        for flat, lengths, binary in results:
-            done = router.add_batch(flat, lengths)
-            counts["pieces"] += 1
-            if binary:
-                counts["binary_files"] += len(binary)
-                counts["first_binary"] = counts["first_binary"] or binary[0]
-            while writers["train"].buffered >= spec.shard_tokens:
-                disk.run(_checkpoint(out, key, tok, writers, counts, spec.shard_tokens))
-            meter.update(counts["documents"], counts["tokens"])
-            if done:
-                break
+        with encoded_pieces(tok, pieces, workers, out) as results:
+            for flat, lengths, binary in results:
+                done = router.add_batch(flat, lengths)
+                counts.add_piece(binary)
+                while writers["train"].buffered >= spec.shard_tokens:
+                    disk.run(resume.commit_shard(out, key, tok, writers, counts, spec.shard_tokens))
+                meter.update(counts.documents, counts.tokens)
+                if done:
+                    break
     finally:
-        if pool is not None:
-            pool.terminate()
         disk.close()
 
 
-def _check_not_empty(spec: PrepareSpec, counts: dict) -> None:
+def _check_not_empty(spec: PrepareSpec, counts: Counts) -> None:
     """No documents, or only empty ones (each just its end-of-text), is an error, not a tiny corpus."""
-    if counts["tokens"] > counts["documents"]:
+    if counts.tokens > counts.documents:
         return
-    binary = counts["binary_files"]
-    skipped = f" ({binary} binary file(s) skipped, first {counts['first_binary']})" if binary else ""
-    what = "only empty documents" if counts["documents"] else "no documents"
+    binary = counts.binary_files
+    skipped = f" ({binary} binary file(s) skipped, first {counts.first_binary})" if binary else ""
+    what = "only empty documents" if counts.documents else "no documents"
     raise UserError(f"the input is empty: {what} in {', '.join(spec.sources)}{skipped}; give text files")
 
 
-def _val_from_tail(out: Path, router, fraction: float, log) -> None:
-    """Hold out the last `fraction` of the token stream: the document rule picked no document (too few).
-
-    The tail may reach back into train shards already written: they are read back and rewritten.
-    """
-    counts, train = router.counts, router.writers["train"]
-    n = int(counts["tokens"] * fraction)
-    if n < 1:
-        return
-    while train.buffered < n and train.shards:
-        last = train.shards.pop()
-        train.buffer.insert(0, np.array(read_shard(out / last["file"])))
-        train.buffered += last["tokens"]
-    tokens = np.concatenate(train.buffer)
-    train.buffer, train.buffered = [tokens[:-n]], len(tokens) - n
-    router.hold_out(tokens[-n:])
-    counts["val_from_tail"] = 1
-    log(
-        f"held out: {counts['documents']:,} document(s) are too few for --val-fraction {fraction:g} "
-        f"(1 in {1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
-    )
-
-
-def _checkpoint(out, key, tok, writers, counts, shard_tokens) -> list:
-    """The writes of a full train shard, the held-out buffers and a progress record (for resume), in order."""
-    jobs = []
-    rest = writers["train"].flush(jobs, shard_tokens)
-    for split in ("val", "test"):
-        writers[split].flush(jobs)
-    # The pending file is named after the shard count and written first, so a kill between the two
-    # writes leaves the previous progress record pointing at the previous (intact) pending file.
-    pending = PENDING.format(len(writers["train"].shards))
-    rest = rest if rest is not None else np.zeros(0, dtype=token_dtype(tok.vocab_size))
-    progress = json.dumps(
-        {
-            "args_key": key,
-            "tokenizer": tok.record(),
-            "counts": counts,
-            "pending": pending,
-            "splits": {s: w.state() for s, w in writers.items()},
-        },
-        indent=2,
-    )  # as of now
-
-    def save_pending():
-        with atomic_path(out / pending) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, rest)
-
-    def record_progress():
-        atomic_write_text(out / PROGRESS, progress + "\n")
-        for old in out.glob(PENDING.format("*")):
-            if old.name != pending:
-                old.unlink()
-
-    return jobs + [save_pending, record_progress]
-
-
-def _read_progress(out: Path, key: str) -> dict | None:
-    try:
-        progress = json.loads((out / PROGRESS).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if (
-        progress.get("args_key") != key
-        or "pieces" not in progress.get("counts", {})
-        or not (out / progress.get("pending", "-")).is_file()
-    ):
-        return None  # another prepare's leftovers: start over
-    return progress
-
-
-def _remove_stale_shards(out: Path, splits: dict) -> None:
-    keep = {s["file"] for entry in splits.values() for s in entry["shards"]}
-    for path in out.glob("*_[0-9][0-9][0-9][0-9][0-9][0-9].bin"):
-        if path.name not in keep:
-            path.unlink()
-    for tmp in out.glob(".*.tmp"):  # half-written files of a killed run (see fileio.atomic_path)
-        tmp.unlink()
+def _val_from_tail(router: Router, fraction: float, log) -> None:
+    """Validation from the stream's tail: the document rule picked no document (too few of them)."""
+    n, docs = router.val_from_tail(fraction), router.counts.documents
+    if n:
+        log(
+            f"held out: {docs:,} document(s) are too few for --val-fraction {fraction:g} (1 in "
+            f"{1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
+        )
 
 
 class _Meter:
@@ -425,8 +268,6 @@ class _Meter:
     when the token budget is known) and the closing summary."""
 
     def __init__(self, log, total_tokens: int | None, every_s: float = 5.0):
-        from baseforge.progress import Progress
-
         self.log = log
         self.start = time.monotonic()
         self.bar = Progress(total_tokens, "prepare", "tok", every_s=every_s, scale=True)
@@ -434,23 +275,23 @@ class _Meter:
     def update(self, docs: int, tokens: int) -> None:
         self.bar.update(tokens - self.bar.n, documents=f"{docs:,}")
 
-    def finish(self, counts, splits, pack) -> None:
+    def finish(self, counts: Counts, splits, pack) -> None:
         self.bar.close()
         seconds = time.monotonic() - self.start
         sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
         self.log(
-            f"prepared {counts['documents']:,} documents, {counts['tokens']:,} tokens ({sizes}) "
-            f"in {seconds:.1f}s ({counts['tokens'] / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)"
+            f"prepared {counts.documents:,} documents, {counts.tokens:,} tokens ({sizes}) "
+            f"in {seconds:.1f}s ({counts.tokens / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)"
         )
-        if counts["binary_files"]:
+        if counts.binary_files:
             self.log(
-                f"skipped {counts['binary_files']:,} binary file(s) (NUL bytes or mostly not UTF-8), "
-                f"first: {counts['first_binary']}"
+                f"skipped {counts.binary_files:,} binary file(s) (NUL bytes or mostly not UTF-8), "
+                f"first: {counts.first_binary}"
             )
         if pack == "crop":
-            total = counts["tokens"] + counts["cropped_tokens"]
+            total = counts.tokens + counts.cropped_tokens
             self.log(
-                f"crop dropped {counts['cropped_tokens']:,} tokens "
-                f"({100 * counts['cropped_tokens'] / max(total, 1):.1f}%) "
-                f"from {counts['cropped_documents']:,} documents longer than the context"
+                f"crop dropped {counts.cropped_tokens:,} tokens "
+                f"({100 * counts.cropped_tokens / max(total, 1):.1f}%) "
+                f"from {counts.cropped_documents:,} documents longer than the context"
             )

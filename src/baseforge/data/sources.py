@@ -26,6 +26,7 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from baseforge.data.hub import hub_files
 from baseforge.errors import UserError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
@@ -305,8 +306,6 @@ def open_source(
     if spec == "builtin":
         return Source("builtin", builtin_files())
     if spec in ("fineweb", "fineweb-edu") or spec.startswith("hf:"):
-        from baseforge.data.hub import hub_files
-
         return Source(spec, hub_files(spec, local=local, sample=sample, max_files=max_files), text_column)
     if local:
         raise UserError("--local applies to Hub sources (fineweb, fineweb-edu, hf:OWNER/NAME) only")
