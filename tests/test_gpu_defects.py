@@ -408,6 +408,7 @@ def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path
 
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
+    from baseforge.train.validate import Validator
     from helpers import TINY
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))

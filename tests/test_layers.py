@@ -20,7 +20,14 @@ SRC = ROOT / "src"
 PACKAGE = SRC / "baseforge"
 # Bottom to top; a module may import its own layer and the ones below, never one above.
 LAYERS = [
-    {"baseforge", "baseforge.errors", "baseforge.fileio", "baseforge.progress", "baseforge.runlock", "baseforge.rundir"},
+    {
+        "baseforge",
+        "baseforge.errors",
+        "baseforge.fileio",
+        "baseforge.progress",
+        "baseforge.runlock",
+        "baseforge.rundir",
+    },
     {"baseforge.hardware", "baseforge.tokenizer", "baseforge.presets"},
     {"baseforge.model"},
     {"baseforge.config", "baseforge.data", "baseforge.generate"},
