@@ -10,6 +10,7 @@ import torch
 
 from baseforge.config import describe_keys, load_run_config, resolve_config, resume_config
 from baseforge.data.prepare import prepare
+from baseforge.data.shards import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
 from baseforge.launch import dry_run_report, evaluators, init_from, resume_data
@@ -104,7 +105,7 @@ def run(args) -> int:
         data = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
     else:
         data = args.data or DEMO_DATA
-    if data == DEMO_DATA and not (data / "manifest.json").is_file():
+    if data == DEMO_DATA and not (data / MANIFEST).is_file():
         print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
         prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
     config = run_config(args, out)

@@ -7,6 +7,7 @@ LR schedule, the fp16 scaler and exact resume treat them alike.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -79,12 +80,18 @@ class Optimizers:
         if set(state) != set(self.optimizers):
             raise ValueError(f"checkpoint has optimizers {sorted(state)}, run has {sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
-            # The run's config wins over the checkpoint for the hyperparameters (so --set lr=...
-            # on --resume takes effect); the moments and step counts come from the checkpoint.
-            keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
-            opt.load_state_dict(state[name])
-            for group, values in zip(opt.param_groups, keep):
-                group.update(values)
+            with run_hyperparameters_kept(opt):
+                opt.load_state_dict(state[name])
+
+
+@contextlib.contextmanager
+def run_hyperparameters_kept(opt: torch.optim.Optimizer):
+    """Around loading an optimizer's state: the run's config wins over the checkpoint for base_lr and
+    weight_decay (so --set lr=... on --resume takes effect); moments and step counts are the checkpoint's."""
+    keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
+    yield
+    for group, values in zip(opt.param_groups, keep):
+        group.update(values)
 
 
 def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizers:

@@ -50,6 +50,7 @@ from baseforge.model import GPT
 from baseforge.rundir import RunDir
 from baseforge.train import checkpoint as ckpt
 from baseforge.train.distributed import DistInfo, barrier
+from baseforge.train.optim import run_hyperparameters_kept
 
 DCP = "dcp"
 
@@ -131,16 +132,14 @@ def save_sharded(run: RunDir, model, optimizers, scaler, rng: list[dict], info: 
 def load_sharded(path: Path, model: torch.nn.Module, optimizers) -> None:
     """Weights and optimizer states from a dcp/ folder into a live model (sharded or not), resharded to it.
 
-    The run's config wins over the checkpoint for base_lr and weight_decay, as in Optimizers.load_state_dict.
+    The run's config wins over the checkpoint for base_lr and weight_decay (optim.run_hyperparameters_kept).
     """
     state = _sharded_state(model, optimizers)
     _load(state, path, no_dist=not dist.is_initialized())
     set_model_state_dict(model, state["model"])
     for name, opt in optimizers.optimizers.items():
-        keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
-        set_optimizer_state_dict(model, opt, state[f"optim.{name}"])
-        for group, values in zip(opt.param_groups, keep):
-            group.update(values)
+        with run_hyperparameters_kept(opt):
+            set_optimizer_state_dict(model, opt, state[f"optim.{name}"])
 
 
 def _load(state: dict, path: Path, no_dist: bool) -> None:
