@@ -205,3 +205,22 @@ def test_prepare_budget_is_the_presets_token_budget():
     from baseforge.cli.prepare import budget_tokens
 
     assert budget_tokens("gpt2-small-seed") == 20 * 163_009_536  # the write-up's 3.26B tokens
+
+
+def test_run_dir_names_every_path_and_checkpoint_names_round_trip(tmp_path):
+    from baseforge.rundir import RunDir, step_name, step_of
+
+    run = RunDir(tmp_path / "run")
+    assert run.checkpoint(1000) == tmp_path / "run" / "checkpoints" / "step_0001000"
+    assert step_of(step_name(12_345_678)) == 12_345_678 and step_of("step_0001000") == 1000
+    assert step_of(".step_0001000.tmp") is None and step_of("step_12") is None and step_of("notes") is None
+    assert {p.name for p in (run.config, run.metrics, run.summary, run.sample, run.data_record)} == {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "sample.txt",
+        "data.json",
+    }
+    with pytest.raises(ValueError):
+        run.pointer("../elsewhere")
+    assert not run.has_checkpoint() and not (tmp_path / "run").exists()  # naming touches nothing
