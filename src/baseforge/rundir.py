@@ -9,6 +9,8 @@
     RUN/checkpoints/latest       text file: the name of the newest complete checkpoint
     RUN/checkpoints/best         text file: the one with the lowest validation loss
     RUN/checkpoints/step_0001000/  one checkpoint (train/checkpoint.py documents its files)
+    RUN/discarded/               what a resume from an earlier step set aside: later checkpoints,
+                                 metrics rows (metrics-after-step-N.jsonl); nothing is deleted
 
 Building a RunDir touches nothing; it names paths, and says whether a run is there.
 """
@@ -70,6 +72,10 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def discarded(self) -> Path:
+        return self.path / "discarded"
 
     def pointer(self, which: str) -> Path:
         """checkpoints/latest or checkpoints/best: a text file naming one checkpoint folder."""

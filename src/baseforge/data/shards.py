@@ -30,6 +30,7 @@ import numpy as np
 
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_path, atomic_write_json
+from baseforge.records import inside
 
 MAGIC = b"BFTOKENS"
 VERSION = 1
@@ -116,7 +117,9 @@ def split_shards(data_dir: Path | str, manifest: dict, split: str) -> list[np.nd
         raise UserError(f"data dir {data_dir} has no {split!r} split (it has: {', '.join(splits) or 'none'})")
     out = []
     for entry in splits[split]["shards"]:
-        tokens = read_shard(Path(data_dir) / entry["file"])
+        tokens = read_shard(
+            inside(Path(data_dir), entry.get("file"), f"{Path(data_dir) / MANIFEST} shard file")
+        )
         if len(tokens) != entry["tokens"]:
             raise UserError(
                 f"shard {Path(data_dir) / entry['file']} has {len(tokens)} tokens but the "

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from baseforge.config import RunConfig, load_run_config
@@ -38,6 +40,7 @@ from baseforge.data.shards import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
+from baseforge.records import count, excerpt, read_json, text
 from baseforge.rundir import RunDir, step_of
 from baseforge.tokenizer import Tokenizer, load_tokenizer
 from baseforge.train import statefile
@@ -45,6 +48,7 @@ from baseforge.train.rng import rng_state
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
+MAX_VOCAB = 1 << 24  # a tokenizer larger than this is not one baseforge wrote
 TRAINER_TENSORS, TRAINER_JSON = "trainer.safetensors", "trainer.json"
 
 
@@ -61,9 +65,18 @@ def drop_tied_head(tensors: dict[str, torch.Tensor], config) -> dict[str, torch.
 
 
 def load_model_tensors(model: GPT, tensors: dict[str, torch.Tensor]) -> None:
-    if model.config.tie_weights:
+    if model.config.tie_weights and "transformer.wte.weight" in tensors:
         tensors = {**tensors, "lm_head.weight": tensors["transformer.wte.weight"]}
     model.load_state_dict(tensors, strict=True)
+
+
+def load_checked(model: GPT, tensors: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """load_model_tensors, with weights that do not fit the model (names, shapes) one line."""
+    try:
+        load_model_tensors(model, tensors)
+    except RuntimeError as exc:
+        first = str(exc).replace("\n", " ").replace("\t", "")
+        raise UserError(f"the weights in {ckpt} do not fit its config ({excerpt(first, 160)})") from None
 
 
 def save_checkpoint(
@@ -114,10 +127,21 @@ def save_checkpoint(
 
 
 def _pointer(root: Path, which: str) -> str | None:
-    try:
-        return (root / which).read_text().strip() or None
-    except FileNotFoundError:
+    """The checkpoint folder a pointer names (None: no pointer); only a step_NNNNNNN name beside it."""
+    path = root / which
+    if path.is_symlink():
+        raise UserError(
+            f"{path} is a symlink; a checkpoint pointer is a plain file naming a folder beside it"
+        )
+    if not path.is_file():
         return None
+    name = path.read_bytes()[:256].decode("utf-8", errors="replace").strip()
+    if name and step_of(name) is None:
+        raise UserError(
+            f"{path} names {excerpt(name)}, not a checkpoint folder (step_NNNNNNN) beside it; "
+            "point it at one, or pick a checkpoint dir explicitly"
+        )
+    return name or None
 
 
 def checkpoint_steps(run: RunDir) -> list[Path]:
@@ -137,14 +161,29 @@ def prune(run: RunDir, keep_last: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def discard_after(run: RunDir, step: int) -> None:
-    """On resume from `step`: checkpoints of later steps belong to an abandoned future; remove them."""
+def discard_after(run: RunDir, step: int) -> list[Path]:
+    """On resume from `step`: checkpoints of later steps belong to an abandoned future. They are moved
+    aside into RUN/discarded/ (not deleted: the user decides); returns where they went."""
+    moved = []
     for path in checkpoint_steps(run):
         if step_of(path.name) > step:
-            shutil.rmtree(path, ignore_errors=True)
+            target = _free_name(run.discarded / path.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            moved.append(target)
     best = _pointer(run.checkpoints, "best")
     if best and not (run.checkpoints / best).is_dir():
         run.pointer("best").unlink()
+    return moved
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path.2`, `path.3`, ... where an earlier discard already used the name."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def find_checkpoint(path: Path | str, which: str = "latest") -> Path:
@@ -167,16 +206,41 @@ def find_checkpoint(path: Path | str, which: str = "latest") -> Path:
 
 
 def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
+    """(config, state.json) of a checkpoint, each checked: the state's step is its folder's, its tokenizer
+    record whole (name, size, content hash)."""
     config = load_run_config(ckpt)
-    try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint {ckpt} is incomplete or corrupt ({exc})") from None
+    path = ckpt / STATE_FILE
+    state = read_json(path, "checkpoint state")
+    step = count(state, "step", path)
+    named = step_of(ckpt.name)
+    if named is not None and named != step:
+        raise UserError(
+            f"{path}: step is {step} but the folder is {ckpt.name}: the checkpoint was edited or moved; "
+            "resume from another one"
+        )
+    count(state, "tokens", path, optional=True)
+    tok = state.get("tokenizer")
+    if not isinstance(tok, dict):
+        raise UserError(f"{path}: tokenizer is {excerpt(tok)}, not a tokenizer record; corrupt checkpoint")
+    where = path.with_name(f"{STATE_FILE} tokenizer")
+    text(tok, "name", where)
+    count(tok, "vocab_size", where, low=1, high=MAX_VOCAB)
+    text(tok, "sha256", where)  # the tokenizer's identity: required, never skipped
     return config, state
 
 
 def read_model_tensors(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt / MODEL_FILE), device=str(device))
+    path = ckpt / MODEL_FILE
+    if path.is_symlink():
+        raise UserError(
+            f"{path} is a symlink; baseforge loads weights only from a plain file in the checkpoint"
+        )
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(
+            f"{path} is not readable safetensors ({excerpt(str(exc), 80)}); it is torn or corrupt"
+        ) from None
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu", which: str = "latest"):
@@ -184,10 +248,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
     ckpt = find_checkpoint(path, which)
     config, state = read_checkpoint_meta(ckpt)
     model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
-    try:
-        load_model_tensors(model, read_model_tensors(ckpt))
-    except Exception as exc:
-        raise UserError(f"cannot load weights from {ckpt}: {exc}") from None
+    load_checked(model, read_model_tensors(ckpt), ckpt)
     tokenizer = load_tokenizer(state["tokenizer"], ckpt)
     model.to(device).eval()
     return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
@@ -210,14 +271,21 @@ def read_trainer_state(ckpt: Path) -> dict:
             f"{ckpt} was written by an older baseforge: its trainer.pt is a pickle, which baseforge no "
             "longer loads (a pickle can run code). Its weights still load (sample, eval, export, finetune)"
         )
+    skeleton = read_json(ckpt / TRAINER_JSON, "trainer state")
+    if (ckpt / TRAINER_TENSORS).is_symlink():
+        raise UserError(f"{ckpt / TRAINER_TENSORS} is a symlink; resume from another checkpoint")
     try:
-        skeleton = json.loads((ckpt / TRAINER_JSON).read_text())
-        tensors = load_file(str(ckpt / TRAINER_TENSORS))
-        return statefile.decode(skeleton, tensors)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, OSError) as exc:
+        state = statefile.decode(skeleton, load_file(str(ckpt / TRAINER_TENSORS)))
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(
-            f"checkpoint {ckpt} has no readable trainer state ({exc}); resume from another one"
+            f"checkpoint {ckpt} has no readable trainer state "
+            f"({type(exc).__name__}: {excerpt(str(exc), 80)}); resume from another one"
         ) from None
+    if not isinstance(state, dict) or not {"optimizers", "scaler", "rng"} <= set(state):
+        raise UserError(
+            f"{ckpt / TRAINER_JSON} lacks optimizers, scaler or rng; resume from another checkpoint"
+        )
+    return state
 
 
 def data_fingerprint(source: Path) -> str | None:
@@ -233,7 +301,13 @@ def write_data_record(run: RunDir, source: Path) -> None:
 
 
 def read_data_record(run: RunDir) -> dict | None:
-    return json.loads(run.data_record.read_text()) if run.data_record.is_file() else None
+    """RUN/data.json ({"path", "manifest_sha256"}), checked; None for a run that does not record its data."""
+    if not run.data_record.exists() and not run.data_record.is_symlink():
+        return None
+    record = read_json(run.data_record, "data record")
+    text(record, "path", run.data_record)
+    text(record, "manifest_sha256", run.data_record, optional=True)
+    return record
 
 
 def write_run_config(run: RunDir, config: RunConfig) -> None:

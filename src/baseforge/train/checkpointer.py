@@ -60,12 +60,12 @@ class Checkpointer:
                 "or start the FSDP run from its weights with `baseforge finetune`"
             )
         else:
-            ckpt.load_model_tensors(plain, ckpt.read_model_tensors(path, device))
-            run.optimizers.load_state_dict(trainer["optimizers"])
+            ckpt.load_checked(plain, ckpt.read_model_tensors(path, device), path)
+            run.optimizers.load_state_dict(trainer["optimizers"], path)
         if run.step.scaler is not None and trainer["scaler"] is not None:
             run.step.scaler.load_state_dict(trainer["scaler"])
         restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
-        return RunState.from_json(state)
+        return RunState.from_json(state, path / ckpt.STATE_FILE)
 
     def prepare_run_dir(self, config: RunConfig, source, *, resume: bool, step: int) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
@@ -75,10 +75,16 @@ class Checkpointer:
         ckpt.write_run_config(self.run_dir, config)
         if isinstance(source, Path):
             ckpt.write_data_record(self.run_dir, source)
-        if resume:
-            truncate_metrics(self.run_dir.path, step)
+        if resume:  # the checkpoint is loaded and checked by now: only then is anything set aside
+            rows = truncate_metrics(self.run_dir.path, step, set_aside=True)
             record_resume(self.run_dir.path, step)  # the report marks it
-            ckpt.discard_after(self.run_dir, step)
+            moved = ckpt.discard_after(self.run_dir, step)
+            if rows or moved:
+                names = ", ".join(p.name for p in moved) or "no checkpoints"
+                self.say(
+                    f"resuming from step {step}: set aside what came after it in {self.run_dir.discarded} "
+                    f"({names}; {rows} metrics rows)"
+                )
         else:  # a run started again after dying before its first checkpoint: its rows are redone
             truncate_metrics(self.run_dir.path, -1)
 

@@ -28,10 +28,19 @@ def read_metrics(run_dir: Path | str) -> list[dict]:
     return read_append_log(RunDir(run_dir).metrics)
 
 
-def truncate_metrics(run_dir: Path | str, step: int) -> None:
-    """On resume: drop rows logged after the checkpoint we resume from (they will be redone)."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    atomic_write_text(RunDir(run_dir).metrics, "".join(json.dumps(r) + "\n" for r in rows))
+def truncate_metrics(run_dir: Path | str, step: int, set_aside: bool = False) -> int:
+    """On resume: drop rows logged after the checkpoint we resume from (they will be redone); with
+    `set_aside`, they are kept in RUN/discarded/metrics-after-step-N.jsonl. Returns how many went."""
+    run = RunDir(run_dir)
+    rows = read_metrics(run_dir)
+    kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
+    dropped = [r for r in rows if r not in kept]
+    if set_aside and dropped:
+        aside = run.discarded / f"metrics-after-step-{step}.jsonl"
+        atomic_write_text(aside, "".join(json.dumps(r) + "\n" for r in dropped))
+    # Always rewritten: a torn last line (a kill mid-append) must not join the next row.
+    atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+    return len(dropped)
 
 
 def record_resume(run_dir: Path | str, step: int) -> None:

@@ -13,6 +13,7 @@ import inspect
 import torch
 
 from baseforge.config import TrainConfig
+from baseforge.errors import UserError
 from baseforge.train.muon import Muon, param_groups_for_muon
 
 
@@ -76,12 +77,32 @@ class Optimizers:
     def state_dict(self) -> dict:
         return {name: opt.state_dict() for name, opt in self.optimizers.items()}
 
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != set(self.optimizers):
-            raise ValueError(f"checkpoint has optimizers {sorted(state)}, run has {sorted(self.optimizers)}")
+    def load_state_dict(self, state: dict, source="the checkpoint") -> None:
+        """The optimizers' states from a checkpoint (`source` names it in errors), each checked against
+        the live run's own layout: the same optimizers, groups and parameters, and every per-parameter
+        tensor (moments, momentum) the shape of its parameter. torch checks only the group sizes."""
+        if not isinstance(state, dict) or set(state) != set(self.optimizers):
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise UserError(f"{source} has optimizers {found}, this run has {sorted(self.optimizers)}")
         for name, opt in self.optimizers.items():
-            with run_hyperparameters_kept(opt):
-                opt.load_state_dict(state[name])
+            try:
+                with run_hyperparameters_kept(opt):
+                    opt.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise UserError(f"{source}: the {name} state does not fit this run ({exc})") from None
+            _check_state_shapes(opt, name, source)
+
+
+def _check_state_shapes(opt: torch.optim.Optimizer, name: str, source) -> None:
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise UserError(
+                        f"{source}: {name} {key} has shape {tuple(value.shape)} for a parameter of shape "
+                        f"{tuple(p.shape)}; the checkpoint is corrupt or from another model: "
+                        "resume from another one"
+                    )
 
 
 @contextlib.contextmanager

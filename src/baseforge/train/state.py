@@ -8,6 +8,10 @@ the metrics row in progress (`Window`: the sums since the last logged row).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from baseforge.errors import UserError
+from baseforge.records import count, excerpt, number
 
 
 @dataclass
@@ -73,9 +77,30 @@ class RunState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, saved: dict) -> RunState:
-        """From a checkpoint's state.json; unknown keys (the tokenizer record, ...) are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in saved.items() if k in known and k != "window"}
+    def from_json(cls, saved: dict, path: Path | str = "state.json") -> RunState:
+        """From a checkpoint's state.json (`path`, for errors), every field checked: counts are whole
+        numbers >= 0, losses and times finite; unknown keys (the tokenizer record, ...) are ignored."""
+        values = {f.name: _field(saved, f.name, f.type, path) for f in fields(cls) if f.name != "window"}
         window = saved.get("window", saved.get("row"))  # "row": checkpoints written before RunState
-        return cls(**values, window=Window(**window) if window else Window())
+        if window is None:
+            return cls(
+                **{k: v for k, v in values.items() if v is not None or k in _NULLABLE}, window=Window()
+            )
+        if not isinstance(window, dict):
+            raise UserError(f"{path}: window is {excerpt(window)}, not an object; corrupt checkpoint")
+        sums = {f.name: _field(window, f.name, f.type, path) for f in fields(Window) if f.name in window}
+        return cls(
+            **{k: v for k, v in values.items() if v is not None or k in _NULLABLE}, window=Window(**sums)
+        )
+
+
+_NULLABLE = {"initial_val", "best_val", "best_step"}
+
+
+def _field(record: dict, name: str, kind: str, path):
+    """One RunState / Window field read back: None when absent (the dataclass default then applies)."""
+    if name not in record or (record[name] is None and name in _NULLABLE):
+        return None
+    if kind.startswith("int"):
+        return count(record, name, path)
+    return number(record, name, path, optional=False)
