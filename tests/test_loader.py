@@ -1,49 +1,22 @@
-"""Small parts of the trainer, each against a hand-computed answer."""
+"""The data loader: batch layout across world sizes, the train stream's permutation and its rank
+partition, the vectorised gather against the per-window loop, prefetched batches against direct ones,
+the fixed eval slice, and data shorter than a window."""
 
 from __future__ import annotations
 
 import math
+import threading
+from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
 from baseforge.config import resolve_config
-from baseforge.data.loader import BatchLayout, TokenWindows, TrainStream, eval_batches
+from baseforge.data.loader import BatchLayout, Prefetcher, TokenWindows, TrainStream, eval_batches
+from baseforge.data.shards import write_manifest, write_shard
 from baseforge.errors import UserError
-from baseforge.presets import PRESETS
-from baseforge.train.autobatch import largest_fitting
-from baseforge.train.mfu import table_peak
-from baseforge.train.schedule import lr_multiplier
-
-
-def test_cosine_schedule_endpoints():
-    total, warm = 100, 10
-    assert lr_multiplier(0, total, "cosine", warm) == pytest.approx(0.1)
-    assert lr_multiplier(9, total, "cosine", warm) == pytest.approx(1.0)
-    assert lr_multiplier(10, total, "cosine", warm) == pytest.approx(1.0)
-    assert lr_multiplier(99, total, "cosine", warm, min_lr_ratio=0.1) == pytest.approx(0.1)
-    mid = 10 + (99 - 10) / 2
-    assert lr_multiplier(int(mid), total, "cosine", warm) == pytest.approx(0.55, abs=0.02)
-
-
-def test_wsd_schedule_is_flat_then_linear():
-    values = [lr_multiplier(s, 100, "wsd", 0, min_lr_ratio=0.0, decay_fraction=0.2) for s in range(100)]
-    assert values[:80] == [1.0] * 80
-    assert values[99] == pytest.approx(0.0)
-    assert all(a > b for a, b in zip(values[80:], values[81:]))
-    assert lr_multiplier(50, 100, "constant", 0) == 1.0
-
-
-def test_largest_fitting_binary_search():
-    tried = []
-
-    def fits(b):
-        tried.append(b)
-        return b <= 12
-
-    assert largest_fitting(48, fits) == 12  # divisors of 48: ... 8, 12, 16 ...
-    assert len(tried) <= 5
-    with pytest.raises(UserError, match="out of memory even at micro_batch 1"):
-        largest_fitting(8, lambda b: False)
+from conftest import build_data_dir
 
 
 def test_batch_layout_keeps_global_batch_across_world_sizes():
@@ -61,8 +34,6 @@ def test_batch_layout_keeps_global_batch_across_world_sizes():
 
 
 def test_batch_layout_from_config_is_the_one_constructor():
-    from dataclasses import replace
-
     cfg = resolve_config("cpu-tiny", None, ["micro_batch=2", "global_batch=8"]).train
     assert BatchLayout.from_config(cfg) == BatchLayout(2, 4, 1, 0)
     assert BatchLayout.from_config(cfg, world=2, rank=1) == BatchLayout(2, 2, 2, 1)
@@ -103,6 +74,71 @@ def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespear
     assert (x[:, 1:] == y[:, :-1]).all()  # targets are inputs shifted by one
 
 
+# --- gathering: vectorised, across shards, and prefetched ---------------------------------------------
+@pytest.fixture
+def sharded(tmp_path):
+    """A train split of three shards of different lengths (windows never cross a shard boundary)."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, n in enumerate([700, 1234, 333]):
+        write_shard(tmp_path / f"train_{i:06d}.bin", rng.integers(0, 60000, n), 65536)
+        entries.append({"file": f"train_{i:06d}.bin", "tokens": n})
+    write_manifest(tmp_path, {"splits": {"train": {"documents": 0, "tokens": 0, "shards": entries}}})
+    return tmp_path
+
+
+def _old_stream_indices(seed: int, n: int, start: int, count: int) -> list[int]:
+    """The loader's permutation as the per-window Python loop computed it (the specification)."""
+    out = []
+    for j in range(start, start + count):
+        rng = np.random.default_rng([seed, j // n])
+        a = int(rng.integers(1, max(n, 2)))
+        while math.gcd(a, n) != 1:
+            a = a % n + 1 if n > 1 else 1
+        out.append((a * (j % n) + int(rng.integers(0, n))) % n)
+    return out
+
+
+def test_vectorised_gather_equals_the_window_loop(sharded):
+    windows = TokenWindows(sharded, "train", 16)
+    stream = TrainStream(windows, seed=3)
+    start = 5 * windows.n - 7  # crosses from epoch 4 into epoch 5
+    indices = stream.indices(start, 20)
+    assert indices == _old_stream_indices(3, windows.n, start, 20)
+    assert len(np.unique(np.searchsorted(windows.starts, indices, side="right"))) > 1  # several shards
+    x, y = stream.batch(start, 20)
+    rows = np.stack([windows.window(k) for k in indices]).astype(np.int64)
+    assert torch.equal(x, torch.from_numpy(rows[:, :-1])) and torch.equal(y, torch.from_numpy(rows[:, 1:]))
+    assert x.dtype == torch.int64
+
+
+class _CountingData:
+    """TokenData's micro_batch interface over a stream, recording which thread gathered what."""
+
+    def __init__(self, stream):
+        self.stream, self.calls, self.main = stream, [], threading.get_ident()
+
+    def micro_batch(self, step, micro, layout):
+        self.calls.append((step, micro, threading.get_ident() != self.main))
+        return self.stream.micro_batch(step, micro, layout)
+
+
+def test_prefetched_batches_equal_direct_ones(sharded):
+    stream = TrainStream(TokenWindows(sharded, "train", 16), seed=1)
+    data = _CountingData(stream)
+    layout = BatchLayout(micro_batch=3, grad_accum=2)
+    prefetch = Prefetcher()
+    order = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (5, 1), (6, 0), (0, 0), (0, 1)]  # a jump, a restart
+    for step, micro in order:
+        got = prefetch.get(data, step, micro, layout)
+        want = stream.micro_batch(step, micro, layout)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    background = {(s, m) for s, m, in_thread in data.calls if in_thread}
+    assert {(0, 1), (1, 0), (1, 1), (2, 0)} <= background  # the ones that followed in order came ready
+    assert (5, 1) not in background and (6, 0) in background
+
+
+# --- evaluation batches, and data too short -----------------------------------------------------------
 def test_eval_slice_is_fixed(shakespeare_dir):
     windows = TokenWindows(shakespeare_dir, "val", 64)
     a = [x.tolist() for x, _ in eval_batches(windows, 640, 3)]
@@ -113,77 +149,6 @@ def test_eval_slice_is_fixed(shakespeare_dir):
 
 
 def test_loader_rejects_data_shorter_than_a_window(tmp_path):
-    from conftest import build_data_dir
-
     data = build_data_dir(tmp_path / "d", "a b c\n\n" * 40 + "hello world " * 50, vocab=260)
     with pytest.raises(UserError, match="fewer than one window"):
         TokenWindows(data, "val", 4096)
-
-
-def test_mfu_peak_table():
-    assert table_peak("NVIDIA GeForce RTX 3090", "bf16") == 71e12
-    assert table_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
-    assert table_peak("NVIDIA H100 PCIe", "bf16") == 756e12
-    assert table_peak("Some Future GPU", "bf16") is None
-
-
-def test_config_layers_and_presets(tmp_path):
-    toml = tmp_path / "run.toml"
-    toml.write_text('preset = "cpu-tiny"\nlr = 5e-4\n[model]\nn_layer = 3\n[train]\nmax_steps = 7\n')
-    config = resolve_config(None, toml, ["max_steps=9", "compile=true"])
-    assert config.preset == "cpu-tiny"
-    assert config.train.lr == 5e-4 and config.model.n_layer == 3
-    assert config.train.max_steps == 9 and config.train.compile is True
-    assert (
-        PRESETS["gpt2-small-seed"].train["lr"] == 4e-4
-        and PRESETS["gpt2-small-seed"].train["weight_decay"] == 0.1
-    )
-    seed = resolve_config("gpt2-small-seed").model
-    assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == (
-        50257,
-        1024,
-        768,
-        0.1,
-        False,
-        False,
-    )
-    with pytest.raises(UserError, match="not valid TOML"):
-        bad = tmp_path / "bad.toml"
-        bad.write_text("lr = = 3")
-        resolve_config(None, bad)
-    with pytest.raises(UserError, match="divisible"):
-        resolve_config("cpu-tiny", None, ["n_head=3"])
-
-
-def test_token_budget_default_is_20_tokens_per_parameter():
-    from baseforge.train.loop import total_steps
-
-    cfg = resolve_config("gpt2-small-seed").train
-    steps = total_steps(cfg, 163_009_536, 32 * 1024)
-    assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
-
-
-def test_shipped_recipes_resolve(tmp_path, monkeypatch):
-    from baseforge.config import RECIPES
-
-    recipes = sorted(RECIPES.glob("*.toml"))
-    assert recipes
-    for path in recipes:
-        assert resolve_config(None, path).preset in PRESETS, path
-    # By name, and by the path a clone would have, from a folder without the files.
-    monkeypatch.chdir(tmp_path)
-    assert resolve_config(None, "seed-3090").preset == resolve_config(None, "recipes/seed-3090.toml").preset
-    with pytest.raises(UserError, match="shipped recipes: seed-3090"):
-        resolve_config(None, "nope.toml")
-
-
-def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypatch):
-    import torch
-
-    from baseforge.train.distributed import backend_for
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with a GPU
-    assert backend_for("cpu") == "gloo"  # a CPU run there must not hand CPU tensors to NCCL
-    assert backend_for("auto") == "nccl" and backend_for("cuda:1") == "nccl"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert backend_for("auto") == "gloo"
