@@ -1,14 +1,17 @@
-"""The run config: help text for every key, one error type, frozen halves, finite numbers, renamed keys."""
+"""The run config: help text for every key, one error type, frozen halves, finite numbers, renamed keys;
+layers (preset < TOML < --set) and presets, the default token budget, and the shipped recipes."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
 from baseforge.config import (
     MODEL_KEYS,
+    RECIPES,
     TRAIN_KEYS,
     RunConfig,
     TrainConfig,
@@ -18,6 +21,8 @@ from baseforge.config import (
 )
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, help_text
+from baseforge.presets import PRESETS
+from baseforge.train.build import total_steps
 from helpers import assert_clean_error, baseforge, sets
 
 HEADINGS = ("Logging, evaluation, checkpoints.", "Numerics and speed.", "Modern options")
@@ -117,3 +122,50 @@ def test_hellaswag_every_is_an_alias_of_evaluators_every(tmp_path):
     )
     assert "hellaswag_every is now evaluators_every" in result.stderr
     assert "deprecated" in result.stderr
+
+
+# --- layers, presets, the token budget, the shipped recipes ------------------------------------------
+def test_config_layers_and_presets(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "cpu-tiny"\nlr = 5e-4\n[model]\nn_layer = 3\n[train]\nmax_steps = 7\n')
+    config = resolve_config(None, toml, ["max_steps=9", "compile=true"])
+    assert config.preset == "cpu-tiny"
+    assert config.train.lr == 5e-4 and config.model.n_layer == 3
+    assert config.train.max_steps == 9 and config.train.compile is True
+    assert (
+        PRESETS["gpt2-small-seed"].train["lr"] == 4e-4
+        and PRESETS["gpt2-small-seed"].train["weight_decay"] == 0.1
+    )
+    seed = resolve_config("gpt2-small-seed").model
+    assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == (
+        50257,
+        1024,
+        768,
+        0.1,
+        False,
+        False,
+    )
+    with pytest.raises(UserError, match="not valid TOML"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("lr = = 3")
+        resolve_config(None, bad)
+    with pytest.raises(UserError, match="divisible"):
+        resolve_config("cpu-tiny", None, ["n_head=3"])
+
+
+def test_token_budget_default_is_20_tokens_per_parameter():
+    cfg = resolve_config("gpt2-small-seed").train
+    steps = total_steps(cfg, 163_009_536, 32 * 1024)
+    assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
+
+
+def test_shipped_recipes_resolve(tmp_path, monkeypatch):
+    recipes = sorted(RECIPES.glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        assert resolve_config(None, path).preset in PRESETS, path
+    # By name, and by the path a clone would have, from a folder without the files.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_config(None, "seed-3090").preset == resolve_config(None, "recipes/seed-3090.toml").preset
+    with pytest.raises(UserError, match="shipped recipes: seed-3090"):
+        resolve_config(None, "nope.toml")

@@ -332,7 +332,7 @@ MARK_WARM_UP = (
 def test_compiled_training_does_not_recompile(data_dir, tmp_path):
     """Steps and evaluations (the last eval batch partial: 1000 tokens in 512-token batches) compile
     nothing after the warm-up, which compiles each of those shapes on purpose (as the CPU twin in
-    test_gpu_defects counts graphs after setup)."""
+    test_train_step counts graphs after setup)."""
     result = cli(
         MARK_WARM_UP,
         "train",

@@ -1,5 +1,5 @@
 """torchrun + DDP on CPU (gloo): two processes are the reference's twin, resume crosses world sizes,
-and a dead rank takes the whole job down."""
+and a dead rank takes the whole job down; the process group's backend follows the run's device."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.distributed import backend_for
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, sets, torchrun
 
@@ -63,3 +64,11 @@ def test_a_dead_rank_stops_the_job(shakespeare_dir, tmp_path):
     assert_a_dead_rank_ends_the_job(
         shakespeare_dir, tmp_path / "run", [*COMMON, "max_steps=100000", "dist_timeout_s=20"]
     )
+
+
+def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with a GPU
+    assert backend_for("cpu") == "gloo"  # a CPU run there must not hand CPU tensors to NCCL
+    assert backend_for("auto") == "nccl" and backend_for("cuda:1") == "nccl"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_for("auto") == "gloo"

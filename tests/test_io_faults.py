@@ -6,6 +6,9 @@ run resumes and ends as an uninterrupted run would.
 The faults are injected where the library meets the OS (the safetensors writer, the metrics file, the
 chart writer) with the errors those really raise: an OSError without a file name, or safetensors' own
 error text. The runs go through the CLI's `main` in this process (fast: torch is already imported).
+
+Outside training: a full disk during `prepare` is one line, exit 1, and leaves no half-written folder,
+temp file or manifest; OS errors that are not write faults keep their traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import pytest
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import baseforge.cli.data as data_verb
 import baseforge.train.checkpoint as checkpoint
 import baseforge.train.metrics as metrics
+from baseforge import fileio
 from baseforge.cli import main
 from baseforge.train.checkpoint import find_checkpoint
 from baseforge.train.metrics import read_metrics
@@ -177,3 +182,44 @@ def test_a_write_fault_mid_run_is_one_line_keeps_the_last_checkpoint_and_resumes
     assert losses(run) == losses(reference)
     ref, got = (load_file(str(find_checkpoint(r) / "model.safetensors")) for r in (reference, run))
     assert all((ref[k] == got[k]).all() for k in ref)
+
+
+# --- outside training ---------------------------------------------------------------------------------
+def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing_half_written(
+    shared_data, tmp_path, monkeypatch, capsys
+):
+    src = str(shared_data / "corpora" / "tinyshakespeare.txt")
+    args = ["prepare", src, "--tokenizer", "bpe:300", "--workers", "1", "--shard-tokens", "20000"]
+
+    def full_disk(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "_fsync_file", full_disk)
+    assert main([*args, "--out", str(tmp_path / "new" / "d")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "No space left on device" in err and "tokenizer.json" in err and "keep_last" in err
+    assert not (tmp_path / "new").exists()  # the folders it made are gone again
+    # Into an existing folder, failing on a later shard: no temp files, no manifest.
+    (tmp_path / "d").mkdir()
+    calls = []
+
+    def fills_up(path):
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "_fsync_file", fills_up)
+    assert main([*args, "--out", str(tmp_path / "d")]) == 1
+    assert "No space left" in capsys.readouterr().err
+    names = [p.name for p in (tmp_path / "d").iterdir()]
+    assert "manifest.json" not in names and not [n for n in names if n.endswith(".tmp")], names
+
+
+def test_other_os_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(data_verb, "run", broken)
+    with pytest.raises(OSError):
+        main(["data", "info", "x"])

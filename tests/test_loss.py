@@ -1,4 +1,5 @@
-"""The fused, chunked head + cross-entropy against PyTorch's own F.cross_entropy on full logits."""
+"""The fused, chunked head + cross-entropy against PyTorch's own F.cross_entropy on full logits, and
+its GPU code path reading no tensor value on the host (no host-device sync inside a micro-step)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,55 @@ def test_fp16_overflow_reaches_the_scaler_as_inf():
         loss = fused.linear_cross_entropy(h, w, targets)
     gh, gw = torch.autograd.grad(loss * 2.0**30, (h, w))
     assert not torch.isfinite(gh).all() and not torch.isfinite(gw).all()
+
+
+# --- no host-device sync inside a micro-step ----------------------------------------------------------
+def forbid_host_reads(monkeypatch) -> None:
+    """The GPU code path of the fused loss, on CPU, with every way of reading a tensor's value failing."""
+
+    def sync(self, *args, **kwargs):
+        raise AssertionError("a host read of a tensor's value: a host-device sync on a GPU")
+
+    monkeypatch.setattr(fused, "host_reads_are_free", lambda device: False)
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+
+
+def _loss_case(underflow: bool):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(24, 16, generator=g)
+    w = 0.1 * torch.randn(64, 16, generator=g)
+    targets = torch.randint(0, 64, (24,), generator=g)
+    targets[::5] = -100
+    if underflow:  # row 3's logit 0 is 450 nats above its target's: p[target] is 0 in fp32 and bf16
+        h[3], w[0] = 0.0, 0.0
+        h[3, 0], w[0, 0], targets[3] = 30.0, 15.0, 1
+    return h, w, targets
+
+
+def _fused_loss_and_grads(h, w, targets, dtype, softcap=0.0):
+    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        loss = fused.linear_cross_entropy(h, w, targets, softcap)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("softcap", [0.0, 500.0])
+@pytest.mark.parametrize("underflow", [False, True], ids=["plain", "underflow"])
+def test_fused_loss_reads_no_value_on_the_host(dtype, softcap, underflow, monkeypatch):
+    h, w, targets = _loss_case(underflow)
+    host = _fused_loss_and_grads(h, w, targets, dtype, softcap)
+    with monkeypatch.context() as patch:
+        forbid_host_reads(patch)
+        device = _fused_loss_and_grads(h, w, targets, dtype, softcap)
+    z = h @ w.t()
+    z = softcap * torch.tanh(z / softcap) if softcap else z
+    full = F.cross_entropy(z, targets, ignore_index=-100)
+    assert torch.isfinite(device[0]) and torch.isclose(device[0], full, rtol=2e-2)
+    if underflow:  # the repaired row: the same loss up to the logits' rounding
+        torch.testing.assert_close(device[0], host[0], rtol=1e-3, atol=0)
+        assert all(torch.equal(a, b) for a, b in zip(device[1:], host[1:]))
+    else:  # nothing to repair: the same numbers, bit for bit
+        assert all(torch.equal(a, b) for a, b in zip(device, host))

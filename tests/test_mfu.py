@@ -64,6 +64,13 @@ def test_no_bf16_on_gpus_without_it():
     assert mfu.table_peak("Tesla T4", "fp16") == 65e12
 
 
+def test_mfu_peak_table():
+    assert mfu.table_peak("NVIDIA GeForce RTX 3090", "bf16") == 71e12
+    assert mfu.table_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert mfu.table_peak("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert mfu.table_peak("Some Future GPU", "bf16") is None
+
+
 def test_find_gpu_by_short_name_alias_or_device_name():
     assert hardware.find_gpu("rtx-3090").label == "RTX 3090"
     assert hardware.find_gpu("H100").key == "h100-sxm"
