@@ -89,16 +89,21 @@ def all_reduce_sum(values: list[float], info: DistInfo, device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(values: list[float], info: DistInfo, device) -> list[float]:
+    """Each value's largest over the ranks, in one all-reduce."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def any_rank(flags: list[bool], info: DistInfo, device) -> list[bool]:
     """Each flag true on every rank if it is true on any (stop requests, time-based checkpoints).
 
     All flags travel in one all-reduce: one collective per step, whatever their number.
     """
-    if not info.enabled:
-        return list(flags)
-    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return [bool(v) for v in all_reduce_max([1.0 if f else 0.0 for f in flags], info, device)]
 
 
 def barrier(info: DistInfo) -> None:

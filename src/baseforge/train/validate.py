@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from baseforge.model.loss import loss_sum
+import torch
+
+from baseforge.model.loss import IGNORE, loss_sum
 from baseforge.train.build import Run
-from baseforge.train.distributed import all_reduce_sum
+from baseforge.train.distributed import all_reduce_max, all_reduce_sum
 
 # fn(model, tokenizer) -> {metric: value}: an in-training evaluation on rank 0 alone (launch.py makes them)
 Evaluator = Callable[..., dict]
@@ -30,6 +32,19 @@ class Validator:
         model.train()
         total, count = all_reduce_sum([total, float(count)], dist, run.runtime.device)
         return total / count if count else None
+
+    def _evened(self, batches: list) -> list:
+        """Under FSDP every forward is a collective (the blocks' all-gathers), so every rank must run as
+        many as the others: the slice's windows split unevenly over ranks (one window, two ranks), and
+        ranks short of batches run masked ones (every target IGNORE: no loss, no count)."""
+        rt = self.run.runtime
+        most = int(all_reduce_max([float(len(batches))], rt.dist, rt.device)[0])
+        context = self.run.config.model.context
+        masked = (
+            torch.zeros(1, context, dtype=torch.long),
+            torch.full((1, context), IGNORE, dtype=torch.long),
+        )
+        return batches + [masked] * (most - len(batches))
 
     def extras(self) -> dict:
         """Every evaluator's results as metrics-row fields ("hellaswag_acc", ...), on rank 0 ({} elsewhere).
