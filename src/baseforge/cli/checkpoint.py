@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.errors import UserError
+from baseforge.train.checkpoint import CHECKPOINTS
+from baseforge.train.sharded import consolidate
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "checkpoint",
-        help="checkpoint tools: consolidate FSDP shards into model.safetensors",
+        help=VERBS["checkpoint"],
         description="Checkpoint tools.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,8 +34,6 @@ def register(sub) -> None:
 
 def candidates(path: Path) -> list[Path]:
     """Checkpoint dirs under `path` (or `path` itself) that hold dcp/ shards."""
-    from baseforge.train.checkpoint import CHECKPOINTS
-
     if (path / "dcp").is_dir():
         return [path]
     root = path / CHECKPOINTS
@@ -38,9 +41,6 @@ def candidates(path: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from baseforge.errors import UserError
-    from baseforge.train.sharded import consolidate
-
     found = candidates(args.run_dir)
     if not found:
         raise UserError(
