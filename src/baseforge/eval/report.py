@@ -24,9 +24,11 @@ import math
 from pathlib import Path
 
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_write_bytes, atomic_write_text
+from baseforge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from baseforge.progress import format_duration
 from baseforge.train.charts import chart_png
 from baseforge.train.metrics import read_metrics, read_resumes
+from baseforge.train.mfu import format_mfu
 
 DASH = "–"
 # metrics.jsonl columns every run writes: anything else on a row came from an in-training evaluator
@@ -62,9 +64,6 @@ def _label(key: str) -> str:
 
 
 def _fmt_summary(key: str, value) -> str:
-    from baseforge.progress import format_duration
-    from baseforge.train.mfu import format_mfu
-
     if key == "mfu" and isinstance(value, (int, float)):
         return format_mfu(value) or DASH
     if key == "clip_frac" and isinstance(value, (int, float)):
@@ -250,8 +249,6 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
 
 def save_eval(run: Path | str, name: str, result) -> Path:
     """Keep an evaluation's result with a run (RUN/evals/NAME.json), for the report."""
-    from baseforge.fileio import atomic_write_json
-
     path = Path(run) / "evals" / f"{name}.json"
     atomic_write_json(path, result)
     return path
