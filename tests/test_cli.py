@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
+
 import pytest
 
-from helpers import TINY, assert_clean_error, baseforge, sets
+from baseforge.cli import VERBS, verb_module
+from helpers import TINY, assert_clean_error, baseforge, cli_env, sets
 
 
 def test_top_level_help_lists_verbs_and_quick_start():
@@ -13,6 +19,36 @@ def test_top_level_help_lists_verbs_and_quick_start():
     for verb in ("prepare", "train", "sample", "data"):
         assert verb in result.stdout
     assert "baseforge train" in result.stdout
+
+
+def modules_loaded_by(*args: str) -> list[str]:
+    """The verb modules (and torch) that `baseforge ARGS` imports, run in a fresh interpreter."""
+    code = (
+        "import json, sys\nfrom baseforge.cli import main\n"
+        f"try:\n    main({list(args)!r})\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith('baseforge.cli.'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_top_level_help_imports_no_verb_and_no_torch():
+    assert modules_loaded_by("--help") == []
+    assert modules_loaded_by("nosuchverb") == []
+
+
+def test_a_verbs_help_imports_that_verb_only():
+    assert "baseforge.cli.import_gpt2" in modules_loaded_by("import-gpt2", "--help")
+    assert [m for m in modules_loaded_by("plan", "--help") if m != "torch"] == ["baseforge.cli.plan"]
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_each_verb_registers_with_its_help_from_the_table(verb):
+    """`baseforge --help` lists VERBS without importing the verbs: the verb's own parser says the same."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    verb_module(verb).register(sub)
+    assert [(a.dest, a.help) for a in sub._choices_actions] == [(verb, VERBS[verb])]
 
 
 @pytest.mark.parametrize("verb", ["prepare", "train", "sample", "data"])

@@ -235,7 +235,7 @@ def test_hf_folder_without_tokenizer_is_a_clear_error(hf_dir, tmp_path, gpt2_dat
 
 
 def test_sample_stops_at_end_of_text_unless_told_not_to(bpe_export, monkeypatch, capsys):
-    import baseforge.generate
+    import baseforge.cli.sample
     from baseforge.cli import main
 
     run, _ = bpe_export
@@ -245,7 +245,7 @@ def test_sample_stops_at_end_of_text_unless_told_not_to(bpe_export, monkeypatch,
         seen.append(kwargs)
         return [5]
 
-    monkeypatch.setattr(baseforge.generate, "generate", fake_generate)
+    monkeypatch.setattr(baseforge.cli.sample, "generate", fake_generate)
     assert main(["sample", str(run), "--device", "cpu"]) == 0
     assert main(["sample", str(run), "--device", "cpu", "--no-stop"]) == 0
     assert seen[0]["stop_at_eot"] is True and seen[1]["stop_at_eot"] is False

@@ -26,3 +26,16 @@ def test_an_older_torch_is_one_line_with_the_upgrade():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert_clean_error(result, "torch >= 2.11", "found 2.4.1+cpu", "pip install -U 'torch>=2.11'")
+
+
+def test_an_older_torch_that_breaks_a_verbs_imports_is_still_one_line():
+    # The chosen verb's module is imported to parse its arguments; an API an old torch lacks fails there.
+    code = (
+        "import sys, torch\n"
+        "torch.__version__ = '2.4.1+cpu'\n"
+        "sys.modules['baseforge.eval.models'] = None\n"  # fails as one needing a newer torch would
+        "from baseforge.cli import main\n"
+        "sys.exit(main(['sample', 'runs/x']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert_clean_error(result, "baseforge sample: error:", "torch >= 2.11", "found 2.4.1+cpu")

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from baseforge.errors import UserError
+
 # Write faults the CLI reports as one line (see describe_write_error) instead of a traceback.
 WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 
@@ -220,8 +222,6 @@ def check_out_dir(path: Path | str, what: str = "--out", *, make_parents: bool =
     A file in the way, a file among its parents, or an unwritable nearest existing folder are
     refused. Missing parents are fine (they will be created) unless make_parents is False.
     """
-    from baseforge.errors import UserError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder; choose another path")
@@ -275,8 +275,6 @@ def read_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
 
     A line that is not a JSON object raises UserError naming file:line; callers check the fields.
     """
-    from baseforge.errors import UserError
-
     path = Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:

@@ -41,6 +41,10 @@ class RunDir:
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
 
+    @classmethod
+    def of(cls, run: RunDir | Path | str) -> RunDir:
+        return run if isinstance(run, RunDir) else cls(Path(run))
+
     @property
     def config(self) -> Path:
         return self.path / "config.json"

@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from baseforge.errors import UserError
+from baseforge.fileio import atomic_write_text
 
 EOT = "<|endoftext|>"
 GPT2_DIR_ENV = "BASEFORGE_GPT2_DIR"  # a folder with OpenAI's vocab.bpe + encoder.json
@@ -205,8 +206,6 @@ class TrainedBPETokenizer(Tokenizer):
         return {**super().record(), "file": self.FILE}
 
     def save(self, directory: Path) -> None:
-        from baseforge.fileio import atomic_write_text
-
         atomic_write_text(Path(directory) / self.FILE, self.tok.to_str())
 
 

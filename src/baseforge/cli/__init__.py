@@ -1,7 +1,9 @@
 """The `baseforge` command: one verb per module in this package.
 
-Each verb module defines `register(subparsers)`, which adds its parser and sets `run` as the
-handler. Verb modules import heavy libraries (torch, ...) inside `run` so `--help` stays fast.
+Each verb module defines `register(subparsers)`, which adds its parser (with its one-line help from
+`VERBS` here) and sets `run` as the handler; it imports what it uses (torch, the library) at its top.
+`main` imports only the module of the verb being run (or whose --help is asked): `baseforge --help`
+lists every verb from `VERBS` without importing any of them, so it stays fast (no torch).
 The CLI only parses, calls the library and prints; the library never imports it.
 """
 
@@ -14,26 +16,28 @@ import sys
 
 from baseforge import __version__, require_torch
 from baseforge.errors import UserError
+from baseforge.fileio import describe_write_error
 
-# Order here is the order in `baseforge --help`.
-VERBS = [
-    "prepare",
-    "data",
-    "train",
-    "presets",
-    "plan",
-    "sample",
-    "eval",
-    "hellaswag",
-    "harness",
-    "import_gpt2",
-    "export",
-    "checkpoint",
-    "report",
-    "finetune",
-    "answer",
-    "judge",
-]
+# Verb -> its one-line help, the one place it is written (each verb's register() reads it from here).
+# Order here is the order in `baseforge --help`; verb VERB lives in cli/VERB.py ("-" spelled "_").
+VERBS = {
+    "prepare": "tokenize text sources into token shards",
+    "data": "inspect a prepared data dir",
+    "train": "pretrain a model (no arguments: the built-in CPU demo)",
+    "presets": "list the presets: parameters, context, intended hardware",
+    "plan": "what fits on which GPUs, how fast, and at what cost",
+    "sample": "generate text from a trained model",
+    "eval": "held-out loss / perplexity, several models side by side",
+    "hellaswag": "HellaSwag accuracy of one or more models",
+    "harness": "lm-evaluation-harness tasks (hellaswag, arc_easy, piqa, ...), several models side by side",
+    "import-gpt2": "import OpenAI GPT-2 weights as a baseforge run",
+    "export": "export a run as a transformers folder (and push to the Hub)",
+    "checkpoint": "checkpoint tools: consolidate FSDP shards into model.safetensors",
+    "report": "write RUN/report.md and RUN/report.html (or into --out DIR)",
+    "finetune": "instruction-tune a base model (the instruction-following test)",
+    "answer": "answer the instruction test split (for judge)",
+    "judge": "score answers with an LLM judge (OpenAI-compatible or Ollama)",
+}
 
 DESCRIPTION = """\
 Train a GPT-2-class base language model from scratch, on a CPU, one GPU or a multi-GPU node.
@@ -51,36 +55,21 @@ Run `baseforge VERB --help` for each verb's options.
 """
 
 
-def emit_results(
-    rows: list[dict],
-    columns: list[tuple[str, str]],
-    *,
-    as_json: bool,
-    save_to=None,
-    name: str = "",
-    note: str = "",
-) -> None:
-    """Print per-model results as a table or JSON, and keep them with a run for its report.
-
-    columns: (key, format spec) pairs after the model name, e.g. ("loss", ">10.4f").
-    """
-    if save_to:
-        from baseforge.eval.report import save_eval
-
-        save_eval(save_to, name, rows)
-    if as_json:
-        import json
-
-        print(json.dumps(rows, indent=2))
-        return
-    width = max(5, *(len(r["model"]) for r in rows)) + 2
-    head = "".join(f"{key:{spec.split('.')[0].rstrip(',')}}" for key, spec in columns)
-    print(f"{'model':<{width}}{head}{'   ' + note if note else ''}")
-    for r in rows:
-        print(f"{r['model']:<{width}}" + "".join(f"{r[key]:{spec}}" for key, spec in columns))
+def verb_module(verb: str):
+    """The module of `verb`, imported now (with torch and the library it uses)."""
+    return importlib.import_module(f"baseforge.cli.{verb.replace('-', '_')}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_verb(argv: list[str]) -> str | None:
+    """The verb `argv` names: its first argument that is not an option (the top level's options,
+    -h and --version, take no value), if that is one of VERBS."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    return word if word in VERBS else None
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser: every verb listed with its help, only `verb`'s own parser registered
+    (its module imported); the others are stand-ins, never parsed, since the command line names `verb`."""
     parser = argparse.ArgumentParser(
         prog="baseforge",
         description=DESCRIPTION,
@@ -88,13 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"baseforge {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in VERBS:
-        importlib.import_module(f"baseforge.cli.{name}").register(sub)
+    for name, summary in VERBS.items():
+        if name == verb:
+            verb_module(name).register(sub)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    verb = chosen_verb(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(verb)
+    except Exception:
+        # The verb's module imports torch and the library: under a torch older than the floor that may
+        # fail first. Say so in one line, as before a run; any other failure keeps its traceback.
+        try:
+            require_torch()
+        except UserError as exc:
+            print(f"baseforge {verb}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
     args = parser.parse_args(argv)
     if not getattr(args, "verb", None):
         if argv is None and len(sys.argv) == 1:
@@ -116,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
-        from baseforge.fileio import describe_write_error
-
         line = describe_write_error(exc)  # a full disk, an I/O error, a read-only or forbidden folder
         if line is None:
             raise

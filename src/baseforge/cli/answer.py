@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.eval.instruct import answer
+from baseforge.train.precision import resolve_device
+
 EPILOG = """\
 example:
   baseforge answer runs/seed-ift --data instruction-data.json --out answers/seed.jsonl
@@ -18,7 +22,7 @@ reference, answer. --name sets the model's name in the judge's table (default: t
 def register(sub) -> None:
     p = sub.add_parser(
         "answer",
-        help="answer the instruction test split (for judge)",
+        help=VERBS["answer"],
         description="Greedy answers to the test split of an instruction set.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,9 +39,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.eval.instruct import answer
-    from baseforge.train.precision import resolve_device
-
     rows = answer(
         args.run_dir,
         args.data,

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.errors import UserError
+from baseforge.rundir import RunDir
+from baseforge.train.checkpoint import MODEL_FILE
+from baseforge.train.sharded import consolidate
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "checkpoint",
-        help="checkpoint tools: consolidate FSDP shards into model.safetensors",
+        help=VERBS["checkpoint"],
         description="Checkpoint tools.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -29,25 +35,20 @@ def register(sub) -> None:
 
 def candidates(path: Path) -> list[Path]:
     """Checkpoint dirs under `path` (or `path` itself) that hold dcp/ shards."""
-    from baseforge.train.checkpoint import CHECKPOINTS
-
     if (path / "dcp").is_dir():
         return [path]
-    root = path / CHECKPOINTS
+    root = RunDir(path).checkpoints
     return sorted(p for p in root.glob("step_*") if (p / "dcp").is_dir()) if root.is_dir() else []
 
 
 def run(args) -> int:
-    from baseforge.errors import UserError
-    from baseforge.train.sharded import consolidate
-
     found = candidates(args.run_dir)
     if not found:
         raise UserError(
             f"{args.run_dir} holds no sharded checkpoint (no dcp/ folder); nothing to consolidate"
         )
     for ckpt in found:
-        if (ckpt / "model.safetensors").is_file():
+        if (ckpt / MODEL_FILE).is_file():
             print(f"{ckpt}: model.safetensors present")
             continue
         print(f"{ckpt}: wrote {consolidate(ckpt)}")

@@ -6,11 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.data.shards import read_manifest, split_shards
+from baseforge.errors import UserError
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "data",
-        help="inspect a prepared data dir",
+        help=VERBS["data"],
         description="Inspect a prepared data dir.",
         epilog="example:\n  baseforge data info data/fineweb --check",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -24,8 +28,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.data.shards import read_manifest, split_shards
-
     manifest = read_manifest(args.data_dir)
     summary = {
         "data_dir": str(args.data_dir),
@@ -50,8 +52,6 @@ def run(args) -> int:
             for tokens in split_shards(args.data_dir, manifest, split):  # raises naming the bad file
                 top = int(tokens.max()) if len(tokens) else 0
                 if top >= manifest["tokenizer"]["vocab_size"]:
-                    from baseforge.errors import UserError
-
                     raise UserError(
                         f"{split} shard holds token id {top} >= vocab size "
                         f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare"

@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from baseforge.cli import VERBS
+from baseforge.cli.results import emit_results
+from baseforge.data.shards import read_manifest
+from baseforge.errors import UserError
+from baseforge.eval.loss import check_vocab, heldout_loss
+from baseforge.eval.models import load_any
+from baseforge.train.precision import resolve_device
+
 EPILOG = """\
 MODEL is a run dir, a checkpoint dir, hf:PATH (a transformers GPT-2 folder, with its own tokenizer:
 tokenizer.json or vocab.json + merges.txt) or a Hub name (gpt2, gpt2-medium, ...; downloaded when
@@ -26,7 +36,7 @@ exceed it) on the first
 def register(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="held-out loss / perplexity, several models side by side",
+        help=VERBS["eval"],
         description="Mean cross-entropy and perplexity on a fixed held-out token slice.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,15 +65,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from baseforge.cli import emit_results
-    from baseforge.data.shards import read_manifest
-    from baseforge.errors import UserError
-    from baseforge.eval.loss import check_vocab, heldout_loss
-    from baseforge.eval.models import load_any
-    from baseforge.train.precision import resolve_device
-
     device = resolve_device(args.device)
     manifest = read_manifest(args.data)
     loaded = [load_any(spec, device, args.which) for spec in args.models]

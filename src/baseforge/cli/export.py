@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.data.hub import check_reachable
+from baseforge.errors import UserError
+from baseforge.eval.hf_export import export_run
+from baseforge.fileio import check_out_dir
+
 EPILOG = """\
 examples:
   baseforge export runs/seed --out exports/seed
@@ -24,7 +30,7 @@ then ships its own modeling_baseforge.py (torch + transformers only) and loads w
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run as a transformers folder (and push to the Hub)",
+        help=VERBS["export"],
         description="Export a run as a transformers folder (GPT2LMHeadModel, or remote code if not GPT-2).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,17 +44,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.errors import UserError
-    from baseforge.eval.hf_export import export_run
-    from baseforge.fileio import check_out_dir
-
     out = export_run(args.run_dir, check_out_dir(args.out), args.which)
     remote = (out / "modeling_baseforge.py").is_file()
     kind = "remote-code model (load with trust_remote_code=True)" if remote else "GPT2LMHeadModel"
     print(f"exported {args.run_dir} to {out} as a {kind}")
     if args.push_to_hub:
-        from baseforge.data.hub import check_reachable
-
         check_reachable(args.push_to_hub, hint="the export folder is complete; upload it later")
         from huggingface_hub import HfApi
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.cli.results import emit_results
+from baseforge.errors import UserError
+from baseforge.eval.harness import require_lm_eval, run_harness
+from baseforge.eval.models import load_any
+from baseforge.train.precision import resolve_device
+
 EPILOG = """\
 examples:
   baseforge harness runs/seed --tasks hellaswag,arc_easy,piqa,lambada_openai
@@ -44,7 +51,7 @@ there with a built-in name (e.g. hellaswag) replaces the built-in one. For Hella
 def register(sub) -> None:
     p = sub.add_parser(
         "harness",
-        help="lm-evaluation-harness tasks (hellaswag, arc_easy, piqa, ...), several models side by side",
+        help=VERBS["harness"],
         description="Score models on EleutherAI lm-evaluation-harness tasks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,12 +77,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.cli import emit_results
-    from baseforge.errors import UserError
-    from baseforge.eval.harness import require_lm_eval, run_harness
-    from baseforge.eval.models import load_any
-    from baseforge.train.precision import resolve_device
-
     require_lm_eval()  # before loading any model: the missing extra is the first thing to say
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.cli.results import emit_results
+from baseforge.eval.hellaswag import evaluate_hellaswag
+from baseforge.eval.models import load_any
+from baseforge.train.precision import resolve_device
+
 EPILOG = """\
 examples:
   baseforge hellaswag runs/seed --data hellaswag_val.jsonl.gz --limit 1000
@@ -28,7 +34,7 @@ or a Hub name.
 def register(sub) -> None:
     p = sub.add_parser(
         "hellaswag",
-        help="HellaSwag accuracy of one or more models",
+        help=VERBS["hellaswag"],
         description="HellaSwag, completion style: acc and acc_norm (lm-eval's), acc_norm_tok (llm.c's).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,11 +55,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.cli import emit_results
-    from baseforge.eval.hellaswag import evaluate_hellaswag
-    from baseforge.eval.models import load_any
-    from baseforge.train.precision import resolve_device
-
     device = resolve_device(args.device)
     rows = []
     for spec in args.models:

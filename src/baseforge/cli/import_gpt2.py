@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.eval.hf_export import import_gpt2
+from baseforge.fileio import check_out_dir
+
 EPILOG = """\
 examples:
   baseforge import-gpt2 gpt2 --out runs/openai-gpt2                 # from the Hub, when online
@@ -18,7 +22,7 @@ The run then works everywhere a baseforge run does: sample, eval, hellaswag, fin
 def register(sub) -> None:
     p = sub.add_parser(
         "import-gpt2",
-        help="import OpenAI GPT-2 weights as a baseforge run",
+        help=VERBS["import-gpt2"],
         description="Import a transformers GPT-2 checkpoint (safetensors or .bin) as a run.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -29,9 +33,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.eval.hf_export import import_gpt2
-    from baseforge.fileio import check_out_dir
-
     out = import_gpt2(args.source, check_out_dir(args.out))
     print(f"imported {args.source} into {out}")
     return 0

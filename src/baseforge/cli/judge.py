@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
+
+from baseforge.cli import VERBS
+from baseforge.errors import UserError
+from baseforge.eval.judge import Backend, Cache, judge, load_answers, summarize
+from baseforge.fileio import atomic_write_text
 
 EPILOG = """\
 examples:
@@ -26,7 +32,7 @@ answers file): a rerun sends no request it has already paid for, and an interrup
 def register(sub) -> None:
     p = sub.add_parser(
         "judge",
-        help="score answers with an LLM judge (OpenAI-compatible or Ollama)",
+        help=VERBS["judge"],
         description="Score instruction-test answers with an LLM judge.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,12 +72,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import math
-
-    from baseforge.errors import UserError
-    from baseforge.eval.judge import Backend, Cache, judge, load_answers, summarize
-    from baseforge.fileio import atomic_write_text
-
     for flag, value in (("--timeout", args.timeout), ("--max-retry-after", args.max_retry_after)):
         if not (math.isfinite(value) and value > 0):
             raise UserError(f"{flag} must be a positive number of seconds, not {value}")

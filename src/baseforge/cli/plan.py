@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from baseforge.cli import VERBS
+from baseforge.errors import UserError
+from baseforge.hardware import GPUS, find_gpu
+from baseforge.plan import Setup, format_plan, make_plan, mfu_from_run
 
 EPILOG = """\
 examples:
@@ -17,7 +23,7 @@ speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu or --from
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plan",
-        help="what fits on which GPUs, how fast, and at what cost",
+        help=VERBS["plan"],
         description="Memory per GPU, the largest micro-batch that fits, tokens/s, time and cost.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,8 +45,6 @@ def register(subparsers) -> None:
 
 
 def _list_gpus() -> None:
-    from baseforge.hardware import GPUS
-
     print(f"{'name':<16}{'GPU':<16}{'bf16':>8}{'fp16':>8}{'tf32/fp32':>11}{'memory':>9}")
     for g in GPUS:
         bf16 = f"{g.bf16:g}" if g.bf16 else "-"
@@ -49,12 +53,6 @@ def _list_gpus() -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from baseforge.errors import UserError
-    from baseforge.hardware import find_gpu
-    from baseforge.plan import Setup, format_plan, make_plan, mfu_from_run
-
     if args.list_gpus:
         _list_gpus()
         return 0

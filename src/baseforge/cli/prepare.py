@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.config import resolve_config
+from baseforge.data.prepare import prepare
+from baseforge.fileio import check_out_dir
+from baseforge.model import GPT
+
 EPILOG = """\
 SOURCE is one or more of:
   builtin                 the running Python's standard library source (~12 MB, no download)
@@ -43,7 +49,7 @@ def _count(text: str) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "prepare",
-        help="tokenize text sources into token shards",
+        help=VERBS["prepare"],
         description="Tokenize text into a data dir of token shards + manifest.json.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,18 +96,12 @@ def register(sub) -> None:
 
 def budget_tokens(preset: str) -> int:
     """Training tokens of a preset's default budget (tokens_per_param x parameters)."""
-    from baseforge.config import resolve_config
-    from baseforge.model import GPT
-
     config = resolve_config(preset)
     n = GPT.count_params(config.with_vocab(50257).model)
     return int(config.train.tokens_per_param * n)
 
 
 def run(args) -> int:
-    from baseforge.data.prepare import prepare
-    from baseforge.fileio import check_out_dir
-
     check_out_dir(args.out)  # before the budget's model is built
     max_train = budget_tokens(args.budget) if args.budget else None
     if max_train:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from baseforge.cli import VERBS
+from baseforge.model import GPT, ModelConfig
+from baseforge.presets import PRESETS
 
 EPILOG = """\
 Each preset is a model shape and a training recipe together (src/baseforge/presets.py); start a
@@ -14,7 +19,7 @@ your GPU with `baseforge plan --preset NAME --gpu rtx-3090`.
 def register(sub) -> None:
     p = sub.add_parser(
         "presets",
-        help="list the presets: parameters, context, intended hardware",
+        help=VERBS["presets"],
         description=__doc__.split("\n")[0].strip("`"),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -28,9 +33,6 @@ DEMO_VOCAB = 4096
 
 
 def rows() -> list[dict]:
-    from baseforge.model import GPT, ModelConfig
-    from baseforge.presets import PRESETS
-
     out = []
     for preset in PRESETS.values():
         config = ModelConfig(**preset.model)
@@ -46,8 +48,6 @@ def rows() -> list[dict]:
 def run(args) -> int:
     table = rows()
     if args.json:
-        import json
-
         print(json.dumps(table, indent=2))
         return 0
     print(f"{'preset':<19}{'params':>9}  {'context':>7}  what it is for")

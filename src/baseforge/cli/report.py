@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
+from baseforge.eval.report import build_report
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "report",
-        help="write RUN/report.md and RUN/report.html (or into --out DIR)",
+        help=VERBS["report"],
         description="One page about a run: config, charts, throughput, losses and evaluations.",
         epilog="examples:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n"
         "  baseforge report /shared/runs/seed --out reports/seed     # a run dir you cannot write to\n\n"
@@ -28,8 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.eval.report import build_report
-
     md, page = build_report(args.run_dir, args.out)
     print(f"wrote {md} and {page}")
     return 0

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from baseforge.cli import VERBS
+from baseforge.errors import UserError
+from baseforge.eval.models import load_any
+from baseforge.generate import generate
+from baseforge.train.precision import resolve_device
+
 EPILOG = """\
 examples:
   baseforge sample runs/demo --prompt "def main("
@@ -23,7 +29,7 @@ are dropped and the cache is rebuilt.
 def register(sub) -> None:
     p = sub.add_parser(
         "sample",
-        help="generate text from a trained model",
+        help=VERBS["sample"],
         description="Generate text from a run, checkpoint or transformers folder.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,11 +52,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from baseforge.errors import UserError
-    from baseforge.eval.models import load_any
-    from baseforge.generate import generate
-    from baseforge.train.precision import resolve_device
-
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     if args.temperature < 0:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from baseforge.errors import UserError
+from baseforge.generate import generate_batch
 
 INSTALL_HINT = 'lm-evaluation-harness is not installed: pip install "baseforge[harness]"'
 
@@ -84,8 +85,6 @@ def make_lm(loaded, batch_size: int = 8, device="cpu", max_gen_toks: int = 256):
     """An lm-eval LM over a `LoadedModel` (eval.models.load_any)."""
     TemplateLM = require_lm_eval()
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-
-    from baseforge.generate import generate_batch
 
     class BaseforgeLM(TemplateLM):
         def __init__(self):

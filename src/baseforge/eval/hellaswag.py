@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from baseforge.errors import UserError
-from baseforge.fileio import read_jsonl
+from baseforge.fileio import atomic_write_bytes, read_jsonl
 from baseforge.progress import Progress
 
 URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -72,8 +72,6 @@ def default_path() -> Path:
 
 
 def download(path: Path) -> Path:
-    from baseforge.fileio import atomic_write_bytes
-
     try:
         with urllib.request.urlopen(URL, timeout=30) as resp:
             atomic_write_bytes(path, resp.read())

@@ -16,11 +16,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from baseforge.config import RunConfig, TrainConfig
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_write_json, atomic_write_text
+from baseforge.eval.models import download_hf, load_hf_folder
+from baseforge.fileio import atomic_path, atomic_write_json, atomic_write_text
 from baseforge.model import hf as hf_map
 from baseforge.model.config import ModelConfig
+from baseforge.rundir import RunDir
 from baseforge.tokenizer import EOT, GPT2Tokenizer, Tokenizer, TrainedBPETokenizer
+from baseforge.train.checkpoint import load_model, save_checkpoint, write_run_config
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -208,8 +212,6 @@ def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list
 def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
     """Write a transformers folder for a run: GPT2LMHeadModel when the architecture is GPT-2's,
     else baseforge's own modeling code loaded with `trust_remote_code=True`."""
-    from baseforge.train.checkpoint import load_model
-
     model, tok, info = load_model(run, "cpu", which)
     config = model.config
     reasons = hf_map.exportable(config)
@@ -230,7 +232,7 @@ def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
         write_gpt2_tokenizer(tok, out, config.context)
     else:
         write_trained_tokenizer(tok, out, config.context)
-    summary_file = Path(run) / "summary.json"
+    summary_file = RunDir(run).summary
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     atomic_write_text(out / "README.md", model_card(Path(run).resolve().name, info, summary, reasons))
     return out
@@ -239,20 +241,14 @@ def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
 def _save_weights(out: Path, tensors: dict) -> None:
     from safetensors.torch import save_file
 
-    from baseforge.fileio import atomic_path
-
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 def import_gpt2(source: str, out: Path | str) -> Path:
     """OpenAI GPT-2 weights (a transformers folder or Hub name) as a baseforge run with one checkpoint."""
-    from baseforge.config import RunConfig, TrainConfig
-    from baseforge.eval.models import download_hf, load_hf_folder
-    from baseforge.train.checkpoint import CHECKPOINTS, save_checkpoint, write_run_config
-
     out = Path(out)
-    if (out / CHECKPOINTS).exists():
+    if RunDir(out).checkpoints.exists():
         raise UserError(f"{out} already holds a run; choose another --out")
     path = Path(source[3:] if source.startswith("hf:") else source)
     if not path.exists():

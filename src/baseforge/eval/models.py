@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from baseforge.data.hub import check_reachable
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model import hf as hf_map
 from baseforge.tokenizer import EOT, Tokenizer
+from baseforge.train.checkpoint import load_model
 
 
 @dataclass
@@ -166,8 +168,6 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
 
 def download_hf(name: str) -> Path:
     """A Hub model's config and weights, via huggingface_hub (fails fast and clearly offline)."""
-    from baseforge.data.hub import check_reachable
-
     check_reachable(
         name,
         hint=f"nor is there a local path {name}: check the path, or download it elsewhere and pass "
@@ -212,7 +212,5 @@ def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:
                 f"{model.config.vocab_size}: the folder's tokenizer is not the model's"
             )
         return LoadedModel(spec, model.to(device).eval(), tokenizer, "hf", {"hf_config": hf_config})
-    from baseforge.train.checkpoint import load_model
-
     model, tokenizer, info = load_model(spec, device, which)
     return LoadedModel(spec, model, tokenizer, "baseforge", info)

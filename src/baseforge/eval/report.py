@@ -24,9 +24,12 @@ import math
 from pathlib import Path
 
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_write_bytes, atomic_write_text
+from baseforge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from baseforge.progress import format_duration
+from baseforge.rundir import RunDir
 from baseforge.train.charts import chart_png
 from baseforge.train.metrics import read_metrics, read_resumes
+from baseforge.train.mfu import format_mfu
 
 DASH = "–"
 # metrics.jsonl columns every run writes: anything else on a row came from an in-training evaluator
@@ -62,9 +65,6 @@ def _label(key: str) -> str:
 
 
 def _fmt_summary(key: str, value) -> str:
-    from baseforge.progress import format_duration
-    from baseforge.train.mfu import format_mfu
-
     if key == "mfu" and isinstance(value, (int, float)):
         return format_mfu(value) or DASH
     if key == "clip_frac" and isinstance(value, (int, float)):
@@ -148,15 +148,16 @@ def _html_table(header: list[str] | None, rows: list[list[str]], right_from: int
 
 def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, Path]:
     """Write report.md, report.html and report.png into `out` (default: the run dir)."""
-    run = Path(run)
-    config_file = run / "config.json"
+    run_dir = RunDir(run)
+    run = run_dir.path
+    config_file = run_dir.config
     if not config_file.is_file():
         raise UserError(f"{run} is not a run dir (no config.json)")
     out = Path(out) if out is not None else run
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     config = json.loads(config_file.read_text())
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    summary = json.loads(run_dir.summary.read_text()) if run_dir.summary.is_file() else {}
     evals = (
         {p.stem: json.loads(p.read_text()) for p in sorted((run / "evals").glob("*.json"))}
         if (run / "evals").is_dir()
@@ -164,7 +165,7 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
     )
     rows = read_metrics(run)
     resumes = read_resumes(run)
-    sample = (run / "sample.txt").read_text() if (run / "sample.txt").is_file() else None
+    sample = run_dir.sample.read_text() if run_dir.sample.is_file() else None
     name = run.resolve().name
     preset = str(config.get("preset", ""))
     title = _chart_title(run, config, summary)
@@ -250,8 +251,6 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
 
 def save_eval(run: Path | str, name: str, result) -> Path:
     """Keep an evaluation's result with a run (RUN/evals/NAME.json), for the report."""
-    from baseforge.fileio import atomic_write_json
-
     path = Path(run) / "evals" / f"{name}.json"
     atomic_write_json(path, result)
     return path

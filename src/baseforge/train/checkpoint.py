@@ -100,7 +100,7 @@ def save_checkpoint(
     other ranks already wrote into (FSDP shards); it is completed and renamed into place instead of a
     new one.
     """
-    run = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
+    run = RunDir.of(run_dir)
     path = run.checkpoint(step)
     if not path.exists():
         with atomic_dir(path, staged=staged) as tmp:
@@ -295,13 +295,14 @@ def data_fingerprint(source: Path) -> str | None:
     return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
 
 
-def write_data_record(run: RunDir, source: Path) -> None:
+def write_data_record(run: RunDir | Path, source: Path) -> None:
     record = {"path": str(Path(source).resolve()), "manifest_sha256": data_fingerprint(source)}
-    atomic_write_json(run.data_record, record)
+    atomic_write_json(RunDir.of(run).data_record, record)
 
 
-def read_data_record(run: RunDir) -> dict | None:
+def read_data_record(run: RunDir | Path) -> dict | None:
     """RUN/data.json ({"path", "manifest_sha256"}), checked; None for a run that does not record its data."""
+    run = RunDir.of(run)
     if not run.data_record.exists() and not run.data_record.is_symlink():
         return None
     record = read_json(run.data_record, "data record")
@@ -310,5 +311,5 @@ def read_data_record(run: RunDir) -> dict | None:
     return record
 
 
-def write_run_config(run: RunDir, config: RunConfig) -> None:
-    atomic_write_json(run.config, config.to_dict())
+def write_run_config(run: RunDir | Path, config: RunConfig) -> None:
+    atomic_write_json(RunDir.of(run).config, config.to_dict())
