@@ -8,13 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from helpers import ROOT
-
-# Known violations on main today, left for #21 items 1-2 (train.loop -> eval.loss; function-local imports
-# that hide arrows, some of them cycles). strict: the day a check passes, this marker must go.
-TODO_21 = pytest.mark.xfail(strict=True, reason="#21: imports still point up / hide arrows / cycle")
 
 SRC = ROOT / "src"
 PACKAGE = SRC / "baseforge"
@@ -27,6 +21,7 @@ LAYERS = [
         "baseforge.progress",
         "baseforge.runlock",
         "baseforge.rundir",
+        "baseforge.records",
     },
     {"baseforge.hardware", "baseforge.tokenizer", "baseforge.presets"},
     {"baseforge.model"},
@@ -115,7 +110,6 @@ def test_imports_point_down():
     assert not upward, "\n".join(upward)
 
 
-@TODO_21
 def test_no_function_local_imports_of_our_own_modules():
     hidden = [
         f"{name}:{line} imports {target}"

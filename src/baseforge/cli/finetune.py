@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from baseforge.cli import VERBS
 from baseforge.train.finetune import finetune
 
 EPILOG = """\
@@ -28,7 +29,7 @@ key can be changed with --set (lr, max_steps, micro_batch, precision, ...).
 def register(sub) -> None:
     p = sub.add_parser(
         "finetune",
-        help="instruction-tune a base model (the instruction-following test)",
+        help=VERBS["finetune"],
         description="Fine-tune a base model on Alpaca-style instruction data.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

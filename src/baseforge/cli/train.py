@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from baseforge.cli import VERBS
 from baseforge.config import describe_keys, load_run_config, resolve_config, resume_config
 from baseforge.data.prepare import prepare
 from baseforge.data.shards import MANIFEST
@@ -58,7 +59,7 @@ and exits; --resume continues bit-exactly.
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="pretrain a model (no arguments: the built-in CPU demo)",
+        help=VERBS["train"],
         description=__doc__.split("\n")[0].strip("`"),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
