@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from baseforge.eval.judge import Backend, Cache, build_prompt, judge, load_answers, parse_scores, summarize
+from baseforge.eval.judge import Cache, build_prompt, judge, load_answers, parse_scores, summarize
+from baseforge.eval.judge_api import Backend
 from helpers import assert_clean_error, baseforge
 
 

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from baseforge.eval import judge as judge_mod
-from baseforge.eval.judge import Backend, Cache, Transient, build_prompt, judge, load_answers
+from baseforge.eval.judge import Cache, build_prompt, judge, load_answers
+from baseforge.eval.judge_api import Backend, Transient
 from helpers import assert_clean_error, baseforge
 
 KEY = "sk-test-0123456789abcdefghijklmnopqrstuvwxyz"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from baseforge.cli import VERBS
 from baseforge.errors import UserError
-from baseforge.eval.judge import Backend, Cache, judge, load_answers, summarize
+from baseforge.eval.judge import Cache, judge, load_answers, summarize
+from baseforge.eval.judge_api import Backend
 from baseforge.fileio import atomic_write_text
 
 EPILOG = """\

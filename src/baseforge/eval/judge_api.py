@@ -1,0 +1,175 @@
+"""The judge's HTTP client: OpenAI-compatible chat completions or Ollama, with bounded retries.
+
+Rate limits (429, honouring Retry-After up to a cap), server errors, timeouts, refused connections and
+malformed replies are retried with exponential backoff and jitter by the caller (eval/judge.py); this
+module makes one request. Its timeout bounds the whole request (connect, headers and body), not each
+socket read; redirects are refused (they would re-send the key); the API key is redacted from every
+message and reply text.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from baseforge.errors import UserError
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would re-send the Authorization header to another URL: treat it as an error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+class _Deadline:
+    """An opener whose connections are shut down when `timeout_s` has passed since `start`: a
+    server that trickles its headers or body (one byte per second) cannot stretch one request
+    past its timeout, as a per-read socket timeout alone would let it."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.lock = threading.Lock()
+        deadline = self
+
+        def connection(cls):
+            class Watched(cls):
+                def connect(self):
+                    super().connect()
+                    # Kept here: urllib drops conn.sock once the headers are in, the body still
+                    # reads from this socket.
+                    with deadline.lock:
+                        deadline.sockets.append(self.sock)
+                        if deadline.expired:
+                            deadline._shutdown(self.sock)
+
+            return Watched
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(connection(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # the default TLS context (certificates and host names checked)
+                return self.do_open(connection(http.client.HTTPSConnection), req, context=self._context)
+
+        self.opener = urllib.request.build_opener(_RefuseRedirects, HTTP, HTTPS)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read at once
+        except OSError:
+            pass
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                self._shutdown(sock)
+
+    def __enter__(self):
+        self.timer = threading.Timer(self.timeout_s, self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        return False
+
+
+def redact(text: str, secrets) -> str:
+    """`text` with every secret (an API key) replaced by [REDACTED]."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+class Malformed(ValueError):
+    pass
+
+
+class Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class Backend:
+    kind: str  # "openai" or "ollama"
+    model: str
+    base_url: str
+    api_key: str | None = None
+    timeout: float = 60.0  # seconds for the whole request: connect, headers and body
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.api_key])
+
+    def request(self, prompt: str) -> str:
+        """The judge's reply text (the API key redacted from it, as from every error message)."""
+        return self.redact(self._request(prompt))
+
+    def _request(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        if self.kind == "openai":
+            url = self.base_url.rstrip("/") + "/chat/completions"
+            body = {"model": self.model, "messages": messages, "temperature": 0}
+        else:
+            url = self.base_url.rstrip("/") + "/api/chat"
+            body = {"model": self.model, "messages": messages, "stream": False, "options": {"temperature": 0}}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
+        deadline = _Deadline(self.timeout)
+        try:
+            with deadline, deadline.opener.open(req, timeout=self.timeout) as resp:
+                data = resp.read()
+            reply = json.loads(data.decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 429 or exc.code >= 500:
+                retry = exc.headers.get("Retry-After")
+                raise Transient(
+                    f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit() else None
+                ) from None
+            try:
+                with deadline:
+                    text = exc.read(65536).decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                text = ""
+            # Redact before cutting: a cut key could otherwise leave its first bytes in the excerpt.
+            excerpt = self.redact(text)[:200]
+            raise UserError(f"judge backend answered HTTP {exc.code} at {url}: {excerpt!r}") from None
+        except (
+            urllib.error.URLError,
+            TimeoutError,
+            ConnectionError,
+            OSError,
+            http.client.HTTPException,
+        ) as exc:
+            if deadline.expired:
+                raise Transient(f"timed out: no complete reply within {self.timeout:g} s") from None
+            raise Transient(self.redact(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")) from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if deadline.expired:
+                raise Transient(f"timed out: no complete reply within {self.timeout:g} s") from None
+            raise Malformed("the reply body is not JSON") from None
+        try:
+            if self.kind == "openai":
+                return reply["choices"][0]["message"]["content"]
+            return reply["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise Malformed("the reply has no message content") from None
+
+
+# --- the judging loop -------------------------------------------------------------------------------
