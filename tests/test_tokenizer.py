@@ -30,13 +30,14 @@ def test_tokenizers_are_told_apart_by_content_not_name(shared_data, tmp_path):
     a.save(tmp_path)
     again = load_tokenizer(a.record(), tmp_path)
     assert again.sha256 == a.sha256 and check_same_tokenizer(a.record(), again.record(), "x", "y") is None
-    # A record from before hashes: names and sizes compared, and the caller is told so.
+    # A record without its hash (edited, or from before hashes) cannot be checked: refused, not skipped.
     old = {k: v for k, v in a.record().items() if k != "sha256"}
-    assert "predates tokenizer hashes" in check_same_tokenizer(old, b.record(), "data/old", "the run")
-    with pytest.raises(UserError, match="predates tokenizer hashes"):
-        check_same_tokenizer(
-            {**old, "name": "bpe:8192", "vocab_size": 8192}, b.record(), "data/old", "the run"
-        )
+    for pair in ((old, a.record()), (a.record(), old)):
+        with pytest.raises(UserError, match="without its content hash"):
+            check_same_tokenizer(*pair, "data/old", "the run")
+    # Its file must stay beside the record: no path out of the folder.
+    with pytest.raises(UserError, match="outside its folder"):
+        load_tokenizer({**a.record(), "file": "../elsewhere/tokenizer.json"}, tmp_path)
     # A tokenizer.json replaced under its record is refused.
     b.save(tmp_path)
     with pytest.raises(UserError, match="not the tokenizer recorded beside it"):

@@ -7,8 +7,8 @@ so a run always knows how to turn text into its token ids and back.
 `sha256` identifies the tokenizer by content, not name: two `bpe:4096` trained on different text
 share a name and a size but not their ids' meaning. It hashes what fixes each id's meaning: the
 vocabulary and merges (for GPT-2, tiktoken's mergeable ranks) and the special tokens, in a
-canonical JSON form that does not depend on the library version that wrote the file. Records
-written before hashes existed have none; `check_same_tokenizer` then compares name and size.
+canonical JSON form that does not depend on the library version that wrote the file. A record
+without a hash (written before hashes existed, or edited) is refused by `check_same_tokenizer`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_text
+from baseforge.records import inside
 
 EOT = "<|endoftext|>"
 GPT2_DIR_ENV = "BASEFORGE_GPT2_DIR"  # a folder with OpenAI's vocab.bpe + encoder.json
@@ -233,7 +234,9 @@ def load_tokenizer(record: dict, directory: Path | None = None) -> Tokenizer:
         return GPT2Tokenizer()
     if directory is None:
         raise UserError(f"tokenizer {name} needs its {TrainedBPETokenizer.FILE}")
-    path = Path(directory) / record.get("file", TrainedBPETokenizer.FILE)
+    path = inside(
+        Path(directory), record.get("file", TrainedBPETokenizer.FILE), f"{directory} tokenizer file"
+    )
     tok = TrainedBPETokenizer.load(path, name)
     if record.get("sha256") and tok.sha256 != record["sha256"]:
         raise UserError(
@@ -243,27 +246,25 @@ def load_tokenizer(record: dict, directory: Path | None = None) -> Tokenizer:
     return tok
 
 
-def check_same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> str | None:
+def check_same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> None:
     """Refuse (UserError, one line) two tokenizer records whose ids mean different tokens.
 
-    Compares the content hashes; a record from before hashes existed is compared by name and
-    size, and the returned note (None when the hashes were compared) says so, for the caller to print.
+    Compared by content hash; a record without one (edited, or written before hashes existed) is refused
+    too, since its identity cannot be checked.
     """
 
     def label(r: dict) -> str:
-        digest = f", sha256 {r['sha256'][:12]}" if r.get("sha256") else ""
+        digest = f", sha256 {str(r['sha256'])[:12]}" if r.get("sha256") else ""
         return f"{r.get('name')} ({r.get('vocab_size')} tokens{digest})"
 
-    if a.get("sha256") and b.get("sha256"):
-        if a["sha256"] == b["sha256"]:
-            return None
-        older = ""
-    elif (a.get("name"), a.get("vocab_size")) == (b.get("name"), b.get("vocab_size")):
-        old = what_a if not a.get("sha256") else what_b
-        return f"{old} predates tokenizer hashes: only the tokenizers' names and sizes were compared"
-    else:
-        older = f" ({what_a if not a.get('sha256') else what_b} predates tokenizer hashes; names compared)"
-    raise UserError(
-        f"{what_a} uses tokenizer {label(a)} but {what_b} uses {label(b)}: the same ids mean different "
-        f"tokens{older}; use data prepared with the same tokenizer"
-    )
+    for record, what in ((a, what_a), (b, what_b)):
+        if not isinstance(record.get("sha256"), str) or not record["sha256"]:
+            raise UserError(
+                f"{what} records tokenizer {label(record)} without its content hash, so its identity "
+                "cannot be checked; re-run `baseforge prepare` for data, or use a checkpoint that has it"
+            )
+    if a["sha256"] != b["sha256"]:
+        raise UserError(
+            f"{what_a} uses tokenizer {label(a)} but {what_b} uses {label(b)}: the same ids mean different "
+            "tokens; use data prepared with the same tokenizer"
+        )

@@ -38,10 +38,9 @@ class Checkpointer:
             return None
         path = ckpt.find_checkpoint(self.run_dir.path)
         _, state = ckpt.read_checkpoint_meta(path)
-        where = f"the checkpoint {path}"
-        note = check_same_tokenizer(state["tokenizer"], data.tokenizer.record(), where, str(data.source))
-        if note:
-            self.say(f"note: {note}")
+        check_same_tokenizer(
+            state["tokenizer"], data.tokenizer.record(), f"the checkpoint {path}", str(data.source)
+        )
         return path
 
     def restore(self, path: Path, run: Run) -> RunState:
