@@ -123,3 +123,27 @@ def test_remote_code_left_padding_gives_unpadded_logits(tmp_path):
     with torch.no_grad():
         a = theirs(padded, attention_mask=mask).logits[:, 3:]
         assert (a - model(short)[0]).abs().max().item() < 1e-5
+
+
+def test_init_from_a_modern_export_continues_the_model(modern_run, shakespeare_dir, tmp_path):
+    from baseforge.train.metrics import read_metrics
+
+    folder = tmp_path / "hf"
+    assert baseforge("export", modern_run, "--out", folder).returncode == 0
+    more = tmp_path / "more"
+    items = [*TINY, "max_steps=1", "dropout=0.0"]
+    result = baseforge(
+        "train",
+        "--data",
+        shakespeare_dir,
+        "--out",
+        more,
+        "--preset",
+        "cpu-tiny",
+        "--init-from",
+        f"hf:{folder}",
+        *[a for item in items for a in ("--set", item)],
+    )
+    assert result.returncode == 0, result.stderr
+    ended = read_metrics(modern_run)[-1]["val_loss"]
+    assert read_metrics(more)[0]["val_loss"] == pytest.approx(ended, abs=1e-5)

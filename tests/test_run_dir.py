@@ -135,6 +135,18 @@ def test_init_from_starts_where_the_run_ended(shakespeare_dir, finished_run, tmp
     assert_clean_error(result, "--init-from takes the model's shape")
 
 
+def test_init_from_an_exported_folder_starts_where_the_run_ended(shakespeare_dir, finished_run, tmp_path):
+    folder = tmp_path / "hf"
+    assert baseforge("export", finished_run, "--out", folder).returncode == 0
+    more = tmp_path / "more"
+    result = baseforge(
+        "train", "--data", shakespeare_dir, "--out", more, "--init-from", f"hf:{folder}", *sets(*SHORT)
+    )
+    assert result.returncode == 0, result.stderr
+    ended = read_metrics(finished_run)[-1]["val_loss"]
+    assert read_metrics(more)[0]["val_loss"] == pytest.approx(ended, abs=1e-5)
+
+
 def test_dry_run_and_help_config(shakespeare_dir, tmp_path):
     result = train(shakespeare_dir, tmp_path / "run", "--dry-run")
     assert result.returncode == 0, result.stderr

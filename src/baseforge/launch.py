@@ -18,10 +18,10 @@ from baseforge.data.loader import BatchLayout
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
+from baseforge.eval.loss import check_vocab
 from baseforge.eval.models import load_any
 from baseforge.model import GPT
 from baseforge.rundir import RunDir
-from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train.build import total_steps
 from baseforge.train.checkpoint import data_fingerprint, model_tensors, read_data_record
 
@@ -72,7 +72,8 @@ def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunC
     ]
     if changed:
         raise UserError(f"--init-from takes the model's shape from {spec}; drop --set {', '.join(changed)}")
-    check_same_tokenizer(loaded.tokenizer.record(), read_manifest(data)["tokenizer"], spec, str(data))
+    # By content: a baseforge tokenizer by its hash, a transformers folder's own tokenizer token by token.
+    check_vocab(spec, loaded.model, loaded.tokenizer, data, read_manifest(data))
     config.update({**asdict(source), "dropout": config.model.dropout})
     return config, model_tensors(loaded.model)
 

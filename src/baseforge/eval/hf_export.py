@@ -109,23 +109,10 @@ REMOTE_AUTO_MAP = {
 def remote_config_dict(config: ModelConfig, eot_id: int) -> dict:
     """config.json of a remote-code export: baseforge's architecture keys under their own names."""
     return dict(
-        model_type="baseforge_gpt",
+        model_type=hf_map.REMOTE_MODEL_TYPE,
         architectures=["BaseforgeForCausalLM"],
         auto_map=REMOTE_AUTO_MAP,
-        vocab_size=config.vocab_size,
-        context=config.context,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
-        qkv_bias=config.qkv_bias,
-        bias=config.bias,
-        tie_weights=config.tie_weights,
-        pos_emb=config.pos_emb,
-        norm=config.norm,
-        qk_norm=config.qk_norm,
-        mlp_act=config.mlp_act,
-        logit_softcap=config.logit_softcap,
-        rope_base=config.rope_base,
+        **{key: getattr(config, key) for key in hf_map.REMOTE_KEYS},
         layer_norm_eps=1e-5,  # model/gpt.py's make_norm
         rms_norm_eps=1e-6,
         tie_word_embeddings=config.tie_weights,

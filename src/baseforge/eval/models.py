@@ -40,11 +40,14 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
     if not config_file.is_file():
         raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
     hf_config = _read_json(config_file)
+    remote = hf_config.get("model_type") == hf_map.REMOTE_MODEL_TYPE  # baseforge's own remote-code export
     try:
-        config = hf_map.config_from_hf(hf_config)
+        config = hf_map.config_from_remote(hf_config) if remote else hf_map.config_from_hf(hf_config)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = str(exc)[:200]
-        raise UserError(f"{path}: {reason}; baseforge reads GPT-2 models (model_type gpt2) only") from None
+        raise UserError(
+            f"{path}: {reason}; baseforge reads GPT-2 models (model_type gpt2) and its own exports only"
+        ) from None
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -69,7 +72,9 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
         raise UserError(f"{path} has no model.safetensors or pytorch_model.bin")
     model = GPT(config)
     try:
-        model.load_state_dict(hf_map.from_hf_state_dict(state, config))
+        if remote:  # baseforge's own names; the RoPE tables are rebuilt, not stored
+            state = {**{k: v for k, v in model.state_dict().items() if k.startswith("rope_")}, **state}
+        model.load_state_dict(state if remote else hf_map.from_hf_state_dict(state, config))
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: the weights do not fit a GPT-2 of that config ({str(exc)[:200]})") from None
     return model, hf_config

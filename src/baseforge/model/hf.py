@@ -151,3 +151,19 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
 
 def _has_bias(name: str, config: ModelConfig) -> bool:
     return config.qkv_bias if name.endswith("attn.c_attn.bias") else config.bias
+
+
+# A remote-code export (eval/hf_export.py) writes these ModelConfig fields under their own names.
+REMOTE_MODEL_TYPE = "baseforge_gpt"
+REMOTE_KEYS = (
+    "vocab_size", "context", "n_layer", "n_head", "n_embd", "qkv_bias", "bias", "tie_weights",
+    "pos_emb", "norm", "qk_norm", "mlp_act", "logit_softcap", "rope_base",
+)  # fmt: skip
+
+
+def config_from_remote(hf: dict) -> ModelConfig:
+    """The ModelConfig of a remote-code export's config.json (model_type baseforge_gpt)."""
+    missing = [k for k in REMOTE_KEYS if k not in hf]
+    if missing:
+        raise ValueError(f"a {REMOTE_MODEL_TYPE} config without {', '.join(missing)}")
+    return ModelConfig(**{k: hf[k] for k in REMOTE_KEYS})
