@@ -336,3 +336,27 @@ def test_a_sharded_model_gathers_into_a_plain_copy_on_rank_zero(tmp_path):
     torch.multiprocessing.spawn(_gather_copy, args=(2, free_port(), out), nprocs=2)
     got, want = torch.load(out)
     assert torch.equal(got, want)
+
+
+def step0_val(run):
+    return read_metrics(run)[0]["val_loss"]
+
+
+@pytest.mark.parametrize(
+    "nproc, windows, micro",
+    [
+        (2, 1, 2),
+        pytest.param(3, 5, 1, marks=pytest.mark.slow),
+        pytest.param(3, 64, 5, marks=pytest.mark.slow),
+    ],
+)
+def test_fsdp_evaluation_is_even_over_ranks_whatever_the_slice(
+    shakespeare_dir, tmp_path, nproc, windows, micro
+):
+    """A validation slice that does not split evenly over the ranks (one window on two): every rank runs
+    as many forwards as the others (FSDP's all-gathers are collectives), and the loss is one process's."""
+    items = [*TINY, "dropout=0", "max_steps=1", f"eval_tokens={64 * windows}", f"micro_batch={micro}"]
+    items += [f"global_batch={micro * nproc}", "dist_timeout_s=60"]
+    train(1, shakespeare_dir, tmp_path / "one", *items)
+    train(nproc, shakespeare_dir, tmp_path / "fsdp", *items, "parallel=fsdp")
+    assert step0_val(tmp_path / "fsdp") == pytest.approx(step0_val(tmp_path / "one"), rel=1e-5)

@@ -28,6 +28,8 @@ class Validator:
         batches = run.data.val_batches(
             run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
         )
+        if run.views.kind == "fsdp":
+            batches = self._evened(list(batches))
         total, count = loss_sum(model, batches, run.runtime.device, run.runtime.precision.autocast)
         model.train()
         total, count = all_reduce_sum([total, float(count)], dist, run.runtime.device)
