@@ -5,8 +5,8 @@ and the training recipe (`TrainConfig`). Their keys are disjoint, so users write
 (`n_layer=6`, `lr=1e-3`) and each lands where it belongs. Both are frozen and validate on construction
 (`errors.ConfigError` for a bad value); every change goes through `RunConfig.update`, which rebuilds
 them with `dataclasses.replace` (and so re-validates). Each key's help text is in its field's metadata
-(`model.config.option`), read by `--help-config`. The
-resolved config is saved with every run and checkpoint as `{"preset", "model": {...}, "train": {...}}`.
+(`model.config.option`), read by `--help-config`. The resolved config is saved with every run and
+checkpoint as `{"preset", "model": {...}, "train": {...}}`.
 """
 
 from __future__ import annotations
@@ -250,10 +250,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
+        if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "train")):
+            raise ConfigError("config: a run config is a JSON object with `model` and `train` objects")
         model, train = d.get("model", {}), _renamed(d.get("train", {}))
-        for name in [*model, *train]:
-            if name not in MODEL_KEYS and name not in TRAIN_KEYS:
-                raise _unknown(name)
+        for name in (n for n in [*model, *train] if n not in MODEL_KEYS and n not in TRAIN_KEYS):
+            raise _unknown(name)
         try:
             return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train))
         except TypeError as exc:  # a key under the wrong table

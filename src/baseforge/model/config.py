@@ -33,21 +33,36 @@ def type_name(cls, name: str) -> str:
 
 
 def check_choices(obj) -> None:
-    """ConfigError for a dataclass field typed with `Literal[...]` whose value is none of its choices,
-    or a float field that is not finite (inf, nan).
-
-    A field may also admit other types (`int | Literal["auto"]`): values of those pass.
-    """
+    """ConfigError for a dataclass field whose value its type does not admit: one of its `Literal[...]`
+    choices, or a value of one of its types (a bool is no number here; an int is a float), and a float
+    field that is not finite (inf, nan). A field may admit both (`int | Literal["auto"]`)."""
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
-        allowed, types = _choices(hints[f.name])
+        allowed, kinds = _choices(hints[f.name])
         value = getattr(obj, f.name)
-        if allowed and value not in allowed and not isinstance(value, tuple(types)):
-            raise ConfigError(
-                f"config: {f.name} must be one of {', '.join(map(repr, allowed))}, not {value!r}"
-            )
+        if (allowed or kinds) and not _fits(value, allowed, kinds):
+            if allowed and not kinds:
+                raise ConfigError(
+                    f"config: {f.name} must be one of {', '.join(map(repr, allowed))}, not {value!r}"
+                )
+            raise ConfigError(f"config: {f.name} must be {type_name(type(obj), f.name)}, not {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config: {f.name} = {value!r} must be a finite number")
+
+
+def _fits(value, allowed: list, kinds: list) -> bool:
+    if any(value == a and type(value) is type(a) for a in allowed):
+        return True
+    for kind in kinds:
+        if kind is bool or isinstance(value, bool):
+            if kind is bool and isinstance(value, bool):
+                return True
+            continue
+        if kind is float and isinstance(value, int):
+            return True
+        if isinstance(value, kind):
+            return True
+    return False
 
 
 def _choices(hint) -> tuple[list, list]:

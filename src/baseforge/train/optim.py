@@ -88,7 +88,7 @@ class Optimizers:
             try:
                 with run_hyperparameters_kept(opt):
                     opt.load_state_dict(state[name])
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
                 raise UserError(f"{source}: the {name} state does not fit this run ({exc})") from None
             _check_state_shapes(opt, name, source)
 
