@@ -96,7 +96,9 @@ class TrainConfig:
         "", "hellaswag_val.jsonl(.gz) of the in-training HellaSwag; empty = download once"
     )
     hellaswag_limit: int = option(500, "items per in-training HellaSwag evaluation")
-    sample_prompt: str = option("Every effort moves you", "prompt of the sample at the end of training")
+    sample_prompt: str = option(
+        "", "prompt of the end-of-run sample; empty: the start of a held-out document"
+    )
     sample_tokens: int = option(64, "tokens of that sample (0: no sample)")
     dist_timeout_s: float = option(
         600.0, "a dead rank stops the job after this many seconds instead of hanging it"

@@ -94,7 +94,6 @@ _CPU = dict(
     eval_tokens=65_536,
     checkpoint_every=200,
     log_every=10,
-    sample_prompt="def ",
 )
 # Muon for the hidden matrices, AdamW for embeddings/head/gains, warmup-stable-decay. CPU values: the
 # best of a small grid in benchmarks/bench_recipes.py, seed 0 (muon_lr 0.02/0.03/0.05 at lr 3e-3,

@@ -29,7 +29,8 @@ from baseforge.train.reporter import Reporter
 from baseforge.train.state import RunState, Window
 from baseforge.train.step import StepResult
 from baseforge.train.stop import StopRequested
-from baseforge.train.summary import announce_lines, build_summary, metrics_row
+from baseforge.train.summary import announce_lines, build_summary, data_prompt, metrics_row
+from baseforge.train.trackers import tracker_names
 from baseforge.train.validate import Validator
 
 
@@ -75,6 +76,7 @@ class Trainer:
         """Build the run in memory: device, data, model, batch layout, optimizers; restore a checkpoint."""
         if self.parts is None:
             cfg = self.config.train
+            tracker_names(cfg.trackers)  # a typo fails before anything is built or written
             runtime = Runtime.create(cfg, self.dist)
             if isinstance(self.data, (str, Path)):
                 self.data = TokenData(self.data, self.config.model.context, cfg.seed)
@@ -183,12 +185,11 @@ class Trainer:
         if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
             row = next((r for r in reversed(read_metrics(self.run_dir.path)) if r["step"] == state.step), {})
         model = self.parts.views.whole_on_main() if cfg.sample_tokens else None  # a collective
-        sample = None
+        sample, tok = None, self.data.tokenizer
         if model is not None:
-            ids = generate(
-                model, self.data.tokenizer.encode(cfg.sample_prompt), cfg.sample_tokens, 0.8, 50, cfg.seed
-            )
-            sample = (cfg.sample_prompt, self.data.tokenizer.decode(ids))
+            prompt = cfg.sample_prompt or data_prompt(self.data)
+            ids = generate(model, tok.encode(prompt), cfg.sample_tokens, 0.8, 50, cfg.seed)
+            sample = (prompt, tok.decode(ids))
         summary = build_summary(self.parts, state, row)
         self.reporter.finish(summary, sample)
         return RunResult(state.step, summary=summary)

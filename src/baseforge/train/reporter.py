@@ -14,7 +14,7 @@ from baseforge.rundir import RunDir
 from baseforge.train.charts import write_charts
 from baseforge.train.metrics import MetricsLog
 from baseforge.train.summary import progress_fields, summary_line
-from baseforge.train.trackers import open_trackers
+from baseforge.train.trackers import open_trackers, tracker_names
 
 
 class Reporter:
@@ -32,7 +32,7 @@ class Reporter:
     @contextlib.contextmanager
     def recording(self, config: dict, trackers: str, *, resume: bool, start_step: int):
         """metrics.jsonl and the trackers named in `trackers` ("tensorboard,wandb"), open for the loop."""
-        names = [n.strip() for n in trackers.split(",") if n.strip()]
+        names = tracker_names(trackers)
         if self.is_main:
             self._metrics = MetricsLog(self.run_dir.path)
             if names:

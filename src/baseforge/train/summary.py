@@ -94,3 +94,11 @@ def summary_line(summary: dict) -> str:
         f"{format_duration(summary['train_seconds'])} ({format_count(summary['tokens_per_s'])} tok/s); "
         f"final train loss {loss}{val}"
     )
+
+
+def data_prompt(data, tokens: int = 8) -> str:
+    """The end-of-run sample's prompt when none is set: the start of the first held-out document, so a
+    model is prompted with its own corpus's kind of text (end-of-text alone without a validation split)."""
+    batch = next(iter(data.val_batches(tokens, 1)), None)
+    ids = [] if batch is None else [i for i in batch[0][0, :tokens].tolist() if i != data.tokenizer.eot_id]
+    return data.tokenizer.decode(ids) if ids else data.tokenizer.decode([data.tokenizer.eot_id])

@@ -170,6 +170,18 @@ def open_tracker(name: str, run_dir: Path, resume: bool, start_step: int | None)
     return WandbTracker(run_dir, resume)
 
 
+def tracker_names(spec: str) -> list[str]:
+    """The trackers a config's `trackers` value names ("tensorboard,wandb"), each once; a typo is a
+    UserError, raised before the run writes anything."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise UserError(
+            f"unknown tracker {', '.join(unknown)}; choose from {', '.join(TRACKERS)} (comma-separated)"
+        )
+    return names
+
+
 def open_trackers(
     names: list[str],
     run_dir: Path | str,
@@ -183,13 +195,8 @@ def open_trackers(
     `config` is the resolved run config, sent on a fresh start (a resumed tracker run has it already);
     `start_step` is the step a resume starts from.
     """
-    unknown = [n for n in names if n not in TRACKERS]
-    if unknown:
-        raise UserError(
-            f"unknown tracker {', '.join(unknown)}; choose from {', '.join(TRACKERS)} (comma-separated)"
-        )
     opened = []
-    for name in dict.fromkeys(names):  # each once, in order
+    for name in tracker_names(",".join(names)):  # each once, in order
         try:
             opened.append(open_tracker(name, Path(run_dir), resume, start_step))
         except ImportError as exc:
