@@ -179,7 +179,13 @@ class TrainedBPETokenizer(Tokenizer):
 
         if not path.is_file():
             raise UserError(f"tokenizer file {path} is missing; re-run `baseforge prepare`")
-        return cls(HFTokenizer.from_file(str(path)), name)
+        try:
+            return cls(HFTokenizer.from_file(str(path)), name)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for any bad file
+            reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"tokenizer file {path} is not readable ({reason}); it is torn or corrupt"
+            ) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # add_special_tokens=False and no special-token splitting: "<|endoftext|>" inside a

@@ -34,6 +34,10 @@ examples:
       the write-up's 163M run (20 tokens per parameter, AdamW 4e-4, warmup + cosine)
   baseforge train --data data/fineweb --out runs/seed --resume
       continue a run exactly where its latest checkpoint left off
+  baseforge train --out runs/seed --resume --extend --set max_steps=30000
+      make a run longer: the schedule so far is kept and continues from the current learning rate
+      (constant, then a decay over the last decay_fraction of the new steps); without --extend a
+      length change that would move the learning rate is refused
   baseforge train --data data/tiny --out runs/t --preset cpu-tiny --set lr=1e-3 --set max_steps=200
   baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed --dry-run
       print the resolved config, parameter count, tokens per step, steps and tokens; train nothing
@@ -85,6 +89,11 @@ def register(sub) -> None:
         "--new-data", action="store_true", help="with --resume: continue on other data (same tokenizer)"
     )
     p.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --resume and a larger max_steps: keep the schedule so far, continue from the current rate",
+    )
+    p.add_argument(
         "--init-from", metavar="MODEL", help="start from these weights: a run, checkpoint or hf:DIR"
     )
     p.add_argument(
@@ -101,6 +110,8 @@ def run(args) -> int:
     out = check_out_dir(args.out or DEMO_RUN)
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run; it cannot be combined with --resume")
+    if args.extend and not args.resume:
+        raise UserError("--extend makes a run longer: use it with --resume and a larger --set max_steps")
     if args.resume:
         unrecorded = DEMO_DATA if out == DEMO_RUN else None
         data = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
@@ -116,7 +127,7 @@ def run(args) -> int:
     if args.dry_run:
         print(dry_run_report(config, data))
         return 0
-    return train(config, data, out, args.resume, init)
+    return train(config, data, out, args.resume, init, extend=args.extend)
 
 
 def run_config(args, out: Path):
@@ -132,7 +143,7 @@ def run_config(args, out: Path):
     )
 
 
-def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int:
+def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, extend: bool = False) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
@@ -142,7 +153,15 @@ def train(config, data: Path, out: Path, resume: bool, init_weights=None) -> int
     with process_group(config.train.dist_timeout_s, config.train.device) as dist:
         extra = evaluators(config.train)
         trainer = Trainer(
-            config, data, out, resume=resume, log=log, evaluators=extra, dist=dist, init_weights=init_weights
+            config,
+            data,
+            out,
+            resume=resume,
+            extend=extend,
+            log=log,
+            evaluators=extra,
+            dist=dist,
+            init_weights=init_weights,
         )
         main = dist.is_main
         try:

@@ -59,9 +59,12 @@ def total_steps(cfg: TrainConfig, n_params: int, tokens_per_step: int) -> int:
     return max(1, math.ceil(budget / tokens_per_step))
 
 
-def build_run(config: RunConfig, data, runtime: Runtime, *, init_weights=None, say=print) -> Run:
+def build_run(
+    config: RunConfig, data, runtime: Runtime, *, init_weights=None, tail=(0, 1.0), say=print
+) -> Run:
     """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
-    tensors instead of a random initialisation; `say` logs on the main process."""
+    tensors instead of a random initialisation; `tail` is an extended run's schedule tail (Schedule);
+    `say` logs on the main process."""
     config = config.with_vocab(data.tokenizer.vocab_size)
     check_vocab(config, data.tokenizer)
     cfg, dist = config.train, runtime.dist
@@ -80,7 +83,7 @@ def build_run(config: RunConfig, data, runtime: Runtime, *, init_weights=None, s
     views = wrap_model(model, cfg, runtime, lambda m: compile_for_training(m, warm_up, say))
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
-    schedule = Schedule.from_config(cfg, total)
+    schedule = Schedule.from_config(cfg, total, tail)
     step = TrainStep(views, optimizers, runtime, layout, schedule, cfg.grad_clip)
     return Run(config, data, runtime, views, optimizers, layout, schedule, total, step)
 

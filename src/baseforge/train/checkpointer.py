@@ -11,14 +11,17 @@ from pathlib import Path
 
 from baseforge.config import RunConfig
 from baseforge.errors import UserError
+from baseforge.model import GPT
+from baseforge.records import count, number
 from baseforge.rundir import RunDir
 from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train import checkpoint as ckpt
 from baseforge.train import sharded
-from baseforge.train.build import Run
+from baseforge.train.build import Run, total_steps
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.metrics import record_resume, truncate_metrics
 from baseforge.train.rng import gather_rng_states, restore_rng
+from baseforge.train.schedule import Schedule, continued
 from baseforge.train.state import RunState
 
 
@@ -26,22 +29,39 @@ class Checkpointer:
     def __init__(self, run_dir: RunDir, dist: DistInfo, say=print):
         self.run_dir, self.dist, self.say = run_dir, dist, say
 
-    def resume_point(self, resume: bool, data) -> Path | None:
-        """The checkpoint to resume from (None: a fresh run), checked against the data's tokenizer; a
-        fresh run refuses a run dir that holds one already."""
+    def resume_point(self, resume: bool, data, config: RunConfig, extend: bool = False):
+        """(checkpoint to resume from, its schedule tail) or (None, no tail) for a fresh run, checked
+        against the data's tokenizer and the config's schedule; a fresh run refuses a run dir that
+        holds one already."""
         if not resume:
             if self.run_dir.has_checkpoint():
                 raise UserError(
                     f"{self.run_dir.path} already holds a run; continue it with --resume, "
                     "or choose another --out"
                 )
-            return None
+            return None, (0, 1.0)
         path = ckpt.find_checkpoint(self.run_dir.path)
         _, state = ckpt.read_checkpoint_meta(path)
         check_same_tokenizer(
             state["tokenizer"], data.tokenizer.record(), f"the checkpoint {path}", str(data.source)
         )
-        return path
+        return path, self.schedule_tail(path, config, extend)
+
+    def schedule_tail(self, path: Path, config: RunConfig, extend: bool) -> tuple[int, float]:
+        """The schedule tail a run resumed from checkpoint `path` continues with (schedule.continued):
+        the checkpoint's own unless `config` changes the rate at its step, which needs `extend`."""
+        saved, state = ckpt.read_checkpoint_meta(path)
+        step, where = state["step"], path / ckpt.STATE_FILE
+        tail = (count(state, "tail_from", where, optional=True) or 0, number(state, "tail_lr", where) or 1.0)
+        tokens = count(state, "tokens", where, optional=True)
+        if not step or not tokens:
+            return tail
+        n_params = GPT.count_params(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
+        old, new = (
+            Schedule.from_config(c.train, total_steps(c.train, n_params, tokens // step), tail)
+            for c in (saved, config)
+        )
+        return continued(old, new, step, extend)
 
     def restore(self, path: Path, run: Run) -> RunState:
         """Weights, optimizer, scaler and RNG states from checkpoint `path` into the live run; its RunState.
@@ -64,7 +84,9 @@ class Checkpointer:
         if run.step.scaler is not None and trainer["scaler"] is not None:
             run.step.scaler.load_state_dict(trainer["scaler"])
         restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
-        return RunState.from_json(state, path / ckpt.STATE_FILE)
+        restored = RunState.from_json(state, path / ckpt.STATE_FILE)
+        restored.tail_from, restored.tail_lr = run.schedule.tail_from, run.schedule.tail_lr
+        return restored
 
     def prepare_run_dir(self, config: RunConfig, source, *, resume: bool, step: int) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""

@@ -57,12 +57,14 @@ class Trainer:
         run_dir: Path | str,
         *,
         resume: bool = False,
+        extend: bool = False,
         log=print,
         init_weights: dict | None = None,
         evaluators: dict | None = None,
         dist: DistInfo | None = None,
     ):
         self.config, self.data, self.resume, self.init_weights = config, data, resume, init_weights
+        self.extend = extend  # on resume: a longer run keeps its schedule so far (schedule.continued)
         self.run_dir = RunDir(run_dir)
         self.evaluators = evaluators or {}
         self.dist = dist or DistInfo()
@@ -75,15 +77,14 @@ class Trainer:
     def setup(self) -> Run:
         """Build the run in memory: device, data, model, batch layout, optimizers; restore a checkpoint."""
         if self.parts is None:
-            cfg = self.config.train
+            cfg, point = self.config.train, self.checkpointer.resume_point
             tracker_names(cfg.trackers)  # a typo fails before anything is built or written
             runtime = Runtime.create(cfg, self.dist)
             if isinstance(self.data, (str, Path)):
                 self.data = TokenData(self.data, self.config.model.context, cfg.seed)
-            resume_from = self.checkpointer.resume_point(self.resume, self.data)
-            self.parts = build_run(
-                self.config, self.data, runtime, init_weights=self.init_weights, say=self.reporter.say
-            )
+            resume_from, tail = point(self.resume, self.data, self.config, self.extend)
+            say, init = self.reporter.say, self.init_weights
+            self.parts = build_run(self.config, self.data, runtime, init_weights=init, tail=tail, say=say)
             self.config = self.parts.config
             if resume_from is not None:
                 self.state = self.checkpointer.restore(resume_from, self.parts)

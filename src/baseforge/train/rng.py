@@ -17,6 +17,7 @@ import random
 import numpy as np
 import torch
 
+from baseforge.errors import UserError
 from baseforge.train.distributed import DistInfo, gather_to_main
 
 
@@ -74,7 +75,12 @@ def restore_rng(saved, dist: DistInfo, device, seed: int, step: int) -> bool:
     """
     states = saved if isinstance(saved, list) else [saved]
     if dist.rank < len(states):
-        set_rng_state(states[dist.rank], device)
+        try:
+            set_rng_state(states[dist.rank], device)
+        except (TypeError, KeyError, ValueError, RuntimeError, IndexError) as exc:
+            raise UserError(
+                f"the checkpoint's RNG state is not one ({type(exc).__name__}); resume from another"
+            ) from None
         return True
     torch.manual_seed(rank_seed(seed + step, dist.rank))
     return False

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from baseforge.errors import UserError
+
 if TYPE_CHECKING:
     from baseforge.config import TrainConfig
 
@@ -45,20 +47,49 @@ def lr_multiplier(
 
 @dataclass(frozen=True)
 class Schedule:
-    """A run's learning-rate schedule: the multiplier of the peak learning rate at each step."""
+    """A run's learning-rate schedule: the multiplier of the peak learning rate at each step.
+
+    An extended run (`train --resume --extend`) keeps its schedule up to `tail_from`, then continues
+    from the multiplier it had there (`tail_lr`): constant, then a linear decay to min_lr_ratio over the
+    last decay_fraction of the steps after `tail_from` (warmup-stable-decay's tail)."""
 
     kind: str
     total_steps: int
     warmup_steps: int
     min_lr_ratio: float
     decay_fraction: float
+    tail_from: int = 0  # 0: not extended
+    tail_lr: float = 1.0
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, total_steps: int) -> Schedule:
+    def from_config(cls, cfg: TrainConfig, total_steps: int, tail: tuple[int, float] = (0, 1.0)) -> Schedule:
         warmup = cfg.warmup_steps or round(cfg.warmup_fraction * total_steps)
-        return cls(cfg.schedule, total_steps, warmup, cfg.min_lr_ratio, cfg.decay_fraction)
+        return cls(cfg.schedule, total_steps, warmup, cfg.min_lr_ratio, cfg.decay_fraction, *tail)
 
     def multiplier(self, step: int) -> float:
+        if self.tail_from and step >= self.tail_from:
+            decay = max(1, round((self.total_steps - self.tail_from) * self.decay_fraction))
+            start, end = self.total_steps - decay, min(self.min_lr_ratio, self.tail_lr)
+            return self.tail_lr - (self.tail_lr - end) * min(1.0, max(0, step - start + 1) / decay)
         return lr_multiplier(
             step, self.total_steps, self.kind, self.warmup_steps, self.min_lr_ratio, self.decay_fraction
         )
+
+
+def continued(old: Schedule, new: Schedule, step: int, extend: bool) -> tuple[int, float]:
+    """The tail (tail_from, tail_lr) a run resumed at `step` continues with, when its schedule was `old`
+    and its config now says `new` (another max_steps, say). Unchanged at `step`: the old tail. Changed:
+    `extend` keeps the past and continues from the current rate; otherwise a UserError says what the
+    change would do, since re-stretching a decaying schedule would move the rate backwards."""
+    if extend:
+        if new.total_steps <= step:
+            raise UserError(f"--extend needs a run longer than its {step} steps so far: raise max_steps")
+        return step, old.multiplier(step)
+    if math.isclose(old.multiplier(step), new.multiplier(step), rel_tol=1e-9, abs_tol=1e-12):
+        return old.tail_from, old.tail_lr
+    raise UserError(
+        f"the new length ({new.total_steps} steps, was {old.total_steps}) re-stretches the {old.kind} "
+        f"schedule: the learning rate at step {step} would jump from {old.multiplier(step):.4g}x to "
+        f"{new.multiplier(step):.4g}x the peak. Add --extend to keep the schedule so far and continue from "
+        "the current rate (then a decay over the last decay_fraction of the new steps), or keep max_steps"
+    )

@@ -44,6 +44,8 @@ class RunState:
     bad_in_row: int = 0  # non-finite steps in a row, up to now
     clipped: int = 0  # steps whose gradient norm was clipped, in all
     elapsed_s: float = 0.0  # training wall time, evaluation excluded
+    tail_from: int = 0  # an extended run's schedule: from this step on (0: not extended) ...
+    tail_lr: float = 1.0  # ... the tail starts at this multiplier of the peak (schedule.Schedule)
     window: Window = field(default_factory=Window)
 
     def record_step(self, loss: float, grad_norm: float, applied: bool, clip: float) -> None:
