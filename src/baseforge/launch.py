@@ -10,8 +10,11 @@ so neither of them imports it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig, parse_overrides, parse_value
 from baseforge.data.loader import BatchLayout
@@ -20,10 +23,14 @@ from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
 from baseforge.eval.models import load_any
+from baseforge.memory_model import activation_bytes, shape_of, state_bytes
 from baseforge.model import GPT
+from baseforge.progress import format_duration
 from baseforge.rundir import RunDir
 from baseforge.train.build import total_steps
 from baseforge.train.checkpoint import data_fingerprint, model_tensors, read_data_record
+from baseforge.train.mfu import measure_matmul_peak
+from baseforge.train.precision import resolve_device, resolve_precision
 
 
 def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
@@ -96,7 +103,8 @@ def evaluators(cfg: TrainConfig) -> dict:
 
 
 def dry_run_report(config: RunConfig, data: Path) -> str:
-    """What `train` would do, without training: the resolved config, model size, steps and tokens."""
+    """What `train` would do, without training: the resolved config, model size, steps and tokens, and
+    the same warnings `train` prints (`preflight`)."""
     manifest = read_manifest(data)
     config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
     n_params = GPT.count_params(config.model)
@@ -104,7 +112,7 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
     if cfg.micro_batch == "auto" and not cfg.global_batch:
         lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
-        return "\n".join(lines)
+        return "\n".join(lines + preflight(config, data))
     sequences = BatchLayout.from_config(cfg).global_batch
     per_step = sequences * config.model.context
     steps = total_steps(cfg, n_params, per_step)
@@ -113,4 +121,63 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
         f"steps: {steps:,}; tokens: {steps * per_step:,} ({steps * per_step / n_params:.1f} per parameter)",
         f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + preflight(config, data))
+
+
+PASSES_WARN = 4  # more passes than this over the training split: the model will largely memorise it
+STEP_SECONDS_WARN = 30.0  # a CPU step longer than this: a GPU-sized run
+CPU_MFU = 0.75  # the share of the measured matmul peak a CPU training step reaches (75-80%, bench_train.py)
+
+
+def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
+    """Warnings about what a user would regret, estimated before anything is allocated: many passes
+    over the data, a model whose training state will not fit this machine's memory, a GPU-sized run
+    on a CPU (with the estimated time per step). `train` and `--dry-run` print the same lines."""
+    manifest = read_manifest(data)
+    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
+    cfg, shape = config.train, shape_of(config)
+    device = resolve_device(cfg.device)
+    warnings = []
+    if cfg.micro_batch == "auto" and not cfg.global_batch:
+        return warnings
+    layout = BatchLayout.from_config(cfg, world=world)
+    per_step = layout.global_batch * config.model.context
+    tokens = total_steps(cfg, shape.params, per_step) * per_step
+    train_tokens = manifest["splits"].get("train", {}).get("tokens", 0)
+    if train_tokens and tokens / train_tokens > PASSES_WARN:
+        warnings.append(
+            f"warning: the run trains on {tokens:,} tokens, {tokens / train_tokens:.0f} passes over the "
+            f"{train_tokens:,}-token train split: it will largely memorise it; use more data or fewer steps"
+        )
+    precision = resolve_precision(cfg.precision, device)
+    need = sum(state_bytes(shape)) + activation_bytes(
+        shape, layout.micro_batch, precision, device.type, checkpoint=cfg.activation_checkpointing != "none"
+    )
+    have = device_memory(device)
+    if have and need > have:
+        warnings.append(
+            f"warning: training needs about {need / 2**30:.1f} GiB (weights, gradients, optimizer, one "
+            f"micro-batch of {layout.micro_batch}) but {device} has {have / 2**30:.1f} GiB: lower "
+            "micro_batch, use activation_checkpointing, or a larger machine (`baseforge plan`)"
+        )
+    if device.type == "cpu":
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        seconds = shape.flops_per_token * per_step / (CPU_MFU * measure_matmul_peak(device, dtype))
+        if seconds > STEP_SECONDS_WARN:
+            steps = tokens // per_step
+            warnings.append(
+                f"warning: on this CPU one step takes about {format_duration(seconds)} "
+                f"({format_duration(seconds * steps)} for {steps:,} steps, at {CPU_MFU:.0%} of its measured "
+                "matmul peak): a model this size wants a GPU"
+            )
+    return warnings
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory training on `device` can use: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baseforge.config import preset_config
+from baseforge.config import RunConfig, preset_config
 from baseforge.hardware import GPU
 from baseforge.model.gpt import GPT
 from baseforge.train.muon import param_groups_for_muon
@@ -91,7 +91,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 def model_shape(preset: str, vocab: int | None = None) -> Shape:
     """The preset's model, built on the meta device (no memory) to count its tensors exactly."""
     run = preset_config(preset)
-    cfg = run.with_vocab(vocab or run.model.vocab_size or 50257).model
+    return shape_of(run.with_vocab(vocab or run.model.vocab_size or 50257))
+
+
+def shape_of(run: RunConfig) -> Shape:
+    """A run config's model (its vocabulary set), built on the meta device to count its tensors."""
+    cfg = run.model
     with torch.device("meta"):
         model = GPT(cfg)
     muon = param_groups_for_muon(model)[0] if run.train.optimizer == "muon" else []

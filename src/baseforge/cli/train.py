@@ -14,10 +14,10 @@ from baseforge.data.prepare import prepare
 from baseforge.data.shards import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
-from baseforge.launch import dry_run_report, evaluators, init_from, resume_data
+from baseforge.launch import dry_run_report, evaluators, init_from, preflight, resume_data
 from baseforge.rundir import RunDir
 from baseforge.runlock import LOCK_FILE, RunLock
-from baseforge.train.distributed import process_group
+from baseforge.train.distributed import dist_from_env, process_group
 from baseforge.train.loop import Trainer
 
 DEMO_DATA = Path("data/builtin")
@@ -127,6 +127,9 @@ def run(args) -> int:
     if args.dry_run:
         print(dry_run_report(config, data))
         return 0
+    env = dist_from_env()
+    for line in preflight(config, data, world=env.world) if env.is_main else []:
+        print(line)
     return train(config, data, out, args.resume, init, extend=args.extend)
 
 
