@@ -184,6 +184,11 @@ class GPT(nn.Module):
         if config.zero_init_head:
             nn.init.zeros_(self.lm_head.weight)
 
+    def reset_buffers(self, device) -> None:
+        """Recompute the non-persistent buffers (RoPE tables) on `device`: after `to_empty` from meta."""
+        if self.config.pos_emb == "rope":
+            self.rope_cos, self.rope_sin = rope_tables(self.config, self.config.context, device)
+
     def _init_weights(self, module: nn.Module) -> None:
         std = 0.02
         if isinstance(module, nn.Linear):

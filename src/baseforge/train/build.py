@@ -8,6 +8,7 @@ optimizers and the schedule. Everything it returns stays the same for the run's 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -68,11 +69,18 @@ def build_run(
     config = config.with_vocab(data.tokenizer.vocab_size)
     check_vocab(config, data.tokenizer)
     cfg, dist = config.train, runtime.dist
-    torch.manual_seed(cfg.seed)  # before the model: every rank builds the same initial weights
-    model = GPT(config.model)
-    if init_weights is not None:
+    # FSDP: only rank 0 builds the whole model; the others build it on the meta device (no memory) and
+    # receive their shards from rank 0 once sharded (the micro-batch search needs a real model each).
+    from_rank0 = dist.enabled and cfg.parallel == "fsdp" and cfg.micro_batch != "auto"
+    meta = from_rank0 and dist.rank > 0
+    torch.manual_seed(cfg.seed)  # before the model: rank 0 (or every rank) builds the same weights
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = GPT(config.model)
+    if init_weights is not None and not meta:
         load_model_tensors(model, init_weights)
-    model.to(runtime.device)
+    if not meta:
+        model.to(runtime.device)
+    whole = model.state_dict() if from_rank0 and not meta else {}
     layout = batch_layout(model, data, cfg, runtime, say)
     total = total_steps(cfg, model.num_params(), layout.global_batch * config.model.context)
     start_rank_stream(cfg.seed, dist)  # each rank its own dropout stream from here
@@ -80,7 +88,13 @@ def build_run(
     warm_up = functools.partial(
         warm_up_shapes, data=data, layout=layout, runtime=runtime, eval_tokens=cfg.eval_tokens
     )
-    views = wrap_model(model, cfg, runtime, lambda m: compile_for_training(m, warm_up, say))
+    views = wrap_model(
+        model,
+        cfg,
+        runtime,
+        lambda m: compile_for_training(m, warm_up, say),
+        whole=whole if from_rank0 else None,
+    )
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
     schedule = Schedule.from_config(cfg, total, tail)

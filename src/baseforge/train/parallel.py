@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -120,11 +121,14 @@ def wrap_model(
     cfg: TrainConfig,
     runtime: Runtime,
     compile_fn: Callable[[torch.nn.Module], torch.nn.Module],
+    whole: dict | None = None,
 ) -> ModelViews:
     """The views of `model` for this run (see the module docstring). `compile_fn(module)` compiles (and
     warms up) a module, falling back to it where compiling fails; it is called only when `cfg.compile`.
 
     FSDP shards `model` in place: its parameters become DTensors, so build optimizers after this.
+    `whole`: under FSDP, rank 0's full state dict (others pass {} and a model on the meta device);
+    each rank's shards are then filled from it (`from_rank0`), so no other rank holds the whole model.
     """
     recompute_blocks(model, cfg.activation_checkpointing)
     maybe_compile = compile_fn if cfg.compile else (lambda m: m)
@@ -133,10 +137,22 @@ def wrap_model(
         return ModelViews(model, compiled, compiled, "single", runtime)
     if cfg.parallel == "fsdp":
         shard_model(model, cfg, runtime)
+        if whole is not None:
+            from_rank0(model, whole, runtime)
         return ModelViews(model, maybe_compile(model), model, "fsdp", runtime)
     ids = [runtime.device.index] if runtime.device.type == "cuda" else None
     ddp = DDP(model, device_ids=ids, gradient_as_bucket_view=True)
     return ModelViews(model, maybe_compile(ddp), model, "ddp", runtime, ddp=ddp)
+
+
+def from_rank0(model: GPT, whole: dict, runtime: Runtime) -> None:
+    """Fill a sharded model's shards from rank 0's full state dict (a broadcast: every rank calls it).
+    Ranks built on the meta device first get real, empty storage and their RoPE tables."""
+    if next(model.parameters()).device.type == "meta":
+        model.to_empty(device=runtime.device)
+        model.reset_buffers(runtime.device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, whole if runtime.dist.is_main else {}, options=options)
 
 
 def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> None:
