@@ -3,6 +3,12 @@ and a dead rank takes the whole job down; the process group's backend follows th
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,7 +16,7 @@ from safetensors.torch import load_file
 from baseforge.train.checkpoint import find_checkpoint
 from baseforge.train.distributed import backend_for
 from baseforge.train.metrics import read_metrics
-from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, sets, torchrun
+from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, cli_env, free_port, sets, torchrun
 
 COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_every=4", "dist_timeout_s=60"]
 
@@ -72,3 +78,69 @@ def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypa
     assert backend_for("auto") == "nccl" and backend_for("cuda:1") == "nccl"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert backend_for("auto") == "gloo"
+
+
+def two_nodes(port: int, *args) -> list[subprocess.Popen]:
+    """Two torchrun agents on this machine, one process each, meeting at a c10d rendezvous on
+    127.0.0.1 (the README's two-node command with the head node here)."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv_id",
+                f"two-nodes-{port}",
+                "-m",
+                "baseforge",
+                *map(str, args),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_train_as_one_process_and_a_dead_node_ends_both(shakespeare_dir, tmp_path):
+    items = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "max_steps=6", "dist_timeout_s=60"]
+    one = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "one", *sets(*items))
+    assert one.returncode == 0, one.stderr
+    agents = two_nodes(
+        free_port(), "train", "--data", shakespeare_dir, "--out", tmp_path / "two", *sets(*items)
+    )
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-2000:]
+    losses = [
+        [r["loss"] for r in read_metrics(tmp_path / run) if r["loss"] is not None] for run in ("one", "two")
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-4)
+    # A rank killed on one "node" ends the job on both.
+    long = [*items, "max_steps=100000", "log_every=1"]
+    agents = two_nodes(
+        free_port(), "train", "--data", shakespeare_dir, "--out", tmp_path / "dead", *sets(*long)
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "dead" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = subprocess.run(
+        ["pgrep", "-P", str(agents[1].pid)], capture_output=True, text=True
+    ).stdout.split()
+    os.kill(int(worker[0]), signal.SIGKILL)
+    for agent in agents:
+        agent.communicate(timeout=180)
+        assert agent.returncode != 0
