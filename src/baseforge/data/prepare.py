@@ -335,16 +335,17 @@ def _meet_floor(router: Router, target: int, reach_back, eot: int) -> tuple[int,
     """Move whole documents from the end of the train stream into val until val holds `target`
     tokens; returns (documents, tokens) moved.
 
-    It takes the fewest last documents that reach the target; when the last document that would
-    reach it would also take val past twice the target or VAL_CAP of the corpus, it takes the
-    documents that fit (perhaps none). Documents are found by their end-of-text tokens: with
-    `--pack crop` a cropped document lost its end-of-text, so it moves together with the one before
-    it and the count of documents moved is low by the cropped ones among them.
+    It takes the fewest last documents that reach the target; when those would take val past twice
+    the target (so never past 2 x VAL_CAP of the corpus), the last documents that fit under that
+    (perhaps none). Documents are found by their end-of-text tokens: with `--pack crop` a cropped
+    document lost its end-of-text, so it moves together with the one before it and the count of
+    documents moved is low by the cropped ones among them. Moving shortens the train split, also
+    under --budget / --max-train-tokens.
     """
-    val, train, counts = router.writers["val"], router.writers["train"], router.counts
+    val, train = router.writers["val"], router.writers["train"]
     have = val.tokens + val.buffered
     need = target - have
-    window = min(int(counts.tokens * VAL_CAP), 2 * target) - have  # the most tokens that may move
+    window = 2 * target - have  # the most tokens that may move
     if need <= 0 or window <= 0:
         return 0, 0
     reach_back(window)
