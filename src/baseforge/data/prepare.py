@@ -39,7 +39,7 @@ from baseforge.data import resume
 from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
 from baseforge.data.shards import MANIFEST, VERSION, write_manifest
 from baseforge.data.sources import open_source
-from baseforge.data.workers import encoded_pieces
+from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, io_errors, output_dir
 from baseforge.progress import Progress
@@ -65,10 +65,13 @@ def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
 
 
 def _bpe_sample(sources, val_fraction):
+    """Train text for a BPE; a long document in pieces (workers.cut_points: at pre-token boundaries,
+    so the trainer counts the same words) so the trainer's memory is bounded by the piece."""
     chars = 0
     for i, doc in enumerate(_documents(sources)):
         if not held_out(i, val_fraction):
-            yield doc
+            bounds = [0, *cut_points(doc, MAX_PIECE_CHARS), len(doc)] if len(doc) > MAX_PIECE_CHARS else None
+            yield from (doc[a:b] for a, b in zip(bounds, bounds[1:])) if bounds else (doc,)
             chars += len(doc)
             if chars >= BPE_SAMPLE_CHARS:
                 return
@@ -379,19 +382,19 @@ def _floor_record(spec: PrepareSpec, target: int, moved: tuple[int, int]) -> dic
 
 
 def _val_warning(spec: PrepareSpec, tokens: int, splits: dict) -> str | None:
-    """One `warning:` line when val is under what --min-val-tokens asks, or under NOISY_VAL_TOKENS."""
+    """One `warning:` line when val is under the floor it could have (--min-val-tokens, capped at
+    VAL_CAP of the corpus: whole documents did not fit), or under NOISY_VAL_TOKENS."""
     if spec.val_fraction <= 0:
         return None
     val = splits.get("val", {}).get("tokens", 0)
+    target = val_target(spec.val_fraction, spec.min_val_tokens, tokens)
     reasons = []
-    if val < spec.min_val_tokens:
-        cap = int(tokens * VAL_CAP)
-        why = (
-            f"at most {VAL_CAP:.0%} of the corpus ({cap:,} tokens) is held out"
-            if cap < spec.min_val_tokens
-            else "no more whole documents fit"
+    if val < target:
+        capped = f", capped at {VAL_CAP:.0%} of the corpus" if target < spec.min_val_tokens else ""
+        reasons.append(
+            f"under the floor of {target:,} (--min-val-tokens {spec.min_val_tokens:,}{capped}): "
+            "no more whole documents fit"
         )
-        reasons.append(f"under --min-val-tokens {spec.min_val_tokens:,} ({why})")
     if val < NOISY_VAL_TOKENS:
         reasons.append(
             f"under {NOISY_VAL_TOKENS:,} tokens a held-out loss is noisy and a run's eval_tokens "
