@@ -295,3 +295,37 @@ def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_spl
     assert m["splits"] == ref["splits"]
     for split in ("train", "val"):
         assert np.array_equal(tokens(tmp_path / "cut", split), tokens(tmp_path / "ref", split)), split
+
+
+def test_a_floor_no_whole_document_can_meet_leaves_val_and_warns(shared_data, tmp_path):
+    import json
+
+    text = shakespeare(shared_data).read_text()
+    docs = [text[i * 500 : (i + 1) * 500] for i in range(104)] + [text[60_000:360_000]]  # a long last one
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    lines = []
+    m = prepare(
+        [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.01, min_val_tokens=5000, log=lines.append
+    )
+    assert (
+        m["splits"]["val"]["documents"] == 1 and "val_floor" not in m
+    )  # the last document is too long to move
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert len(warning) == 1 and "under the floor of 5,000" in warning[0], lines
+    assert "validation 1 documents" in lines[-1]
+
+
+def test_a_run_opens_with_a_warning_when_val_is_smaller_than_eval_tokens(shakespeare_dir, tmp_path, capsys):
+    from helpers import TINY, sets
+
+    args = ["train", "--data", str(shakespeare_dir), "--out", str(tmp_path / "run")]
+    assert main([*args, *sets(*TINY, "max_steps=1", "eval_tokens=100000000")]) == 0
+    out = capsys.readouterr()
+    warning = [
+        line for line in (out.out + out.err).splitlines() if line.startswith("warning: the validation")
+    ]
+    assert len(warning) == 1 and "eval_tokens=100,000,000" in warning[0], out
+    assert main([*args[:-1], str(tmp_path / "run2"), *sets(*TINY, "max_steps=1")]) == 0  # eval_tokens=2048
+    out = capsys.readouterr()
+    assert "warning: the validation" not in out.out + out.err
