@@ -271,25 +271,37 @@ def test_a_val_that_meets_the_floor_leaves_the_output_byte_identical(shared_data
             assert (tmp_path / "f0" / name).read_bytes() == (tmp_path / "f1000" / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("held_out", ["tail", "floor"])
 def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_splits(
-    shared_data, tmp_path, monkeypatch
+    shared_data, tmp_path, monkeypatch, held_out
 ):
+    """Both the stream-tail split and the val floor read the last train shards back and write them
+    again; a prepare killed in those writes resumes to the splits a whole run gives."""
     from baseforge.data import packing
 
-    src = [str(shakespeare(shared_data))]
-    opts = dict(val_fraction=0.1, shard_tokens=20_000, workers=1, log=quiet)
+    opts = dict(shard_tokens=20_000, workers=1, log=quiet)
+    if held_out == "tail":
+        src = [str(shakespeare(shared_data))]
+        opts.update(val_fraction=0.1)
+    else:
+        src = [few_long_documents(shared_data, tmp_path)]
+        opts.update(val_fraction=0.01, min_val_tokens=50_000)
     ref = prepare(src, tmp_path / "ref", "bpe:300", **opts)
-    assert ref["held_out"] == "tail"
+    assert ref["held_out"] == "tail" if held_out == "tail" else ref["val_floor"]["moved_tokens"] > 20_000
     write = packing.write_shard
 
-    def dies_at_val(path, tokens, vocab):  # the final flush: train shards rewritten, then val fails
-        if path.name.startswith("val_"):
+    written = []
+
+    def dies_at_val(path, tokens, vocab):  # the final flush: train shards written again, then val fails
+        if path.name.startswith("val_") and len(set(written)) < len(written):
             raise OSError(28, "No space left on device", str(path))
+        written.append(path.name)
         write(path, tokens, vocab)
 
     monkeypatch.setattr(packing, "write_shard", dies_at_val)
     with pytest.raises(OSError):
         prepare(src, tmp_path / "cut", "bpe:300", **opts)
+    assert len(set(written)) < len(written)  # it died after writing a train shard again
     monkeypatch.undo()
     m = prepare(src, tmp_path / "cut", "bpe:300", **opts)
     assert m["splits"] == ref["splits"]

@@ -23,6 +23,7 @@ complete shard (resume.py).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -186,10 +187,16 @@ def prepare(
 def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
     """--overwrite onto a good data dir: build the new one beside it (OUT.new-PID), then swap it in
     (OUT -> OUT.old-PID, OUT.new-PID -> OUT, remove the old), so a prepare that fails (a full disk, a
-    bad input, a kill) leaves the old data dir as it was; only the staging folder goes."""
+    bad input) leaves the old data dir as it was and the staging folder goes; a kill leaves the
+    staging folder, which the next --overwrite of OUT removes. A kill between the two renames leaves
+    the old data whole in OUT.old-PID."""
+    out = out.resolve()  # a symlinked data dir: replace what it points to, beside it
     staging = out.with_name(f"{out.name}.new-{os.getpid()}")
     aside = out.with_name(f"{out.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)  # a dead prepare of this pid's (pids are reused)
+    # Staging folders of killed prepares: this one holds OUT's lock, so no live prepare owns them.
+    for stale in out.parent.glob(f"{glob.escape(out.name)}.new-*"):
+        if stale.name.rpartition("-")[2].isdigit() and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     with output_dir(staging):
         manifest, finish = _prepare(spec, staging, key, args, opened, log, report=False)
         with io_errors(out):
