@@ -69,8 +69,9 @@ def register(sub) -> None:
         type=_count,
         metavar="N",
         help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
-        "default run evaluates on what it asks for), never more than 10%% of the corpus, by moving "
-        "whole documents from the end of the train stream into val; 0 = --val-fraction alone",
+        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
+        "documents from the end of the train stream into val (at most twice the floor); "
+        "0 = --val-fraction alone",
     )
     p.add_argument(
         "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
