@@ -143,6 +143,7 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
         test_tokens=hi - lo,
         workers=2,
         shard_tokens=len(train) // 5,
+        min_val_tokens=0,  # the document rule alone (the floor: tests/test_prepare.py)
         log=quiet,
         **pack,
     )
@@ -150,7 +151,10 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
     assert all_tokens(tmp_path / "d", "test").tolist() == held[lo:hi]
     assert all_tokens(tmp_path / "d", "val").tolist() == held[:lo] + held[hi:]
     budget = len(train) * 3 // 4  # past the first held-out document (else val is carved from the tail)
-    m = prepare([src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, log=quiet, **pack)
+    m = prepare(
+        [src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, min_val_tokens=0,
+        log=quiet, **pack,
+    )  # fmt: skip
     assert m["held_out"] == "documents"
     got = all_tokens(tmp_path / "b", "train").tolist()
     ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])

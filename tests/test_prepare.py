@@ -4,6 +4,9 @@ prepare leaves no folder, and --include globs turn a folder of any text files in
 
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
 import pytest
 
@@ -12,7 +15,7 @@ from baseforge.data.prepare import prepare
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
-from helpers import assert_clean_error, baseforge
+from helpers import assert_clean_error, baseforge, popen
 
 
 def quiet(*_):
@@ -105,3 +108,236 @@ def test_include_globs_turn_a_folder_of_any_text_files_into_a_corpus(tmp_path):
         baseforge("prepare", tmp_path / "site-packages", "--include", "*.rs", "--out", tmp_path / "e"), "*.rs"
     )
     assert_clean_error(baseforge("prepare", tmp_path / "site-packages", "--out", tmp_path / "e"), "no .txt")
+
+
+# --- long documents, the data dir's lock, --overwrite, the val floor, the stream tail's resume --------
+def shakespeare(shared_data):
+    return shared_data / "corpora" / "tinyshakespeare.txt"
+
+
+def test_a_long_document_is_tokenized_in_pieces_cut_at_whitespace_with_the_same_tokens(
+    shared_data, tmp_path, monkeypatch
+):
+    from baseforge.data import workers
+    from baseforge.tokenizer import TrainedBPETokenizer
+
+    monkeypatch.setattr(workers, "MAX_PIECE_CHARS", 3000)
+    longest = []
+    encode = TrainedBPETokenizer.encode_arrays
+
+    def spy(self, texts):
+        longest.append(max(map(len, texts)))
+        return encode(self, texts)
+
+    monkeypatch.setattr(TrainedBPETokenizer, "encode_arrays", spy)
+    text = shakespeare(shared_data).read_text()
+    m = prepare(
+        [str(shakespeare(shared_data))], tmp_path / "d", "bpe:300", val_fraction=0, workers=1, log=quiet
+    )
+    assert longest and max(longest) <= 3000  # no piece over the bound was encoded
+    tok = load_tokenizer(m["tokenizer"], tmp_path / "d")
+    assert tokens(tmp_path / "d", "train").tolist() == tok.encode(text) + [tok.eot_id]  # the unsplit encoding
+    # No whitespace for a long stretch: a hard cut at the bound.
+    assert workers.cut_points("x" * 7000, 3000) == [3000, 6000]
+    assert workers.cut_points("ab  cd\nef", 4) == [3, 6]  # before a run's last space, at a newline
+
+
+def test_a_second_prepare_into_the_same_out_is_refused_and_a_dead_holder_never_blocks(shared_data, tmp_path):
+    out = tmp_path / "d"
+    args = [shakespeare(shared_data), "--out", out, "--tokenizer", "bpe:300", "--workers", "1"]
+    first = popen("prepare", *args)
+    deadline = time.monotonic() + 60
+    while not (out / ".prepare.lock").is_file() or not (out / ".prepare.lock").read_text():
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # held mid-prepare, however fast this machine is
+    try:
+        assert_clean_error(baseforge("prepare", *args), "in use by pid", str(first.pid), "another --out")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert read_manifest(out)["documents"] == 1 and not (out / ".prepare.lock").exists()
+    # A prepare killed while holding the lock: the next one runs.
+    again = popen("prepare", *args, "--overwrite")
+    while not (out / ".prepare.lock").is_file() and time.monotonic() < deadline + 60:
+        time.sleep(0.01)
+    again.send_signal(signal.SIGKILL)
+    again.wait()
+    result = baseforge("prepare", *args, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert "prepared 1 documents" in result.stdout
+
+
+def test_overwrite_builds_beside_the_old_data_dir_and_a_failure_leaves_it_as_it_was(
+    shared_data, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import hashlib
+    import os
+
+    from baseforge import fileio
+    from baseforge.data.loader import TokenData
+
+    out = tmp_path / "d"
+    src = str(shakespeare(shared_data))
+    assert main(["prepare", src, "--out", str(out), "--tokenizer", "bpe:300", "--workers", "1"]) == 0
+
+    def digests():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
+
+    before = digests()
+    calls = []
+
+    def fills_up(path):
+        calls.append(path)
+        if len(calls) > 2:  # the tokenizer and a shard are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "_fsync_file", fills_up)
+    new = ["prepare", src, "--out", str(out), "--tokenizer", "bpe:400", "--workers", "1", "--overwrite"]
+    assert main([*new, "--shard-tokens", "20000"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err.splitlines()[-1] and "Traceback" not in err
+    assert digests() == before  # the old data dir, untouched
+    assert TokenData(out, 64, 0).tokenizer.vocab_size == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no staging folder left
+    monkeypatch.undo()
+    assert main(new) == 0
+    assert read_manifest(out)["tokenizer"]["vocab_size"] == 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def few_long_documents(shared_data, tmp_path, n=105):
+    """n documents of ~10k characters each: the document rule of --val-fraction 0.01 holds out one."""
+    import json
+
+    text = shakespeare(shared_data).read_text()
+    size = len(text) // n
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"text": text[i * size : (i + 1) * size]}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def test_few_long_documents_get_the_val_floor_by_moving_whole_documents(shared_data, tmp_path):
+    src = few_long_documents(shared_data, tmp_path)
+    plain = prepare([src], tmp_path / "p", "bpe:300", val_fraction=0.01, min_val_tokens=0, log=quiet)
+    assert plain["splits"]["val"]["documents"] == 1 and "val_floor" not in plain
+    lines = []
+    m = prepare([src], tmp_path / "f", "bpe:300", val_fraction=0.01, min_val_tokens=20_000, log=lines.append)
+    val = m["splits"]["val"]
+    assert 20_000 <= val["tokens"] < 40_000 and val["documents"] > 1
+    assert (
+        m["val_floor"]["min_val_tokens"] == 20_000
+        and m["val_floor"]["moved_documents"] == val["documents"] - 1
+    )
+    assert m["args"]["min_val_tokens"] == 20_000
+    moved = m["val_floor"]["moved_tokens"]
+    plain_train, eot = tokens(tmp_path / "p", "train"), m["tokenizer"]["eot_id"]
+    assert np.array_equal(tokens(tmp_path / "f", "train"), plain_train[:-moved])  # the last whole documents
+    assert np.array_equal(tokens(tmp_path / "f", "val")[-moved:], plain_train[-moved:])
+    assert plain_train[-moved - 1] == eot and m["splits"]["train"]["documents"] == 105 - val["documents"]
+    assert (
+        lines[-1].startswith("prepared 105 documents")
+        and f"validation {val['documents']} documents" in lines[-1]
+    )
+    warning = [line for line in lines if line.startswith("warning:")]  # the floor is met, but it is small
+    assert len(warning) == 1 and "65,536" in warning[0] and "--min-val-tokens" not in warning[0], lines
+    # The default floor (1,048,576) is capped at 10% of this corpus: val gets that, with no warning.
+    lines = []
+    d = prepare([src], tmp_path / "d", "bpe:300", val_fraction=0.01, log=lines.append)
+    cap = int(d["tokens"] * 0.1)
+    assert cap <= d["splits"]["val"]["tokens"] < 2 * cap and "min_val_tokens" not in d["args"]
+    assert not [line for line in lines if line.startswith("warning:")], lines
+    assert lines[-1].startswith("prepared") and "validation" in lines[-1]
+    # The run's opening lines warn when val holds fewer tokens than eval_tokens.
+    from baseforge.data.loader import TokenData
+    from baseforge.train.summary import val_warning
+
+    data = TokenData(tmp_path / "d", 64, 0)
+    assert val_warning(data, data.val.tokens) is None
+    line = val_warning(data, 1_048_576)
+    assert line.startswith("warning:") and f"{data.val.tokens:,} tokens" in line and "1,048,576" in line
+
+
+def test_a_val_that_meets_the_floor_leaves_the_output_byte_identical(shared_data, tmp_path):
+    src = [str(shared_data / "corpora" / "c4-sample")]
+    for floor in (0, 1000):
+        prepare(src, tmp_path / f"f{floor}", "bpe:300", val_fraction=0.25, min_val_tokens=floor, log=quiet)
+    names = sorted(p.name for p in (tmp_path / "f0").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "f1000").iterdir())
+    for name in names:
+        if name != "manifest.json":  # its args record the non-default floor
+            assert (tmp_path / "f0" / name).read_bytes() == (tmp_path / "f1000" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("held_out", ["tail", "floor"])
+def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_splits(
+    shared_data, tmp_path, monkeypatch, held_out
+):
+    """Both the stream-tail split and the val floor read the last train shards back and write them
+    again; a prepare killed in those writes resumes to the splits a whole run gives."""
+    from baseforge.data import packing
+
+    opts = dict(shard_tokens=20_000, workers=1, log=quiet)
+    if held_out == "tail":
+        src = [str(shakespeare(shared_data))]
+        opts.update(val_fraction=0.1)
+    else:
+        src = [few_long_documents(shared_data, tmp_path)]
+        opts.update(val_fraction=0.01, min_val_tokens=50_000)
+    ref = prepare(src, tmp_path / "ref", "bpe:300", **opts)
+    assert ref["held_out"] == "tail" if held_out == "tail" else ref["val_floor"]["moved_tokens"] > 20_000
+    write = packing.write_shard
+
+    written = []
+
+    def dies_at_val(path, tokens, vocab):  # the final flush: train shards written again, then val fails
+        if path.name.startswith("val_") and len(set(written)) < len(written):
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path.name)
+        write(path, tokens, vocab)
+
+    monkeypatch.setattr(packing, "write_shard", dies_at_val)
+    with pytest.raises(OSError):
+        prepare(src, tmp_path / "cut", "bpe:300", **opts)
+    assert len(set(written)) < len(written)  # it died after writing a train shard again
+    monkeypatch.undo()
+    m = prepare(src, tmp_path / "cut", "bpe:300", **opts)
+    assert m["splits"] == ref["splits"]
+    for split in ("train", "val"):
+        assert np.array_equal(tokens(tmp_path / "cut", split), tokens(tmp_path / "ref", split)), split
+
+
+def test_a_floor_no_whole_document_can_meet_leaves_val_and_warns(shared_data, tmp_path):
+    import json
+
+    text = shakespeare(shared_data).read_text()
+    docs = [text[i * 500 : (i + 1) * 500] for i in range(104)] + [text[60_000:360_000]]  # a long last one
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    lines = []
+    m = prepare(
+        [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.01, min_val_tokens=5000, log=lines.append
+    )
+    assert (
+        m["splits"]["val"]["documents"] == 1 and "val_floor" not in m
+    )  # the last document is too long to move
+    warning = [line for line in lines if line.startswith("warning:")]
+    assert len(warning) == 1 and "under the floor of 5,000" in warning[0], lines
+    assert "validation 1 documents" in lines[-1]
+
+
+def test_a_run_opens_with_a_warning_when_val_is_smaller_than_eval_tokens(shakespeare_dir, tmp_path, capsys):
+    from helpers import TINY, sets
+
+    args = ["train", "--data", str(shakespeare_dir), "--out", str(tmp_path / "run")]
+    assert main([*args, *sets(*TINY, "max_steps=1", "eval_tokens=100000000")]) == 0
+    out = capsys.readouterr()
+    warning = [
+        line for line in (out.out + out.err).splitlines() if line.startswith("warning: the validation")
+    ]
+    assert len(warning) == 1 and "eval_tokens=100,000,000" in warning[0], out
+    assert main([*args[:-1], str(tmp_path / "run2"), *sets(*TINY, "max_steps=1")]) == 0  # eval_tokens=2048
+    out = capsys.readouterr()
+    assert "warning: the validation" not in out.out + out.err

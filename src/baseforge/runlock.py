@@ -24,12 +24,30 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """An exclusive lock on a run dir; a context manager, or acquire() / release()."""
+    """An exclusive lock on a run dir; a context manager, or acquire() / release().
 
-    def __init__(self, run_dir: Path | str):
+    `name`, `what` and `user` let another kind of folder use the same mechanism: `prepare` locks a
+    data dir with `RunLock(out, name=".prepare.lock", what="data dir", user="prepare", remove=True)`.
+    `remove=True` deletes the lock file on release, so the folder keeps no trace of it. That is safe
+    because acquire() then checks, after the flock, that the path still names the file it locked (a
+    holder may have deleted it in between) and tries again if not; release deletes the path only
+    while it names the file this holds. Run dirs keep their file (remove=False).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        *,
+        name: str = LOCK_FILE,
+        what: str = "run dir",
+        user: str = "run",
+        remove: bool = False,
+    ):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = self.run_dir / name
+        self.what, self.user, self.remove = what, user, remove
         self.fd: int | None = None
+        self.refused = False  # set when another process held it
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -41,13 +59,17 @@ class RunLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
+            self.refused = True
             raise UserError(
-                f"run dir {self.run_dir} is in use by {holder} (it holds {self.path}); "
-                "wait for that run to finish or stop it, or choose another --out"
+                f"{self.what} {self.run_dir} is in use by {holder} (it holds {self.path}); "
+                f"wait for that {self.user} to finish or stop it, or choose another --out"
             ) from None
         except BaseException:
             os.close(fd)
             raise
+        if self.remove and not _same_file(self.path, fd):
+            os.close(fd)  # the holder deleted the file between our open and flock: lock the new one
+            return self.acquire()
         note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, (note + "\n").encode(), 0)
@@ -56,6 +78,8 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            if self.remove and _same_file(self.path, self.fd):
+                self.path.unlink(missing_ok=True)
             os.close(self.fd)  # closing the last descriptor releases the flock
             self.fd = None
 
@@ -64,6 +88,14 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
 
 
 def _read_holder(fd: int) -> str:

@@ -32,8 +32,11 @@ examples:
 
 The data dir holds shards (train_000000.bin, val_000000.bin, ...) and manifest.json; see
 `baseforge data info DIR`. An interrupted prepare resumes from its last complete shard when run
-again with the same arguments. A corpus with too few documents for --val-fraction (one .txt
-file) holds out the last --val-fraction of its tokens instead; binary files are skipped.
+again with the same arguments; a second prepare into the same --out while one runs is refused.
+--overwrite builds the new data dir beside the old one and swaps it in only once complete. A
+corpus with too few documents for --val-fraction (one .txt file) holds out the last --val-fraction
+of its tokens instead; validation gets at least --min-val-tokens (capped at 10% of the corpus) by
+holding out more whole documents, and the last line says what it holds; binary files are skipped.
 GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
 BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """
@@ -66,6 +69,15 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, help="context length, for --pack crop")
     p.add_argument(
         "--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)"
+    )
+    p.add_argument(
+        "--min-val-tokens",
+        type=_count,
+        metavar="N",
+        help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
+        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
+        "documents from the end of the train stream into val (at most twice the floor); "
+        "0 = --val-fraction alone",
     )
     p.add_argument(
         "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
@@ -113,6 +125,7 @@ def run(args) -> int:
         pack=args.pack,
         context=args.context,
         val_fraction=args.val_fraction,
+        **({} if args.min_val_tokens is None else {"min_val_tokens": args.min_val_tokens}),
         test_start=args.test_start,
         test_tokens=args.test_tokens,
         max_tokens=args.max_tokens,

@@ -80,13 +80,20 @@ class SplitWriter:
         self.buffer, self.buffered = ([rest], len(rest)) if len(rest) else ([], 0)
         return rest
 
-    def take_tail(self, n: int) -> np.ndarray:
-        """Remove and return the split's last `n` tokens, reading back the written shards the tail
-        reaches into (they are written again by later flushes)."""
+    def reach_back(self, n: int) -> int:
+        """Read back the last written shards until the buffer holds at least `n` tokens (or all of
+        them); they are written again by later flushes. Returns how many shards were read back."""
+        popped = 0
         while self.buffered < n and self.shards:
             last = self.shards.pop()
             self.buffer.insert(0, np.array(read_shard(self.out_dir / last["file"])))
             self.buffered += last["tokens"]
+            popped += 1
+        return popped
+
+    def take_tail(self, n: int) -> np.ndarray:
+        """Remove and return the split's last `n` tokens (reach_back reads the shards it needs)."""
+        self.reach_back(n)
         tokens = np.concatenate(self.buffer)
         self.buffer, self.buffered = [tokens[:-n]], len(tokens) - n
         return tokens[-n:]
@@ -184,15 +191,11 @@ class Router:
             writers["val"].add(doc)
             writers["val"].documents += 1
 
-    def val_from_tail(self, fraction: float) -> int:
-        """Hold out the last `fraction` of the token stream (for a corpus of too few documents for the
-        held-out rule); returns the number of tokens held out (0: the fraction is under one token)."""
-        n = int(self.counts.tokens * fraction)
-        if n < 1:
-            return 0
+    def val_from_tail(self, n: int) -> None:
+        """Hold out the last `n` tokens of the token stream (for a corpus of too few documents for the
+        held-out rule; prepare.py picks n)."""
         self.hold_out(self.writers["train"].take_tail(n))
         self.counts.val_from_tail = 1
-        return n
 
 
 class BackgroundWrites:

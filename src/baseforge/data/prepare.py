@@ -23,11 +23,14 @@ complete shard (resume.py).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -37,13 +40,20 @@ from baseforge.data import resume
 from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
 from baseforge.data.shards import MANIFEST, VERSION, write_manifest
 from baseforge.data.sources import open_source
-from baseforge.data.workers import encoded_pieces
+from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
-from baseforge.fileio import check_out_dir, output_dir
+from baseforge.fileio import check_out_dir, io_errors, output_dir
 from baseforge.progress import Progress
+from baseforge.runlock import RunLock
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
+# Validation's token floor (--min-val-tokens): the trainer's default eval_tokens, so a run with the
+# default settings evaluates on as many tokens as it asks for; at most VAL_CAP of the corpus.
+MIN_VAL_TOKENS = 1_048_576
+VAL_CAP = 0.1
+NOISY_VAL_TOKENS = 65_536  # the small presets' eval_tokens: fewer held-out tokens than this warn
+LOCK_FILE = ".prepare.lock"  # one prepare per data dir at a time (runlock.RunLock's mechanism)
 
 
 def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
@@ -56,10 +66,13 @@ def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
 
 
 def _bpe_sample(sources, val_fraction):
+    """Train text for a BPE; a long document in pieces (workers.cut_points: at pre-token boundaries,
+    so the trainer counts the same words) so the trainer's memory is bounded by the piece."""
     chars = 0
     for i, doc in enumerate(_documents(sources)):
         if not held_out(i, val_fraction):
-            yield doc
+            bounds = [0, *cut_points(doc, MAX_PIECE_CHARS), len(doc)] if len(doc) > MAX_PIECE_CHARS else None
+            yield from (doc[a:b] for a, b in zip(bounds, bounds[1:])) if bounds else (doc,)
             chars += len(doc)
             if chars >= BPE_SAMPLE_CHARS:
                 return
@@ -80,6 +93,7 @@ class PrepareSpec:
     pack: str = "concat"  # or "crop" (needs context)
     context: int | None = None
     val_fraction: float = 0.01
+    min_val_tokens: int = MIN_VAL_TOKENS  # val's token floor, met by holding out more whole documents
     test_start: int = 0
     test_tokens: int = 0
     max_tokens: int | None = None
@@ -102,6 +116,8 @@ class PrepareSpec:
             raise UserError("--pack crop needs --context N (the length documents are cropped to)")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if self.min_val_tokens < 0:
+            raise UserError(f"--min-val-tokens must be 0 or more, not {self.min_val_tokens}")
         if self.shard_tokens < 1:
             raise UserError("--shard-tokens must be positive")
         parse_spec(self.tokenizer)
@@ -124,6 +140,8 @@ class PrepareSpec:
         )
         if self.include:  # only when given: data dirs prepared before it existed keep their key
             args["include"] = list(self.include)
+        if self.min_val_tokens != MIN_VAL_TOKENS:  # likewise
+            args["min_val_tokens"] = self.min_val_tokens
         return args
 
 
@@ -141,28 +159,61 @@ def prepare(
     out = check_out_dir(spec.out)
     args = spec.key_args()
     key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    if (out / MANIFEST).exists():
-        existing = json.loads((out / MANIFEST).read_text())
-        if existing.get("args_key") == key and not spec.overwrite:
-            log(f"{out} is already prepared with these arguments")
-            return existing
-        if not spec.overwrite:
-            raise UserError(
-                f"{out} already holds prepared data (made with other arguments); "
-                "use --overwrite to replace it, or choose another --out"
+    lock = RunLock(out, name=LOCK_FILE, what="data dir", user="prepare", remove=True)
+    # A folder this made is left alone when another prepare holds it (that one may have made it too).
+    with output_dir(out, keep=lambda p: lock.refused or resume.has_progress(p)), lock:
+        if (out / MANIFEST).exists():
+            existing = json.loads((out / MANIFEST).read_text())
+            if existing.get("args_key") == key and not spec.overwrite:
+                log(f"{out} is already prepared with these arguments")
+                return existing
+            if not spec.overwrite:
+                raise UserError(
+                    f"{out} already holds prepared data (made with other arguments); "
+                    "use --overwrite to replace it, or choose another --out"
+                )
+        opened = [
+            open_source(
+                s, local=spec.local, sample=spec.sample, text_column=spec.text_column, include=spec.include
             )
-    opened = [
-        open_source(
-            s, local=spec.local, sample=spec.sample, text_column=spec.text_column, include=spec.include
-        )
-        for s in spec.sources
-    ]
-    with output_dir(out, keep=resume.has_progress):
+            for s in spec.sources
+        ]
+        if spec.overwrite and (out / MANIFEST).exists():
+            return _replace(spec, out, key, args, opened, log)
         (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
         return _prepare(spec, out, key, args, opened, log)
 
 
-def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
+def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
+    """--overwrite onto a good data dir: build the new one beside it (OUT.new-PID), then swap it in
+    (OUT -> OUT.old-PID, OUT.new-PID -> OUT, remove the old), so a prepare that fails (a full disk, a
+    bad input) leaves the old data dir as it was and the staging folder goes; a kill leaves the
+    staging folder, which the next --overwrite of OUT removes. A kill between the two renames leaves
+    the old data whole in OUT.old-PID."""
+    out = out.resolve()  # a symlinked data dir: replace what it points to, beside it
+    staging = out.with_name(f"{out.name}.new-{os.getpid()}")
+    aside = out.with_name(f"{out.name}.old-{os.getpid()}")
+    # Staging folders of killed prepares: this one holds OUT's lock, so no live prepare owns them.
+    for stale in out.parent.glob(f"{glob.escape(out.name)}.new-*"):
+        if stale.name.rpartition("-")[2].isdigit() and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    with output_dir(staging):
+        manifest, finish = _prepare(spec, staging, key, args, opened, log, report=False)
+        with io_errors(out):
+            os.rename(out, aside)
+            try:
+                os.rename(staging, out)
+            except BaseException:
+                os.rename(aside, out)
+                raise
+    shutil.rmtree(aside, ignore_errors=True)
+    finish()
+    return manifest
+
+
+def _prepare(
+    spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log, report: bool = True
+) -> dict:
     progress = resume.read_progress(out, key) if not spec.overwrite else None
     if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
@@ -191,8 +242,20 @@ def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
     meter = _Meter(log, spec.max_tokens or spec.max_train_tokens)
     _tokenize(spec, out, key, tok, opened, router, meter)
     _check_not_empty(spec, counts)
+
+    def reach_back(n: int) -> None:
+        """Have the train buffer hold its last n tokens; shards read back for that are written again
+        by the final flush, so first a progress record that no longer vouches for them (see resume.py)."""
+        if writers["train"].reach_back(n) and resume.has_progress(out):
+            for job in resume.commit_now(out, key, tok, writers, counts):
+                job()
+
+    target = val_target(spec.val_fraction, spec.min_val_tokens, counts.tokens)
+    moved = (0, 0)
     if spec.val_fraction > 0 and counts.held_out_tokens == 0:
-        _val_from_tail(router, spec.val_fraction, log)
+        _val_from_tail(router, spec.val_fraction, target, reach_back, log)
+    elif target:
+        moved = _meet_floor(router, target, reach_back, tok.eot_id)
     jobs = []
     while writers["train"].buffered:
         writers["train"].flush(jobs, spec.shard_tokens)
@@ -214,13 +277,18 @@ def _prepare(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
         "held_out": "tail" if counts.val_from_tail else "documents",
         "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
         "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
+        **({"val_floor": _floor_record(spec, target, moved)} if moved[0] else {}),
         "args_key": key,
         "args": args,
     }
     write_manifest(out, manifest)
     resume.clear(out, splits)
-    meter.finish(counts, splits, spec.pack)
-    return {"format": "baseforge-tokens", "version": VERSION, **manifest}
+    manifest = {"format": "baseforge-tokens", "version": VERSION, **manifest}
+    finish = partial(meter.finish, counts, splits, spec.pack, _val_warning(spec, counts.tokens, splits))
+    if not report:
+        return manifest, finish
+    finish()
+    return manifest
 
 
 def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:
@@ -253,14 +321,95 @@ def _check_not_empty(spec: PrepareSpec, counts: Counts) -> None:
     raise UserError(f"the input is empty: {what} in {', '.join(spec.sources)}{skipped}; give text files")
 
 
-def _val_from_tail(router: Router, fraction: float, log) -> None:
-    """Validation from the stream's tail: the document rule picked no document (too few of them)."""
-    n, docs = router.val_from_tail(fraction), router.counts.documents
-    if n:
-        log(
-            f"held out: {docs:,} document(s) are too few for --val-fraction {fraction:g} (1 in "
-            f"{1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
+def val_target(fraction: float, min_val_tokens: int, tokens: int) -> int:
+    """The held-out tokens a corpus of `tokens` gets at least: --min-val-tokens, capped at VAL_CAP of
+    the corpus (a tiny corpus keeps most of its tokens for training); 0 when there is no val split."""
+    return 0 if fraction <= 0 else min(min_val_tokens, int(tokens * VAL_CAP))
+
+
+def _val_from_tail(router: Router, fraction: float, target: int, reach_back, log) -> None:
+    """Validation from the stream's tail: the document rule picked no document (too few of them).
+    The tail is the last `fraction` of the tokens, or `target` if that is more."""
+    n, docs = max(int(router.counts.tokens * fraction), target), router.counts.documents
+    if n < 1:
+        return
+    reach_back(n)
+    router.val_from_tail(n)
+    log(
+        f"held out: {docs:,} document(s) are too few for --val-fraction {fraction:g} (1 in "
+        f"{1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
+    )
+
+
+def _meet_floor(router: Router, target: int, reach_back, eot: int) -> tuple[int, int]:
+    """Move whole documents from the end of the train stream into val until val holds `target`
+    tokens; returns (documents, tokens) moved.
+
+    It takes the fewest last documents that reach the target; when those would take val past twice
+    the target (so never past 2 x VAL_CAP of the corpus), the last documents that fit under that
+    (perhaps none). Documents are found by their end-of-text tokens: with `--pack crop` a cropped
+    document lost its end-of-text, so it moves together with the one before it and the count of
+    documents moved is low by the cropped ones among them. Moving shortens the train split, also
+    under --budget / --max-train-tokens.
+    """
+    val, train = router.writers["val"], router.writers["train"]
+    have = val.tokens + val.buffered
+    need = target - have
+    window = 2 * target - have  # the most tokens that may move
+    if need <= 0 or window <= 0:
+        return 0, 0
+    reach_back(window)
+    stream = np.concatenate(train.buffer) if train.buffer else np.zeros(0, dtype=np.uint32)
+    end = len(stream)
+    lo = max(end - window, 1)  # never the whole train split
+    starts = np.flatnonzero(stream[lo - 1 : end - 1] == eot) + lo  # documents that begin in the window
+    if not len(starts):
+        return 0, 0
+    reaching = starts[end - starts >= need]
+    cut = int(reaching[-1]) if len(reaching) else int(starts[0])
+    moving = stream[cut:]
+    train.buffer, train.buffered = [stream[:cut]], cut
+    ends = np.flatnonzero(moving == eot) + 1
+    docs = np.split(moving, ends[ends < len(moving)])
+    for doc in docs:
+        router.hold_out(doc)
+    train.documents -= len(docs)
+    return len(docs), len(moving)
+
+
+def _floor_record(spec: PrepareSpec, target: int, moved: tuple[int, int]) -> dict:
+    """How val was made when --min-val-tokens added to the held-out documents (the manifest's "val_floor")."""
+    return {
+        "min_val_tokens": spec.min_val_tokens,
+        "target": target,
+        "moved_documents": moved[0],
+        "moved_tokens": moved[1],
+        "from": "end of the train stream",
+    }
+
+
+def _val_warning(spec: PrepareSpec, tokens: int, splits: dict) -> str | None:
+    """One `warning:` line when val is under the floor it could have (--min-val-tokens, capped at
+    VAL_CAP of the corpus: whole documents did not fit), or under NOISY_VAL_TOKENS."""
+    if spec.val_fraction <= 0:
+        return None
+    val = splits.get("val", {}).get("tokens", 0)
+    target = val_target(spec.val_fraction, spec.min_val_tokens, tokens)
+    reasons = []
+    if val < target:
+        capped = f", capped at {VAL_CAP:.0%} of the corpus" if target < spec.min_val_tokens else ""
+        reasons.append(
+            f"under the floor of {target:,} (--min-val-tokens {spec.min_val_tokens:,}{capped}): "
+            "no more whole documents fit"
         )
+    if val < NOISY_VAL_TOKENS:
+        reasons.append(
+            f"under {NOISY_VAL_TOKENS:,} tokens a held-out loss is noisy and a run's eval_tokens "
+            "is cut to what there is"
+        )
+    if not reasons:
+        return None
+    return f"warning: validation has only {val:,} tokens; " + "; ".join(reasons)
 
 
 class _Meter:
@@ -275,14 +424,11 @@ class _Meter:
     def update(self, docs: int, tokens: int) -> None:
         self.bar.update(tokens - self.bar.n, documents=f"{docs:,}")
 
-    def finish(self, counts: Counts, splits, pack) -> None:
+    def finish(self, counts: Counts, splits, pack, warning: str | None = None) -> None:
+        """The closing lines: skipped files, what crop dropped, the val warning, then the summary
+        (last: the documents and tokens of each split, validation's too)."""
         self.bar.close()
         seconds = time.monotonic() - self.start
-        sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
-        self.log(
-            f"prepared {counts.documents:,} documents, {counts.tokens:,} tokens ({sizes}) "
-            f"in {seconds:.1f}s ({counts.tokens / max(seconds, 1e-9) / 1e3:.0f}k tokens/s)"
-        )
         if counts.binary_files:
             self.log(
                 f"skipped {counts.binary_files:,} binary file(s) (NUL bytes or mostly not UTF-8), "
@@ -295,3 +441,16 @@ class _Meter:
                 f"({100 * counts.cropped_tokens / max(total, 1):.1f}%) "
                 f"from {counts.cropped_documents:,} documents longer than the context"
             )
+        if warning:
+            self.log(warning)
+        sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
+        val = splits.get("val")
+        held = (
+            f"; validation {val['documents']:,} documents, {val['tokens']:,} tokens"
+            if val
+            else "; no validation"
+        )
+        self.log(
+            f"prepared {counts.documents:,} documents, {counts.tokens:,} tokens ({sizes}) "
+            f"in {seconds:.1f}s ({counts.tokens / max(seconds, 1e-9) / 1e3:.0f}k tokens/s){held}"
+        )

@@ -4,6 +4,11 @@ Whenever a train shard is full, its write, the held-out buffers' writes and a pr
 counts, the splits' shards so far, the tokenizer) are queued together; the train tokens past that
 shard are saved beside it as a pending file. A prepare with the same arguments finds the record,
 reloads the pending tokens and skips the pieces already read. The finished prepare clears it all.
+
+After the pass, the stream-tail split and the val floor may read the last train shards back and
+write them again, shorter: before that, `commit_now` saves a record that no longer lists them (their
+tokens are in its pending file), so a prepare killed after those writes resumes from tokens that
+are still what its record says.
 """
 
 from __future__ import annotations
@@ -30,6 +35,19 @@ def commit_shard(out, key, tok, writers, counts: Counts, shard_tokens) -> list:
     """The writes of a full train shard, the held-out buffers and a progress record (for resume), in order."""
     jobs = []
     rest = writers["train"].flush(jobs, shard_tokens)
+    return _commit(out, key, tok, writers, counts, jobs, rest)
+
+
+def commit_now(out, key, tok, writers, counts: Counts) -> list:
+    """The writes of the held-out buffers and a progress record of the state as it is, every buffered
+    train token as the pending file: after the pass, before train shards that the last record vouched
+    for are written again (the stream-tail split and the val floor read the last ones back)."""
+    train = writers["train"]
+    rest = np.concatenate(train.buffer) if train.buffer else None
+    return _commit(out, key, tok, writers, counts, [], rest)
+
+
+def _commit(out, key, tok, writers, counts: Counts, jobs: list, rest) -> list:
     for split in ("val", "test"):
         writers[split].flush(jobs)
     # The pending file is named after the shard count and written first, so a kill between the two

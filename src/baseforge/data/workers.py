@@ -9,6 +9,7 @@ the same for any number of workers and memory stays flat however large the corpu
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import sys
 from collections import deque
 from contextlib import contextmanager
@@ -25,15 +26,62 @@ Encoded = tuple[np.ndarray, np.ndarray, list[str]]  # ids, document lengths, bin
 
 _tokenizer: Tokenizer | None = None  # a worker process's own, set by _init_worker in that process
 
+# A document longer than this (characters) is tokenized in pieces of at most this size, so a worker's
+# memory is bounded by the piece, not the document: one 50 MB jsonl line took a tokenizer past 6 GB.
+MAX_PIECE_CHARS = 1 << 20
+_SEAM = re.compile(r"\s(?=\S)")  # the last whitespace of a run, before a non-space
+
+
+def cut_points(text: str, limit: int) -> list[int]:
+    """Where to cut `text` into pieces of at most `limit` characters: each cut is just before the
+    last whitespace character of a run that a non-space follows, the farthest such within reach.
+
+    Why there: GPT-2's pre-tokenizer (tiktoken's gpt2, and the byte-level BPE's, the same pattern)
+    splits text before BPE runs, and it always splits there (the run's other whitespace is a
+    pre-token of its own, the last space opens the next word's), and its pattern only looks ahead,
+    so each piece's tokens, concatenated, are the whole text's tokens. (tests/test_prepare.py checks
+    it with both tokenizers on real text; Unicode spaces that Python's re and the tokenizer's regex
+    class differently could break it in the odd case.) With no such whitespace in `limit`
+    characters (a long run of letters, or a long whitespace run), the cut is hard at `limit`, and
+    the tokens at that seam may differ from the unsplit encoding's (as if a space were there).
+    """
+    cuts, start, n = [], 0, len(text)
+    while n - start > limit:
+        last = None
+        for lo in (max(start + 1, start + limit - 4096), start + 1):  # the window's end first: cheap
+            last = deque(_SEAM.finditer(text, lo, start + limit + 1), maxlen=1)
+            if last:
+                break
+        cut = last[0].start() if last else start + limit
+        cuts.append(cut)
+        start = cut
+    return cuts
+
+
+def _encode_long(tok: Tokenizer, docs: list[str]) -> list[np.ndarray]:
+    """tok.encode_arrays, but a document over MAX_PIECE_CHARS is encoded piece by piece (see cut_points)."""
+    if all(len(d) <= MAX_PIECE_CHARS for d in docs):
+        return tok.encode_arrays(docs)
+    arrays = []
+    for doc in docs:
+        if len(doc) <= MAX_PIECE_CHARS:
+            arrays += tok.encode_arrays([doc])
+            continue
+        bounds = [0, *cut_points(doc, MAX_PIECE_CHARS), len(doc)]
+        parts = [tok.encode_arrays([doc[a:b]])[0] for a, b in zip(bounds, bounds[1:])]
+        arrays.append(np.concatenate(parts).astype(np.uint32, copy=False))
+    return arrays
+
 
 def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """All documents' ids, each followed by end-of-text, as one array, plus each document's length.
 
     One numpy array crosses the process boundary instead of lists of Python ints: pickling those
-    cost the parent more than tokenizing cost a worker.
+    cost the parent more than tokenizing cost a worker. A long document is encoded in pieces
+    (MAX_PIECE_CHARS, cut_points).
     """
     eot = np.array([tok.eot_id], dtype=np.uint32)
-    arrays = tok.encode_arrays(docs)
+    arrays = _encode_long(tok, docs)
     lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays)) + 1
     flat = np.concatenate([x for ids in arrays for x in (ids, eot)], dtype=token_dtype(tok.vocab_size))
     return flat, lengths

@@ -12,7 +12,8 @@ from baseforge.train.state import RunState
 
 
 def announce_lines(run: Run, step: int) -> list[str]:
-    """The three lines a run opens with: the model, the hardware and batch, the length of the run."""
+    """The three lines a run opens with: the model, the hardware and batch, the length of the run;
+    then a warning when the validation split is smaller than eval_tokens (val_warning)."""
     c, rt, layout, data = run.config.model, run.runtime, run.layout, run.data
     n_params, world = run.n_params, rt.dist.world
     tokens = run.total * run.tokens_per_step
@@ -27,7 +28,23 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{layout.grad_accum} x {world} processes",
         f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
         f"train split {format_count(data.train_tokens)} tokens",
+        *filter(None, [val_warning(data, run.config.train.eval_tokens)]),
     ]
+
+
+def val_warning(data, eval_tokens: int) -> str | None:
+    """A `warning:` line when the data's validation split holds fewer tokens (in whole windows of
+    the context, what evaluation reads) than eval_tokens asks for; None when it holds enough, or when
+    the data has no token count of its validation (fine-tuning data)."""
+    val = getattr(data, "val", None)
+    tokens = getattr(val, "tokens", None)
+    if not eval_tokens or not isinstance(tokens, int) or tokens >= eval_tokens:
+        return None
+    return (
+        f"warning: the validation split holds {tokens:,} tokens, fewer than eval_tokens={eval_tokens:,}: "
+        f"val_loss rests on those {tokens:,} only (prepare with a larger --min-val-tokens or "
+        "--val-fraction for more)"
+    )
 
 
 def metrics_row(run: Run, state: RunState) -> dict:
