@@ -28,6 +28,7 @@ class Validator:
         batches = run.data.val_batches(
             run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
         )
+        count: float  # the scored targets, summed over the ranks as a float
         total, count = loss_sum(model, batches, run.runtime.device, run.runtime.precision.autocast)
         model.train()
         total, count = all_reduce_sum([total, float(count)], dist, run.runtime.device)
