@@ -334,7 +334,9 @@ def parse_overrides(overrides) -> dict:
     return _renamed(parsed)
 
 
-def config_changes(saved: RunConfig, wanted: RunConfig, allowed: set[str] = frozenset()) -> list[str]:
+def config_changes(
+    saved: RunConfig, wanted: RunConfig, allowed: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     """'key old -> new' for every key `wanted` changes in `saved`, except `allowed` train keys.
 
     A vocab_size left open (None) in `wanted` matches whatever the saved run took from its data.
