@@ -49,6 +49,7 @@ def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, 
         Path(record["path"]) == data.resolve() and record["manifest_sha256"] == data_fingerprint(data)
     )
     if not same and not new_data:
+        assert record is not None  # same without one
         raise UserError(
             f"{out} was trained on {record['path']}, not {data}; resume without --data, or add "
             "--new-data to continue on other data prepared with the same tokenizer"
