@@ -128,9 +128,8 @@ class Muon(torch.optim.Optimizer):
         updates = _momentum(bufs, grads, beta, group["nesterov"], per_tensor=sharded)
         stacked = torch.stack(updates)
         if sharded:
-            stacked = cast(
-                "DTensor", stacked
-            ).full_tensor()  # every rank: the whole matrices of this shape (all-gather)
+            # every rank: the whole matrices of this shape (all-gather)
+            stacked = cast("DTensor", stacked).full_tensor()
         ortho: list[torch.Tensor] | tuple[torch.Tensor, ...] = (
             orthogonalize(stacked, group["ns_steps"]).to(params[0].dtype).unbind(0)
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import cast
 
 from baseforge.errors import UserError
 from baseforge.records import count, excerpt, number
@@ -81,9 +80,7 @@ class RunState:
     def from_json(cls, saved: dict, path: Path | str = "state.json") -> RunState:
         """From a checkpoint's state.json (`path`, for errors), every field checked: counts are whole
         numbers >= 0, losses and times finite; unknown keys (the tokenizer record, ...) are ignored."""
-        values = {
-            f.name: _field(saved, f.name, cast(str, f.type), path) for f in fields(cls) if f.name != "window"
-        }
+        values = {f.name: _field(saved, f.name, f.type, path) for f in fields(cls) if f.name != "window"}
         window = saved.get("window", saved.get("row"))  # "row": checkpoints written before RunState
         if window is None:
             return cls(
@@ -91,11 +88,7 @@ class RunState:
             )
         if not isinstance(window, dict):
             raise UserError(f"{path}: window is {excerpt(window)}, not an object; corrupt checkpoint")
-        sums = {
-            f.name: _field(window, f.name, cast(str, f.type), path)
-            for f in fields(Window)
-            if f.name in window
-        }
+        sums = {f.name: _field(window, f.name, f.type, path) for f in fields(Window) if f.name in window}
         return cls(
             **{k: v for k, v in values.items() if v is not None or k in _NULLABLE}, window=Window(**sums)
         )
@@ -104,11 +97,11 @@ class RunState:
 _NULLABLE = {"initial_val", "best_val", "best_step"}
 
 
-def _field(record: dict, name: str, kind: str, path):
+def _field(record: dict, name: str, kind: object, path):
     """One RunState / Window field read back: None when absent (the dataclass default then applies).
-    `kind` is the field's annotation, a string under `from __future__ import annotations`."""
+    `kind` is the field's annotation: a string, under `from __future__ import annotations`."""
     if name not in record or (record[name] is None and name in _NULLABLE):
         return None
-    if kind.startswith("int"):
+    if str(kind).startswith("int"):
         return count(record, name, path)
     return number(record, name, path, optional=False)
