@@ -186,6 +186,8 @@ def test_bad_arguments_are_user_errors(capsys):
     assert "unknown GPU" in capsys.readouterr().err
     with pytest.raises(UserError, match="--gpus"):
         make_plan(Setup("gpt2-124m", find_gpu("a100"), gpus=0))
+    with pytest.raises(UserError, match="has no bf16"):  # was a TypeError: the V100's bf16 peak is None
+        make_plan(Setup("gpt2-124m", find_gpu("v100-sxm2-16gb"), precision="bf16"))
 
 
 def test_does_not_fit_exits_non_zero_with_no_time_or_cost():

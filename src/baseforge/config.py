@@ -121,23 +121,12 @@ class TrainConfig:
         for key in ("grad_accum", "log_every", "eval_every", "checkpoint_every", "max_bad_steps"):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
-        for key in (
-            "global_batch",
-            "max_steps",
-            "max_tokens",
-            "warmup_steps",
-            "eval_tokens",
-            "keep_last",
-            "sample_tokens",
-            "evaluators_every",
-            "hellaswag_limit",
-            "weight_decay",
-            "muon_weight_decay",
-            "early_stop_evals",
-            "grad_clip",
-            "checkpoint_minutes",
-            "eps",
-        ):
+        non_negative = (
+            "global_batch max_steps max_tokens warmup_steps eval_tokens keep_last sample_tokens "
+            "evaluators_every hellaswag_limit weight_decay muon_weight_decay early_stop_evals grad_clip "
+            "checkpoint_minutes eps"
+        )
+        for key in non_negative.split():
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
         if not self.lr > 0:
@@ -337,7 +326,9 @@ def parse_overrides(overrides) -> dict:
     return _renamed(parsed)
 
 
-def config_changes(saved: RunConfig, wanted: RunConfig, allowed: set[str] = frozenset()) -> list[str]:
+def config_changes(
+    saved: RunConfig, wanted: RunConfig, allowed: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     """'key old -> new' for every key `wanted` changes in `saved`, except `allowed` train keys.
 
     A vocab_size left open (None) in `wanted` matches whatever the saved run took from its data.

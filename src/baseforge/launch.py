@@ -56,6 +56,7 @@ def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, 
         Path(record["path"]) == data.resolve() and record["manifest_sha256"] == data_fingerprint(data)
     )
     if not same and not new_data:
+        assert record is not None  # same without one
         raise UserError(
             f"{out} was trained on {record['path']}, not {data}; resume without --data, or add "
             "--new-data to continue on other data prepared with the same tokenizer"
@@ -137,7 +138,7 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
     cfg, shape = config.train, shape_of(config)
     device = resolve_device(cfg.device)
-    warnings = []
+    warnings: list[str] = []
     if cfg.micro_batch == "auto" and not cfg.global_batch:
         return warnings
     layout = BatchLayout.from_config(cfg, world=world)

@@ -105,7 +105,7 @@ def shape_of(run: RunConfig) -> Shape:
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_embd=cfg.n_embd,
-        vocab=cfg.vocab_size,
+        vocab=cfg.known_vocab_size,
         context=cfg.context,
         dropout=cfg.dropout,
         norm=cfg.norm,

@@ -158,7 +158,12 @@ def make_plan(
     train = preset_config(setup.preset).train
     tokens = int(tokens or train.max_tokens or train.tokens_per_param * s.params)
     mfu = mfu if mfu is not None else DEFAULT_MFU
-    peak = setup.gpu.peak_tflops(setup.precision) * 1e12
+    tflops = setup.gpu.peak_tflops(setup.precision)
+    if tflops is None:
+        raise UserError(
+            f"--precision {setup.precision}: the {setup.gpu.label} has no {setup.precision}; use fp16"
+        )
+    peak = tflops * 1e12
     tokens_per_s = mfu * peak * setup.gpus / s.flops_per_token
     if setup.activation_checkpointing == "blocks":
         tokens_per_s *= 3 / 4  # the forward runs twice: 4 passes' work where 3 are counted

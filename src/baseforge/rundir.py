@@ -38,8 +38,8 @@ def step_of(name: str) -> int | None:
 class RunDir:
     path: Path
 
-    def __post_init__(self):
-        object.__setattr__(self, "path", Path(self.path))
+    def __init__(self, path: Path | str):
+        object.__setattr__(self, "path", Path(path))
 
     @classmethod
     def of(cls, run: RunDir | Path | str) -> RunDir:

@@ -96,7 +96,7 @@ def hub_files(
         names = HfApi().list_repo_files(repo, repo_type="dataset")
     except Exception as exc:  # noqa: BLE001
         raise _offline_error(spec, exc) from None
-    files = sorted(n for n in names if n.endswith(".parquet") and (not folder or n.startswith(folder + "/")))
-    if not files:
+    found = sorted(n for n in names if n.endswith(".parquet") and (not folder or n.startswith(folder + "/")))
+    if not found:
         raise UserError(f"{repo} has no parquet files under {folder or 'its root'}; check --sample")
-    return [LazyFile(repo, n) for n in files[:max_files]]
+    return [LazyFile(repo, n) for n in found[:max_files]]

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
@@ -37,6 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from baseforge.data import resume
+from baseforge.data.heldout import (
+    MIN_VAL_TOKENS,
+    floor_record,
+    meet_floor,
+    val_from_tail,
+    val_target,
+    val_warning,
+)
 from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
 from baseforge.data.shards import MANIFEST, VERSION, write_manifest
 from baseforge.data.sources import open_source
@@ -48,11 +57,6 @@ from baseforge.runlock import RunLock
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
-# Validation's token floor (--min-val-tokens): the trainer's default eval_tokens, so a run with the
-# default settings evaluates on as many tokens as it asks for; at most VAL_CAP of the corpus.
-MIN_VAL_TOKENS = 1_048_576
-VAL_CAP = 0.1
-NOISY_VAL_TOKENS = 65_536  # the small presets' eval_tokens: fewer held-out tokens than this warn
 LOCK_FILE = ".prepare.lock"  # one prepare per data dir at a time (runlock.RunLock's mechanism)
 
 
@@ -60,6 +64,7 @@ def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
     kind, size = parse_spec(spec)
     if kind == "gpt2":
         return GPT2Tokenizer()
+    assert size is not None, "parse_spec gives bpe:N its size"
     tok = TrainedBPETokenizer.train(train_texts, size)
     tok.save(out_dir)
     return tok
@@ -181,7 +186,9 @@ def prepare(
         if spec.overwrite and (out / MANIFEST).exists():
             return _replace(spec, out, key, args, opened, log)
         (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
-        return _prepare(spec, out, key, args, opened, log)
+        manifest, finish = _prepare(spec, out, key, args, opened, log)
+        finish()
+        return manifest
 
 
 def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
@@ -198,7 +205,7 @@ def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
         if stale.name.rpartition("-")[2].isdigit() and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     with output_dir(staging):
-        manifest, finish = _prepare(spec, staging, key, args, opened, log, report=False)
+        manifest, finish = _prepare(spec, staging, key, args, opened, log)
         with io_errors(out):
             os.rename(out, aside)
             try:
@@ -212,8 +219,9 @@ def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
 
 
 def _prepare(
-    spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log, report: bool = True
-) -> dict:
+    spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log
+) -> tuple[dict, Callable[[], None]]:
+    """Prepare into `out`; returns the manifest and the closing report's lines (called once in place)."""
     progress = resume.read_progress(out, key) if not spec.overwrite else None
     if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
@@ -253,10 +261,10 @@ def _prepare(
     target = val_target(spec.val_fraction, spec.min_val_tokens, counts.tokens)
     moved = (0, 0)
     if spec.val_fraction > 0 and counts.held_out_tokens == 0:
-        _val_from_tail(router, spec.val_fraction, target, reach_back, log)
+        val_from_tail(router, spec.val_fraction, target, reach_back, log)
     elif target:
-        moved = _meet_floor(router, target, reach_back, tok.eot_id)
-    jobs = []
+        moved = meet_floor(router, target, reach_back, tok.eot_id)
+    jobs: list = []
     while writers["train"].buffered:
         writers["train"].flush(jobs, spec.shard_tokens)
     for split in ("val", "test"):
@@ -277,18 +285,21 @@ def _prepare(
         "held_out": "tail" if counts.val_from_tail else "documents",
         "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
         "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
-        **({"val_floor": _floor_record(spec, target, moved)} if moved[0] else {}),
+        **({"val_floor": floor_record(spec.min_val_tokens, target, moved)} if moved[0] else {}),
         "args_key": key,
         "args": args,
     }
     write_manifest(out, manifest)
     resume.clear(out, splits)
     manifest = {"format": "baseforge-tokens", "version": VERSION, **manifest}
-    finish = partial(meter.finish, counts, splits, spec.pack, _val_warning(spec, counts.tokens, splits))
-    if not report:
-        return manifest, finish
-    finish()
-    return manifest
+    finish = partial(
+        meter.finish,
+        counts,
+        splits,
+        spec.pack,
+        val_warning(spec.val_fraction, spec.min_val_tokens, counts.tokens, splits),
+    )
+    return manifest, finish
 
 
 def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:
@@ -319,97 +330,6 @@ def _check_not_empty(spec: PrepareSpec, counts: Counts) -> None:
     skipped = f" ({binary} binary file(s) skipped, first {counts.first_binary})" if binary else ""
     what = "only empty documents" if counts.documents else "no documents"
     raise UserError(f"the input is empty: {what} in {', '.join(spec.sources)}{skipped}; give text files")
-
-
-def val_target(fraction: float, min_val_tokens: int, tokens: int) -> int:
-    """The held-out tokens a corpus of `tokens` gets at least: --min-val-tokens, capped at VAL_CAP of
-    the corpus (a tiny corpus keeps most of its tokens for training); 0 when there is no val split."""
-    return 0 if fraction <= 0 else min(min_val_tokens, int(tokens * VAL_CAP))
-
-
-def _val_from_tail(router: Router, fraction: float, target: int, reach_back, log) -> None:
-    """Validation from the stream's tail: the document rule picked no document (too few of them).
-    The tail is the last `fraction` of the tokens, or `target` if that is more."""
-    n, docs = max(int(router.counts.tokens * fraction), target), router.counts.documents
-    if n < 1:
-        return
-    reach_back(n)
-    router.val_from_tail(n)
-    log(
-        f"held out: {docs:,} document(s) are too few for --val-fraction {fraction:g} (1 in "
-        f"{1 / fraction:.0f} documents), so validation is the last {n:,} tokens of the stream instead"
-    )
-
-
-def _meet_floor(router: Router, target: int, reach_back, eot: int) -> tuple[int, int]:
-    """Move whole documents from the end of the train stream into val until val holds `target`
-    tokens; returns (documents, tokens) moved.
-
-    It takes the fewest last documents that reach the target; when those would take val past twice
-    the target (so never past 2 x VAL_CAP of the corpus), the last documents that fit under that
-    (perhaps none). Documents are found by their end-of-text tokens: with `--pack crop` a cropped
-    document lost its end-of-text, so it moves together with the one before it and the count of
-    documents moved is low by the cropped ones among them. Moving shortens the train split, also
-    under --budget / --max-train-tokens.
-    """
-    val, train = router.writers["val"], router.writers["train"]
-    have = val.tokens + val.buffered
-    need = target - have
-    window = 2 * target - have  # the most tokens that may move
-    if need <= 0 or window <= 0:
-        return 0, 0
-    reach_back(window)
-    stream = np.concatenate(train.buffer) if train.buffer else np.zeros(0, dtype=np.uint32)
-    end = len(stream)
-    lo = max(end - window, 1)  # never the whole train split
-    starts = np.flatnonzero(stream[lo - 1 : end - 1] == eot) + lo  # documents that begin in the window
-    if not len(starts):
-        return 0, 0
-    reaching = starts[end - starts >= need]
-    cut = int(reaching[-1]) if len(reaching) else int(starts[0])
-    moving = stream[cut:]
-    train.buffer, train.buffered = [stream[:cut]], cut
-    ends = np.flatnonzero(moving == eot) + 1
-    docs = np.split(moving, ends[ends < len(moving)])
-    for doc in docs:
-        router.hold_out(doc)
-    train.documents -= len(docs)
-    return len(docs), len(moving)
-
-
-def _floor_record(spec: PrepareSpec, target: int, moved: tuple[int, int]) -> dict:
-    """How val was made when --min-val-tokens added to the held-out documents (the manifest's "val_floor")."""
-    return {
-        "min_val_tokens": spec.min_val_tokens,
-        "target": target,
-        "moved_documents": moved[0],
-        "moved_tokens": moved[1],
-        "from": "end of the train stream",
-    }
-
-
-def _val_warning(spec: PrepareSpec, tokens: int, splits: dict) -> str | None:
-    """One `warning:` line when val is under the floor it could have (--min-val-tokens, capped at
-    VAL_CAP of the corpus: whole documents did not fit), or under NOISY_VAL_TOKENS."""
-    if spec.val_fraction <= 0:
-        return None
-    val = splits.get("val", {}).get("tokens", 0)
-    target = val_target(spec.val_fraction, spec.min_val_tokens, tokens)
-    reasons = []
-    if val < target:
-        capped = f", capped at {VAL_CAP:.0%} of the corpus" if target < spec.min_val_tokens else ""
-        reasons.append(
-            f"under the floor of {target:,} (--min-val-tokens {spec.min_val_tokens:,}{capped}): "
-            "no more whole documents fit"
-        )
-    if val < NOISY_VAL_TOKENS:
-        reasons.append(
-            f"under {NOISY_VAL_TOKENS:,} tokens a held-out loss is noisy and a run's eval_tokens "
-            "is cut to what there is"
-        )
-    if not reasons:
-        return None
-    return f"warning: validation has only {val:,} tokens; " + "; ".join(reasons)
 
 
 class _Meter:

@@ -33,7 +33,7 @@ def has_progress(out: Path) -> bool:
 
 def commit_shard(out, key, tok, writers, counts: Counts, shard_tokens) -> list:
     """The writes of a full train shard, the held-out buffers and a progress record (for resume), in order."""
-    jobs = []
+    jobs: list = []
     rest = writers["train"].flush(jobs, shard_tokens)
     return _commit(out, key, tok, writers, counts, jobs, rest)
 

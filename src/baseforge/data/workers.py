@@ -122,6 +122,7 @@ def _init_worker(tok: Tokenizer | None, record: dict, directory: str) -> None:
 
 
 def _encode(piece) -> Encoded:
+    assert _tokenizer is not None, "the pool initializer sets the worker's tokenizer"
     return read_and_encode(_tokenizer, piece)
 
 
@@ -131,7 +132,7 @@ def _in_order(pool, tasks, ahead: int):
     Pool.imap would read the whole input ahead (its feeder thread has no bound) and queue every
     result the parent has not consumed yet; this keeps memory flat however large the corpus.
     """
-    pending = deque()
+    pending: deque = deque()
     for task in tasks:
         pending.append(pool.apply_async(_encode, (task,)))
         if len(pending) >= ahead:

@@ -86,7 +86,8 @@ def make_lm(loaded, batch_size: int = 8, device="cpu", max_gen_toks: int = 256):
     TemplateLM = require_lm_eval()
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-    class BaseforgeLM(TemplateLM):
+    # mypy takes no base class from a variable; this one is imported on demand (lm-eval is optional).
+    class BaseforgeLM(TemplateLM):  # type: ignore[valid-type, misc]
         def __init__(self):
             super().__init__()
             self.model, self.tok = loaded.model.eval(), loaded.tokenizer
@@ -171,7 +172,8 @@ def generate_all(lm, args: list[tuple[str, dict]], generate_batch) -> list[str]:
             for i, new in zip(chunk, rows):
                 new = new[:-1] if new and new[-1] == lm.eot_token_id else new
                 text = lm.tok_decode(new)
-                out[i] = _stop_at(text, list(until)) if _stop_at(text, list(until)) is not None else text
+                stopped = _stop_at(text, list(until))
+                out[i] = stopped if stopped is not None else text
     return out
 
 

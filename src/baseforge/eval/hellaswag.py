@@ -90,7 +90,7 @@ def load_items(path: Path | None, limit: int | None = None) -> list[Item]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"HellaSwag file {path} not found")
-    items = []
+    items: list[Item] = []
     for lineno, row in read_jsonl(path):
         if limit is not None and len(items) >= limit:
             break

@@ -170,7 +170,7 @@ def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list
             "",
             "## Remote code needed",
             "",
-            "This model is not a standard GPT-2: it uses " + "; ".join(remote_reasons) + ". "
+            "This model is not a standard GPT-2: it uses " + "; ".join(remote_reasons or ()) + ". "
             "No built-in transformers class computes that combination, so the folder ships its own "
             "`modeling_baseforge.py` and `configuration_baseforge.py` (plain PyTorch + transformers, no "
             "baseforge needed) and loading needs `trust_remote_code=True`. Read those two files before "

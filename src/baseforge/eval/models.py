@@ -147,7 +147,9 @@ def load_folder_tokenizer(path: Path) -> FolderTokenizer:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")))
         tok.decoder = decoders.ByteLevel()
         specials = {_special(config.get(k)) for k in ("bos_token", "eos_token", "unk_token")} - {None}
-        tok.add_special_tokens(sorted(t for t in specials if tok.token_to_id(t) is not None))
+        tok.add_special_tokens(
+            sorted(t for t in specials if t is not None and tok.token_to_id(t) is not None)
+        )
     eos = _special(config.get("eos_token"))
     eot_id = tok.token_to_id(EOT)
     if eot_id is None and eos:
@@ -211,7 +213,7 @@ def load_any(spec: str, device="cpu", which: str = "latest") -> LoadedModel:
             raise UserError(f"{path} does not exist")
         model, hf_config = load_hf_folder(path)
         tokenizer = load_folder_tokenizer(path)
-        if tokenizer.vocab_size > model.config.vocab_size:
+        if tokenizer.vocab_size > model.config.known_vocab_size:
             raise UserError(
                 f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
                 f"{model.config.vocab_size}: the folder's tokenizer is not the model's"

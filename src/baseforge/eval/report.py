@@ -111,7 +111,9 @@ def _same_path(spec: str, run: Path) -> bool:
 
 
 def _chart_title(run: Path, config: dict, summary: dict) -> str:
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    model = config.get("model")
+    if not isinstance(model, dict):
+        model = {}
     params = summary.get("params")
     parts = [str(config.get("preset", "run"))]
     if isinstance(params, (int, float)):
@@ -200,7 +202,8 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
         md += ["", "## Evaluations during training", "", *_md_table(["step", *extra], during, 0)]
     for n, result in evals.items():
         md += ["", f"## {EVAL_TITLES.get(n, n)}", ""]
-        md += _md_table(*tables[n]) if tables[n] else ["```json", json.dumps(result, indent=2), "```"]
+        table = tables[n]
+        md += _md_table(*table) if table else ["```json", json.dumps(result, indent=2), "```"]
     if png:
         md += ["", "## Charts", "", "![training](report.png)"]
     if sample:
@@ -219,9 +222,8 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
         parts += ["<h2>Evaluations during training</h2>", _html_table(["step", *extra], during, 0)]
     for n, result in evals.items():
         parts.append(f"<h2>{e(EVAL_TITLES.get(n, n))}</h2>")
-        parts.append(
-            _html_table(*tables[n]) if tables[n] else f"<pre>{e(json.dumps(result, indent=2))}</pre>"
-        )
+        table = tables[n]
+        parts.append(_html_table(*table) if table else f"<pre>{e(json.dumps(result, indent=2))}</pre>")
     if png:
         data = base64.b64encode(png).decode()
         parts += ["<h2>Charts</h2>", f'<img alt="{e(title)}" src="data:image/png;base64,{data}">']

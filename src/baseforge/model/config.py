@@ -120,5 +120,12 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def known_vocab_size(self) -> int:
+        """vocab_size once it is known: a model is built only after RunConfig.with_vocab fills it in."""
+        if self.vocab_size is None:
+            raise ValueError("vocab_size is not known yet: RunConfig.with_vocab takes it from the data")
+        return self.vocab_size
+
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)

@@ -7,6 +7,7 @@ weights map 1:1 onto Hugging Face's `GPT2LMHeadModel` (see `hf.py`).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -14,6 +15,17 @@ import torch.nn.functional as F
 
 from baseforge.model.config import ModelConfig
 from baseforge.model.loss import linear_cross_entropy
+
+if TYPE_CHECKING:
+
+    class Transformer(nn.ModuleDict):
+        """GPT.transformer's modules, typed (nn.ModuleDict's attributes are Tensor | Module to a checker)."""
+
+        wte: nn.Embedding
+        wpe: nn.Embedding  # only with pos_emb = "learned"
+        drop: nn.Dropout
+        h: nn.ModuleList  # the blocks
+        ln_f: nn.Module
 
 
 class RMSNorm(nn.Module):
@@ -96,7 +108,9 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scale = True  # GPT-2 init: scale residual projections by depth
+        # GPT-2 init: scale residual projections by depth. (torch types Module.__setattr__'s value as
+        # Tensor | Module; any value works.)
+        self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = make_norm(config, config.head_dim)
@@ -137,7 +151,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.residual_scale = True
+        self.c_proj.residual_scale = True  # type: ignore[assignment]  # as in CausalSelfAttention
         self.relu2 = config.mlp_act == "relu2"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -161,21 +175,26 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    rope_cos: torch.Tensor  # buffers, with pos_emb = "rope"
+    rope_sin: torch.Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        vocab = config.known_vocab_size
+        wte = nn.Embedding(vocab, config.n_embd)
         modules = dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=wte,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=make_norm(config),
         )
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.context, config.n_embd)
-        self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer = cast("Transformer", nn.ModuleDict(modules))
+        self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
         if config.tie_weights:
-            self.lm_head.weight = self.transformer.wte.weight
+            self.lm_head.weight = wte.weight
         if config.pos_emb == "rope":
             cos, sin = rope_tables(config, config.context, "cpu")
             self.register_buffer("rope_cos", cos, persistent=False)

@@ -38,7 +38,7 @@ def hf_config_dict(config: ModelConfig, eot_id: int | None = None) -> dict:
     `eot_id` becomes bos/eos; by default GPT-2's <|endoftext|> (50256) when the vocabulary holds
     it, else none (a trained tokenizer's id is only known to the caller).
     """
-    if eot_id is None and config.vocab_size > 50256:
+    if eot_id is None and config.known_vocab_size > 50256:
         eot_id = 50256
     return dict(
         model_type="gpt2",

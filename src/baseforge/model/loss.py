@@ -132,7 +132,7 @@ def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
         p[at_target] -= 1  # p is now d(sum of row losses) / d logits
         if softcap:
             p.mul_(t.square_().neg_().add_(1))
-        if need_h:
+        if grad_h is not None:  # need_h
             gh = p @ wc
             grad_h[start:end] = gh if all_valid else gh * valid[start:end, None]
         if need_w:  # as (C, V): this orientation of the matmul runs ~25% faster on oneDNN
@@ -140,6 +140,7 @@ def _fused_pass(h, weight, targets, softcap: float, need_h: bool, need_w: bool):
             grad_w_t = part.float() if grad_w_t is None else grad_w_t.add_(part)
     grad_w = None
     if need_w:
+        assert grad_w_t is not None  # the loop ran: there are rows
         grad_w = torch.empty(weight.shape, dtype=torch.float32, device=h.device).copy_(grad_w_t.t())
     return total, grad_h, grad_w
 
@@ -161,17 +162,20 @@ def _scaled_grads(h, weight, targets, softcap: float, dtype, scale, need_h: bool
         hs = hc[start:end]
         z = (hs @ wc.t()).float()
         t = torch.tanh(z / softcap) if softcap else None
-        g = torch.softmax(softcap * t if softcap else z, dim=-1)
+        g = torch.softmax(softcap * t if t is not None else z, dim=-1)
         g[torch.arange(end - start, device=h.device), safe[start:end]] -= 1
-        if softcap:
+        if t is not None:  # softcap
             g *= 1 - t.square()
         g = (g * (scale * valid[start:end])).to(dtype)
-        if need_h:
+        if grad_h is not None:  # need_h
             grad_h[start:end] = g @ wc
         if need_w:
             part = (hs.t() @ g).float()
             grad_w_t = part if grad_w_t is None else grad_w_t.add_(part)
-    return grad_h, (grad_w_t.t() if need_w else None)
+    if not need_w:
+        return grad_h, None
+    assert grad_w_t is not None  # the loop ran: there are rows
+    return grad_h, grad_w_t.t()
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):

@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -19,6 +22,7 @@ from baseforge.config import RunConfig, TrainConfig
 from baseforge.data.loader import BatchLayout
 from baseforge.errors import UserError
 from baseforge.model import GPT
+from baseforge.tokenizer import Tokenizer
 from baseforge.train.autobatch import search_micro_batch
 from baseforge.train.checkpoint import load_model_tensors
 from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
@@ -29,13 +33,34 @@ from baseforge.train.schedule import Schedule
 from baseforge.train.step import TrainStep
 
 
+class TrainData(Protocol):
+    """What the trainer needs of its data: data.loader.TokenData (pretraining) and
+    data.instructions.InstructionData (fine-tuning) both have it."""
+
+    tokenizer: Tokenizer
+    train_tokens: int  # the train split's size, for the run's announcement
+    source: Path  # where the data is, for the records
+
+    def micro_batch(
+        self, step: int, micro_step: int, layout: BatchLayout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (inputs, targets) of optimizer step `step`'s micro-step `micro_step` on this rank."""
+        ...
+
+    def val_batches(
+        self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation batches of this rank, up to `max_tokens` in all."""
+        ...
+
+
 @dataclass(frozen=True)
 class Run:
     """What a run is once built: its config (with the data's vocabulary), where it computes, the model's
     views, optimizers, batch layout, schedule, planned steps, and the one optimizer step it repeats."""
 
     config: RunConfig
-    data: object  # data.loader.TokenData, or any object with its interface (fine-tuning's)
+    data: TrainData
     runtime: Runtime
     views: ModelViews
     optimizers: Optimizers
@@ -61,7 +86,7 @@ def total_steps(cfg: TrainConfig, n_params: int, tokens_per_step: int) -> int:
 
 
 def build_run(
-    config: RunConfig, data, runtime: Runtime, *, init_weights=None, tail=(0, 1.0), say=print
+    config: RunConfig, data: TrainData, runtime: Runtime, *, init_weights=None, tail=(0, 1.0), say=print
 ) -> Run:
     """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
     tensors instead of a random initialisation; `tail` is an extended run's schedule tail (Schedule);
@@ -111,7 +136,7 @@ def check_vocab(config: RunConfig, tok) -> None:
         )
 
 
-def batch_layout(model: GPT, data, cfg: TrainConfig, runtime: Runtime, say) -> BatchLayout:
+def batch_layout(model: GPT, data: TrainData, cfg: TrainConfig, runtime: Runtime, say) -> BatchLayout:
     """The run's batch layout; `micro_batch=auto` first searches the largest micro-batch that fits."""
     world, micro = runtime.dist.world, cfg.micro_batch
     if micro == "auto":

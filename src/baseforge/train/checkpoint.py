@@ -147,7 +147,14 @@ def _pointer(root: Path, which: str) -> str | None:
 def checkpoint_steps(run: RunDir) -> list[Path]:
     """The run's checkpoint folders, oldest first (temporary and foreign names left out)."""
     found = [p for p in run.checkpoints.glob("step_*") if p.is_dir() and step_of(p.name) is not None]
-    return sorted(found, key=lambda p: step_of(p.name))
+    return sorted(found, key=_step)
+
+
+def _step(checkpoint: Path) -> int:
+    """The step of a folder `checkpoint_steps` found (so its name is a checkpoint's)."""
+    step = step_of(checkpoint.name)
+    assert step is not None, checkpoint
+    return step
 
 
 def prune(run: RunDir, keep_last: int) -> None:
@@ -166,7 +173,7 @@ def discard_after(run: RunDir, step: int) -> list[Path]:
     aside into RUN/discarded/ (not deleted: the user decides); returns where they went."""
     moved = []
     for path in checkpoint_steps(run):
-        if step_of(path.name) > step:
+        if _step(path) > step:
             target = _free_name(run.discarded / path.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)

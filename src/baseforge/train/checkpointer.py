@@ -8,6 +8,7 @@ with shards loads into a sharded model or a plain one, at any world size; a shar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from baseforge.config import RunConfig
 from baseforge.errors import UserError
@@ -113,7 +114,7 @@ class Checkpointer:
         """A checkpoint of the current step. Every rank takes part: each one's RNG state is gathered;
         a sharded run's ranks each write their shards."""
         rng = gather_rng_states(self.dist, run.runtime.device)
-        args = dict(
+        args: dict[str, Any] = dict(
             step=state.step,
             config=run.config,
             tokenizer=run.data.tokenizer,

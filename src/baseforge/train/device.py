@@ -8,7 +8,7 @@ trainer is merely constructed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 
@@ -59,7 +59,8 @@ def compile_for_training(
     The warm-up's random draws (dropout) are undone: the run's generators start where they would have.
     """
     try:
-        compiled = torch.compile(model, dynamic=False)
+        # A module compiles to a module (an OptimizedModule); torch's stubs type any callable's result.
+        compiled = cast(torch.nn.Module, torch.compile(model, dynamic=False))
         devices = rng_devices(next(model.parameters()).device)
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             warm_up(compiled)

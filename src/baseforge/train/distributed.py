@@ -117,6 +117,6 @@ def gather_to_main(obj, info: DistInfo) -> list:
     Objects travel pickled between the ranks of one job (never through a file)."""
     if not info.enabled:
         return [obj]
-    out = [None] * info.world if info.is_main else None
+    out: list | None = [None] * info.world if info.is_main else None
     dist.gather_object(obj, out, dst=0)
-    return out if info.is_main else []
+    return out if out is not None else []

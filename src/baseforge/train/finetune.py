@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_config
 from baseforge.data.instructions import InstructionData
@@ -18,9 +19,9 @@ from baseforge.data.loader import BatchLayout
 from baseforge.fileio import atomic_write_json
 from baseforge.train.checkpoint import load_model, model_tensors
 from baseforge.train.distributed import process_group
-from baseforge.train.loop import Trainer
+from baseforge.train.loop import RunResult, Trainer
 
-RECIPE = dict(
+RECIPE: dict[str, Any] = dict(
     lr=5e-5,
     weight_decay=0.1,
     schedule="constant",
@@ -47,7 +48,7 @@ def finetune(
     resume: bool = False,
     limit: int | None = None,
     log=print,
-) -> dict:
+) -> RunResult:
     """Fine-tune `base` on the instruction examples in `data_file` into run dir `out` (the book's recipe,
     changed by `overrides`); the steps, evaluations and checkpoints follow from the epoch's size."""
     out = Path(out)

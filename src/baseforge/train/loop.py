@@ -19,7 +19,7 @@ from baseforge.data.loader import TokenData
 from baseforge.errors import UserError
 from baseforge.generate import generate
 from baseforge.rundir import RunDir
-from baseforge.train.build import Run, build_run
+from baseforge.train.build import Run, TrainData, build_run
 from baseforge.train.cadence import Cadence, Due
 from baseforge.train.checkpointer import Checkpointer
 from baseforge.train.device import Runtime
@@ -53,7 +53,7 @@ class Trainer:
     def __init__(
         self,
         config: RunConfig,
-        data,
+        data: TrainData | Path | str,
         run_dir: Path | str,
         *,
         resume: bool = False,
@@ -91,13 +91,19 @@ class Trainer:
         return self.parts
 
     @property
+    def built(self) -> Run:
+        """The run `setup()` built (only after it)."""
+        assert self.parts is not None, "Trainer.setup() first"
+        return self.parts
+
+    @property
     def tokens_per_step(self) -> int:
         return self.setup().tokens_per_step
 
     # --- the run --------------------------------------------------------------------------------
     def run(self) -> RunResult:
         run, state, cfg = self.setup(), self.state, self.config.train
-        self.checkpointer.prepare_run_dir(run.config, self.data.source, resume=self.resume, step=state.step)
+        self.checkpointer.prepare_run_dir(run.config, run.data.source, resume=self.resume, step=state.step)
         for line in announce_lines(run, state.step):
             self.reporter.say(line)
         cadence, validator = Cadence.from_config(cfg), Validator(run, self.evaluators)
@@ -108,7 +114,7 @@ class Trainer:
         with recording:
             if state.step == 0:
                 state.initial_val = validator.loss()
-                self.reporter.initial_validation(state.initial_val, self.data.source)
+                self.reporter.initial_validation(state.initial_val, run.data.source)
             with self.reporter.progress(run.total, state.step), StopRequested() as stop:
                 end = run.total
                 while state.step < end:
@@ -134,7 +140,8 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         """One optimizer step at the current step number (the loop's; benchmarks call it directly)."""
-        return self.setup().step(self.state.step, self.data)
+        run = self.setup()
+        return run.step(self.state.step, run.data)
 
     def _train_one_step(self) -> None:
         cfg, state = self.config.train, self.state
@@ -147,11 +154,11 @@ class Trainer:
                 f"(step {state.step}); "
                 "stopped. The last good checkpoint is kept: lower lr, check the data, or use precision=fp32"
             )
-        state.record_time(self.parts.tokens_per_step, time.perf_counter() - t0)
+        state.record_time(self.built.tokens_per_step, time.perf_counter() - t0)
 
     def _log(self, due: Due, validator: Validator) -> None:
         """A metrics row of the steps since the last one, with the evaluations that are due."""
-        row = metrics_row(self.parts, self.state)
+        row = metrics_row(self.built, self.state)
         if due.evaluate:
             val = validator.loss()
             if val is not None:
@@ -177,7 +184,7 @@ class Trainer:
         """Checkpoint (and chart) unless the model is producing non-finite values: the last good one stays."""
         if self.state.bad_in_row:
             return False
-        self.checkpointer.save(self.parts, self.state)  # every rank takes part
+        self.checkpointer.save(self.built, self.state)  # every rank takes part
         self.reporter.charts()
         return True
 
@@ -185,12 +192,13 @@ class Trainer:
         row, state, cfg = self.last_row, self.state, self.config.train
         if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
             row = next((r for r in reversed(read_metrics(self.run_dir.path)) if r["step"] == state.step), {})
-        model = self.parts.views.whole_on_main() if cfg.sample_tokens else None  # a collective
-        sample, tok = None, self.data.tokenizer
+        run = self.built
+        model = run.views.whole_on_main() if cfg.sample_tokens else None  # a collective
+        sample, tok = None, run.data.tokenizer
         if model is not None:
-            prompt = cfg.sample_prompt or data_prompt(self.data)
+            prompt = cfg.sample_prompt or data_prompt(run.data)
             ids = generate(model, tok.encode(prompt), cfg.sample_tokens, 0.8, 50, cfg.seed)
             sample = (prompt, tok.decode(ids))
-        summary = build_summary(self.parts, state, row)
+        summary = build_summary(run, state, row)
         self.reporter.finish(summary, sample)
         return RunResult(state.step, summary=summary)

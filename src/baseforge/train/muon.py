@@ -31,8 +31,13 @@ instead of a dozen per matrix (GPT-2 small: 48 matrices of 4 shapes).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 # Quintic coefficients from Keller Jordan's write-up: chosen to maximise the slope at 0 (so small
 # singular values grow fast) while keeping the iteration in a band around 1. The result is not
@@ -123,8 +128,11 @@ class Muon(torch.optim.Optimizer):
         updates = _momentum(bufs, grads, beta, group["nesterov"], per_tensor=sharded)
         stacked = torch.stack(updates)
         if sharded:
-            stacked = stacked.full_tensor()  # every rank: the whole matrices of this shape (all-gather)
-        ortho = orthogonalize(stacked, group["ns_steps"]).to(params[0].dtype).unbind(0)
+            # every rank: the whole matrices of this shape (all-gather)
+            stacked = cast("DTensor", stacked).full_tensor()
+        ortho: list[torch.Tensor] | tuple[torch.Tensor, ...] = (
+            orthogonalize(stacked, group["ns_steps"]).to(params[0].dtype).unbind(0)
+        )
         if sharded:
             ortho = [_own_shard(o, p) for o, p in zip(ortho, params)]
         scale = max(1.0, params[0].size(0) / params[0].size(1)) ** 0.5
@@ -133,7 +141,9 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_add_(params, ortho, alpha=-lr * scale)
 
 
-def _momentum(bufs: list, grads: list, beta: float, nesterov: bool, per_tensor: bool) -> list:
+def _momentum(
+    bufs: list, grads: list, beta: float, nesterov: bool, per_tensor: bool
+) -> list[torch.Tensor] | tuple[torch.Tensor, ...]:
     """buf <- lerp(buf, grad, 1 - beta); the update is buf, or lerp(grad, buf, beta) with Nesterov
     (out of place: .grad is never written). Per tensor for DTensors: torch 2.11 has no sharding rule
     for the foreach lerp (the same lerp kernel either way, so the numbers are the same)."""
@@ -174,7 +184,8 @@ def param_groups_for_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn
     (lookups and a classifier, not hidden linear maps: Muon's write-up keeps them on AdamW), norm
     weights, biases and any scalars. A tied head appears once. Frozen parameters are left out.
     """
-    muon, adamw = [], []
+    muon: list[nn.Parameter] = []
+    adamw: list[nn.Parameter] = []
     for name, p in model.named_parameters():  # named_parameters() yields a shared tensor once
         if not p.requires_grad:
             continue

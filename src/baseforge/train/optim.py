@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def adamw_groups(named_params, cfg: TrainConfig, lr: float) -> list[dict]:
 
 
 def make_adamw(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    args = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    args: dict[str, Any] = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if device.type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         # One kernel for the whole update: on CPU 3.5x faster than foreach (see train-throughput.md).
         try:
@@ -109,7 +110,9 @@ def _check_state_shapes(opt: torch.optim.Optimizer, name: str, source) -> None:
 def run_hyperparameters_kept(opt: torch.optim.Optimizer):
     """Around loading an optimizer's state: the run's config wins over the checkpoint for base_lr and
     weight_decay (so --set lr=... on --resume takes effect); moments and step counts are the checkpoint's."""
-    keep = [{k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups]
+    keep: list[dict[str, Any]] = [
+        {k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups
+    ]
     yield
     for group, values in zip(opt.param_groups, keep):
         group.update(values)

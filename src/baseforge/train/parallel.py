@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, cast
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -46,7 +46,7 @@ from baseforge.train.device import Runtime
 from baseforge.train.sharded import gathered_model
 
 
-def recompute_blocks(model: torch.nn.Module, mode: str) -> int:
+def recompute_blocks(model: GPT, mode: str) -> int:
     """Recompute transformer blocks' activations in backward instead of storing them; returns how many.
 
     "blocks": every block keeps only its input; backward reruns its forward (about one extra forward
@@ -102,8 +102,9 @@ class ModelViews:
         (one all-gather per step, not per micro-step) at the price of holding them for the step.
         """
         if self.kind == "fsdp":
-            self.plain.set_requires_gradient_sync(sync)
-            self.plain.set_reshard_after_backward(sync)
+            sharded = cast(FSDPModule, self.plain)  # fully_shard made the model's class a subclass of both
+            sharded.set_requires_gradient_sync(sync)
+            sharded.set_reshard_after_backward(sync)
         if sync or self.ddp is None:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
@@ -155,7 +156,7 @@ def from_rank0(model: GPT, whole: dict, runtime: Runtime) -> None:
     set_model_state_dict(model, whole if runtime.dist.is_main else {}, options=options)
 
 
-def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> None:
+def shard_model(model: GPT, cfg: TrainConfig, runtime: Runtime) -> None:
     """FSDP2 over all processes: each transformer block is one unit (all-gathered for its forward and
     backward, freed after), the root holds the rest. The root is not resharded after forward: backward
     starts with it at once (the usual FSDP2 choice for the last unit to run)."""
@@ -165,7 +166,7 @@ def shard_model(model: torch.nn.Module, cfg: TrainConfig, runtime: Runtime) -> N
         # the scale and reduce-scatter mixed scales. ShardedGradScaler is needed first.
         raise UserError("config: parallel = fsdp does not support precision = fp16 yet; use bf16 or fp32")
     mesh = init_device_mesh(runtime.device.type, (runtime.dist.world,))
-    options = {"mesh": mesh}
+    options: dict[str, Any] = {"mesh": mesh}
     if name in ("bf16", "fp16"):
         low = runtime.precision.dtype
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)

@@ -14,14 +14,14 @@ from baseforge.rundir import RunDir
 from baseforge.train.charts import write_charts
 from baseforge.train.metrics import MetricsLog
 from baseforge.train.summary import progress_fields, summary_line
-from baseforge.train.trackers import open_trackers, tracker_names
+from baseforge.train.trackers import Trackers, open_trackers, tracker_names
 
 
 class Reporter:
     def __init__(self, run_dir: RunDir, *, is_main: bool, log=print):
         self.run_dir, self.is_main, self.log = run_dir, is_main, log
         self._metrics: MetricsLog | None = None
-        self._trackers = None
+        self._trackers: Trackers | None = None
         self._bar: Progress | None = None
 
     def say(self, message: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -94,18 +95,22 @@ class SafeReader(FileSystemReader):
         return metadata
 
 
-def full_model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def full_model_tensors(model: GPT) -> dict[str, torch.Tensor]:
     """The whole model's tensors on CPU, as model_tensors gives them, on rank 0 ({} on the others).
 
     A collective: every rank sends its shards."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # A full state dict holds plain tensors (DCP's value type also covers DTensors and nested values).
+    state = cast(
+        "dict[str, torch.Tensor]",
+        get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+    )
     if not state:
         return {}
     return ckpt.drop_tied_head({k: v.contiguous() for k, v in state.items()}, model.config)
 
 
 def _sharded_state(model: torch.nn.Module, optimizers) -> dict:
-    state = {"model": get_model_state_dict(model)}
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
     for name, opt in optimizers.optimizers.items():
         state[f"optim.{name}"] = get_optimizer_state_dict(model, opt)
     return state
@@ -168,7 +173,7 @@ def consolidate(checkpoint: Path) -> Path:
     return out
 
 
-def gathered_model(model: torch.nn.Module, device) -> torch.nn.Module | None:
+def gathered_model(model: GPT, device) -> GPT | None:
     """A plain copy of a sharded model on rank 0 (None elsewhere), for work only rank 0 does (sampling,
     HellaSwag), which must not run the sharded model's collectives alone. A collective: all ranks call it."""
     tensors = full_model_tensors(model)

@@ -99,10 +99,11 @@ class RunState:
 _NULLABLE = {"initial_val", "best_val", "best_step"}
 
 
-def _field(record: dict, name: str, kind: str, path):
-    """One RunState / Window field read back: None when absent (the dataclass default then applies)."""
+def _field(record: dict, name: str, kind: object, path):
+    """One RunState / Window field read back: None when absent (the dataclass default then applies).
+    `kind` is the field's annotation: a string, under `from __future__ import annotations`."""
     if name not in record or (record[name] is None and name in _NULLABLE):
         return None
-    if kind.startswith("int"):
+    if str(kind).startswith("int"):
         return count(record, name, path)
     return number(record, name, path, optional=False)

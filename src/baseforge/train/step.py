@@ -33,7 +33,7 @@ class TrainStep:
         optimizers: Optimizers,
         runtime: Runtime,
         layout: BatchLayout,
-        schedule: Schedule,
+        schedule: Schedule | None,  # None: no learning-rate schedule (autobatch's trials: no __call__)
         grad_clip: float,
     ):
         self.views = views  # forward through views.train, clipping over views.plain's parameters
@@ -61,6 +61,7 @@ class TrainStep:
         the loss stays on the device), then one per step, reading loss and gradient norm together to
         decide whether to skip a non-finite update (fp16's GradScaler.step adds its own)."""
         device = self.runtime.device
+        assert self.schedule is not None, "a TrainStep without a schedule takes no whole steps"
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
         for micro in range(self.layout.grad_accum):

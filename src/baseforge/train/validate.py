@@ -25,11 +25,12 @@ class Validator:
         run, dist = self.run, self.run.runtime.dist
         model = run.views.eval
         model.eval()
-        batches = run.data.val_batches(
-            run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
+        batches = list(
+            run.data.val_batches(run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world)
         )
         if run.views.kind == "fsdp":
-            batches = self._evened(list(batches))
+            batches = self._evened(batches)
+        count: float  # the scored targets, summed over the ranks as a float
         total, count = loss_sum(model, batches, run.runtime.device, run.runtime.precision.autocast)
         model.train()
         total, count = all_reduce_sum([total, float(count)], dist, run.runtime.device)

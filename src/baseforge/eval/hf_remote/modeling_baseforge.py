@@ -131,11 +131,10 @@ class BaseforgePreTrainedModel(PreTrainedModel):
 
 class BaseforgeForCausalLM(BaseforgePreTrainedModel, GenerationMixin):
     # transformers 5 maps tied names to their source; 4.x lists them (tied when tie_word_embeddings).
-    _tied_weights_keys = (
-        {"lm_head.weight": "transformer.wte.weight"}
-        if int(__version__.split(".")[0]) >= 5
-        else ["lm_head.weight"]
-    )
+    if int(__version__.split(".")[0]) >= 5:
+        _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    else:
+        _tied_weights_keys = ["lm_head.weight"]  # type: ignore[assignment]  # 4.x's type; 5 declares a dict
 
     def __init__(self, config: BaseforgeConfig):
         super().__init__(config)
