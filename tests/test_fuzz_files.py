@@ -72,7 +72,13 @@ def allowed_roots(*dirs: Path) -> tuple[str, ...]:
 
     import baseforge
 
-    roots = [*dirs, Path(sys.prefix), Path(sys.base_prefix), Path(baseforge.__file__).parent]
+    roots = [
+        *dirs,
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(baseforge.__file__).parent,
+        Path(__file__).parent,
+    ]
     roots += [Path(torch.__file__).parents[1], Path("/proc"), Path("/dev"), Path("/sys"), Path("/usr")]
     roots += [Path(os.environ.get("TIKTOKEN_CACHE_DIR", "/nonexistent"))]
     return tuple(os.path.realpath(p) for p in roots)

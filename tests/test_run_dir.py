@@ -41,7 +41,7 @@ def test_resume_accepts_the_original_flags_and_refuses_real_changes(shakespeare_
     run = copy_run(finished_run, tmp_path)
     more = [*SHORT[:-2], "max_steps=6", "checkpoint_every=2"]
     # The original command with --resume appended (and a larger max_steps, an explicit train key) runs.
-    result = train(shakespeare_dir, run, "--resume", items=more)
+    result = train(shakespeare_dir, run, "--resume", "--extend", items=more)
     assert result.returncode == 0, result.stderr
     assert read_metrics(run)[-1]["step"] == 6
     # A preset that would change the model or the recipe is refused, naming each key.
@@ -57,14 +57,16 @@ def test_the_run_remembers_its_data(shakespeare_dir, finished_run, tmp_path):
     record = json.loads((run / "data.json").read_text())
     assert record["path"] == str(shakespeare_dir.resolve()) and len(record["manifest_sha256"]) == 64
     # --resume without --data continues on the run's own data, not on the built-in demo corpus.
-    result = baseforge("train", "--out", run, "--resume", *sets("max_steps=6"))
+    result = baseforge("train", "--out", run, "--resume", "--extend", *sets("max_steps=6"))
     assert result.returncode == 0, result.stderr
     assert str(shakespeare_dir.resolve()) in json.loads((run / "summary.json").read_text())["data"]
     # Other data is refused without --new-data; with it, the tokenizer must still be the same.
     text = (SHARED / "corpora" / "tinyshakespeare.txt").read_text()[:40000]
     other = build_data_dir(tmp_path / "other", text, vocab=300)
     assert_clean_error(baseforge("train", "--data", other, "--out", run, "--resume"), "--new-data")
-    result = baseforge("train", "--data", other, "--out", run, "--resume", "--new-data", *sets("max_steps=8"))
+    result = baseforge(
+        "train", "--data", other, "--out", run, "--resume", "--new-data", "--extend", *sets("max_steps=8")
+    )
     assert_clean_error(result, "tokenizer", "sha256")
 
 
@@ -80,7 +82,9 @@ def test_a_planted_pickle_is_refused_and_never_run(finished_run, tmp_path):
     (latest / "trainer.json").unlink()
     (latest / "trainer.safetensors").unlink()
     (latest / "trainer.pt").write_bytes(pickle.dumps({"optimizers": Payload()}))
-    assert_clean_error(baseforge("train", "--out", run, "--resume", *sets("max_steps=6")), "pickle")
+    assert_clean_error(
+        baseforge("train", "--out", run, "--resume", "--extend", *sets("max_steps=6")), "pickle"
+    )
     assert not marker.exists()
 
 
@@ -198,7 +202,7 @@ def test_wandb_offline_run_continues_after_resume(shakespeare_dir, tmp_path):
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     assert train(shakespeare_dir, run, items=[*SHORT, "trackers=wandb"], env=env).returncode == 0
     first = json.loads((run / "trackers.json").read_text())["wandb"]["id"]
-    result = baseforge("train", "--out", run, "--resume", *sets("max_steps=6"), env=env)
+    result = baseforge("train", "--out", run, "--resume", "--extend", *sets("max_steps=6"), env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "trackers.json").read_text())["wandb"]["id"] == first
     runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))

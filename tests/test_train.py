@@ -78,7 +78,8 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
             os.kill(os.getpid(), signal.SIGKILL)  # die in the middle of the write
         ckpt.save_file = dying_save
         config = resolve_config("cpu-tiny", None, {[*TINY, "max_steps=8", "checkpoint_every=4"]!r})
-        Trainer(config, {str(shakespeare_dir)!r}, {str(run)!r}, resume=True, log=lambda *a: None).run()
+        data, out = {str(shakespeare_dir)!r}, {str(run)!r}
+        Trainer(config, data, out, resume=True, extend=True, log=lambda *a: None).run()
     """)
     proc = subprocess.run([sys.executable, "-c", child], env=cli_env(), capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
@@ -86,7 +87,9 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
     assert not (run / "checkpoints" / "step_0000008").exists()
     load_model(run)  # and it loads
     # The resumed run cleans up the half-written temp dir and finishes.
-    result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume", *sets("max_steps=8"))
+    result = baseforge(
+        "train", "--data", shakespeare_dir, "--out", run, "--resume", "--extend", *sets("max_steps=8")
+    )
     assert result.returncode == 0, result.stderr
     assert find_checkpoint(run).name == "step_0000008"
     assert not list((run / "checkpoints").glob(".step_*"))

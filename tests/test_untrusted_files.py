@@ -62,7 +62,7 @@ def edit_state(ckpt: Path, **changes) -> None:
 def resume(run: Path, data: Path, **overrides):
     config = load_run_config(run)
     config.update(overrides)
-    trainer = Trainer(config, data, run, resume=True, log=lambda *_: None)
+    trainer = Trainer(config, data, run, resume=True, extend=bool(overrides), log=lambda *_: None)
     trainer.setup()
     trainer.checkpointer.prepare_run_dir(trainer.config, Path(data), resume=True, step=trainer.state.step)
     return trainer
