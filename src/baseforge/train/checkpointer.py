@@ -42,16 +42,18 @@ class Checkpointer:
                 )
             return None, (0, 1.0)
         path = ckpt.find_checkpoint(self.run_dir.path)
-        _, state = ckpt.read_checkpoint_meta(path)
+        saved, state = ckpt.read_checkpoint_meta(path)
         check_same_tokenizer(
             state["tokenizer"], data.tokenizer.record(), f"the checkpoint {path}", str(data.source)
         )
-        return path, self.schedule_tail(path, config, extend)
+        return path, self.schedule_tail(path, saved, state, config, extend)
 
-    def schedule_tail(self, path: Path, config: RunConfig, extend: bool) -> tuple[int, float]:
-        """The schedule tail a run resumed from checkpoint `path` continues with (schedule.continued):
-        the checkpoint's own unless `config` changes the rate at its step, which needs `extend`."""
-        saved, state = ckpt.read_checkpoint_meta(path)
+    def schedule_tail(
+        self, path: Path, saved: RunConfig, state: dict, config: RunConfig, extend: bool
+    ) -> tuple[int, float]:
+        """The schedule tail a run resumed from checkpoint `path` (its config `saved` and state.json
+        `state`, as read_checkpoint_meta checked them) continues with (schedule.continued): the
+        checkpoint's own unless `config` changes the rate at its step, which needs `extend`."""
         step, where = state["step"], path / ckpt.STATE_FILE
         tail = (count(state, "tail_from", where, optional=True) or 0, number(state, "tail_lr", where) or 1.0)
         tokens = count(state, "tokens", where, optional=True)

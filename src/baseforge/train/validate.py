@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -25,11 +25,11 @@ class Validator:
         run, dist = self.run, self.run.runtime.dist
         model = run.views.eval
         model.eval()
-        batches = list(
-            run.data.val_batches(run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world)
+        batches: Iterable = run.data.val_batches(
+            run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
         )
-        if run.views.kind == "fsdp":
-            batches = self._evened(batches)
+        if run.views.kind == "fsdp":  # only FSDP needs the count up front; others stream the slice
+            batches = self._evened(list(batches))
         count: float  # the scored targets, summed over the ranks as a float
         total, count = loss_sum(model, batches, run.runtime.device, run.runtime.precision.autocast)
         model.train()
