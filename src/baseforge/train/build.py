@@ -91,7 +91,7 @@ def build_run(
     """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
     tensors instead of a random initialisation; `tail` is an extended run's schedule tail (Schedule);
     `say` logs on the main process."""
-    config = config.with_vocab(data.tokenizer.vocab_size)
+    config = config.with_vocab(data.tokenizer.vocab_size, data.tokenizer.eot_id)
     check_vocab(config, data.tokenizer)
     cfg, dist = config.train, runtime.dist
     # FSDP: only rank 0 builds the whole model; the others build it on the meta device (no memory) and
