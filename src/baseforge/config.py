@@ -55,6 +55,11 @@ class TrainConfig:
     muon_weight_decay: float = option(
         0.0, "Muon's weight decay; decoupled, so scaled by muon_lr: keep it small"
     )
+    muon_ns: Literal["jordan", "polar_express"] = option(
+        "jordan", "Newton-Schulz coefficients: Keller Jordan's fixed quintic, or Polar Express's per step"
+    )
+    normuon: bool = option(False, "NorMuon: scale Muon's update per neuron by its running second moment")
+    cautious_wd: bool = option(False, "Muon's weight decay only where the update moves the weight towards 0")
     grad_clip: float = option(1.0, "max global grad norm; 0 = off")
     # Schedule.
     schedule: Literal["constant", "cosine", "wsd"] = option(

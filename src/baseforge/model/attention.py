@@ -7,9 +7,10 @@ forward pass, built once from the token ids on their device (no host sync) and s
 
 Kernels: plain causal attention is PyTorch's fused SDPA, or explicit matmuls for bf16 on CPU up to
 EXPLICIT_ATTENTION_MAX_LEN positions (measured faster there). A masked rule on CUDA uses FlexAttention
-with a block mask, which skips the blocks nobody sees; elsewhere (or with attention dropout, which
-FlexAttention lacks) the same boolean mask goes to SDPA, or to the explicit path on CPU in bf16
-(`masked_backend` names the choice; `benchmarks/bench_attention.py --masked` measured it).
+with a block mask, which skips the blocks nobody sees; elsewhere (the CPU, where FlexAttention has no
+backward, or with attention dropout, which it lacks) the same boolean mask goes to SDPA, which beat
+explicit matmuls with the mask on CPU even in bf16 (`benchmarks/bench_attention.py --masked`:
+1.1-1.3x). `masked_backend` names the choice for the run's opening lines.
 """
 
 from __future__ import annotations
@@ -33,16 +34,12 @@ def explicit_attention_is_faster(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= EXPLICIT_ATTENTION_MAX_LEN
 
 
-def explicit_attention(q, k, v, allowed: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v, as SDPA computes it; `allowed` (True = may attend) defaults
-    to the causal rule (SDPA's is_causal=True)."""
+def explicit_attention(q, k, v, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v, as SDPA computes it with is_causal=True."""
+    T = q.size(-2)
     scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
-    if allowed is None:
-        T = q.size(-2)
-        scores = scores.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1), -torch.inf)
-    else:
-        scores = scores.masked_fill(~allowed, -torch.inf)
-    probs = torch.softmax(scores, dim=-1)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+    probs = torch.softmax(scores.masked_fill_(future, -torch.inf), dim=-1)
     if dropout:
         probs = F.dropout(probs, dropout)
     return probs @ v
@@ -71,6 +68,7 @@ class Visibility:
     doc: torch.Tensor | None = None  # (B, past + T) document numbers; None: all one document
     window: int = 0  # a query sees at most this many positions, itself included; 0: no limit
     block_mask: Any = None  # FlexAttention's BlockMask of the same rule, when that kernel is used
+    mask: torch.Tensor | None = None  # `allowed(T)`, built once for every layer, when SDPA is used
 
     @property
     def causal_only(self) -> bool:
@@ -109,18 +107,13 @@ def use_flex(device_type: str, dropout: float) -> bool:
     return device_type == "cuda" and dropout == 0
 
 
-def masked_backend(device_type: str, dtype: torch.dtype, T: int, dropout: float) -> str:
-    """The kernel a document- or window-masked forward pass uses: flex, explicit or sdpa."""
-    if use_flex(device_type, dropout):
-        return "flex"
-    if device_type == "cpu" and dtype == torch.bfloat16 and T <= EXPLICIT_ATTENTION_MAX_LEN:
-        return "explicit"
-    return "sdpa"
+def masked_backend(device_type: str, dropout: float) -> str:
+    """The kernel a document- or window-masked forward pass uses: flex or sdpa."""
+    return "flex" if use_flex(device_type, dropout) else "sdpa"
 
 
 BACKEND_NAMES = {
     "flex": "FlexAttention with a block mask (compiled)",
-    "explicit": "explicit matmuls + softmax with a boolean mask",
     "sdpa": "scaled_dot_product_attention with a boolean mask",
 }
 
@@ -136,13 +129,11 @@ def attend(q, k, v, vis: Visibility, dropout: float) -> torch.Tensor:
     T = q.size(-2)
     if vis.causal_only and vis.past == 0:
         if explicit_attention_is_faster(q):
-            return explicit_attention(q, k, v, None, dropout)
+            return explicit_attention(q, k, v, dropout)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     if vis.causal_only and T == 1:  # one new token attends to everything before it
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     if vis.block_mask is not None and dropout == 0:
         return _compiled_flex()(q, k, v, block_mask=vis.block_mask)
-    allowed = vis.allowed(T, q.device)
-    if explicit_attention_is_faster(q):
-        return explicit_attention(q, k, v, allowed, dropout)
+    allowed = vis.mask if vis.mask is not None else vis.allowed(T, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)

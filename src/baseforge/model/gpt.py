@@ -222,12 +222,15 @@ class GPT(nn.Module):
             return GPT(config).num_params()
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Unique parameters (a tied head counts once)."""
+        """Unique parameters (a tied head counts once); without the lookup tables if asked (token and
+        position embeddings, value embeddings)."""
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
             n -= self.transformer.wte.weight.numel()
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
+            if "ve" in self.transformer:
+                n -= sum(p.numel() for p in self.transformer.ve.parameters())
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
@@ -295,18 +298,28 @@ class GPT(nn.Module):
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
         vis = Visibility(past=past, doc=doc, window=c.attn_window)
         if past == 0 and use_flex(ids.device.type, c.dropout if self.training else 0.0):
-            mask = flex_block_mask(doc, c.attn_window, ids.size(0), ids.size(1), ids.device)
-            vis = Visibility(past=0, doc=doc, window=c.attn_window, block_mask=mask)
-        return vis
+            block = flex_block_mask(doc, c.attn_window, ids.size(0), ids.size(1), ids.device)
+            return Visibility(past=0, doc=doc, window=c.attn_window, block_mask=block)
+        mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
+        return Visibility(past=past, doc=doc, window=c.attn_window, mask=mask)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
 
-        Embedding lookups are not matmuls, so an untied token embedding and the position
-        embedding are left out of N; a tied embedding counts once, as the output head.
+        Embedding lookups are not matmuls, so an untied token embedding, the position embedding and
+        value embeddings are left out of N; a tied embedding counts once, as the output head. The
+        attention term counts every key a query may see in a full window: `attn_window` of them when
+        set. Document masking is not subtracted (how much it skips depends on the data), so with
+        attn_doc_mask this is the work of the causal model and MFU reads high by up to the attention
+        term's share of the whole.
         """
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += self.lm_head.weight.numel()
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.context
+        return 6 * n + self.attention_flops_per_token()
+
+    def attention_flops_per_token(self) -> float:
+        c = self.config
+        keys = min(c.attn_window, c.context) if c.attn_window else c.context
+        return 12 * c.n_layer * c.n_embd * keys

@@ -43,12 +43,12 @@ def packing_line(data) -> str | None:
 
 def attention_line(run: Run) -> str | None:
     """What attention does and which kernel computes it, when it is more than causal."""
-    c, rt = run.config.model, run.runtime
+    c, device = run.config.model, run.runtime.device
     if not c.masked_attention:
         return None
     rule = [f"within documents (starting at token {c.doc_token})"] if c.attn_doc_mask else []
     rule += [f"over the last {c.attn_window} positions"] if c.attn_window else []
-    kernel = masked_backend(rt.device.type, rt.precision.dtype, c.context, c.dropout)
+    kernel = masked_backend(device.type, c.dropout)
     return f"attention: causal, {' and '.join(rule)}; kernel: {BACKEND_NAMES[kernel]}"
 
 
