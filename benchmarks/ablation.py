@@ -1,9 +1,9 @@
 """The round-2 ablation (`python benchmarks/bench_recipes.py --ablation`): each round-2 key added alone
 to today's modern recipe, and removed alone from the full round-2 recipe, several seeds each.
 
-The proxy: context 512 (several documents of the shared corpora packed into a window), 4 layers x 192
-wide, global batch 8, the same token budget for every recipe. For every recipe: the final validation
-loss (mean, sd), the tokens and the training seconds it needed to reach the seed recipe's final loss
+The proxy: context 512 with the shared corpora cut into short documents (`short_documents`: several to
+a window), 4 layers x 192 wide, global batch 8, the same token budget for every recipe. For every
+recipe: the final validation loss (mean, sd), the tokens and the training seconds it needed to reach the seed recipe's final loss
 (as fractions of the seed recipe's budget and time), its tokens/s, and, for every ablation row, a
 Welch t-test of its final loss against its reference (modern for "+key", round2 for "-key").
 Writes benchmarks/results/recipes-round2.{md,json,png}; `--reuse` continues a stopped run.
@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_recipes import MODERN_MODEL, MODERN_OPTIM, SEED, prepare_data
+from bench_recipes import MODERN_MODEL, MODERN_OPTIM, SEED
+from common import SHARED
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = ["n_layer=4", "n_embd=192", "n_head=4", "context=512", "vocab_size=none", "dropout=0"]
@@ -28,7 +29,7 @@ COMMON = [
     "sample_tokens=0",
     "checkpoint_every=1000000",
     "precision=bf16",
-    "eval_tokens=131072",
+    "eval_tokens=98304",  # 192 windows: most of the 102k held-out tokens
     "grad_clip=1.0",
     "weight_decay=0.1",
 ]
@@ -57,6 +58,29 @@ def recipes() -> dict[str, list[str]]:
         out[f"+{key}"] = MODERN + extra
         out[f"-{key}"] = FULL + [off]
     return out
+
+
+def short_documents(out: Path) -> Path:
+    """The shared corpora as many short documents, so several share a window of 512: Tiny
+    Shakespeare cut at its blank lines (one speech each), NLTK webtext one line each (a post, a
+    quote, a review), the C4 sample as it is; written as JSON lines and prepared with a 2048-token
+    byte-level BPE, 5% of documents held out."""
+    import gzip
+
+    from baseforge.data.prepare import prepare
+
+    corpora = SHARED / "corpora"
+    docs = [d.strip() for d in (corpora / "tinyshakespeare.txt").read_text().split("\n\n")]
+    for path in sorted((corpora / "webtext").glob("*.txt")):
+        docs += [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    for path in sorted((corpora / "c4-sample").glob("*.json.gz")):
+        docs += [json.loads(line)["text"] for line in gzip.open(path, "rt") if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    source = out / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs if len(d) > 20))
+    data = out / "data"
+    prepare([str(source)], data, "bpe:2048", val_fraction=0.05, workers=1, log=lambda *a: None)
+    return data
 
 
 def run(recipe: list[str], seed: int, data: Path, tmp: Path, steps: int, eval_every: int) -> dict:
@@ -99,7 +123,7 @@ def main(args) -> None:
     results: dict[str, list] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
     chosen = recipes() if args.recipes is None else {k: recipes()[k] for k in args.recipes}
     with tempfile.TemporaryDirectory() as tmp:
-        data = prepare_data(Path(tmp) / "data")
+        data = short_documents(Path(tmp))
         for seed in range(args.seeds):  # seed-major: a stopped run has every recipe at equal seeds
             for name, recipe in chosen.items():
                 if len(results.get(name, [])) > seed:

@@ -187,3 +187,25 @@ def test_doc_options_need_a_doc_token_and_rope():
         ModelConfig(**TINY, attn_window=-1)
     with pytest.raises(Exception, match="doc_token 64"):
         ModelConfig(**{**TINY, "doc_token": 64})
+
+
+def test_the_window_warmup_grows_to_the_full_window():
+    from baseforge.train.schedule import attention_window
+
+    sizes = [attention_window(s, 100, 512, 0.5) for s in range(100)]
+    assert sizes[0] == 128 and sizes[50:] == [512] * 50
+    assert sizes == sorted(sizes) and all(w % 64 == 0 for w in sizes)
+    assert attention_window(10, 100, 512, 0.0) is None  # no warmup: the model's own window
+    assert [attention_window(s, 8, 64, 0.5) for s in range(8)] == [16, 32, 48, 64, 64, 64, 64, 64]
+
+
+def test_a_forward_window_overrides_the_configured_one():
+    config = ModelConfig(**{**TINY, "doc_token": None}, attn_window=0)
+    model = randomise(GPT(config))
+    idx = window_of_documents(40)
+    with torch.no_grad():
+        narrowed = model(idx, window=5)[0]
+        windowed = randomise(GPT(config.with_(attn_window=5)))(idx)[0]
+        full = model(idx, window=40)[0]  # as long as the sequence: the plain causal model
+    torch.testing.assert_close(narrowed, windowed, rtol=0, atol=1e-6)
+    torch.testing.assert_close(full, model(idx)[0], rtol=0, atol=0)

@@ -47,7 +47,8 @@ def test_two_processes_match_one(shakespeare_dir, one_process, tmp_path):
 
 
 def test_two_processes_match_one_with_bestfit_packing_and_document_masks(shakespeare_dir, tmp_path):
-    items = [*COMMON, "packing=bestfit", "attn_doc_mask=true", "value_embeds=1", "max_steps=4"]
+    items = [*COMMON, "packing=bestfit", "attn_doc_mask=true", "value_embeds=1", "attn_window_warmup=0.5"]
+    items += ["max_steps=4"]
     one = tmp_path / "one"
     assert baseforge("train", "--data", shakespeare_dir, "--out", one, *sets(*items)).returncode == 0
     two = tmp_path / "two"

@@ -103,7 +103,7 @@ ROUND2 = [
     "packing=bestfit",
     "attn_doc_mask=true",
     "rope_doc_reset=true",
-    "attn_window=48",
+    "attn_window_warmup=0.5",  # windows 16, 32, 48, 64 over the first 4 steps (context 64)
     "value_embeds=1",
     "unet_skips=true",
 ]

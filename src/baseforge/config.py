@@ -75,6 +75,9 @@ class TrainConfig:
     max_tokens: int = option(0, "tokens to train on (0: tokens_per_param x parameters)")
     tokens_per_param: float = option(20.0, "the token budget per parameter (Chinchilla's 20)")
     seed: int = option(1337, "seed of initialisation, data order and dropout")
+    attn_window_warmup: float = option(
+        0.0, "fraction of the steps over which attention's window grows from 128 positions to its full size"
+    )
     packing: Literal["concat", "bestfit"] = option(
         "concat", "train windows: any stretch of the token stream, or bestfit (each starts at a document)"
     )

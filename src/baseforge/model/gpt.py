@@ -233,12 +233,19 @@ class GPT(nn.Module):
                 n -= sum(p.numel() for p in self.transformer.ve.parameters())
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        window: int | None = None,
+    ):
         """(logits, None) without targets; (None, mean cross-entropy) with them.
 
         With targets the output head and the loss are fused so the logits are never built whole;
         targets equal to loss.IGNORE (-100) carry no loss (used to mask prompts when fine-tuning).
-        With `cache`, `idx` holds only the new positions; the cache supplies the rest.
+        With `cache`, `idx` holds only the new positions; the cache supplies the rest. `window`
+        overrides attn_window (a window warmup in training).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -248,7 +255,7 @@ class GPT(nn.Module):
         if cache is not None:
             cache.ids[:, start : start + T] = idx
             ids = cache.ids[:, : start + T]
-        vis = self.visibility(ids, start)
+        vis = self.visibility(ids, start, self.config.attn_window if window is None else window)
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
@@ -290,18 +297,19 @@ class GPT(nn.Module):
                 skips.append(x)
         return x
 
-    def visibility(self, ids: torch.Tensor, past: int) -> Visibility:
+    def visibility(self, ids: torch.Tensor, past: int, window: int) -> Visibility:
         """The attention rule for a forward over `ids` (all positions so far) whose last ones are new."""
         c = self.config
-        if not c.masked_attention:
+        window = window if window < ids.size(1) else 0  # a window as long as the sequence limits nothing
+        if not (c.attn_doc_mask or window):
             return Visibility(past=past)
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
-        vis = Visibility(past=past, doc=doc, window=c.attn_window)
+        vis = Visibility(past=past, doc=doc, window=window)
         if past == 0 and use_flex(ids.device.type, c.dropout if self.training else 0.0):
-            block = flex_block_mask(doc, c.attn_window, ids.size(0), ids.size(1), ids.device)
-            return Visibility(past=0, doc=doc, window=c.attn_window, block_mask=block)
+            block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
+            return Visibility(past=0, doc=doc, window=window, block_mask=block)
         mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
-        return Visibility(past=past, doc=doc, window=c.attn_window, mask=mask)
+        return Visibility(past=past, doc=doc, window=window, mask=mask)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
