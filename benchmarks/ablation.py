@@ -1,12 +1,12 @@
 """The round-2 ablation (`python benchmarks/bench_recipes.py --ablation`): each round-2 key added alone
 to today's modern recipe, and removed alone from the full round-2 recipe, several seeds each.
 
-The proxy: context 512 with the shared corpora cut into short documents (`short_documents`: several to
-a window), 4 layers x 192 wide, global batch 8, the same token budget for every recipe. For every
-recipe: the final validation loss (mean, sd), the tokens and the training seconds it needed to reach the seed recipe's final loss
-(as fractions of the seed recipe's budget and time), its tokens/s, and, for every ablation row, a
-Welch t-test of its final loss against its reference (modern for "+key", round2 for "-key").
-Writes benchmarks/results/recipes-round2.{md,json,png}; `--reuse` continues a stopped run.
+The proxy: context 512 with the shared corpora cut into short documents (`short_documents`: several
+to a window), 4 layers x 192 wide, global batch 8, the same token budget for every recipe. For every
+recipe: the final validation loss (mean, sd), the tokens and the training seconds it needed to reach
+the seed recipe's final loss (as fractions of the seed recipe's budget and time), its tokens/s, and,
+for every ablation row, a Welch t-test of its final loss against its reference (modern for "+key",
+round2 for "-key"). Writes benchmarks/results/recipes-round2.{md,json,png}; `--reuse` continues.
 """
 
 from __future__ import annotations
