@@ -2,21 +2,34 @@
 
 Usage:
     python benchmarks/bench_attention.py            # the shapes below, fp32 and bf16
+    python benchmarks/bench_attention.py --masked   # attention within documents: the CPU kernels
 
-This is the measurement behind `model/gpt.py`'s choice of the explicit path for bf16 on CPU up to
-EXPLICIT_ATTENTION_MAX_LEN positions. Each variant is timed round-robin (median of rounds), per layer.
+This is the measurement behind `model/attention.py`'s choice of the explicit path for bf16 on CPU up
+to EXPLICIT_ATTENTION_MAX_LEN positions. Each variant is timed (median of rounds), per layer.
+
+`--masked` times one document-masked layer (documents of ~100 tokens packed into each window) two
+ways on the CPU: SDPA with the boolean mask, and explicit matmuls + softmax with it. (FlexAttention
+has no backward on the CPU in torch 2.13, so it is CUDA's kernel only.)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from baseforge.model.gpt import explicit_causal_attention
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from baseforge.model.attention import (  # noqa: E402
+    Visibility,
+    documents,
+    explicit_attention,
+)
 
 SHAPES = [
     (16, 6, 128, 64),
@@ -41,7 +54,38 @@ def time_ms(fn, q, k, v, grad, rounds: int = 7) -> float:
     return 1e3 * statistics.median(once() for _ in range(rounds))
 
 
+def explicit_causal_attention(q, k, v):
+    return explicit_attention(q, k, v)
+
+
+def masked(shapes) -> None:
+    print(f"{'shape (B, H, T, D)':<22}{'dtype':<10}{'sdpa+mask':>12}{'explicit':>10}{'explicit/sdpa':>15}")
+    for shape in shapes:
+        B, H, T, D = shape
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, 1000, (B, T), generator=g)
+        ids[torch.rand(B, T, generator=g) < 0.01] = 0  # a document start every ~100 tokens
+        allowed = Visibility(doc=documents(ids, 0)).allowed(T, "cpu")
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+            grad = torch.randn(shape, dtype=dtype)
+            sdpa = time_ms(
+                lambda q, k, v, m=allowed: F.scaled_dot_product_attention(q, k, v, attn_mask=m), q, k, v, grad
+            )
+            expl = time_ms(lambda q, k, v, m=allowed: explicit_attention(q, k, v, m), q, k, v, grad)
+            print(
+                f"{str(shape):<22}{str(dtype).split('.')[1]:<10}{sdpa:>10.1f}ms{expl:>8.1f}ms"
+                f"{expl / sdpa:>14.2f}x",
+                flush=True,
+            )
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--masked", action="store_true", help="document-masked attention: the CPU kernels")
+    if p.parse_args().masked:
+        masked([(8, 4, 512, 48), (4, 6, 512, 64), (2, 12, 1024, 64)])
+        return
     print(f"{'shape (B, H, T, D)':<22}{'dtype':<10}{'fused SDPA':>12}{'explicit':>10}{'explicit/fused':>16}")
     for shape in SHAPES:
         for dtype in (torch.float32, torch.bfloat16):

@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/bench_recipes.py                       # seed and modern x 3 seeds, interventions x 1
     python benchmarks/bench_recipes.py --recipes seed,modern --seeds 3 --tokens 400000
+    python benchmarks/bench_recipes.py --ablation --seeds 3   # round 2, context 512 (benchmarks/ablation.py)
 
 Same data (the shared corpora: Tiny Shakespeare + NLTK webtext + the C4 sample, one byte-level BPE of
 2048 tokens, 5% of documents held out), same model size (4 layers, 192 wide, 4 heads, context 128),
@@ -129,10 +130,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--recipes",
-        default=",".join(RECIPES),
+        default=None,
         type=lambda s: s.split(","),
-        help=f"from: {', '.join(RECIPES)}, {', '.join(CHECKS)}",
+        help=f"from: {', '.join(RECIPES)}, {', '.join(CHECKS)} (default: all; with --ablation its own)",
     )
+    p.add_argument("--ablation", action="store_true", help="the round-2 ablation (benchmarks/ablation.py)")
     p.add_argument("--out", default="recipes", help="results file stem in benchmarks/results/")
     p.add_argument("--seeds", type=int, default=3, help="seeds for seed and modern")
     p.add_argument("--intervention-seeds", type=int, default=1)
@@ -140,6 +142,14 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--reuse", action="store_true", help="keep the finished runs in the results file")
     args = p.parse_args()
+    if args.ablation:
+        import ablation
+
+        if args.tokens == p.get_default("tokens"):
+            args.tokens = 1_228_800  # 300 steps of 8 x 512
+        ablation.main(args)
+        return
+    args.recipes = args.recipes or list(RECIPES)
     steps = args.tokens // (16 * 128)
     RESULTS.mkdir(exist_ok=True)
     saved = RESULTS / f"{args.out}.json"

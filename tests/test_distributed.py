@@ -46,6 +46,17 @@ def test_two_processes_match_one(shakespeare_dir, one_process, tmp_path):
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_two_processes_match_one_with_bestfit_packing_and_document_masks(shakespeare_dir, tmp_path):
+    items = [*COMMON, "packing=bestfit", "attn_doc_mask=true", "value_embeds=1", "attn_window_warmup=0.5"]
+    items += ["max_steps=4"]
+    one = tmp_path / "one"
+    assert baseforge("train", "--data", shakespeare_dir, "--out", one, *sets(*items)).returncode == 0
+    two = tmp_path / "two"
+    result = torchrun(2, "train", "--data", shakespeare_dir, "--out", two, *sets(*items))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert curve(two) == pytest.approx(curve(one), rel=1e-4, abs=1e-4)
+
+
 def test_checkpoint_from_two_processes_resumes_on_one(shakespeare_dir, one_process, tmp_path):
     run = tmp_path / "run"
     result = torchrun(

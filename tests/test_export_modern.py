@@ -147,3 +147,74 @@ def test_init_from_a_modern_export_continues_the_model(modern_run, shakespeare_d
     assert result.returncode == 0, result.stderr
     ended = read_metrics(modern_run)[-1]["val_loss"]
     assert read_metrics(more)[0]["val_loss"] == pytest.approx(ended, abs=1e-5)
+
+
+def export_random(config: ModelConfig, out, eot_id: int):
+    """A randomised baseforge model and its remote-code export, loaded through transformers."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    save_file(hf_export.remote_code_tensors(model), str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(hf_export.remote_config_dict(config, eot_id=eot_id)))
+    hf_export.copy_remote_code(out)
+    return model, transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+
+
+ROUND2 = [
+    dict(attn_doc_mask=True),
+    dict(attn_doc_mask=True, rope_doc_reset=True),
+    dict(attn_window=5),
+    dict(value_embeds=2, unet_skips=True),
+    dict(attn_doc_mask=True, rope_doc_reset=True, attn_window=7, value_embeds=1, unet_skips=True),
+]
+
+
+@pytest.mark.parametrize("keys", ROUND2, ids=lambda k: ",".join(k))
+def test_round2_keys_export_with_the_same_logits(tmp_path, keys):
+    eot = 3
+    config = ModelConfig(
+        vocab_size=60, context=40, n_layer=5, n_head=2, n_embd=16, pos_emb="rope", norm="rmsnorm",
+        tie_weights=False, doc_token=eot, **keys,
+    )  # fmt: skip
+    model, theirs = export_random(config, tmp_path, eot)
+    idx = torch.randint(4, 60, (3, 40))
+    idx[:, [9, 10, 25]] = eot  # several documents per window, one of a single token
+    with torch.no_grad():
+        assert (model(idx)[0] - theirs(idx).logits).abs().max().item() < 1e-4
+        # left padding: the padded row's real tokens get the unpadded logits
+        padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), idx[:1, :36]], dim=1)
+        mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 36, dtype=torch.long)], dim=1)
+        got = theirs(padded, attention_mask=mask).logits[:, 4:]
+        assert (got - model(idx[:1, :36])[0]).abs().max().item() < 1e-4
+
+
+def test_the_exported_model_keeps_documents_apart(tmp_path):
+    """Through transformers, as in baseforge: the second document's logits do not depend on the first's
+    content with the document mask on."""
+    eot = 3
+    config = ModelConfig(
+        vocab_size=60, context=40, n_layer=2, n_head=2, n_embd=16, pos_emb="rope", norm="rmsnorm",
+        tie_weights=False, doc_token=eot, attn_doc_mask=True,
+    )  # fmt: skip
+    _, theirs = export_random(config, tmp_path, eot)
+    a, b = torch.randint(4, 60, (1, 40)), torch.randint(4, 60, (1, 40))
+    a[:, 12] = eot
+    b[:, 12:] = a[:, 12:]  # the same second document after another first one
+    with torch.no_grad():
+        la, lb = theirs(a).logits, theirs(b).logits
+    assert (la[:, 12:] - lb[:, 12:]).abs().max().item() < 1e-5
+    assert (la[:, :12] - lb[:, :12]).abs().max().item() > 1e-3
+
+
+def test_an_export_from_before_round2_still_loads():
+    from baseforge.model import hf
+
+    config = ModelConfig(vocab_size=60, context=40, n_layer=2, n_head=2, n_embd=16, pos_emb="rope")
+    old = hf_export.remote_config_dict(config, eot_id=3)
+    for key in hf.REMOTE_KEYS_SINCE_ROUND2:
+        del old[key]
+    assert hf.config_from_remote(old) == config

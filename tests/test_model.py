@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from baseforge.model import GPT, KVCache, ModelConfig, hf
-from baseforge.model import gpt as gpt_module
 from baseforge.presets import PRESETS
 
 transformers = pytest.importorskip("transformers")
@@ -343,38 +342,6 @@ def test_kv_cache_matches_full_forward(pos_emb):
         parts += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(15, 20)]
     assert cache.pos == 20
     assert (torch.cat(parts, dim=1) - full).abs().max().item() < 1e-5
-
-
-# --- attention paths ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
-def test_explicit_attention_matches_sdpa(dtype, tol):
-    """The CPU bf16 fast path computes what scaled_dot_product_attention(is_causal=True) computes."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 40, 16, dtype=dtype, requires_grad=True) for _ in range(3))
-    got = gpt_module.explicit_causal_attention(q, k, v)
-    grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    want_grads = torch.autograd.grad(want.float().square().sum(), (q, k, v))
-    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
-    for g, w in zip(grads, want_grads):
-        torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol * 10)
-
-
-def test_bf16_model_takes_explicit_attention_and_agrees_with_sdpa(monkeypatch):
-    config = ModelConfig(**TINY)
-    model = randomise(GPT(config))
-    idx = tokens(batch=2, length=20)
-    calls = []
-    real = gpt_module.explicit_causal_attention
-    monkeypatch.setattr(gpt_module, "explicit_causal_attention", lambda *a: calls.append(1) or real(*a))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fast, _ = model(idx)
-        monkeypatch.setattr(gpt_module, "EXPLICIT_ATTENTION_MAX_LEN", 0)  # force the fused kernel
-        fused, _ = model(idx)
-    assert len(calls) == config.n_layer
-    assert (fast.float() - fused.float()).abs().max().item() < 0.1
 
 
 def test_forward_refuses_beyond_context():

@@ -133,7 +133,7 @@ def _train(model, opt, steps, start=0):
         g = torch.Generator().manual_seed(step)
         idx = torch.randint(0, 64, (4, 16), generator=g)
         _, loss = model(idx, idx.roll(-1, dims=1))
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
     return loss.item()
@@ -263,3 +263,78 @@ def test_equal_shapes_share_one_batched_newton_schulz():
     with CountMatmuls():
         opt.step()
     assert CountMatmuls.calls <= 4 * 5 * 3  # 4 shapes x 5 iterations x 3 matmuls, not x 48 matrices
+
+
+# --- refinements: Polar Express, NorMuon, cautious weight decay -----------------------------------
+
+
+def test_polar_express_orthogonalizes_closer_than_the_fixed_quintic():
+    """Polar Express's five steps put the singular values nearer 1 than the fixed quintic's five."""
+    from baseforge.train.muon import POLAR_EXPRESS
+
+    torch.manual_seed(0)
+    g = torch.randn(256, 96)
+    s_jordan = torch.linalg.svdvals(orthogonalize(g).float())
+    s_polar = torch.linalg.svdvals(orthogonalize(g, method="polar_express").float())
+    assert (s_polar - 1).abs().max() < (s_jordan - 1).abs().max()
+    assert (s_polar - 1).abs().max() < 0.25
+    assert len(POLAR_EXPRESS) == 5
+
+
+def test_normuon_equalises_neurons_and_keeps_the_update_norm():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(64, 32))
+    g = torch.randn(64, 32) * torch.linspace(0.1, 3, 64)[:, None]  # rows of very different scale
+    w.grad = g.clone()
+    opt = Muon([w], lr=1.0, momentum=0.0, nesterov=False, normuon=True, normuon_beta2=0.0)
+    opt.step()
+    update = -w.detach() / (64 / 32) ** 0.5  # undo lr and the shape factor
+    plain = orthogonalize(g).float()
+    assert opt.state[w]["neuron_second_moment"].shape == (64, 1)
+    torch.testing.assert_close(update.norm(), plain.norm(), rtol=1e-3, atol=0)
+    rows = update.square().mean(-1)
+    assert rows.max() / rows.min() < 1.01  # with beta2 = 0 every neuron moves by the same amount
+    assert (plain.square().mean(-1).max() / plain.square().mean(-1).min()) > 1.05
+
+
+def test_cautious_weight_decay_only_where_the_update_points_to_zero():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(32, 32))
+    w0 = w.detach().clone()
+    w.grad = torch.randn(32, 32)
+    opt = Muon([w], lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.5, cautious_wd=True)
+    opt.step()
+    o = orthogonalize(w.grad).float()
+    expected = w0 - 0.1 * 0.5 * w0 * (o * w0 > 0) - 0.1 * o
+    torch.testing.assert_close(w.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_refinements_resume_bit_exactly_through_the_trainer_state():
+    """NorMuon's second moments are optimizer state: saved, loaded (shape-checked) and continued."""
+    from baseforge.config import resolve_config
+    from baseforge.train.optim import build_optimizers
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, context=16, n_layer=2, n_head=2, n_embd=32, tie_weights=False)
+    cfg = resolve_config(
+        "cpu-tiny", None, ["optimizer=muon", "normuon=true", "muon_ns=polar_express", "cautious_wd=true",
+                           "muon_weight_decay=0.1"],
+    ).train  # fmt: skip
+    model = GPT(config)
+    twin = copy.deepcopy(model)
+    opt = build_optimizers(model, cfg, torch.device("cpu"))
+    _train(model, opt, 4)
+    _train(model, opt, 4, start=4)
+    opt_a = build_optimizers(twin, cfg, torch.device("cpu"))
+    _train(twin, opt_a, 4)
+    buffer = io.BytesIO()
+    torch.save({"model": twin.state_dict(), "opt": opt_a.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = GPT(config)
+    resumed.load_state_dict(saved["model"])
+    opt_b = build_optimizers(resumed, cfg, torch.device("cpu"))
+    opt_b.load_state_dict(saved["opt"])
+    _train(resumed, opt_b, 4, start=4)
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -97,3 +97,30 @@ def test_modern_recipe_with_muon_resumes_exactly(shakespeare_dir, tmp_path):
     assert losses(cut) == losses(tmp_path / "ref")
     ref_w, got_w = final_weights(tmp_path / "ref"), final_weights(cut)
     assert all((ref_w[k] == got_w[k]).all() for k in ref_w)
+
+
+ROUND2 = [
+    "packing=bestfit",
+    "attn_doc_mask=true",
+    "rope_doc_reset=true",
+    "attn_window_warmup=0.5",  # windows 16, 32, 48, 64 over the first 4 steps (context 64)
+    "value_embeds=1",
+    "unet_skips=true",
+]
+
+
+def test_round2_recipe_with_bestfit_packing_resumes_exactly(shakespeare_dir, tmp_path):
+    """Best-fit windows, document masking, value embeddings and U-net skips: bit for bit across a resume."""
+    items = [*TINY, *MODERN, *ROUND2, "max_steps=8", "checkpoint_every=4"]
+    ref = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "ref", *sets(*items))
+    assert ref.returncode == 0, ref.stderr
+    assert "packing bestfit:" in ref.stdout and "attention: causal, within documents" in ref.stdout
+    cut = tmp_path / "cut"
+    assert baseforge("train", "--data", shakespeare_dir, "--out", cut, *sets(*items)).returncode == 0
+    (cut / "checkpoints" / "latest").write_text("step_0000004\n")
+    again = baseforge("train", "--data", shakespeare_dir, "--out", cut, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert losses(cut) == losses(tmp_path / "ref")
+    ref_w, got_w = final_weights(tmp_path / "ref"), final_weights(cut)
+    assert {k for k in ref_w if ".ve." in k or "skip" in k or "ve_mix" in k}  # the new weights are saved
+    assert all((ref_w[k] == got_w[k]).all() for k in ref_w)

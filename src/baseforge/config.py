@@ -55,6 +55,11 @@ class TrainConfig:
     muon_weight_decay: float = option(
         0.0, "Muon's weight decay; decoupled, so scaled by muon_lr: keep it small"
     )
+    muon_ns: Literal["jordan", "polar_express"] = option(
+        "jordan", "Newton-Schulz coefficients: Keller Jordan's fixed quintic, or Polar Express's per step"
+    )
+    normuon: bool = option(False, "NorMuon: scale Muon's update per neuron by its running second moment")
+    cautious_wd: bool = option(False, "Muon's weight decay only where the update moves the weight towards 0")
     grad_clip: float = option(1.0, "max global grad norm; 0 = off")
     # Schedule.
     schedule: Literal["constant", "cosine", "wsd"] = option(
@@ -70,6 +75,12 @@ class TrainConfig:
     max_tokens: int = option(0, "tokens to train on (0: tokens_per_param x parameters)")
     tokens_per_param: float = option(20.0, "the token budget per parameter (Chinchilla's 20)")
     seed: int = option(1337, "seed of initialisation, data order and dropout")
+    attn_window_warmup: float = option(
+        0.0, "fraction of the steps over which attention's window grows from 128 positions to its full size"
+    )
+    packing: Literal["concat", "bestfit"] = option(
+        "concat", "train windows: any stretch of the token stream, or bestfit (each starts at a document)"
+    )
     # Numerics and speed.
     device: str = option("auto", '"auto", "cpu", "cuda", "cuda:1", "mps"')
     precision: Literal["auto", "bf16", "fp16", "fp32"] = option(
@@ -230,11 +241,15 @@ class RunConfig:
     def get(self, key: str):
         return getattr(self.model if key in MODEL_KEYS else self.train, key)
 
-    def with_vocab(self, vocab_size: int) -> RunConfig:
-        """This config with the data's vocabulary filled in where the preset leaves it open."""
-        if self.model.vocab_size is not None:
-            return self
-        return replace(self, model=replace(self.model, vocab_size=vocab_size))
+    def with_vocab(self, vocab_size: int, eot_id: int | None = None) -> RunConfig:
+        """This config with the data's vocabulary (and, for a model that masks or positions by document,
+        its <|endoftext|> as the document token) filled in where the preset leaves them open."""
+        model = self.model
+        if model.vocab_size is None:
+            model = replace(model, vocab_size=vocab_size)
+        if model.doc_token is None and eot_id is not None and model.needs_doc_token:
+            model = replace(model, doc_token=eot_id)
+        return self if model is self.model else replace(self, model=model)
 
     def to_dict(self) -> dict:
         return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train)}

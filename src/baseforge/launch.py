@@ -107,7 +107,7 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
     """What `train` would do, without training: the resolved config, model size, steps and tokens, and
     the same warnings `train` prints (`preflight`)."""
     manifest = read_manifest(data)
-    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
+    config = config.with_vocab(manifest["tokenizer"]["vocab_size"], manifest["tokenizer"].get("eot_id"))
     n_params = GPT.count_params(config.model)
     cfg = config.train
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
@@ -135,7 +135,7 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     over the data, a model whose training state will not fit this machine's memory, a GPU-sized run
     on a CPU (with the estimated time per step). `train` and `--dry-run` print the same lines."""
     manifest = read_manifest(data)
-    config = config.with_vocab(manifest["tokenizer"]["vocab_size"])
+    config = config.with_vocab(manifest["tokenizer"]["vocab_size"], manifest["tokenizer"].get("eot_id"))
     cfg, shape = config.train, shape_of(config)
     device = resolve_device(cfg.device)
     warnings: list[str] = []

@@ -46,7 +46,7 @@ GIB = 1024**3
 CUDA_CONTEXT = int(0.75 * GIB)  # the CUDA context and kernels, outside PyTorch's allocator
 SLACK = 0.05  # allocator fragmentation and cuBLAS workspaces, as a fraction of the rest
 LOSS_CHUNK = 1 << 27  # model/loss.py CHUNK_ELEMENTS
-EXPLICIT_ATTENTION_MAX_LEN = 512  # model/gpt.py: CPU bf16 attention as matmuls up to this length
+EXPLICIT_ATTENTION_MAX_LEN = 512  # model/attention.py: CPU bf16 attention as matmuls up to this length
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Shape:
     dropout: float
     norm: str
     qk_norm: bool
+    masked_attention: bool  # documents or a window: a (B, 1, T, T) mask instead of the causal rule
+    value_embeds: int
     params: int  # unique parameters
     block_matrix_params: int  # parameters of the 2-D matrices inside the blocks (autocast copies)
     root_params: int  # parameters outside the blocks (embeddings, head, final norm)
@@ -110,6 +112,8 @@ def shape_of(run: RunConfig) -> Shape:
         dropout=cfg.dropout,
         norm=cfg.norm,
         qk_norm=cfg.qk_norm,
+        masked_attention=cfg.masked_attention,
+        value_embeds=cfg.value_embeds,
         params=model.num_params(),
         block_matrix_params=sum(p.numel() for p in blocks if p.ndim == 2),
         root_params=model.num_params() - sum(p.numel() for p in blocks),
@@ -139,10 +143,12 @@ def state_bytes(shape: Shape, shards: int = 1) -> tuple[int, int, int]:
     return weights, weights, optimizer
 
 
-def attention_kind(device: str, precision: str, context: int) -> str:
-    """Which attention code path runs (model/gpt.py): 'explicit' matmuls, 'sdpa-cpu' or 'flash'."""
+def attention_kind(device: str, precision: str, context: int, masked: bool = False) -> str:
+    """Which attention code path runs (model/attention.py): 'explicit' matmuls, 'sdpa-cpu' or 'flash'
+    (FlexAttention, for a masked rule on CUDA, keeps what flash keeps)."""
     if device == "cpu":
-        return "explicit" if precision == "bf16" and context <= EXPLICIT_ATTENTION_MAX_LEN else "sdpa-cpu"
+        explicit = precision == "bf16" and context <= EXPLICIT_ATTENTION_MAX_LEN and not masked
+        return "explicit" if explicit else "sdpa-cpu"
     return "flash"
 
 
@@ -198,7 +204,7 @@ def activation_bytes(s: Shape, b: int, precision: str, device: str, checkpoint: 
     """Peak bytes of one micro-batch's forward + backward beyond weights, gradients and optimizer."""
     a = 4 if precision == "fp32" else 2
     n, c, v = b * s.context, s.n_embd, s.vocab
-    attention = attention_kind(device, precision, s.context)
+    attention = attention_kind(device, precision, s.context, s.masked_attention)
     block = _block_saved(s, b, a, attention)
     # Autocast's low-precision copies of the block matrices; in fp32 on CPU, the matmuls keep a
     # transposed copy of each weight instead (measured: torch 2.13, oneDNN).
@@ -209,6 +215,11 @@ def activation_bytes(s: Shape, b: int, precision: str, device: str, checkpoint: 
     else:
         blocks = s.n_layer * block
     embedding = n * c if s.dropout else 0  # the embedding dropout's mask
+    # Value embeddings: each table's fp32 lookup lives through the forward; the 2N blocks that mix one
+    # in keep it and their values in low precision for the mix's backward.
+    embedding += s.value_embeds * (4 * n * c + 2 * 2 * a * n * c)
+    if s.masked_attention and attention != "flash":  # one boolean mask, shared by the layers
+        embedding += b * s.context * s.context
     final = _norm_saved(s, n, c) + 4 * n * c + 4 * v * c  # ln_f, grad_h, the head's fp32 gradient
     kept = blocks + casts + embedding + final
     forward_peak = kept + _head_forward(s, b, a, device)

@@ -12,8 +12,10 @@ which makes resume exact and lets any number of processes share one global batch
 
 (`BatchLayout` holds b, the accumulation, W and r, and computes those starts.)
 
-Validation reads the first windows of the val split in order, so every evaluation (of every
-model) sees the same tokens.
+With `packing = "bestfit"` the train windows come from `bestfit.BestFitStream` instead: each starts at
+a document, under the same pure-function-of-(seed, j) contract. Validation reads the first windows of
+the val split in order whatever the packing, so every evaluation (of every model, of every recipe)
+sees the same tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baseforge.data.bestfit import BestFitStream, PackingStats
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
@@ -198,15 +201,23 @@ class TokenData:
     `source`, so other data (the instruction set of the fine-tuning test) plugs in the same way.
     """
 
-    def __init__(self, data_dir: Path | str, context: int, seed: int):
+    def __init__(self, data_dir: Path | str, context: int, seed: int, packing: str = "concat"):
         self.source = Path(data_dir)
         manifest = read_manifest(self.source)
         self.tokenizer = load_tokenizer(manifest["tokenizer"], self.source)
-        self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
+        self.stream: TrainStream | BestFitStream
+        self.packing_stats: PackingStats | None = None
+        if packing == "bestfit":  # windows that start at documents (bestfit.py)
+            shards = split_shards(self.source, manifest, "train")
+            self.stream = BestFitStream(shards, context, seed, self.tokenizer.eot_id)
+            self.packing_stats = self.stream.stats
+            self.train_tokens = self.stream.tokens
+        else:
+            self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
+            self.train_tokens = self.stream.windows.tokens
         self.val = (
             TokenWindows(self.source, "val", context, manifest) if "val" in manifest["splits"] else None
         )
-        self.train_tokens = self.stream.windows.tokens
 
     def micro_batch(self, step: int, micro_step: int, layout: BatchLayout):
         return self.stream.micro_batch(step, micro_step, layout)

@@ -96,6 +96,19 @@ class ModelConfig:
     zero_init_head: bool = option(False, "start the (untied) output head at zero")
     logit_softcap: float = option(0.0, "cap on the logits, 0 = off; else logits = cap * tanh(logits / cap)")
     rope_base: float = option(10000.0, "rotary frequency base (pos_emb = rope)")
+    # Round 2 (modded-nanogpt's later records); each is independent and off by default.
+    attn_doc_mask: bool = option(
+        False, "a token attends only to its own document's earlier tokens (documents start at doc_token)"
+    )
+    rope_doc_reset: bool = option(False, "rotary positions restart at each document start (pos_emb = rope)")
+    attn_window: int = option(0, "sliding-window attention: each token sees this many positions; 0 = all")
+    value_embeds: int = option(
+        0, "extra embedding tables mixed into the attention values of the first and last N blocks"
+    )
+    unet_skips: bool = option(False, "learned-weight skip connections from block i's output to block L-1-i")
+    doc_token: int | None = option(
+        None, "the token that starts a document; None: the data tokenizer's <|endoftext|>"
+    )
 
     def __post_init__(self) -> None:
         def bad(why):
@@ -115,6 +128,17 @@ class ModelConfig:
             bad("zero_init_head needs tie_weights = false (a zero embedding cannot learn)")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.rope_doc_reset and self.pos_emb != "rope":
+            bad("rope_doc_reset needs pos_emb = rope")
+        if self.attn_window < 0:
+            bad(f"attn_window must be 0 (off) or a number of positions, not {self.attn_window}")
+        if not 0 <= self.value_embeds <= self.n_layer // 2:
+            bad(
+                f"value_embeds must be between 0 and n_layer / 2 = {self.n_layer // 2} (the first and last "
+                f"N blocks each take one), not {self.value_embeds}"
+            )
+        if self.doc_token is not None and not 0 <= self.doc_token < (self.vocab_size or self.doc_token + 1):
+            bad(f"doc_token {self.doc_token} is not a token of the vocabulary ({self.vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -126,6 +150,20 @@ class ModelConfig:
         if self.vocab_size is None:
             raise ValueError("vocab_size is not known yet: RunConfig.with_vocab takes it from the data")
         return self.vocab_size
+
+    @property
+    def masked_attention(self) -> bool:
+        """Does attention follow more than the causal rule (documents, a window)?"""
+        return self.attn_doc_mask or self.attn_window > 0
+
+    @property
+    def needs_doc_token(self) -> bool:
+        return self.attn_doc_mask or self.rope_doc_reset
+
+    def known_doc_token(self) -> int:
+        if self.doc_token is None:
+            raise ValueError("doc_token is not known yet: RunConfig.with_vocab takes it from the data")
+        return self.doc_token
 
     def with_(self, **changes) -> ModelConfig:
         return replace(self, **changes)

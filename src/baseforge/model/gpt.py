@@ -13,6 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from baseforge.model.attention import (
+    Visibility,
+    attend,
+    documents,
+    flex_block_mask,
+    positions_in_document,
+    use_flex,
+)
 from baseforge.model.config import ModelConfig
 from baseforge.model.loss import linear_cross_entropy
 
@@ -23,6 +31,7 @@ if TYPE_CHECKING:
 
         wte: nn.Embedding
         wpe: nn.Embedding  # only with pos_emb = "learned"
+        ve: nn.ModuleList  # only with value_embeds > 0
         drop: nn.Dropout
         h: nn.ModuleList  # the blocks
         ln_f: nn.Module
@@ -53,6 +62,8 @@ class KVCache:
         shape = (batch, config.n_head, max_len, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        # The token ids so far: documents and in-document positions are recomputed from them.
+        self.ids = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         self.max_len = max_len
         self.pos = 0  # positions filled so far; advanced by GPT.forward after all layers ran
 
@@ -79,28 +90,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
-# PyTorch's fused (flash) attention kernel for CPUs runs bf16 no faster than fp32, while plain bf16
-# matmuls run 2x faster: up to about 512 positions, matmuls + softmax do forward and backward in
-# about half the time of the fused kernel (benchmarks/results/train-throughput.md); from ~1024 on
-# the fused kernel, which skips the masked half and never builds the T x T scores, wins.
-EXPLICIT_ATTENTION_MAX_LEN = 512
-
-
-def explicit_attention_is_faster(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) <= EXPLICIT_ATTENTION_MAX_LEN
-
-
-def explicit_causal_attention(q, k, v, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v, as SDPA computes it with is_causal=True."""
-    T = q.size(-2)
-    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
-    probs = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
-    if dropout:
-        probs = F.dropout(probs, dropout)
-    return probs @ v
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -115,33 +104,25 @@ class CausalSelfAttention(nn.Module):
         if config.qk_norm:
             self.q_norm = make_norm(config, config.head_dim)
             self.k_norm = make_norm(config, config.head_dim)
+        if value_embed_of(config, layer) is not None:
+            # modded-nanogpt's learned mix: v = a * v + b * ve, both starting at 0.5
+            self.ve_mix = nn.Parameter(torch.full((2,), 0.5))
 
-    def forward(self, x, rope=None, cache: KVCache | None = None):
+    def forward(self, x, rope, vis: Visibility, cache: KVCache | None = None, ve=None):
         B, T, C = x.shape
         H, D = self.config.n_head, self.config.head_dim
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        if ve is not None:  # value embeddings: the token's own row, mixed into the values
+            v = self.ve_mix[0] * v + self.ve_mix[1] * ve.view(B, T, H, D).transpose(1, 2).type_as(v)
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
         if cache is not None:
-            past = cache.pos
             k, v = cache.update(self.layer, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache of another dtype (e.g. under autocast)
-        if past == 0:
-            mask, causal = None, True
-        elif T == 1:
-            mask, causal = None, False  # one new token attends to everything before it
-        else:  # several new tokens after a filled cache: causal within the new block
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False
-        dropout = self.config.dropout if self.training else 0.0
-        if causal and explicit_attention_is_faster(q):
-            y = explicit_causal_attention(q, k, v, dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        y = attend(q, k, v, vis, self.config.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -169,9 +150,18 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x, rope, vis: Visibility, cache=None, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, vis, cache, ve)
         return x + self.mlp(self.ln_2(x))
+
+
+def value_embed_of(config: ModelConfig, layer: int) -> int | None:
+    """Which value-embedding table block `layer` mixes in (None: none): with N tables, the first N
+    blocks take tables 0..N-1 and the last N blocks take them again, in the same order."""
+    n, last = config.value_embeds, config.n_layer - config.value_embeds
+    if layer < n:
+        return layer
+    return layer - last if n and layer >= last else None
 
 
 class GPT(nn.Module):
@@ -191,7 +181,13 @@ class GPT(nn.Module):
         )
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.context, config.n_embd)
+        if config.value_embeds:
+            modules["ve"] = nn.ModuleList(
+                nn.Embedding(vocab, config.n_embd) for _ in range(config.value_embeds)
+            )
         self.transformer = cast("Transformer", nn.ModuleDict(modules))
+        if config.unet_skips:  # block i's output joins block L-1-i's input, weighted (starting at 1)
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
         if config.tie_weights:
             self.lm_head.weight = wte.weight
@@ -226,34 +222,51 @@ class GPT(nn.Module):
             return GPT(config).num_params()
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        """Unique parameters (a tied head counts once)."""
+        """Unique parameters (a tied head counts once); without the lookup tables if asked (token and
+        position embeddings, value embeddings)."""
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
             n -= self.transformer.wte.weight.numel()
             if "wpe" in self.transformer:
                 n -= self.transformer.wpe.weight.numel()
+            if "ve" in self.transformer:
+                n -= sum(p.numel() for p in self.transformer.ve.parameters())
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        window: int | None = None,
+    ):
         """(logits, None) without targets; (None, mean cross-entropy) with them.
 
         With targets the output head and the loss are fused so the logits are never built whole;
         targets equal to loss.IGNORE (-100) carry no loss (used to mask prompts when fine-tuning).
-        With `cache`, `idx` holds only the new positions; the cache supplies the rest.
+        With `cache`, `idx` holds only the new positions; the cache supplies the rest. `window`
+        overrides attn_window (a window warmup in training).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.context:
             raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.config.context}")
+        ids = idx
+        if cache is not None:
+            cache.ids[:, start : start + T] = idx
+            ids = cache.ids[:, : start + T]
+        vis = self.visibility(ids, start, self.config.attn_window if window is None else window)
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.rope_doc_reset:
+            pos = positions_in_document(ids, self.config.known_doc_token())[:, start:]
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, D/2)
         else:
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, rope, cache)
+        x = self.blocks(x, idx, rope, vis, cache)
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
@@ -269,14 +282,52 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.float() / cap)
         return logits, None
 
+    def blocks(self, x, idx, rope, vis: Visibility, cache) -> torch.Tensor:
+        """The transformer blocks in order, with value embeddings and U-net skips where configured."""
+        c = self.config
+        ves = [table(idx) for table in self.transformer.ve] if c.value_embeds else []
+        skips: list[torch.Tensor] = []  # the outputs of the first n_layer // 2 blocks
+        for i, block in enumerate(self.transformer.h):
+            j = c.n_layer - 1 - i  # the block whose output joins this one's input
+            if c.unet_skips and j < len(skips):
+                x = x + self.skip_weights[j] * skips[j]
+            table = value_embed_of(c, i)
+            x = block(x, rope, vis, cache, ves[table] if table is not None else None)
+            if c.unet_skips and i < c.n_layer // 2:
+                skips.append(x)
+        return x
+
+    def visibility(self, ids: torch.Tensor, past: int, window: int) -> Visibility:
+        """The attention rule for a forward over `ids` (all positions so far) whose last ones are new."""
+        c = self.config
+        window = window if window < ids.size(1) else 0  # a window as long as the sequence limits nothing
+        if not (c.attn_doc_mask or window):
+            return Visibility(past=past)
+        doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
+        vis = Visibility(past=past, doc=doc, window=window)
+        if past == 0 and use_flex(ids.device.type, c.dropout if self.training else 0.0):
+            block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
+            return Visibility(past=0, doc=doc, window=window, block_mask=block)
+        mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
+        return Visibility(past=past, doc=doc, window=window, mask=mask)
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
 
-        Embedding lookups are not matmuls, so an untied token embedding and the position
-        embedding are left out of N; a tied embedding counts once, as the output head.
+        Embedding lookups are not matmuls, so an untied token embedding, the position embedding and
+        value embeddings are left out of N; a tied embedding counts once, as the output head. The
+        attention term counts every key a query may see in a full window: `attn_window` of them when
+        set. Document masking is not subtracted (how much it skips depends on the data), so with
+        attn_doc_mask this is the work of the causal model and MFU reads high by up to the attention
+        term's share of the whole.
         """
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += self.lm_head.weight.numel()
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.context
+        return 6 * n + self.attention_flops_per_token()
+
+    def attention_flops_per_token(self) -> float:
+        c = self.config
+        keys = min(c.attn_window, c.context) if c.attn_window else c.context
+        return 12 * c.n_layer * c.n_embd * keys

@@ -29,6 +29,16 @@ def exportable(config: ModelConfig) -> list[str]:
         reasons.append(f"{config.mlp_act} MLP activation (GPT-2 uses tanh-GELU)")
     if config.logit_softcap:
         reasons.append("logit soft-capping")
+    if config.attn_doc_mask:
+        reasons.append("attention within documents")
+    if config.rope_doc_reset:
+        reasons.append("rotary positions restarting at each document")
+    if config.attn_window:
+        reasons.append(f"sliding-window attention ({config.attn_window} positions)")
+    if config.value_embeds:
+        reasons.append(f"{config.value_embeds} value-embedding tables")
+    if config.unet_skips:
+        reasons.append("U-net skip connections")
     return reasons  # missing biases are fine: HF's zeros are exact
 
 
@@ -161,9 +171,22 @@ REMOTE_KEYS = (
 )  # fmt: skip
 
 
+# Keys added with the second round of the modern recipe: an earlier export has none of them, and its
+# model is that of their defaults.
+REMOTE_KEYS_SINCE_ROUND2 = (
+    "attn_doc_mask",
+    "rope_doc_reset",
+    "attn_window",
+    "value_embeds",
+    "unet_skips",
+    "doc_token",
+)
+
+
 def config_from_remote(hf: dict) -> ModelConfig:
     """The ModelConfig of a remote-code export's config.json (model_type baseforge_gpt)."""
     missing = [k for k in REMOTE_KEYS if k not in hf]
     if missing:
         raise ValueError(f"a {REMOTE_MODEL_TYPE} config without {', '.join(missing)}")
-    return ModelConfig(**{k: hf[k] for k in REMOTE_KEYS})
+    keys = REMOTE_KEYS + tuple(k for k in REMOTE_KEYS_SINCE_ROUND2 if k in hf)
+    return ModelConfig(**{k: hf[k] for k in keys})

@@ -29,7 +29,7 @@ from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
 from baseforge.train.optim import Optimizers, build_optimizers
 from baseforge.train.parallel import ModelViews, wrap_model
 from baseforge.train.rng import start_rank_stream
-from baseforge.train.schedule import Schedule
+from baseforge.train.schedule import Schedule, attention_window
 from baseforge.train.step import TrainStep
 
 
@@ -91,7 +91,7 @@ def build_run(
     """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
     tensors instead of a random initialisation; `tail` is an extended run's schedule tail (Schedule);
     `say` logs on the main process."""
-    config = config.with_vocab(data.tokenizer.vocab_size)
+    config = config.with_vocab(data.tokenizer.vocab_size, data.tokenizer.eot_id)
     check_vocab(config, data.tokenizer)
     cfg, dist = config.train, runtime.dist
     # FSDP: only rank 0 builds the whole model; the others build it on the meta device (no memory) and
@@ -123,7 +123,9 @@ def build_run(
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
     schedule = Schedule.from_config(cfg, total, tail)
-    step = TrainStep(views, optimizers, runtime, layout, schedule, cfg.grad_clip)
+    full = config.model.attn_window or config.model.context
+    window = functools.partial(attention_window, total_steps=total, full=full, warmup=cfg.attn_window_warmup)
+    step = TrainStep(views, optimizers, runtime, layout, schedule, cfg.grad_clip, window)
     return Run(config, data, runtime, views, optimizers, layout, schedule, total, step)
 
 

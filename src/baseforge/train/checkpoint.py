@@ -254,7 +254,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
     """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune."""
     ckpt = find_checkpoint(path, which)
     config, state = read_checkpoint_meta(ckpt)
-    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
+    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"], state["tokenizer"].get("eot_id")).model)
     load_checked(model, read_model_tensors(ckpt), ckpt)
     tokenizer = load_tokenizer(state["tokenizer"], ckpt)
     model.to(device).eval()

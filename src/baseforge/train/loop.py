@@ -81,7 +81,7 @@ class Trainer:
             tracker_names(cfg.trackers)  # a typo fails before anything is built or written
             runtime = Runtime.create(cfg, self.dist)
             if isinstance(self.data, (str, Path)):
-                self.data = TokenData(self.data, self.config.model.context, cfg.seed)
+                self.data = TokenData(self.data, self.config.model.context, cfg.seed, cfg.packing)
             resume_from, tail = point(self.resume, self.data, self.config, self.extend)
             say, init = self.reporter.say, self.init_weights
             self.parts = build_run(self.config, self.data, runtime, init_weights=init, tail=tail, say=say)

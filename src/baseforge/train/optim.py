@@ -15,7 +15,7 @@ import torch
 
 from baseforge.config import TrainConfig
 from baseforge.errors import UserError
-from baseforge.train.muon import Muon, param_groups_for_muon
+from baseforge.train.muon import Muon, neuron_moment_shape, param_groups_for_muon
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -98,21 +98,25 @@ def _check_state_shapes(opt: torch.optim.Optimizer, name: str, source) -> None:
     for group in opt.param_groups:
         for p in group["params"]:
             for key, value in opt.state.get(p, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                want = neuron_moment_shape(p.shape) if key == "neuron_second_moment" else tuple(p.shape)
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != want:
                     raise UserError(
-                        f"{source}: {name} {key} has shape {tuple(value.shape)} for a parameter of shape "
-                        f"{tuple(p.shape)}; the checkpoint is corrupt or from another model: "
+                        f"{source}: {name} {key} has shape {tuple(value.shape)}, not {want}, for a parameter "
+                        f"of shape {tuple(p.shape)}; the checkpoint is corrupt or from another model: "
                         "resume from another one"
                     )
 
 
+# Group settings the run's config decides, not the checkpoint: the rates, the decay, Muon's variants
+# (a checkpoint from before a variant existed has no key for it).
+RUN_KEYS = ("base_lr", "weight_decay", "ns", "normuon", "normuon_beta2", "cautious_wd")
+
+
 @contextlib.contextmanager
 def run_hyperparameters_kept(opt: torch.optim.Optimizer):
-    """Around loading an optimizer's state: the run's config wins over the checkpoint for base_lr and
-    weight_decay (so --set lr=... on --resume takes effect); moments and step counts are the checkpoint's."""
-    keep: list[dict[str, Any]] = [
-        {k: g[k] for k in ("base_lr", "weight_decay") if k in g} for g in opt.param_groups
-    ]
+    """Around loading an optimizer's state: the run's config wins over the checkpoint for RUN_KEYS
+    (so --set lr=... on --resume takes effect); moments and step counts are the checkpoint's."""
+    keep: list[dict[str, Any]] = [{k: g[k] for k in RUN_KEYS if k in g} for g in opt.param_groups]
     yield
     for group, values in zip(opt.param_groups, keep):
         group.update(values)
@@ -129,5 +133,8 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
         [{"params": muon_params, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
         momentum=cfg.muon_momentum,
         weight_decay=cfg.muon_weight_decay,
+        ns=cfg.muon_ns,
+        normuon=cfg.normuon,
+        cautious_wd=cfg.cautious_wd,
     )
     return Optimizers(muon=muon, adamw=make_adamw(adamw_groups(rest, cfg, cfg.lr), cfg, device))

@@ -163,7 +163,7 @@ def _load(state: dict, path: Path, no_dist: bool) -> None:
 def consolidate(checkpoint: Path) -> Path:
     """Write model.safetensors of a checkpoint from its dcp/ folder (one process, no process group)."""
     config, state = ckpt.read_checkpoint_meta(checkpoint)
-    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
+    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"], state["tokenizer"].get("eot_id")).model)
     weights = {"model": model.state_dict()}
     _load(weights, checkpoint / DCP, no_dist=True)
     model.load_state_dict(weights["model"])

@@ -8,6 +8,7 @@ unscale (fp16), clip the global norm, step the optimizers unless the norm is not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ class TrainStep:
         layout: BatchLayout,
         schedule: Schedule | None,  # None: no learning-rate schedule (autobatch's trials: no __call__)
         grad_clip: float,
+        window: Callable[[int], int | None] = lambda step: None,  # attention's window at a step
     ):
         self.views = views  # forward through views.train, clipping over views.plain's parameters
         self.optimizers = optimizers
@@ -42,16 +44,19 @@ class TrainStep:
         self.layout = layout
         self.schedule = schedule
         self.grad_clip = grad_clip
+        self.window = window
         self.scaler = runtime.precision.grad_scaler()
         self.batches = Prefetcher(pin=runtime.device.type == "cuda")
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
+    def forward_backward(
+        self, x: torch.Tensor, y: torch.Tensor, sync: bool, window: int | None = None
+    ) -> torch.Tensor:
         """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
         # Gradients reduce across processes on the last micro-step only (DDP's no_sync, FSDP's
         # set_requires_gradient_sync on the others): see ModelViews.gradient_sync.
         with self.views.gradient_sync(sync):
             with self.runtime.precision.autocast():
-                _, loss = self.views.train(x, y)
+                _, loss = self.views.train(x, y) if window is None else self.views.train(x, y, window=window)
             loss = loss / self.layout.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.detach()
@@ -64,10 +69,11 @@ class TrainStep:
         assert self.schedule is not None, "a TrainStep without a schedule takes no whole steps"
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
+        window = self.window(step)
         for micro in range(self.layout.grad_accum):
             x, y = self.batches.get(data, step, micro, self.layout)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y, sync=micro == self.layout.grad_accum - 1)
+            loss_sum += self.forward_backward(x, y, micro == self.layout.grad_accum - 1, window)
         grad_norm = self.clip_gradients()
         loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()  # the one sync
         applied = math.isfinite(norm)  # identical on every rank: gradients are all-reduced

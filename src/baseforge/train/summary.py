@@ -3,6 +3,7 @@ and summary.json (train/reporter.py writes them)."""
 
 from __future__ import annotations
 
+from baseforge.model.attention import BACKEND_NAMES, masked_backend
 from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
@@ -28,8 +29,27 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{layout.grad_accum} x {world} processes",
         f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
         f"train split {format_count(data.train_tokens)} tokens",
-        *filter(None, [val_warning(data, run.config.train.eval_tokens)]),
+        *filter(
+            None, [attention_line(run), packing_line(data), val_warning(data, run.config.train.eval_tokens)]
+        ),
     ]
+
+
+def packing_line(data) -> str | None:
+    """How best-fit packing cut the train split (None for concat packing and fine-tuning data)."""
+    stats = getattr(data, "packing_stats", None)
+    return stats.describe() if stats is not None else None
+
+
+def attention_line(run: Run) -> str | None:
+    """What attention does and which kernel computes it, when it is more than causal."""
+    c, device = run.config.model, run.runtime.device
+    if not c.masked_attention:
+        return None
+    rule = [f"within documents (starting at token {c.doc_token})"] if c.attn_doc_mask else []
+    rule += [f"over the last {c.attn_window} positions"] if c.attn_window else []
+    kernel = masked_backend(device.type, c.dropout)
+    return f"attention: causal, {' and '.join(rule)}; kernel: {BACKEND_NAMES[kernel]}"
 
 
 def val_warning(data, eval_tokens: int) -> str | None:

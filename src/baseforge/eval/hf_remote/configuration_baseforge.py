@@ -1,4 +1,5 @@
-"""Configuration of a baseforge GPT (GPT-2 layout with rotary positions, RMSNorm, QK-norm, ReLU², soft-cap).
+"""Configuration of a baseforge GPT (GPT-2 layout with rotary positions, RMSNorm, QK-norm, ReLU², soft-cap,
+attention within documents and windows, value embeddings, U-net skips).
 
 Shipped by `baseforge export` next to `modeling_baseforge.py`; needs only transformers.
 """
@@ -34,6 +35,12 @@ class BaseforgeConfig(PreTrainedConfig):
         mlp_act: str = "relu2",
         logit_softcap: float = 15.0,
         rope_base: float = 10000.0,
+        attn_doc_mask: bool = False,
+        rope_doc_reset: bool = False,
+        attn_window: int = 0,
+        value_embeds: int = 0,
+        unet_skips: bool = False,
+        doc_token=None,
         layer_norm_eps: float = 1e-5,
         rms_norm_eps: float = 1e-6,
         **kwargs,
@@ -52,6 +59,12 @@ class BaseforgeConfig(PreTrainedConfig):
         self.mlp_act = mlp_act
         self.logit_softcap = logit_softcap
         self.rope_base = rope_base
+        self.attn_doc_mask = attn_doc_mask
+        self.rope_doc_reset = rope_doc_reset
+        self.attn_window = attn_window
+        self.value_embeds = value_embeds
+        self.unet_skips = unet_skips
+        self.doc_token = doc_token
         self.layer_norm_eps = layer_norm_eps
         self.rms_norm_eps = rms_norm_eps
         kwargs["tie_word_embeddings"] = tie_weights  # transformers ties lm_head to wte itself

@@ -6,6 +6,10 @@ pre-norm blocks (LayerNorm eps 1e-5 or RMSNorm eps 1e-6, computed in fp32), fuse
 optional per-head QK-norm applied before rotary embeddings, rotary embeddings that rotate the two
 halves of each head (base `rope_base`, angles in fp32), causal attention scaled by 1/sqrt(head_dim),
 a 4x MLP with tanh-GELU or squared ReLU, and logits soft-capped as cap * tanh(logits / cap) in fp32.
+Optionally: attention only within a token's own document (a document starts at each `doc_token`)
+and within the last `attn_window` positions, rotary positions restarting at each document, value
+embeddings mixed into the values of the first and last `value_embeds` blocks (v = a*v + b*ve), and
+U-net skips (block i's output, weighted, joins block L-1-i's input).
 Parameter names are baseforge's own (`transformer.h.0.attn.c_attn.weight`, ...).
 
 Generation recomputes the whole prefix each step (no KV cache): simple, exact, and cheap at these
@@ -51,7 +55,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: BaseforgeConfig):
+    def __init__(self, config: BaseforgeConfig, layer: int):
         super().__init__()
         self.config = config
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
@@ -60,11 +64,15 @@ class CausalSelfAttention(nn.Module):
             head_dim = config.n_embd // config.n_head
             self.q_norm = make_norm(config, head_dim)
             self.k_norm = make_norm(config, head_dim)
+        if value_embed_of(config, layer) is not None:
+            self.ve_mix = nn.Parameter(torch.full((2,), 0.5))
 
-    def forward(self, x, rope=None, mask=None):
+    def forward(self, x, rope=None, mask=None, ve=None):
         B, T, C = x.shape
         H = self.config.n_head
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        if ve is not None:
+            v = self.ve_mix[0] * v + self.ve_mix[1] * ve.view(B, T, H, C // H).transpose(1, 2).type_as(v)
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -86,32 +94,57 @@ class MLP(nn.Module):
         return self.c_proj(h)
 
 
+def value_embed_of(config: BaseforgeConfig, layer: int):
+    """The value-embedding table block `layer` mixes in: the first N blocks take tables 0..N-1 and the
+    last N blocks take them again in the same order (None: no table)."""
+    n = getattr(config, "value_embeds", 0)
+    if layer < n:
+        return layer
+    return layer - (config.n_layer - n) if n and layer >= config.n_layer - n else None
+
+
 class Block(nn.Module):
-    def __init__(self, config: BaseforgeConfig):
+    def __init__(self, config: BaseforgeConfig, layer: int):
         super().__init__()
         self.ln_1 = make_norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope=None, mask=None):
-        x = x + self.attn(self.ln_1(x), rope, mask)
+    def forward(self, x, rope=None, mask=None, ve=None):
+        x = x + self.attn(self.ln_1(x), rope, mask, ve)
         return x + self.mlp(self.ln_2(x))
 
 
-def padding_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(boolean attention mask (B, 1, T, T), positions (B, T)) for a left- or right-padded batch.
+def attention_rule(config: BaseforgeConfig, input_ids: torch.Tensor, attention_mask):
+    """(boolean attention mask (B, 1, T, T) or None for plain causal, positions (B, T)).
 
-    Real tokens attend causally to real tokens; a padding position attends to itself only, so its
-    softmax is defined (its output is never used). Positions count real tokens only.
+    Real tokens attend causally to real tokens (within their document and window where configured);
+    a padding position attends to itself only, so its softmax is defined (its output is never used).
+    Positions count real tokens only, from each document's start with `rope_doc_reset`.
     """
-    keep = attention_mask.bool()
-    T = keep.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
-    mask = causal & keep[:, None, None, :]
-    mask = mask | torch.eye(T, dtype=torch.bool, device=keep.device)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return mask, positions
+    B, T = input_ids.shape
+    device = input_ids.device
+    keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    padded = not bool(keep.all())
+    positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+    doc_token = getattr(config, "doc_token", None)
+    starts = (input_ids == doc_token) & keep if doc_token is not None else torch.zeros_like(keep)
+    if getattr(config, "rope_doc_reset", False):
+        positions = positions - torch.where(starts, positions, torch.zeros_like(positions)).cummax(-1).values
+    doc_mask, window = getattr(config, "attn_doc_mask", False), getattr(config, "attn_window", 0)
+    if not (padded or doc_mask or window):
+        return None, positions
+    q, k = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None]
+    rule = (k <= q)[None].expand(B, T, T) & keep[:, None, :]
+    if window:
+        real = keep.long().cumsum(-1)  # distance in real tokens
+        rule = rule & (real[:, :, None] - real[:, None, :] < window)
+    if doc_mask:
+        doc = starts.long().cumsum(-1)
+        rule = rule & (doc[:, :, None] == doc[:, None, :])
+    rule = rule | torch.eye(T, dtype=torch.bool, device=device)
+    return rule[:, None], positions
 
 
 class BaseforgePreTrainedModel(PreTrainedModel):
@@ -140,12 +173,17 @@ class BaseforgeForCausalLM(BaseforgePreTrainedModel, GenerationMixin):
         super().__init__(config)
         modules = dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=make_norm(config, config.n_embd),
         )
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.context, config.n_embd)
+        n_ve = getattr(config, "value_embeds", 0)
+        if n_ve:
+            modules["ve"] = nn.ModuleList(nn.Embedding(config.vocab_size, config.n_embd) for _ in range(n_ve))
         self.transformer = nn.ModuleDict(modules)
+        if getattr(config, "unet_skips", False):
+            self.skip_weights = nn.Parameter(torch.ones(config.n_layer // 2))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
@@ -165,14 +203,26 @@ class BaseforgeForCausalLM(BaseforgePreTrainedModel, GenerationMixin):
         # No KV cache: every step sees the whole sequence so far.
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def blocks(self, x, input_ids, rope, mask):
+        n_layer = self.config.n_layer
+        ves = [table(input_ids) for table in self.transformer.ve] if "ve" in self.transformer else []
+        unet = getattr(self.config, "unet_skips", False)
+        skips = []
+        for i, block in enumerate(self.transformer.h):
+            j = n_layer - 1 - i
+            if unet and j < len(skips):
+                x = x + self.skip_weights[j] * skips[j]
+            table = value_embed_of(self.config, i)
+            x = block(x, rope, mask, ves[table] if table is not None else None)
+            if unet and i < n_layer // 2:
+                skips.append(x)
+        return x
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
         B, T = input_ids.shape
         if T > self.config.context:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.context}")
-        mask = None
-        positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask, positions = padding_mask(attention_mask)
+        mask, positions = attention_rule(self.config, input_ids, attention_mask)
         x = self.transformer.wte(input_ids)
         rope = None
         if self.config.pos_emb == "learned":
@@ -180,8 +230,7 @@ class BaseforgeForCausalLM(BaseforgePreTrainedModel, GenerationMixin):
         else:
             cos, sin = rope_tables(self.config, positions)
             rope = (cos[:, None], sin[:, None])  # broadcast over heads
-        for block in self.transformer.h:
-            x = block(x, rope, mask)
+        x = self.blocks(x, input_ids, rope, mask)
         logits = self.lm_head(self.transformer.ln_f(x))
         if self.config.logit_softcap:
             cap = self.config.logit_softcap
