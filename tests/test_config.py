@@ -21,6 +21,7 @@ from baseforge.config import (
 )
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, help_text
+from baseforge.model.gpt import GPT
 from baseforge.presets import PRESETS
 from baseforge.train.build import total_steps
 from helpers import assert_clean_error, baseforge, sets
@@ -80,6 +81,22 @@ def test_one_error_type_for_an_invalid_config(build):
     with pytest.raises(ConfigError, match="config") as info:
         build()
     assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["n_layer", "context", "n_head", "vocab_size"])
+def test_model_sizes_are_bounded(key):
+    """A config read back from disk may hold any number: 2**63 layers must be refused, not built (even on
+    the meta device, a model of that many blocks is a loop that never ends)."""
+    with pytest.raises(ConfigError, match=f"{key} must be between 1 and"):
+        ModelConfig(**{key: 2**63})
+    with pytest.raises(ConfigError, match=f"{key} must be between 1 and"):
+        ModelConfig(**{key: 0})
+
+
+def test_counting_parameters_allocates_nothing():
+    """count_params builds on the meta device: rotary tables too, not a real (context x head_dim) table."""
+    config = ModelConfig(vocab_size=64, context=1 << 20, n_embd=1 << 16, n_head=1, n_layer=1, pos_emb="rope")
+    assert GPT.count_params(config) > 1 << 32  # built and counted, nothing of its size allocated
 
 
 @pytest.mark.parametrize(

@@ -75,6 +75,12 @@ def _choices(hint) -> tuple[list, list]:
     return [], [hint] if isinstance(hint, type) else []
 
 
+# Far beyond any GPT-2-class model, and small enough that building one (even on the meta device, as
+# `GPT.count_params` does) is never a runaway loop or allocation: a config read back from disk may hold
+# any number.
+SIZE_LIMITS = {"context": 1 << 20, "n_layer": 1024, "n_head": 1024, "n_embd": 1 << 16, "vocab_size": 1 << 24}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int | None = option(
@@ -115,11 +121,10 @@ class ModelConfig:
             raise ConfigError(f"config: {why}")
 
         check_choices(self)
-        for name in ("context", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.vocab_size is not None and self.vocab_size < 1:
-            bad(f"vocab_size must be at least 1, not {self.vocab_size}")
+        for name, most in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= most:
+                bad(f"{name} must be between 1 and {most:,}, not {value}")
         if self.n_embd % self.n_head:
             bad(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:

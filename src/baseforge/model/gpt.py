@@ -192,7 +192,8 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.lm_head.weight = wte.weight
         if config.pos_emb == "rope":
-            cos, sin = rope_tables(config, config.context, "cpu")
+            # On the default device, so that a model built on the meta device allocates nothing.
+            cos, sin = rope_tables(config, config.context, None)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
