@@ -117,9 +117,9 @@ def test_trials_run_the_real_step(auto_trainer, monkeypatch):
     seen = []
     original = step.TrainStep.forward_backward
 
-    def recording(self, x, y, sync):
-        seen.append((x.shape[0], self.layout.grad_accum))
-        return original(self, x, y, sync)
+    def recording(self, x, y, sync, window=None, accum=1):
+        seen.append((x.shape[0], accum))
+        return original(self, x, y, sync, window, accum)
 
     monkeypatch.setattr(step.TrainStep, "forward_backward", recording)
     monkeypatch.setattr(memory, "capacity", lambda: 1000)

@@ -257,16 +257,16 @@ def test_train_step_micro_steps_do_not_sync(data_dir, tmp_path, precision):
     torch.cuda.synchronize()
     micro_step = step.forward_backward
 
-    def checked(x, y, sync):
+    def checked(*args, **kwargs):
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return micro_step(x, y, sync)
+            return micro_step(*args, **kwargs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
     step.forward_backward = checked
     assert step(1, trainer.data).applied
-    x, y = step.batches.get(trainer.data, 2, 0, step.layout)
+    x, y = step.prefetch.get(trainer.data, 2, 0, step.batches.at(2))
     assert x.is_pinned() and y.is_pinned()  # so .to(cuda, non_blocking=True) is really asynchronous
 
 

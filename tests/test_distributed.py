@@ -47,8 +47,10 @@ def test_two_processes_match_one(shakespeare_dir, one_process, tmp_path):
 
 
 def test_two_processes_match_one_with_bestfit_packing_and_document_masks(shakespeare_dir, tmp_path):
+    """Best-fit windows, document masks, a window warmup and a batch-size schedule (2 sequences for 2
+    steps: one a process; 4 for 2 steps; then 8) on 2 processes: one process's curve."""
     items = [*COMMON, "packing=bestfit", "attn_doc_mask=true", "value_embeds=1", "attn_window_warmup=0.5"]
-    items += ["max_steps=4"]
+    items += ["batch_schedule=2@256,4@768", "max_steps=6"]
     one = tmp_path / "one"
     assert baseforge("train", "--data", shakespeare_dir, "--out", one, *sets(*items)).returncode == 0
     two = tmp_path / "two"

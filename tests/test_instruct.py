@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.instructions import (
     RESPONSE_HEADER,
     InstructionData,
@@ -15,7 +16,6 @@ from baseforge.data.instructions import (
     format_prompt,
     split_examples,
 )
-from baseforge.data.loader import BatchLayout
 from baseforge.model import GPT, ModelConfig
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_clean_error, baseforge, sets

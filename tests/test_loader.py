@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from baseforge.config import resolve_config
-from baseforge.data.loader import BatchLayout, Prefetcher, TokenWindows, TrainStream, eval_batches
+from baseforge.data.batch_plan import BatchLayout
+from baseforge.data.loader import Prefetcher, TokenWindows, TrainStream, eval_batches
 from baseforge.data.shards import write_manifest, write_shard
 from baseforge.errors import UserError
 from conftest import build_data_dir

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, Documents, pack
-from baseforge.data.loader import BatchLayout, TokenData
+from baseforge.data.loader import TokenData
 from baseforge.errors import UserError
 
 EOT = 0

@@ -110,11 +110,14 @@ ROUND2 = [
 
 
 def test_round2_recipe_with_bestfit_packing_resumes_exactly(shakespeare_dir, tmp_path):
-    """Best-fit windows, document masking, value embeddings and U-net skips: bit for bit across a resume."""
-    items = [*TINY, *MODERN, *ROUND2, "max_steps=8", "checkpoint_every=4"]
+    """Best-fit windows, document masking, value embeddings, U-net skips and a batch-size schedule (2
+    sequences for steps 0-1, 4 for 2-4, then 8: the resume at step 4 lands inside a stage): bit for bit
+    across a resume."""
+    items = [*TINY, *MODERN, *ROUND2, "batch_schedule=2@256,4@1024", "max_steps=8", "checkpoint_every=4"]
     ref = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "ref", *sets(*items))
     assert ref.returncode == 0, ref.stderr
     assert "packing bestfit:" in ref.stdout and "attention: causal, within documents" in ref.stdout
+    assert "batch schedule: 2 sequences for steps 0-1, 4 sequences for steps 2-4, then 8" in ref.stdout
     cut = tmp_path / "cut"
     assert baseforge("train", "--data", shakespeare_dir, "--out", cut, *sets(*items)).returncode == 0
     (cut / "checkpoints" / "latest").write_text("step_0000004\n")

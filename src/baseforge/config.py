@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
+from baseforge.data.batch_plan import parse_batch_schedule
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, check_choices, help_text, option, type_name
 from baseforge.presets import get_preset
@@ -39,6 +40,9 @@ class TrainConfig:
     global_batch: int = option(
         0,
         "sequences per optimizer step over all processes (kept on any number); 0: micro x accum x processes",
+    )
+    batch_schedule: str = option(
+        "", "smaller global batches early: SEQUENCES@TOKENS,... (e.g. 8@2e6,16@8e6), then global_batch"
     )
     # AdamW (the write-up's baseline: lr 4e-4, weight decay 0.1).
     optimizer: Literal["adamw", "muon"] = option(
@@ -152,6 +156,8 @@ class TrainConfig:
                 bad(key, "must be in [0, 1]")
         if self.tokens_per_param <= 0:
             bad("tokens_per_param", "must be positive")
+        if parse_batch_schedule(self.batch_schedule) and not self.global_batch:
+            bad("batch_schedule", "needs global_batch: the batch the schedule grows to")
 
 
 MODEL_KEYS = {f.name: f for f in fields(ModelConfig)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig, parse_overrides, parse_value
-from baseforge.data.loader import BatchLayout
+from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
@@ -114,12 +114,14 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
     if cfg.micro_batch == "auto" and not cfg.global_batch:
         lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
         return "\n".join(lines + preflight(config, data))
-    sequences = BatchLayout.from_config(cfg).global_batch
-    per_step = sequences * config.model.context
-    steps = total_steps(cfg, n_params, per_step)
+    plan = BatchPlan.from_config(cfg, config.model.context)
+    sequences, per_step = plan.layout.global_batch, plan.tokens_of(plan.layout.from_step)
+    steps = total_steps(cfg, n_params, plan)
+    tokens = plan.tokens_before(steps)
     lines += [
         f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
-        f"steps: {steps:,}; tokens: {steps * per_step:,} ({steps * per_step / n_params:.1f} per parameter)",
+        *filter(None, [plan.describe()]),
+        f"steps: {steps:,}; tokens: {tokens:,} ({tokens / n_params:.1f} per parameter)",
         f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
     ]
     return "\n".join(lines + preflight(config, data))
@@ -141,9 +143,9 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     warnings: list[str] = []
     if cfg.micro_batch == "auto" and not cfg.global_batch:
         return warnings
-    layout = BatchLayout.from_config(cfg, world=world)
-    per_step = layout.global_batch * config.model.context
-    tokens = total_steps(cfg, shape.params, per_step) * per_step
+    plan = BatchPlan.from_config(cfg, config.model.context, world=world)
+    layout, steps = plan.layout, total_steps(cfg, shape.params, plan)
+    per_step, tokens = layout.global_batch * config.model.context, plan.tokens_before(steps)
     train_tokens = manifest["splits"].get("train", {}).get("tokens", 0)
     if train_tokens and tokens / train_tokens > PASSES_WARN:
         warnings.append(
@@ -163,13 +165,12 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
         )
     if device.type == "cpu":
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        seconds = shape.flops_per_token * per_step / (CPU_MFU * measure_matmul_peak(device, dtype))
-        if seconds > STEP_SECONDS_WARN:
-            steps = tokens // per_step
+        per_token = shape.flops_per_token / (CPU_MFU * measure_matmul_peak(device, dtype))  # seconds
+        if per_token * per_step > STEP_SECONDS_WARN:
             warnings.append(
-                f"warning: on this CPU one step takes about {format_duration(seconds)} "
-                f"({format_duration(seconds * steps)} for {steps:,} steps, at {CPU_MFU:.0%} of its measured "
-                "matmul peak): a model this size wants a GPU"
+                f"warning: on this CPU one step takes about {format_duration(per_token * per_step)} "
+                f"({format_duration(per_token * tokens)} for {steps:,} steps, at {CPU_MFU:.0%} of its "
+                "measured matmul peak): a model this size wants a GPU"
             )
     return warnings
 

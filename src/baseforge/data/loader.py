@@ -10,7 +10,8 @@ which makes resume exact and lets any number of processes share one global batch
     global batch of step s   = stream windows [s*G, (s+1)*G)
     rank r, micro-step m     = the b windows starting at s*G + m*(W*b) + r*b
 
-(`BatchLayout` holds b, the accumulation, W and r, and computes those starts.)
+(`batch_plan.BatchLayout` holds b, the accumulation, W and r, and computes those starts; with a
+batch-size schedule, `batch_plan.BatchPlan` gives each step its layout and first window.)
 
 With `packing = "bestfit"` the train windows come from `bestfit.BestFitStream` instead: each starts at
 a document, under the same pure-function-of-(seed, j) contract. Validation reads the first windows of
@@ -30,73 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, PackingStats
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
-
-
-@dataclass(frozen=True)
-class BatchLayout:
-    """How one optimizer step's global batch of sequences is cut: micro-batches x accumulation x ranks."""
-
-    micro_batch: int
-    grad_accum: int = 1
-    world: int = 1
-    rank: int = 0
-
-    @property
-    def global_batch(self) -> int:
-        return self.micro_batch * self.grad_accum * self.world
-
-    def start(self, step: int, micro_step: int) -> int:
-        """The first stream window of this rank's micro-batch `micro_step` of optimizer step `step`."""
-        return (
-            step * self.global_batch
-            + micro_step * self.world * self.micro_batch
-            + self.rank * self.micro_batch
-        )
-
-    @classmethod
-    def from_config(
-        cls, cfg, *, world: int = 1, rank: int = 0, micro_batch: int | None = None
-    ) -> BatchLayout:
-        """The run's layout from its TrainConfig: the one constructor `train`, `--dry-run` and
-        `finetune` share. `micro_batch` is the size the search found when the config says "auto";
-        without it, an "auto" run with a global_batch is laid out as one micro-batch per rank."""
-        micro = micro_batch or cfg.micro_batch
-        if micro == "auto":
-            if not cfg.global_batch:
-                raise UserError("micro_batch=auto without a global_batch: the batch is decided by the search")
-            micro = max(1, cfg.global_batch // world)
-        return cls.resolve(
-            global_batch=cfg.global_batch,
-            micro_batch=micro,
-            grad_accum=cfg.grad_accum,
-            world=world,
-            rank=rank,
-        )
-
-    @classmethod
-    def resolve(
-        cls, *, global_batch: int, micro_batch: int, grad_accum: int, world: int, rank: int
-    ) -> BatchLayout:
-        """The layout for this world size.
-
-        With global_batch set, it belongs to the run: accumulation follows from it, so a run can move
-        between numbers of processes and keep its optimisation. Otherwise it is micro x accum x world.
-        """
-        if not global_batch:
-            return cls(micro_batch, grad_accum, world, rank)
-        if global_batch % world:
-            raise UserError(f"global_batch {global_batch} is not divisible by {world} processes")
-        per_rank = global_batch // world
-        if per_rank % micro_batch:
-            raise UserError(
-                f"global_batch {global_batch} over {world} processes is {per_rank} sequences each, "
-                f"not divisible by micro_batch {micro_batch}; pick a micro_batch that divides it"
-            )
-        return cls(micro_batch, per_rank // micro_batch, world, rank)
 
 
 class TokenWindows:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from baseforge.data.loader import BatchLayout
+from baseforge.data.batch_plan import BatchLayout, BatchPlan
 from baseforge.errors import UserError
 from baseforge.train.device import rng_devices
 from baseforge.train.optim import build_optimizers
@@ -166,9 +166,10 @@ def _trial_steps(model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int,
     layout = BatchLayout(micro_batch=b, grad_accum=per_rank // b)
     optimizers = build_optimizers(model, cfg, runtime.device)
     views = ModelViews(model, model, model, "single", runtime)  # no sync: each rank searches alone
-    step = TrainStep(views, optimizers, runtime, layout, schedule=None, grad_clip=cfg.grad_clip)
+    plan = BatchPlan.constant(layout, model.config.context)
+    step = TrainStep(views, optimizers, runtime, plan, schedule=None, grad_clip=cfg.grad_clip)
     x, y = data.micro_batch(0, 0, layout)
     x, y = x.to(runtime.device), y.to(runtime.device)
-    step.forward_backward(x, y, sync=False)
-    step.forward_backward(x, y, sync=True)
+    step.forward_backward(x, y, sync=False, accum=layout.grad_accum)
+    step.forward_backward(x, y, sync=True, accum=layout.grad_accum)
     step.update(bool(torch.isfinite(step.clip_gradients())))

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from baseforge.config import RunConfig, TrainConfig
-from baseforge.data.loader import BatchLayout
+from baseforge.data.batch_plan import BatchLayout, BatchPlan, parse_batch_schedule
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.tokenizer import Tokenizer
@@ -64,13 +64,19 @@ class Run:
     runtime: Runtime
     views: ModelViews
     optimizers: Optimizers
-    layout: BatchLayout
+    batches: BatchPlan  # each step's batch layout (a batch schedule's stages, then the run's own)
     schedule: Schedule
     total: int  # planned optimizer steps (early stopping may end the run before)
     step: TrainStep
 
     @property
+    def layout(self) -> BatchLayout:
+        """The run's own batch layout (after a batch schedule's smaller batches, if it has one)."""
+        return self.batches.layout
+
+    @property
     def tokens_per_step(self) -> int:
+        """Tokens of a step of the run's own layout (a batch schedule's early steps have fewer)."""
         return self.layout.global_batch * self.config.model.context
 
     @property
@@ -78,11 +84,11 @@ class Run:
         return self.views.plain.num_params()
 
 
-def total_steps(cfg: TrainConfig, n_params: int, tokens_per_step: int) -> int:
+def total_steps(cfg: TrainConfig, n_params: int, batches: BatchPlan) -> int:
+    """max_steps, else the steps that train on max_tokens, else on tokens_per_param x parameters."""
     if cfg.max_steps:
         return cfg.max_steps
-    budget = cfg.max_tokens or cfg.tokens_per_param * n_params
-    return max(1, math.ceil(budget / tokens_per_step))
+    return batches.steps_for(math.ceil(cfg.max_tokens or cfg.tokens_per_param * n_params))
 
 
 def build_run(
@@ -107,7 +113,8 @@ def build_run(
         model.to(runtime.device)
     whole = model.state_dict() if from_rank0 and not meta else {}
     layout = batch_layout(model, data, cfg, runtime, say)
-    total = total_steps(cfg, model.num_params(), layout.global_batch * config.model.context)
+    batches = BatchPlan.build(layout, parse_batch_schedule(cfg.batch_schedule), config.model.context)
+    total = total_steps(cfg, model.num_params(), batches)
     start_rank_stream(cfg.seed, dist)  # each rank its own dropout stream from here
     # Compile the shapes the run will use (its micro-batch, evaluation's) while eager is a fallback.
     warm_up = functools.partial(
@@ -125,8 +132,8 @@ def build_run(
     schedule = Schedule.from_config(cfg, total, tail)
     full = config.model.attn_window or config.model.context
     window = functools.partial(attention_window, total_steps=total, full=full, warmup=cfg.attn_window_warmup)
-    step = TrainStep(views, optimizers, runtime, layout, schedule, cfg.grad_clip, window)
-    return Run(config, data, runtime, views, optimizers, layout, schedule, total, step)
+    step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window)
+    return Run(config, data, runtime, views, optimizers, batches, schedule, total, step)
 
 
 def check_vocab(config: RunConfig, tok) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from baseforge.config import RunConfig
+from baseforge.data.batch_plan import BatchLayout, BatchPlan
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.records import count, number
@@ -24,6 +25,15 @@ from baseforge.train.metrics import record_resume, truncate_metrics
 from baseforge.train.rng import gather_rng_states, restore_rng
 from baseforge.train.schedule import Schedule, continued
 from baseforge.train.state import RunState
+
+
+def counted_batches(config: RunConfig, tokens: int, step: int) -> BatchPlan:
+    """The batches a run's length is counted in: its config's, when global_batch fixes them whatever the
+    number of processes; else the checkpoint's own tokens per step (its world size is not recorded)."""
+    context = config.model.context
+    if config.train.global_batch:
+        return BatchPlan.from_config(config.train, context)
+    return BatchPlan.constant(BatchLayout(max(1, tokens // step // context)), context)
 
 
 class Checkpointer:
@@ -61,7 +71,9 @@ class Checkpointer:
             return tail
         n_params = GPT.count_params(config.with_vocab(state["tokenizer"]["vocab_size"]).model)
         old, new = (
-            Schedule.from_config(c.train, total_steps(c.train, n_params, tokens // step), tail)
+            Schedule.from_config(
+                c.train, total_steps(c.train, n_params, counted_batches(c, tokens, step)), tail
+            )
             for c in (saved, config)
         )
         return continued(old, new, step, extend)

@@ -115,7 +115,11 @@ class Trainer:
             if state.step == 0:
                 state.initial_val = validator.loss()
                 self.reporter.initial_validation(state.initial_val, run.data.source)
-            with self.reporter.progress(run.total, state.step), StopRequested() as stop:
+            plan = run.batches  # a batch schedule's progress is counted in tokens (Reporter.progress)
+            counted = (
+                (plan.tokens_before(run.total), state.tokens) if plan.scheduled else (run.total, state.step)
+            )
+            with self.reporter.progress(*counted, by_tokens=plan.scheduled), StopRequested() as stop:
                 end = run.total
                 while state.step < end:
                     self._train_one_step()
@@ -145,7 +149,7 @@ class Trainer:
 
     def _train_one_step(self) -> None:
         cfg, state = self.config.train, self.state
-        t0 = time.perf_counter()
+        t0, tokens = time.perf_counter(), self.built.batches.tokens_of(state.step)
         result = self.train_step()
         state.record_step(result.loss, result.grad_norm, result.applied, cfg.grad_clip)
         if state.bad_in_row >= cfg.max_bad_steps:
@@ -154,7 +158,7 @@ class Trainer:
                 f"(step {state.step}); "
                 "stopped. The last good checkpoint is kept: lower lr, check the data, or use precision=fp32"
             )
-        state.record_time(self.built.tokens_per_step, time.perf_counter() - t0)
+        state.record_time(tokens, time.perf_counter() - t0)
 
     def _log(self, due: Due, validator: Validator) -> None:
         """A metrics row of the steps since the last one, with the evaluations that are due."""

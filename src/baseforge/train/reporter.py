@@ -23,6 +23,7 @@ class Reporter:
         self._metrics: MetricsLog | None = None
         self._trackers: Trackers | None = None
         self._bar: Progress | None = None
+        self._unit = "step"  # what the bar counts: a metrics row's "step" or "tokens"
 
     def say(self, message: str) -> None:
         """A message from the main process, above the progress bar while there is one."""
@@ -47,17 +48,21 @@ class Reporter:
             self._metrics = self._trackers = None
 
     @contextlib.contextmanager
-    def progress(self, total: int, start: int):
-        """A bar on a terminal; elsewhere one plain line per logged step, through the run's log."""
+    def progress(self, total: int, start: int, by_tokens: bool = False):
+        """A bar on a terminal; elsewhere one plain line per logged step, through the run's log. It counts
+        steps, or tokens (`by_tokens`: a batch schedule's steps differ in size, so only tokens give a
+        true rate and ETA)."""
+        self._unit = "tokens" if by_tokens else "step"
         bar = Progress(
             total,
             "train",
-            "step",
+            "tok" if by_tokens else "step",
             initial=start,
             enabled=self.is_main,
             file=sys.stdout,
             every_s=0.0,
             write=self.log,
+            scale=by_tokens,
         )
         with bar:
             self._bar = bar
@@ -86,7 +91,7 @@ class Reporter:
         """A metrics row: into metrics.jsonl and the trackers, and onto the bar."""
         self._record(row)
         if self._bar is not None:
-            self._bar.update(row["step"] - self._bar.n, **progress_fields(row))
+            self._bar.update(row[self._unit] - self._bar.n, **progress_fields(row))
 
     def stopped(self, step: int, saved: bool) -> None:
         where = (

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from baseforge.data.loader import BatchLayout, Prefetcher
+from baseforge.data.batch_plan import BatchPlan
+from baseforge.data.loader import Prefetcher
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
 from baseforge.train.parallel import ModelViews
@@ -33,7 +34,7 @@ class TrainStep:
         views: ModelViews,
         optimizers: Optimizers,
         runtime: Runtime,
-        layout: BatchLayout,
+        batches: BatchPlan,
         schedule: Schedule | None,  # None: no learning-rate schedule (autobatch's trials: no __call__)
         grad_clip: float,
         window: Callable[[int], int | None] = lambda step: None,  # attention's window at a step
@@ -41,23 +42,23 @@ class TrainStep:
         self.views = views  # forward through views.train, clipping over views.plain's parameters
         self.optimizers = optimizers
         self.runtime = runtime
-        self.layout = layout
+        self.batches = batches  # each step's layout
         self.schedule = schedule
         self.grad_clip = grad_clip
         self.window = window
         self.scaler = runtime.precision.grad_scaler()
-        self.batches = Prefetcher(pin=runtime.device.type == "cuda")
+        self.prefetch = Prefetcher(pin=runtime.device.type == "cuda")
 
     def forward_backward(
-        self, x: torch.Tensor, y: torch.Tensor, sync: bool, window: int | None = None
+        self, x: torch.Tensor, y: torch.Tensor, sync: bool, window: int | None = None, accum: int = 1
     ) -> torch.Tensor:
-        """Loss of one micro-batch, already divided by the accumulation; its gradients added to .grad."""
+        """Loss of one of `accum` micro-batches, divided by `accum`; its gradients added to .grad."""
         # Gradients reduce across processes on the last micro-step only (DDP's no_sync, FSDP's
         # set_requires_gradient_sync on the others): see ModelViews.gradient_sync.
         with self.views.gradient_sync(sync):
             with self.runtime.precision.autocast():
                 _, loss = self.views.train(x, y) if window is None else self.views.train(x, y, window=window)
-            loss = loss / self.layout.grad_accum
+            loss = loss / accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
         return loss.detach()
 
@@ -69,11 +70,12 @@ class TrainStep:
         assert self.schedule is not None, "a TrainStep without a schedule takes no whole steps"
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
-        window = self.window(step)
-        for micro in range(self.layout.grad_accum):
-            x, y = self.batches.get(data, step, micro, self.layout)
+        window, layout = self.window(step), self.batches.at(step)
+        accum = layout.grad_accum
+        for micro in range(accum):
+            x, y = self.prefetch.get(data, step, micro, layout)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y, micro == self.layout.grad_accum - 1, window)
+            loss_sum += self.forward_backward(x, y, micro == accum - 1, window, accum)
         grad_norm = self.clip_gradients()
         loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()  # the one sync
         applied = math.isfinite(norm)  # identical on every rank: gradients are all-reduced

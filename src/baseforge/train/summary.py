@@ -17,7 +17,7 @@ def announce_lines(run: Run, step: int) -> list[str]:
     then a warning when the validation split is smaller than eval_tokens (val_warning)."""
     c, rt, layout, data = run.config.model, run.runtime, run.layout, run.data
     n_params, world = run.n_params, rt.dist.world
-    tokens = run.total * run.tokens_per_step
+    tokens = run.batches.tokens_before(run.total)
     verb = f"resuming from step {step}" if step else "training"
     return [
         f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
@@ -30,7 +30,13 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
         f"train split {format_count(data.train_tokens)} tokens",
         *filter(
-            None, [attention_line(run), packing_line(data), val_warning(data, run.config.train.eval_tokens)]
+            None,
+            [
+                run.batches.describe(),
+                attention_line(run),
+                packing_line(data),
+                val_warning(data, run.config.train.eval_tokens),
+            ],
         ),
     ]
 
