@@ -1,11 +1,15 @@
-"""The seed recipe (gpt2-small-seed) against gpt2-small-modern on one GPU: same data, same minutes each.
+"""The seed recipe (gpt2-small-seed) against gpt2-small-modern and gpt2-speedrun (the round-2 recipe:
+documents apart, sliding windows, value embeddings, U-net skips, a batch schedule, FlexAttention on
+CUDA) on one GPU: same data, same tokens each.
 
 Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
     python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--minutes 1.5] [--quick]
 
 Each recipe trains through the CLI (`baseforge train --preset P`, bf16 + torch.compile, micro-batch
-by search) on the same number of tokens: what the seed recipe trains in `--minutes` at its measured
-tokens/s, so that each whole schedule (warmup, decay) fits; the runs differ in wall-clock. From the runs'
+by search) on the same number of tokens (`max_tokens`: a batch schedule's small early steps count
+as they are): what the seed recipe trains in `--minutes` at its measured tokens/s, so that each whole
+schedule (warmup, decay) fits; the runs differ in wall-clock. gpt2-speedrun's batch schedule is
+scaled to that budget (the same fractions of it as in its preset's billion tokens). From the runs'
 metrics.jsonl: validation loss at equal training time and at equal tokens (linear interpolation
 between evaluations), and tokens/s of each. `--quick` runs the same path on CPU with a tiny shape.
 """
@@ -23,10 +27,11 @@ import numpy as np
 import common
 
 ROOT = common.ROOT
-RECIPES = ["gpt2-small-seed", "gpt2-small-modern"]
+RECIPES = ["gpt2-small-seed", "gpt2-small-modern", "gpt2-speedrun"]
 GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto", "sample_tokens=0"]
 QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
+QUICK_EXTRA = {"gpt2-speedrun": ["value_embeds=1", "batch_schedule=2@256"]}  # 2 layers; 4 sequences
 
 
 def train(data: Path, run: Path, preset: str, keys: list[str], runner) -> list[dict]:
@@ -97,11 +102,26 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def tokens_per_step(preset: str, keys: list[str]) -> int:
+def steps_for(preset: str, keys: list[str], tokens: int) -> int:
+    """The steps `preset` takes to train on `tokens` (its batch schedule's small steps counted)."""
     from baseforge.config import resolve_config
+    from baseforge.data.batch_plan import BatchPlan
 
     config = resolve_config(preset, None, keys)
-    return config.train.global_batch * config.model.context
+    return BatchPlan.from_config(config.train, config.model.context).steps_for(tokens)
+
+
+def scaled_schedule(preset: str, tokens: int) -> list[str]:
+    """A preset's batch schedule at the same fractions of `tokens` as of its own max_tokens."""
+    from baseforge.config import resolve_config
+    from baseforge.data.batch_plan import parse_batch_schedule
+
+    cfg = resolve_config(preset).train
+    if not cfg.batch_schedule or not cfg.max_tokens:
+        return []
+    stages = [f"{seqs}@{max(1, round(until * tokens / cfg.max_tokens))}" for seqs, until in
+              parse_batch_schedule(cfg.batch_schedule)]  # fmt: skip
+    return [f"batch_schedule={','.join(stages)}"]
 
 
 def run_quality(
@@ -111,15 +131,16 @@ def run_quality(
     tokens/s (the suite's throughput part measured it), else at a 12-step calibration's rate."""
     if quick:
         keys = [*QUICK_KEYS, "max_steps=4", "eval_every=2", "eval_tokens=512", "log_every=1"]
-        return compare({p: train(data, work / p, p, keys, runner) for p in RECIPES})
+        return compare({p: train(data, work / p, p, keys + QUICK_EXTRA.get(p, []), runner) for p in RECIPES})
     if seed_rate is None:
         calib = train(data, work / "calib", RECIPES[0], [*GPU_KEYS, "max_steps=12", "log_every=4"], runner)
         seed_rate = [r for r in calib if r.get("loss") is not None][-1]["tokens_per_s"]
-    tokens = 60 * minutes * seed_rate
+    tokens = int(60 * minutes * seed_rate)
     runs = {}
     for preset in RECIPES:
-        steps = max(20, int(tokens / tokens_per_step(preset, GPU_KEYS)))
-        keys = [*GPU_KEYS, f"max_steps={steps}", f"eval_every={max(1, steps // 6)}", "log_every=10"]
+        recipe = [*GPU_KEYS, *scaled_schedule(preset, tokens), "max_steps=0", f"max_tokens={tokens}"]
+        steps = steps_for(preset, recipe, tokens)
+        keys = [*recipe, f"eval_every={max(1, steps // 6)}", "log_every=10"]
         runs[preset] = train(
             data, work / preset, preset, keys + ["eval_tokens=262144", "checkpoint_every=1000000"], runner
         )

@@ -52,7 +52,7 @@ CALLS = {
         Part("data", 60),  # kept from call 1 when the machine stayed warm; else prepared again
         Part("llmc", 150),
         Part("throughput-gpt2-small-seed", 100),
-        Part("quality", 160),
+        Part("quality", 220),  # three recipes: seed, modern, speedrun
     ],
 }
 # Each call well inside a 10-minute command; both, with a machine's start (1-2 min), inside the

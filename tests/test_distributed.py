@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from baseforge.train.checkpoint import find_checkpoint
-from baseforge.train.distributed import backend_for
+from baseforge.train.distributed import backend_for, process_group
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, cli_env, free_port, sets, torchrun
 
@@ -91,6 +93,39 @@ def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypa
     assert backend_for("auto") == "nccl" and backend_for("cuda:1") == "nccl"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert backend_for("auto") == "gloo"
+
+
+def _ddp_then_teardown(rank: int, port: int, out: str) -> None:
+    """A DDP model made in a function inside process_group, normally and failing: it must be freed
+    before the group is destroyed (freed after, its Reducer destroys the group holding the GIL, and a
+    gloo worker thread that needs the GIL hangs the process at exit)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    events: list[str] = []
+    destroy = torch.distributed.destroy_process_group
+    torch.distributed.destroy_process_group = lambda: (events.append("destroy"), destroy())[1]
+
+    def train(fail: bool) -> None:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        weakref.finalize(model, events.append, "ddp freed")
+        model(torch.ones(1, 2)).sum().backward()
+        if fail:
+            raise ValueError("a failed run")
+
+    for fail in (False, True):
+        try:
+            with process_group(60, "cpu"):
+                train(fail)
+        except ValueError:
+            pass
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(" ".join(events))
+
+
+def test_ddp_models_are_freed_before_the_process_group(tmp_path):
+    out = str(tmp_path / "events")
+    mp.spawn(_ddp_then_teardown, args=(free_port(), out), nprocs=2)
+    for rank in range(2):
+        assert open(f"{out}.{rank}").read() == "ddp freed destroy ddp freed destroy"
 
 
 def two_nodes(port: int, *args) -> list[subprocess.Popen]:

@@ -88,7 +88,11 @@ def test_each_call_brings_back_every_part(bare, call):
         assert records["tests"]["result"]["counts"].get("SKIPPED", 0) > 0  # collected, no GPU here
     else:
         assert records["llmc"]["status"] == "skipped"  # needs nvcc and a GPU
-        assert set(records["quality"]["result"]["recipes"]) == {"gpt2-small-seed", "gpt2-small-modern"}
+        assert set(records["quality"]["result"]["recipes"]) == {
+            "gpt2-small-seed",
+            "gpt2-small-modern",
+            "gpt2-speedrun",
+        }
 
 
 def test_quick_results_are_never_merged_as_gpu_figures(tmp_path):

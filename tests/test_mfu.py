@@ -1,4 +1,5 @@
-"""GPU peak table (exact device names, memory sizes), the measured fallback, and the MFU formatter."""
+"""GPU peak table (exact device names, memory sizes), the measured fallback, the MFU formatter, and the
+FLOPs a run's MFU counts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import pytest
 import torch
 
 from baseforge import hardware
+from baseforge.config import resolve_config
 from baseforge.errors import UserError
 from baseforge.train import mfu
+from baseforge.train.loop import Trainer
+from baseforge.train.metrics import read_metrics
+from baseforge.train.schedule import attention_window
+from helpers import TINY
 
 # Strings as torch.cuda.get_device_name() reports them -> (short name, bf16 TFLOP/s, memory GiB).
 REAL_NAMES = {
@@ -107,3 +113,20 @@ def test_format_mfu_never_shows_more_than_100_percent_as_real():
     assert mfu.format_mfu(1.741) == ">100% (peak under-measured)"
     assert mfu.format_mfu(None) is None
     assert mfu.format_mfu(float("nan")) is None
+
+
+def test_mfu_counts_each_steps_own_attention_window(shakespeare_dir, tmp_path):
+    """Under a window warmup early steps attend over fewer keys: a metrics row's MFU counts the FLOPs of
+    the windows its steps used (GPT.flops_per_token(window)), not the full window's."""
+    items = [*TINY, "pos_emb=rope", "attn_window_warmup=1.0", "max_steps=4", "log_every=1"]
+    config = resolve_config("cpu-small", None, items)
+    trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *a: None)
+    trainer.run()
+    model, peak = trainer.built.views.plain, trainer.built.runtime.peak
+    rows = [r for r in read_metrics(tmp_path / "run") if r["step"]]
+    windows = [attention_window(step, 4, 64, 1.0) for step in range(4)]
+    assert len(rows) == 4 and windows[0] < windows[-1] == 64
+    for row, window in zip(rows, windows):
+        seconds = 512 / row["tokens_per_s"]  # one step of 8 x 64 tokens a row
+        assert row["mfu"] == pytest.approx(512 * model.flops_per_token(window) / seconds / peak, rel=1e-6)
+    assert model.flops_per_token(windows[0]) < model.flops_per_token()

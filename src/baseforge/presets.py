@@ -152,6 +152,34 @@ _ALL = [
         ),
     ),
     Preset(
+        "gpt2-speedrun",
+        "GPT-2 small's shape with the whole round-2 recipe (documents apart, sliding windows, value "
+        "embeddings, U-net skips, a batch schedule; context 2048): GPT-2 quality in hours on one GPU",
+        dict(
+            _GPT2_SMALL,
+            **_MODERN_SHAPE,
+            vocab_size=50304,
+            context=2048,
+            attn_doc_mask=True,
+            attn_window=1024,
+            value_embeds=3,
+            unet_skips=True,
+        ),
+        dict(
+            _WRITEUP,
+            **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3},
+            muon_weight_decay=0.01,
+            muon_ns="polar_express",
+            normuon=True,
+            cautious_wd=True,
+            packing="bestfit",
+            attn_window_warmup=0.3,
+            global_batch=128,  # 262k tokens a step, after 32 and 64 sequences for the first 150M tokens
+            batch_schedule="32@5e7,64@1.5e8",
+            max_tokens=1_000_000_000,
+        ),
+    ),
+    Preset(
         "cpu-tiny",
         "1.3M parameters that visibly learn on 2 CPU cores (the built-in demo; time: README)",
         _CPU_TINY,

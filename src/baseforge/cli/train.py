@@ -18,7 +18,7 @@ from baseforge.launch import dry_run_report, evaluators, init_from, preflight, r
 from baseforge.rundir import RunDir
 from baseforge.runlock import LOCK_FILE, RunLock
 from baseforge.train.distributed import dist_from_env, process_group
-from baseforge.train.loop import Trainer
+from baseforge.train.loop import RunResult, Trainer
 
 DEMO_DATA = Path("data/builtin")
 DEMO_RUN = Path("runs/demo")
@@ -153,8 +153,7 @@ def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, ext
     def wrote_something(path: Path) -> bool:  # a failed run that wrote nothing leaves no folder behind
         return any(p.name != LOCK_FILE for p in path.iterdir())
 
-    with process_group(config.train.dist_timeout_s, config.train.device) as dist:
-        extra = evaluators(config.train)
+    def run_in(dist) -> RunResult:  # the trainer (and its DDP model) is gone once this returns
         trainer = Trainer(
             config,
             data,
@@ -162,18 +161,20 @@ def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, ext
             resume=resume,
             extend=extend,
             log=log,
-            evaluators=extra,
+            evaluators=evaluators(config.train),
             dist=dist,
             init_weights=init_weights,
         )
-        main = dist.is_main
-        try:
-            with output_dir(out, keep=wrote_something) if main else contextlib.nullcontext():
-                with RunLock(out) if main else contextlib.nullcontext():
-                    result = trainer.run()
-        except torch.OutOfMemoryError:
-            raise UserError(
-                f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
-                "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
-            ) from None
+        with output_dir(out, keep=wrote_something) if dist.is_main else contextlib.nullcontext():
+            with RunLock(out) if dist.is_main else contextlib.nullcontext():
+                return trainer.run()
+
+    try:
+        with process_group(config.train.dist_timeout_s, config.train.device) as dist:
+            result = run_in(dist)  # returns before the group goes (distributed.process_group)
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"out of memory at micro_batch {config.train.micro_batch}: lower micro_batch (or use "
+            "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
+        ) from None
     return 130 if result.stopped else 0

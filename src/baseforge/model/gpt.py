@@ -312,23 +312,25 @@ class GPT(nn.Module):
         mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
         return Visibility(past=past, doc=doc, window=window, mask=mask)
 
-    def flops_per_token(self) -> float:
+    def flops_per_token(self, window: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
 
         Embedding lookups are not matmuls, so an untied token embedding, the position embedding and
         value embeddings are left out of N; a tied embedding counts once, as the output head. The
-        attention term counts every key a query may see in a full window: `attn_window` of them when
-        set. Document masking is not subtracted (how much it skips depends on the data), so with
-        attn_doc_mask this is the work of the causal model and MFU reads high by up to the attention
-        term's share of the whole.
+        attention term counts every key a query may see in a full window, as PaLM counts the context:
+        `window` of them (a window warmup's step), else `attn_window` when set, else the context.
+        Document masking is not subtracted (how much it skips depends on the data, and only
+        FlexAttention skips it), so with attn_doc_mask this is the work of the causal model and MFU
+        reads high by up to the attention term's share of the whole.
         """
         c = self.config
         n = self.num_params(exclude_embeddings=True)
         if c.tie_weights:
             n += self.lm_head.weight.numel()
-        return 6 * n + self.attention_flops_per_token()
+        return 6 * n + self.attention_flops_per_token(window)
 
-    def attention_flops_per_token(self) -> float:
+    def attention_flops_per_token(self, window: int | None = None) -> float:
         c = self.config
-        keys = min(c.attn_window, c.context) if c.attn_window else c.context
+        window = window or c.attn_window
+        keys = min(window, c.context) if window else c.context
         return 12 * c.n_layer * c.n_embd * keys

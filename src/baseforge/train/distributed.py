@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -51,6 +53,12 @@ def process_group(timeout_s: float, device: str = "auto") -> Iterator[DistInfo]:
 
     The backend follows the run's device, not the host: NCCL for a CUDA run, gloo for a CPU run
     (also on a host that has GPUs).
+
+    Whatever holds a DDP model must be gone before the block ends (keep it in a function called inside
+    the block; an exception's frames are cleared here): garbage is collected before the group is
+    destroyed, because a DDP model freed after that takes the group down from its Reducer, whose
+    binding holds the GIL while the group's destructor joins gloo's worker threads, which may need the
+    GIL to free a finished collective's tensors: a hang at exit, seen on a loaded 2-core machine.
     """
     info = dist_from_env()
     if not info.enabled or dist.is_initialized():
@@ -62,7 +70,11 @@ def process_group(timeout_s: float, device: str = "auto") -> Iterator[DistInfo]:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield info
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # the failed frames (a Trainer's self) let go of DDP
+        raise
     finally:
+        gc.collect()  # DDP models (and their Reducers) go while the group is registered
         if dist.is_initialized():
             dist.destroy_process_group()
 

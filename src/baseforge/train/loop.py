@@ -149,7 +149,10 @@ class Trainer:
 
     def _train_one_step(self) -> None:
         cfg, state = self.config.train, self.state
-        t0, tokens = time.perf_counter(), self.built.batches.tokens_of(state.step)
+        run = self.built
+        tokens = run.batches.tokens_of(state.step)
+        flops = tokens * run.views.plain.flops_per_token(run.step.window(state.step))
+        t0 = time.perf_counter()
         result = self.train_step()
         state.record_step(result.loss, result.grad_norm, result.applied, cfg.grad_clip)
         if state.bad_in_row >= cfg.max_bad_steps:
@@ -158,7 +161,7 @@ class Trainer:
                 f"(step {state.step}); "
                 "stopped. The last good checkpoint is kept: lower lr, check the data, or use precision=fp32"
             )
-        state.record_time(tokens, time.perf_counter() - t0)
+        state.record_time(tokens, time.perf_counter() - t0, flops)
 
     def _log(self, due: Due, validator: Validator) -> None:
         """A metrics row of the steps since the last one, with the evaluations that are due."""

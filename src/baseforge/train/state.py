@@ -24,6 +24,7 @@ class Window:
     clipped: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    flops: float = 0.0  # training FLOPs of those tokens (MFU's numerator; 0 in older checkpoints)
 
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.steps, 1)
@@ -63,9 +64,10 @@ class RunState:
         self.window.clipped += int(clipped)
         self.clipped += int(clipped)
 
-    def record_time(self, tokens: int, seconds: float) -> None:
+    def record_time(self, tokens: int, seconds: float, flops: float = 0.0) -> None:
         self.tokens += tokens
         self.window.tokens += tokens
+        self.window.flops += flops
         self.window.seconds += seconds
         self.elapsed_s += seconds
 

@@ -53,7 +53,9 @@ def attention_line(run: Run) -> str | None:
     if not c.masked_attention:
         return None
     rule = [f"within documents (starting at token {c.doc_token})"] if c.attn_doc_mask else []
-    rule += [f"over the last {c.attn_window} positions"] if c.attn_window else []
+    rule += [f"over the last {c.attn_window} positions"] if 0 < c.attn_window < c.context else []
+    if not rule:  # a window of the whole context limits nothing
+        return None
     kernel = masked_backend(device.type, c.dropout)
     return f"attention: causal, {' and '.join(rule)}; kernel: {BACKEND_NAMES[kernel]}"
 
@@ -78,6 +80,9 @@ def metrics_row(run: Run, state: RunState) -> dict:
     the training loss is the mean over ranks."""
     window, rt = state.window, run.runtime
     tokens_per_s = window.tokens / max(window.seconds, 1e-9)
+    # The FLOPs of the steps' own attention windows (a window warmup's are smaller); a window restored
+    # from a checkpoint that did not count them, at the model's full window.
+    flops = window.flops or window.tokens * run.views.plain.flops_per_token()
     return {
         "step": state.step,
         "tokens": state.tokens,
@@ -87,7 +92,7 @@ def metrics_row(run: Run, state: RunState) -> dict:
         "clip_frac": window.clipped / max(window.steps, 1),
         "skipped": state.skipped,
         "tokens_per_s": tokens_per_s,
-        "mfu": run.views.plain.flops_per_token() * tokens_per_s / (rt.peak * rt.dist.world),
+        "mfu": flops / max(window.seconds, 1e-9) / (rt.peak * rt.dist.world),
         "mem_gb": memory_gb(rt.device),
         "elapsed_s": state.elapsed_s,
     }
