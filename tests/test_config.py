@@ -19,6 +19,7 @@ from baseforge.config import (
     load_run_config,
     resolve_config,
 )
+from baseforge.data.batch_plan import BatchPlan
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, help_text
 from baseforge.model.gpt import GPT
@@ -172,7 +173,7 @@ def test_config_layers_and_presets(tmp_path):
 
 def test_token_budget_default_is_20_tokens_per_parameter():
     cfg = resolve_config("gpt2-small-seed").train
-    steps = total_steps(cfg, 163_009_536, 32 * 1024)
+    steps = total_steps(cfg, 163_009_536, BatchPlan.from_config(cfg, 1024))
     assert steps == math.ceil(20 * 163_009_536 / (32 * 1024))
 
 
