@@ -39,11 +39,14 @@ ROUND2 = {
     "doc_mask": ("attn_doc_mask=true", "attn_doc_mask=false"),
     "rope_doc_reset": ("rope_doc_reset=true", "rope_doc_reset=false"),
     "window": ("attn_window=256", "attn_window=0"),
+    "window_warmup": ("attn_window_warmup=0.3", "attn_window_warmup=0"),
     "value_embeds": ("value_embeds=1", "value_embeds=0"),
     "unet_skips": ("unet_skips=true", "unet_skips=false"),
     "polar_express": ("muon_ns=polar_express", "muon_ns=jordan"),
     "normuon": ("normuon=true", "normuon=false"),
     "cautious_wd": ("cautious_wd=true", "cautious_wd=false"),
+    # 2 sequences a step for the first 100k tokens (~98 steps), 4 until 300k (~98), then 8
+    "batch_schedule": ("batch_schedule=2@100000,4@300000", "batch_schedule="),
 }
 MODERN = SEED + MODERN_MODEL + MODERN_OPTIM + ["muon_weight_decay=0.01"]
 FULL = MODERN + [on for on, _ in ROUND2.values()]
@@ -83,11 +86,13 @@ def short_documents(out: Path) -> Path:
     return data
 
 
-def run(recipe: list[str], seed: int, data: Path, tmp: Path, steps: int, eval_every: int) -> dict:
+def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_every: int) -> dict:
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
 
-    overrides = SHAPE + COMMON + recipe + [f"seed={seed}", f"max_steps={steps}", f"eval_every={eval_every}"]
+    # The budget in tokens (max_tokens), so that a batch schedule's smaller steps train on as many.
+    overrides = SHAPE + COMMON + recipe + [f"seed={seed}", "max_steps=0", f"max_tokens={tokens}"]
+    overrides += [f"eval_every={eval_every}"]
     run_dir = tmp / f"run-{time.monotonic_ns()}"
     Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -117,7 +122,6 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def main(args) -> None:
-    steps = args.tokens // (8 * 512)
     stem = args.out if args.out != "recipes" else "recipes-round2"  # bench_recipes' default stem
     saved = RESULTS / f"{stem}.json"
     results: dict[str, list] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
@@ -130,7 +134,7 @@ def main(args) -> None:
                     continue
                 t0 = time.perf_counter()
                 results.setdefault(name, []).append(
-                    run(recipe, seed, data, Path(tmp), steps, args.eval_every)
+                    run(recipe, seed, data, Path(tmp), args.tokens, args.eval_every)
                 )
                 saved.write_text(json.dumps(results))
                 final = results[name][-1]["curve"][-1][2]
