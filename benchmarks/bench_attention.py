@@ -7,9 +7,9 @@ Usage:
 This is the measurement behind `model/attention.py`'s choice of the explicit path for bf16 on CPU up
 to EXPLICIT_ATTENTION_MAX_LEN positions. Each variant is timed (median of rounds), per layer.
 
-`--masked` times one document-masked layer (documents of ~100 tokens packed into each window) two
-ways on the CPU: SDPA with the boolean mask, and explicit matmuls + softmax with it. (FlexAttention
-has no backward on the CPU in torch 2.13, so it is CUDA's kernel only.)
+`--masked` times one document-masked layer (documents of 33 and of 100 tokens packed into each window)
+on the CPU: SDPA with the boolean mask, the banded kernel, and unmasked causal attention for scale.
+(FlexAttention has no backward on the CPU in torch 2.13, so it is CUDA's kernel only.)
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from baseforge.model.attention import (  # noqa: E402
     Visibility,
+    attend,
+    band_for,
+    banded_attention,
     documents,
     explicit_attention,
 )
@@ -58,26 +61,38 @@ def explicit_causal_attention(q, k, v):
     return explicit_attention(q, k, v)
 
 
-def masked(shapes) -> None:
-    print(f"{'shape (B, H, T, D)':<22}{'dtype':<10}{'sdpa+mask':>12}{'explicit':>10}{'explicit/sdpa':>15}")
+def masked(shapes, doc_lengths=(33, 100)) -> None:
+    """One document-masked layer, forward + backward, three ways on the CPU: the boolean mask through
+    SDPA, the banded kernel (when the documents fit its band), and, for scale, unmasked causal
+    attention as the model runs it (explicit matmuls in bf16 up to 512 positions, else SDPA)."""
+    print(f"{'shape (B, H, T, D)':<22}{'docs':>5} {'dtype':<9}{'sdpa+mask':>11}{'banded':>10}{'causal':>10}")
     for shape in shapes:
         B, H, T, D = shape
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(1, 1000, (B, T), generator=g)
-        ids[torch.rand(B, T, generator=g) < 0.01] = 0  # a document start every ~100 tokens
-        allowed = Visibility(doc=documents(ids, 0)).allowed(T, "cpu")
-        for dtype in (torch.float32, torch.bfloat16):
-            q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
-            grad = torch.randn(shape, dtype=dtype)
-            sdpa = time_ms(
-                lambda q, k, v, m=allowed: F.scaled_dot_product_attention(q, k, v, attn_mask=m), q, k, v, grad
-            )
-            expl = time_ms(lambda q, k, v, m=allowed: explicit_attention(q, k, v, m), q, k, v, grad)
-            print(
-                f"{str(shape):<22}{str(dtype).split('.')[1]:<10}{sdpa:>10.1f}ms{expl:>8.1f}ms"
-                f"{expl / sdpa:>14.2f}x",
-                flush=True,
-            )
+        for length in doc_lengths:
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(1, 1000, (B, T), generator=g)
+            ids[:, ::length] = 0  # a document start every `length` tokens
+            doc = documents(ids, 0)
+            allowed = Visibility(doc=doc).allowed(T, "cpu")
+            band = band_for(doc, 0, T)
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+                grad = torch.randn(shape, dtype=dtype)
+                sdpa = time_ms(
+                    lambda q, k, v, m=allowed: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+                    q, k, v, grad,
+                )  # fmt: skip
+                banded = (
+                    time_ms(lambda q, k, v, d=doc, b=band: banded_attention(q, k, v, d, 0, b), q, k, v, grad)
+                    if band
+                    else float("nan")
+                )
+                causal = time_ms(lambda q, k, v: attend(q, k, v, Visibility(), 0.0), q, k, v, grad)
+                print(
+                    f"{str(shape):<22}{length:>5} {str(dtype).split('.')[1]:<9}{sdpa:>9.1f}ms"
+                    f"{banded:>8.1f}ms{causal:>8.1f}ms",
+                    flush=True,
+                )
 
 
 def main() -> None:

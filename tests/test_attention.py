@@ -77,10 +77,12 @@ def test_bf16_model_takes_explicit_attention_and_agrees_with_sdpa(monkeypatch):
 # --- documents that do not see each other -------------------------------------------------------
 
 
+@pytest.mark.parametrize("band", [0.0, 1.0], ids=["mask", "banded"])
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
-def test_a_token_does_not_see_the_previous_document(pos_emb):
+def test_a_token_does_not_see_the_previous_document(pos_emb, band, monkeypatch):
     """Changing the first document (same length) leaves the second's logits alone with the mask on,
-    and changes them with it off."""
+    through either CPU kernel (the boolean mask, the banded one), and changes them with it off."""
+    monkeypatch.setattr(attention, "BAND_MAX_FRACTION", band)
     first, other = window_of_documents(15, 20, seed=1), window_of_documents(15, 20, seed=2)
     other[:, 15:] = first[:, 15:]  # the same second document after a different first one
     assert not torch.equal(first[:, :15], other[:, :15])
@@ -157,12 +159,74 @@ def test_flex_block_mask_is_the_boolean_rule(doc, window):
 def test_the_masked_backend_is_named_for_each_device():
     assert attention.masked_backend("cuda", 0.0) == "flex"
     assert attention.masked_backend("cuda", 0.1) == "sdpa"  # FlexAttention has no dropout
-    assert attention.masked_backend("cpu", 0.0) == "sdpa"  # nor a backward on the CPU
+    assert attention.masked_backend("cpu", 0.0) == "band"  # nor a backward on the CPU
 
 
-def test_a_masked_model_trains_in_bf16_through_sdpa():
-    """Under bf16 autocast on CPU the masked rule runs through SDPA (not the explicit causal path)
-    and gives the fp32 model's loss to bf16 precision, with gradients everywhere."""
+# --- the banded CPU kernel ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lengths, doc, window",
+    [
+        ((30, 20, 25, 31, 22, 9), True, 0),  # 137 positions: padded to 5 blocks of 32
+        ((70, 66), False, 32),  # a window alone
+        ((40, 31, 26, 40), True, 20),  # both: the window is the band
+        ((1, 31, 1, 31, 32, 32, 1), True, 0),  # one-token documents; some ending at a block's end
+    ],
+)
+def test_the_banded_kernel_computes_the_boolean_rule(lengths, doc, window):
+    """Forward and gradients of the banded kernel equal SDPA's under the same boolean mask."""
+    ids = torch.cat([window_of_documents(*lengths, seed=s) for s in (1, 2)])
+    B, T = ids.shape
+    d = attention.documents(ids, EOT) if doc else None
+    band = attention.band_for(d, window, T)
+    assert band == 32
+    vis = attention.Visibility(doc=d, window=window)
+    q, k, v = (torch.randn(B, 2, T, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)] + [t.clone().requires_grad_() for t in (q, k, v)]
+    want = torch.nn.functional.scaled_dot_product_attention(*leaves[:3], attn_mask=vis.allowed(T, "cpu"))
+    got = attention.banded_attention(*leaves[3:], d, window, band)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    got.backward(grad)
+    for a, b in zip(leaves[:3], leaves[3:]):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_the_band_is_the_longest_document_or_the_window_and_only_when_it_is_small():
+    ids = window_of_documents(10, 33, 20, 65)  # 128 positions, the longest document 65
+    d = attention.documents(ids, EOT)
+    assert attention.band_for(d, 0, 128) == 0  # 96 > 25% of 128: the dense mask
+    assert attention.band_for(d, 20, 128) == 32  # the window bounds what a query sees
+    assert attention.band_for(None, 20, 128) == 32
+    long = window_of_documents(*[16] * 32)  # 512 positions of 16-token documents
+    assert attention.band_for(attention.documents(long, EOT), 0, 512) == 32
+
+
+def test_a_masked_model_on_the_cpu_takes_the_band_when_documents_are_short_and_sdpa_when_not(monkeypatch):
+    """The model's choice, per forward: short documents go to the banded kernel, a long one to SDPA
+    with the mask, and both give the same logits as the mask through SDPA alone."""
+    config = ModelConfig(**{**TINY, "context": 128}, attn_doc_mask=True)
+    model = randomise(GPT(config))
+    used = []
+    banded = attention.banded_attention
+    monkeypatch.setattr(attention, "banded_attention", lambda *a, **k: used.append(a[5]) or banded(*a, **k))
+    short, long = window_of_documents(*[16] * 8), window_of_documents(16, 100, 12)
+    for idx, band in ((short, 32), (long, None)):
+        used.clear()
+        with torch.no_grad():
+            got = model(idx)[0]
+        assert used == ([band] * config.n_layer if band else [])
+        with torch.no_grad(), monkeypatch.context() as m:
+            m.setattr(attention, "BAND_MAX_FRACTION", 0.0)  # never the band: the mask through SDPA
+            want = model(idx)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_masked_model_trains_in_bf16_on_the_cpu():
+    """Under bf16 autocast on CPU the masked rule (here through the banded kernel) gives the fp32
+    model's loss to bf16 precision, with gradients everywhere."""
     config = ModelConfig(**TINY, attn_doc_mask=True, attn_window=11)
     idx = torch.cat([window_of_documents(9, 17, 22, seed=s) for s in (1, 2)])
     losses = []

@@ -223,8 +223,10 @@ def test_modern_options_not_exportable(option):
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_runs_tiny(name):
-    # The preset's options with a tiny shape (the full shapes are covered by the meta-device counts).
-    config = preset(name, **{**TINY, "n_head": 2, "context": 16})
+    # The preset's options with a tiny shape (the full shapes are covered by the meta-device counts):
+    # as many layers as its value embeddings need, the data's <|endoftext|> as token 0.
+    layers = max(2, 2 * PRESETS[name].model.get("value_embeds", 0))
+    config = preset(name, **{**TINY, "n_head": 2, "context": 16, "n_layer": layers, "doc_token": 0})
     model = GPT(config)
     idx = torch.randint(0, 300, (2, 16))
     logits, _ = model(idx)

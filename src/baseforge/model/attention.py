@@ -7,10 +7,13 @@ forward pass, built once from the token ids on their device (no host sync) and s
 
 Kernels: plain causal attention is PyTorch's fused SDPA, or explicit matmuls for bf16 on CPU up to
 EXPLICIT_ATTENTION_MAX_LEN positions (measured faster there). A masked rule on CUDA uses FlexAttention
-with a block mask, which skips the blocks nobody sees; elsewhere (the CPU, where FlexAttention has no
-backward, or with attention dropout, which it lacks) the same boolean mask goes to SDPA, which beat
-explicit matmuls with the mask on CPU even in bf16 (`benchmarks/bench_attention.py --masked`:
-1.1-1.3x). `masked_backend` names the choice for the run's opening lines.
+with a block mask, which skips the blocks nobody sees. On the CPU, where FlexAttention has no backward,
+a forward whose every document (and window) fits in a band of at most T * BAND_MAX_FRACTION positions
+attends in blocks of that band, each query block to its own and the previous key block (`banded`:
+the work of 2 x band keys per query instead of T, in plain matmuls); otherwise, and with attention
+dropout on CUDA, the boolean mask goes to SDPA (`benchmarks/bench_attention.py --masked` measured all
+three). Choosing the band reads the longest document from the tokens: a host sync, free on the CPU.
+`masked_backend` names the choice for the run's opening lines.
 """
 
 from __future__ import annotations
@@ -57,6 +60,58 @@ def positions_in_document(ids: torch.Tensor, doc_token: int) -> torch.Tensor:
     return t - starts
 
 
+# A masked rule on the CPU takes the banded kernel when its band (the longest document, or the window)
+# is at most this fraction of the sequence: from there, 2 x band keys per query are no fewer than SDPA's
+# T in a kernel that is not faster per key (benchmarks/results/attention-masked.md).
+BAND_MAX_FRACTION = 0.25
+BAND_QUANTUM = 32  # the band is rounded up to a multiple of this many positions
+
+
+def band_for(doc: torch.Tensor | None, window: int, T: int) -> int:
+    """The banded kernel's block (0: use the dense mask): the most keys a query of this rule can see,
+    rounded up to BAND_QUANTUM, when it is at most T * BAND_MAX_FRACTION. Reads the documents' lengths
+    back to the host (a sync: for the CPU only)."""
+    longest = T
+    if doc is not None:  # a document's positions are consecutive: its length is how often its number occurs
+        counts = torch.zeros(doc.size(0), T + 1, dtype=torch.long, device=doc.device)
+        longest = int(counts.scatter_add_(1, doc - doc[:, :1], torch.ones_like(doc)).max())
+    need = min(longest, window) if window else longest
+    block = -(-need // BAND_QUANTUM) * BAND_QUANTUM
+    return block if block <= T * BAND_MAX_FRACTION else 0
+
+
+def banded_attention(q, k, v, doc: torch.Tensor | None, window: int, block: int, dropout: float = 0.0):
+    """Attention under the causal / document / window rule where no query sees more than `block` keys:
+    queries in blocks of `block` positions, each against its own key block and the one before (every
+    key it may see is there), masked by the rule; matmuls and a softmax, like explicit_attention."""
+    B, H, T, D = q.shape
+    n = -(-T // block)
+    pad = n * block - T
+    if pad:  # padded keys have a document of their own (-1): no real query sees them
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        doc = F.pad(doc, (0, pad), value=-1) if doc is not None else None
+
+    def with_previous(t, fill=0.0):  # (..., n, block, ...) -> (..., n, 2 * block, ...)
+        return torch.cat([F.pad(t, (0, 0, 0, 0, 1, 0), value=fill)[:, :, :-1], t], dim=3)
+
+    qb = q.view(B, H, n, block, D)
+    kb, vb = (with_previous(t.view(B, H, n, block, D)) for t in (k, v))
+    qpos = torch.arange(n * block, device=q.device).view(n, block)
+    kpos = torch.cat([qpos - block, qpos], dim=1)
+    rule = (kpos[:, None, :] <= qpos[:, :, None]) & (kpos[:, None, :] >= 0)  # (n, block, 2 * block)
+    if window:
+        rule = rule & (qpos[:, :, None] - kpos[:, None, :] < window)
+    if doc is not None:
+        dq = doc.view(B, 1, n, block, 1)
+        dk = with_previous(doc.view(B, 1, n, block, 1), fill=-2).view(B, 1, n, 1, 2 * block)
+        rule = rule & (dq == dk)
+    scores = (qb * D**-0.5) @ kb.transpose(-2, -1)
+    probs = torch.softmax(scores.masked_fill_(~rule, -torch.inf), dim=-1)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return (probs @ vb).view(B, H, n * block, D)[:, :, :T]
+
+
 @dataclass(frozen=True)
 class Visibility:
     """The attention rule of one forward pass, shared by every layer.
@@ -69,6 +124,7 @@ class Visibility:
     window: int = 0  # a query sees at most this many positions, itself included; 0: no limit
     block_mask: Any = None  # FlexAttention's BlockMask of the same rule, when that kernel is used
     mask: torch.Tensor | None = None  # `allowed(T)`, built once for every layer, when SDPA is used
+    band: int = 0  # the banded kernel's block, when it is used (band_for)
 
     @property
     def causal_only(self) -> bool:
@@ -108,12 +164,18 @@ def use_flex(device_type: str, dropout: float) -> bool:
 
 
 def masked_backend(device_type: str, dropout: float) -> str:
-    """The kernel a document- or window-masked forward pass uses: flex or sdpa."""
-    return "flex" if use_flex(device_type, dropout) else "sdpa"
+    """The kernel a document- or window-masked forward pass uses: flex, band (the CPU) or sdpa."""
+    if use_flex(device_type, dropout):
+        return "flex"
+    return "band" if device_type == "cpu" else "sdpa"
 
 
 BACKEND_NAMES = {
     "flex": "FlexAttention with a block mask (compiled)",
+    "band": (
+        f"banded matmuls when every document and the window fit in {BAND_MAX_FRACTION:.0%} of the "
+        "sequence, else scaled_dot_product_attention with a boolean mask"
+    ),
     "sdpa": "scaled_dot_product_attention with a boolean mask",
 }
 
@@ -135,5 +197,7 @@ def attend(q, k, v, vis: Visibility, dropout: float) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     if vis.block_mask is not None and dropout == 0:
         return _compiled_flex()(q, k, v, block_mask=vis.block_mask)
+    if vis.band:
+        return banded_attention(q, k, v, vis.doc, vis.window, vis.band, dropout)
     allowed = vis.mask if vis.mask is not None else vis.allowed(T, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)

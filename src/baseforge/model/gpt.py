@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from baseforge.model.attention import (
     Visibility,
     attend,
+    band_for,
     documents,
     flex_block_mask,
+    masked_backend,
     positions_in_document,
-    use_flex,
 )
 from baseforge.model.config import ModelConfig
 from baseforge.model.loss import linear_cross_entropy
@@ -306,9 +307,13 @@ class GPT(nn.Module):
             return Visibility(past=past)
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
         vis = Visibility(past=past, doc=doc, window=window)
-        if past == 0 and use_flex(ids.device.type, c.dropout if self.training else 0.0):
+        backend = masked_backend(ids.device.type, c.dropout if self.training else 0.0)
+        if past == 0 and backend == "flex":
             block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
             return Visibility(past=0, doc=doc, window=window, block_mask=block)
+        band = band_for(doc, window, ids.size(1)) if past == 0 and backend == "band" else 0
+        if band:
+            return Visibility(past=0, doc=doc, window=window, band=band)
         mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
         return Visibility(past=past, doc=doc, window=window, mask=mask)
 
