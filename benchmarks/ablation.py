@@ -21,10 +21,11 @@ from bench_recipes import MODERN_MODEL, MODERN_OPTIM, SEED
 from common import SHARED
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BATCH = 8  # sequences a step (a batch schedule's last stage)
 SHAPE = ["n_layer=4", "n_embd=192", "n_head=4", "context=512", "vocab_size=none", "dropout=0"]
 COMMON = [
     "micro_batch=8",
-    "global_batch=8",
+    f"global_batch={BATCH}",
     "log_every=25",
     "sample_tokens=0",
     "checkpoint_every=1000000",
@@ -49,18 +50,30 @@ ROUND2 = {
     "batch_schedule": ("batch_schedule=2@100000,4@300000", "batch_schedule="),
 }
 MODERN = SEED + MODERN_MODEL + MODERN_OPTIM + ["muon_weight_decay=0.01"]
-FULL = MODERN + [on for on, _ in ROUND2.values()]
+# The keys that earned their place in the "+key" rows (p < 0.05 and fewer tokens to the target, or
+# less wall-clock): the final round-2 recipe, whose "-key" rows remove each again.
+FINAL: list[str] = []
+PREREQUISITE = {"rope_doc_reset": "doc_mask"}  # positions per document only make sense within documents
 
 
 def recipes() -> dict[str, list[str]]:
-    out = {"seed": SEED, "modern": MODERN, "round2": FULL}
-    for key, (on, off) in ROUND2.items():
-        extra = [on]
-        if key == "rope_doc_reset":  # positions per document only make sense within documents
-            extra = ["attn_doc_mask=true", on]
-        out[f"+{key}"] = MODERN + extra
-        out[f"-{key}"] = FULL + [off]
+    every = MODERN + [on for on, _ in ROUND2.values()]
+    final = MODERN + [ROUND2[key][0] for key in FINAL]
+    out = {"seed": SEED, "modern": MODERN, "round2-all": every, "round2": final}
+    for key, (on, _) in ROUND2.items():
+        out[f"+{key}"] = MODERN + [ROUND2[k][0] for k in (PREREQUISITE.get(key),) if k] + [on]
+    for key in FINAL:
+        out[f"-{key}"] = final + [ROUND2[key][1]]
     return out
+
+
+def reference(name: str) -> str | None:
+    """What an ablation row is compared with: +key with modern (+rope_doc_reset with +doc_mask, which
+    it adds to), -key with the final recipe."""
+    if name.startswith("+"):
+        before = PREREQUISITE.get(name[1:])
+        return f"+{before}" if before else "modern"
+    return "round2" if name.startswith("-") else None
 
 
 def short_documents(out: Path) -> Path:
@@ -121,6 +134,47 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def rate(recipe: list[str], data: Path, tmp: Path, steps: int) -> float:
+    """Training tokens/s of `recipe` over `steps` steps, after the first logged row (warm-up)."""
+    from baseforge.config import resolve_config
+    from baseforge.train.loop import Trainer
+
+    overrides = SHAPE + COMMON + recipe + ["seed=0", f"max_steps={steps}", "log_every=5"]
+    overrides += ["eval_every=1000000", "eval_tokens=4096"]
+    run_dir = tmp / f"rate-{time.monotonic_ns()}"
+    Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median([r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:])
+
+
+def whole_run_rate(recipe: list[str], data: Path, tmp: Path, steps: int, budget: int) -> float:
+    """Tokens/s over a whole run of `budget` tokens: with a batch schedule, each stage's batch size is
+    timed alone and weighted by the tokens the stage trains on."""
+    from baseforge.data.batch_plan import parse_batch_schedule
+
+    schedule = next(
+        (item.split("=", 1)[1] for item in reversed(recipe) if item.startswith("batch_schedule=")), ""
+    )
+    stages, seconds, done = parse_batch_schedule(schedule), 0.0, 0
+    for seqs, until in [*stages, (BATCH, budget)]:
+        fixed = [*recipe, "batch_schedule=", f"global_batch={seqs}", f"micro_batch={seqs}"]
+        seconds += (min(until, budget) - done) / rate(fixed, data, tmp, steps)
+        done = min(until, budget)
+    return budget / seconds
+
+
+def throughput(chosen: dict, data: Path, tmp: Path, args) -> dict[str, float]:
+    """Each recipe's whole-run tokens/s on a machine doing nothing else, alternating the recipes over
+    `args.rounds` rounds (median of rounds): the ablation's runs time themselves too, but whatever
+    else ran beside them then is in those figures."""
+    rates: dict[str, list[float]] = {name: [] for name in chosen}
+    for _ in range(args.rounds):
+        for name, recipe in chosen.items():
+            rates[name].append(whole_run_rate(recipe, data, tmp, args.rate_steps, args.tokens))
+            print(f"{name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
 def main(args) -> None:
     stem = args.out if args.out != "recipes" else "recipes-round2"  # bench_recipes' default stem
     saved = RESULTS / f"{stem}.json"
@@ -128,6 +182,13 @@ def main(args) -> None:
     chosen = recipes() if args.recipes is None else {k: recipes()[k] for k in args.recipes}
     with tempfile.TemporaryDirectory() as tmp:
         data = short_documents(Path(tmp))
+        if args.throughput:
+            quiet = RESULTS / f"{stem}-throughput.json"
+            rates = json.loads(quiet.read_text()) if args.reuse and quiet.is_file() else {}
+            rates.update(throughput(chosen, data, Path(tmp), args))
+            quiet.write_text(json.dumps(rates, indent=1))
+            report(results, args, stem)
+            return
         for seed in range(args.seeds):  # seed-major: a stopped run has every recipe at equal seeds
             for name, recipe in chosen.items():
                 if len(results.get(name, [])) > seed:
@@ -145,40 +206,75 @@ def main(args) -> None:
 
 
 def report(results: dict, args, stem: str) -> None:
+    """The table (and chart): per recipe its final loss, the tokens and time it took to reach the seed
+    recipe's final loss, its throughput, and for ablation rows the p-value and tokens/s cost against
+    the reference; then round 2 against modern, the acceptance figures."""
+    quiet_file = RESULTS / f"{stem}-throughput.json"
+    quiet = json.loads(quiet_file.read_text()) if quiet_file.is_file() else {}
     finals = {k: [r["curve"][-1][2] for r in runs] for k, runs in results.items()}
     target = statistics.mean(finals["seed"])
     seed_tokens = statistics.mean(r["curve"][-1][0] for r in results["seed"])
     seed_seconds = statistics.mean(r["curve"][-1][1] for r in results["seed"])
+    to_target = {k: [reach(r["curve"], target, 0) for r in runs] for k, runs in results.items()}
     lines = [
         f"# Round-2 recipe ablation ({args.tokens:,} tokens per run, 4 layers x 192, context 512, bpe:2048)",
         "",
-        "Command: `python benchmarks/bench_recipes.py --ablation "
-        f"--tokens {args.tokens} --seeds {args.seeds}`",
+        f"Command: `python benchmarks/bench_recipes.py --ablation --tokens {args.tokens} "
+        f"--seeds {args.seeds}`; tokens/s on a quiet machine: the same with `--throughput`.",
         "",
         f"Target: the seed recipe's final validation loss, mean of {len(finals['seed'])} seeds = "
-        f"{target:.4f}. "
-        "Fractions are of the seed recipe's tokens and training seconds (same machine, same run). "
-        "p: Welch's t-test of the final losses against the reference (+key: modern; -key: round2).",
+        f"{target:.4f}. Tokens to target: where each run's interpolated validation curve reaches it "
+        "(mean over seeds), as a fraction of the seed recipe's budget. p: Welch's t-test of the final "
+        "losses against the row's reference (+key: modern, +rope_doc_reset: +doc_mask; -key: round2). "
+        "Quiet tokens/s: whole runs' throughput timed alone, recipes alternating; cost: that against "
+        "the reference's; wall-clock to target: tokens to target at that throughput, as a fraction of "
+        "the seed recipe's whole run. In-run seconds: the ablation's own clock (other work shared the "
+        "machine: noisy).",
         "",
-        "| recipe | seeds | final val (mean ± sd) | tokens to target | seconds to target | tokens/s | p |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| recipe | seeds | final val (mean ± sd) | p | tokens to target | quiet tokens/s | cost | "
+        "wall-clock to target | in-run seconds to target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, runs in results.items():
         f = finals[name]
         sd = statistics.stdev(f) if len(f) > 1 else 0.0
-        tok = [reach(r["curve"], target, 0) for r in runs]
         sec = [reach(r["curve"], target, 1) for r in runs]
-        rates = [r["tokens_per_s"] for r in runs if r["tokens_per_s"]]
-        ref = "modern" if name.startswith("+") else "round2" if name.startswith("-") else None
+        ref = reference(name)
         p = welch_p(f, finals[ref]) if ref in finals else None
+        rate, ref_rate = quiet.get(name), quiet.get(ref or "")
+        cost = f"{rate / ref_rate:.2f}" if rate and ref_rate else ""
+        clock = wall_clock(to_target[name], rate, seed_tokens, quiet.get("seed"))
         lines.append(
-            f"| {name} | {len(f)} | {statistics.mean(f):.4f} ± {sd:.4f} | {fraction(tok, seed_tokens)} | "
-            f"{fraction(sec, seed_seconds)} | {statistics.mean(rates):,.0f} | "
-            f"{'' if p is None else f'{p:.3f}'} |"
+            f"| {name} | {len(f)} | {statistics.mean(f):.4f} ± {sd:.4f} | {'' if p is None else f'{p:.3f}'} "
+            f"| {fraction(to_target[name], seed_tokens)} | {f'{rate:,.0f}' if rate else ''} | {cost} "
+            f"| {clock} | {fraction(sec, seed_seconds)} |"
         )
+    lines += ["", *headline(to_target, quiet)]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     chart(results, target, RESULTS / f"{stem}.png")
+
+
+def wall_clock(tokens: list, rate: float | None, seed_tokens: float, seed_rate: float | None) -> str:
+    """Seconds to the target at the quiet rate, as a fraction of the seed recipe's whole run."""
+    if not rate or not seed_rate or any(t is None for t in tokens):
+        return ""
+    return f"{statistics.mean(tokens) / rate / (seed_tokens / seed_rate):.2f}"
+
+
+def headline(to_target: dict, quiet: dict) -> list[str]:
+    """Round 2 against modern: tokens and wall-clock to the seed recipe's final loss."""
+    out = []
+    for name in ("round2", "round2-all"):
+        mine, theirs = to_target.get(name), to_target.get("modern")
+        if not mine or not theirs or None in mine + theirs:
+            continue
+        tokens = statistics.mean(mine) / statistics.mean(theirs)
+        line = f"{name} against modern: {tokens:.2f}x the tokens to the target"
+        if quiet.get(name) and quiet.get("modern"):
+            line += f", {tokens * quiet['modern'] / quiet[name]:.2f}x the wall-clock (quiet throughput)"
+        out.append(line + ".")
+    return out
 
 
 def fraction(values: list, base: float) -> str:

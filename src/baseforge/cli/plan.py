@@ -15,8 +15,9 @@ examples:
   baseforge plan --preset gpt2-xl --gpu rtx-3090
   baseforge plan --preset gpt2-xl --gpu rtx-3090 --parallel fsdp --gpus 8 --price 0.3
   baseforge plan --preset gpt2-medium --gpu h100-sxm --from-run runs/medium --json
-GPUs: see `baseforge plan --list-gpus`. Memory is modelled on the trainer's code (src/baseforge/plan.py);
-speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu or --from-run says otherwise.
+GPUs: see `baseforge plan --list-gpus`. Memory is modelled on the trainer's code
+(src/baseforge/memory_model.py); speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu
+or --from-run says otherwise.
 """
 
 
