@@ -49,6 +49,17 @@ def test_plain_lines_when_not_a_terminal():
     assert len(lines) == 6  # steps 1, 21, 41, 61, 81 and the final 100
 
 
+def test_plain_lines_of_a_scaled_count_read_as_numbers_a_person_reads():
+    """A run counted in tokens (a batch schedule's): 150.0M/1.0B tok, not 150000000/1000000000."""
+    clock, seen = Clock(), []
+    bar = Progress(
+        10**9, "train", "tok", file=io.StringIO(), every_s=0.0, write=seen.append, clock=clock, scale=True
+    )
+    clock.t += 100
+    bar.update(150_000_000)
+    assert seen[-1].startswith("train 150.0M/1.0B tok (15%) | 1.5M tok/s | eta 9m26s")
+
+
 def test_final_line_is_not_repeated_and_write_callback_gets_the_lines():
     clock, seen = Clock(), []
     bar = Progress(2, "judge", "item", file=io.StringIO(), every_s=0.0, write=seen.append, clock=clock)

@@ -68,6 +68,7 @@ class Progress:
         scale: bool = False,
     ):
         self.total, self.desc, self.unit = total, desc, unit
+        self.scale = scale  # counts as 3.48M, not 3483295 (the plain line too)
         self.n = self.initial = initial
         self.enabled = enabled
         self.file = file if file is not None else sys.stderr
@@ -147,14 +148,15 @@ class Progress:
         self.update(0, **fields)
 
     def line(self) -> str:
-        count = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
+        number = format_count if self.scale else str
+        count = f"{number(self.n)}/{number(self.total)}" if self.total is not None else number(self.n)
         parts = [f"{self.desc} {count} {self.unit}".strip()]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         parts += [f"{k} {v}" for k, v in self.fields.items()]
         rate = self.rate
         if rate is not None:
-            parts.append(f"{rate:.3g} {self.unit}/s")
+            parts.append(f"{format_count(rate) if self.scale else f'{rate:.3g}'} {self.unit}/s")
         eta = self.eta_s
         if eta is not None:
             parts.append(f"eta {format_duration(eta)}")
