@@ -107,7 +107,9 @@ def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_e
     overrides = SHAPE + COMMON + recipe + [f"seed={seed}", "max_steps=0", f"max_tokens={tokens}"]
     overrides += [f"eval_every={eval_every}"]
     run_dir = tmp / f"run-{time.monotonic_ns()}"
-    Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
+    result = Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
+    if result.stopped:  # SIGTERM/SIGINT stop a run gracefully: a short run is no result
+        raise SystemExit(f"stopped by signal {result.signal} at step {result.step}: nothing recorded")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [
         (r["tokens"], r.get("elapsed_s") or 0.0, r["val_loss"]) for r in rows if r.get("val_loss") is not None
