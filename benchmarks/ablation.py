@@ -137,7 +137,9 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
 
 
 def rate(recipe: list[str], data: Path, tmp: Path, steps: int) -> float:
-    """Training tokens/s of `recipe` over `steps` steps, after the first logged row (warm-up)."""
+    """Training tokens/s of `recipe` over `steps` steps after the first logged row (warm-up): the
+    rows' harmonic mean, i.e. their tokens over their seconds (a window warmup's faster early steps
+    count as they come)."""
     from baseforge.config import resolve_config
     from baseforge.train.loop import Trainer
 
@@ -146,7 +148,7 @@ def rate(recipe: list[str], data: Path, tmp: Path, steps: int) -> float:
     run_dir = tmp / f"rate-{time.monotonic_ns()}"
     Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median([r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:])
+    return statistics.harmonic_mean([r["tokens_per_s"] for r in rows if r.get("tokens_per_s")][1:])
 
 
 def whole_run_rate(recipe: list[str], data: Path, tmp: Path, steps: int, budget: int) -> float:
