@@ -4,7 +4,6 @@ the fixed eval slice, and data shorter than a window."""
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import replace
 
@@ -16,6 +15,7 @@ from baseforge.config import resolve_config
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.loader import Prefetcher, TokenWindows, TrainStream, eval_batches
 from baseforge.data.shards import write_manifest, write_shard
+from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
 from conftest import build_data_dir
 
@@ -75,6 +75,28 @@ def test_stream_is_a_permutation_and_ranks_partition_the_global_batch(shakespear
     assert (x[:, 1:] == y[:, :-1]).all()  # targets are inputs shifted by one
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 1794, 65537])
+def test_each_epochs_order_is_a_permutation_keyed_by_seed_and_epoch(n):
+    order = permute(np.arange(n), n, seed=1, epoch=0)
+    assert sorted(order.tolist()) == list(range(n))
+    if n >= 64:
+        assert not np.array_equal(order, permute(np.arange(n), n, seed=2, epoch=0))
+        assert not np.array_equal(order, permute(np.arange(n), n, seed=1, epoch=1))
+
+
+def test_the_order_is_a_shuffle_not_a_stride():
+    """Windows read one after the other come from all over the split, not from a few short runs at
+    a fixed stride (the affine order k -> a k + c mod n this replaced: one stride between positions k
+    and k + 2 for the whole epoch, so every batch held a few arithmetic runs of windows)."""
+    n = 1794
+    order = permute(np.arange(n), n, seed=1, epoch=1)
+    strides = (order[2:] - order[:-2]) % n
+    assert len(set(strides.tolist())) > n // 2
+    batches = order[: n // 8 * 8].reshape(-1, 8)  # 8 windows a step, as the round-2 proxy reads them
+    spread = np.array([np.ptp(np.sort(b)) for b in batches])
+    assert np.median(spread) > n / 2  # a batch spans most of the split
+
+
 # --- gathering: vectorised, across shards, and prefetched ---------------------------------------------
 @pytest.fixture
 def sharded(tmp_path):
@@ -88,16 +110,9 @@ def sharded(tmp_path):
     return tmp_path
 
 
-def _old_stream_indices(seed: int, n: int, start: int, count: int) -> list[int]:
-    """The loader's permutation as the per-window Python loop computed it (the specification)."""
-    out = []
-    for j in range(start, start + count):
-        rng = np.random.default_rng([seed, j // n])
-        a = int(rng.integers(1, max(n, 2)))
-        while math.gcd(a, n) != 1:
-            a = a % n + 1 if n > 1 else 1
-        out.append((a * (j % n) + int(rng.integers(0, n))) % n)
-    return out
+def _window_loop_indices(seed: int, n: int, start: int, count: int) -> list[int]:
+    """The stream's order one window at a time (the specification the vectorised gather must meet)."""
+    return [int(permute(np.array([j % n]), n, seed, j // n)[0]) for j in range(start, start + count)]
 
 
 def test_vectorised_gather_equals_the_window_loop(sharded):
@@ -105,7 +120,7 @@ def test_vectorised_gather_equals_the_window_loop(sharded):
     stream = TrainStream(windows, seed=3)
     start = 5 * windows.n - 7  # crosses from epoch 4 into epoch 5
     indices = stream.indices(start, 20)
-    assert indices == _old_stream_indices(3, windows.n, start, 20)
+    assert indices == _window_loop_indices(3, windows.n, start, 20)
     assert len(np.unique(np.searchsorted(windows.starts, indices, side="right"))) > 1  # several shards
     x, y = stream.batch(start, 20)
     rows = np.stack([windows.window(k) for k in indices]).astype(np.int64)

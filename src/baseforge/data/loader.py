@@ -2,8 +2,8 @@
 
 The train split is cut into non-overlapping windows of `context + 1` tokens (inputs and targets
 shifted by one), never crossing a shard boundary. The run reads the stream of windows
-`perm_e(0), perm_e(1), ...` where epoch e's order is a seeded affine permutation
-k -> (a*k + c) mod n: it needs O(1) memory however large the data, and window j of the stream
+`perm_e(0), perm_e(1), ...` where epoch e's order is a keyed pseudorandom permutation
+(`shuffle.permute`): it needs O(1) memory however large the data, and window j of the stream
 depends only on (seed, j). So a training step's batch is a pure function of the step number,
 which makes resume exact and lets any number of processes share one global batch:
 
@@ -22,8 +22,6 @@ sees the same tokens.
 from __future__ import annotations
 
 import bisect
-import functools
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, PackingStats
 from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
 
@@ -82,16 +81,6 @@ class TokenWindows:
         return data[:, :-1], data[:, 1:]
 
 
-@functools.lru_cache(maxsize=64)
-def _affine(seed: int, epoch: int, n: int) -> tuple[int, int]:
-    """Epoch `epoch`'s permutation k -> (a*k + c) mod n: a pure function (threads share it safely)."""
-    rng = np.random.default_rng([seed, epoch])
-    a = int(rng.integers(1, max(n, 2)))
-    while math.gcd(a, n) != 1:
-        a = a % n + 1 if n > 1 else 1
-    return a, int(rng.integers(0, n))
-
-
 class TrainStream:
     """The shuffled, endless stream of train windows; window j depends only on (seed, j)."""
 
@@ -103,13 +92,10 @@ class TrainStream:
         n = self.windows.n
         j = np.arange(start, start + count, dtype=np.int64)
         epochs, k = j // n, j % n
-        # a*k < n^2 fits int64 below 3e9 windows; beyond, Python integers
-        k = k if n < 2**31 else k.astype(object)
         out = np.empty(count, dtype=np.int64)
         for epoch in np.unique(epochs):
-            a, c = _affine(self.seed, int(epoch), n)
             mine = epochs == epoch
-            out[mine] = (a * k[mine] + c) % n
+            out[mine] = permute(k[mine], n, self.seed, int(epoch))
         return out
 
     def indices(self, start: int, count: int) -> list[int]:
