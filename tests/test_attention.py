@@ -139,10 +139,11 @@ def test_masked_kv_cache_matches_the_full_forward(config):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("doc, window", [(True, 0), (False, 7), (True, 7)])
+@pytest.mark.parametrize("doc, window", [(True, 0), (False, 7), (True, 7), (False, torch.tensor(7))])
 def test_flex_block_mask_is_the_boolean_rule(doc, window):
     """The block mask CUDA runs uses computes what the boolean mask computes (FlexAttention unfused, on
-    the CPU: the rule, not the kernel's speed, is what is checked here)."""
+    the CPU: the rule, not the kernel's speed, is what is checked here), a window warmup's tensor
+    window included."""
     ids = torch.cat([window_of_documents(100, 60, 96, seed=s) for s in (1, 2)])
     B, T = ids.shape
     d = attention.documents(ids, EOT) if doc else None
@@ -257,10 +258,11 @@ def test_the_window_warmup_grows_to_the_full_window():
     from baseforge.train.schedule import attention_window
 
     sizes = [attention_window(s, 100, 512, 0.5) for s in range(100)]
-    assert sizes[0] == 128 and sizes[50:] == [512] * 50
-    assert sizes == sorted(sizes) and all(w % 64 == 0 for w in sizes)
+    assert sizes[0] == 128 and sizes[49:] == [None] * 51  # grown: the model's own window
+    grown = [w for w in sizes if w is not None]
+    assert grown == sorted(grown) and all(w % 64 == 0 for w in grown)
     assert attention_window(10, 100, 512, 0.0) is None  # no warmup: the model's own window
-    assert [attention_window(s, 8, 64, 0.5) for s in range(8)] == [16, 32, 48, 64, 64, 64, 64, 64]
+    assert [attention_window(s, 8, 64, 0.5) for s in range(8)] == [16, 32, 48] + [None] * 5
 
 
 def test_a_forward_window_overrides_the_configured_one():
@@ -273,3 +275,20 @@ def test_a_forward_window_overrides_the_configured_one():
         full = model(idx, window=40)[0]  # as long as the sequence: the plain causal model
     torch.testing.assert_close(narrowed, windowed, rtol=0, atol=1e-6)
     torch.testing.assert_close(full, model(idx)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("band", [0.0, 1.0], ids=["mask", "banded"])
+@pytest.mark.parametrize("doc_mask", [False, True])
+def test_a_window_given_as_a_tensor_is_the_same_rule(band, doc_mask, monkeypatch):
+    """A window warmup passes its window as a 0-dim tensor (one compiled graph for every size): the
+    logits equal those of the same window as an int, through either CPU kernel, also when the window
+    is as long as the sequence (a tensor is a rule whatever its value)."""
+    monkeypatch.setattr(attention, "BAND_MAX_FRACTION", band)
+    config = ModelConfig(**TINY, pos_emb="rope", attn_doc_mask=doc_mask)
+    model = randomise(GPT(config))
+    idx = window_of_documents(12, 20, 8)
+    with torch.no_grad():
+        for size in (5, 16, 40):
+            torch.testing.assert_close(
+                model(idx, window=torch.tensor(size))[0], model(idx, window=size)[0], rtol=0, atol=1e-6
+            )

@@ -67,15 +67,21 @@ def test_train_step_reads_the_device_once_per_step(shakespeare_dir, tmp_path, mo
 
 
 @pytest.mark.slow  # ~45 s of compiling on a loaded 2-core CPU
-def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path, monkeypatch):
-    """Training steps at micro-batch 4 and evaluations whose last batch is partial (31 windows):
-    every graph exists after setup's warm-up. (aot_eager: dynamo's guards and recompiles are the
-    backend's concern no more than inductor's, and it compiles in seconds on CPU.)"""
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["batch_schedule=2@256"], ["pos_emb=rope", "attn_window_warmup=1.0", "max_steps=3"]],
+    ids=["plain", "batch-schedule", "window-warmup"],
+)
+def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path, monkeypatch, extra):
+    """Training steps at micro-batch 4 (and 2, a batch schedule's first stage: steps 0-1) and
+    evaluations whose last batch is partial (31 windows): every graph exists after setup's warm-up.
+    (aot_eager: dynamo's guards and recompiles are the backend's concern no more than inductor's, and
+    it compiles in seconds on CPU.)"""
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     torch._dynamo.reset()
-    keys = [*TINY, "compile=true", "micro_batch=4", "global_batch=8", "eval_tokens=1984"]
+    keys = [*TINY, "compile=true", "micro_batch=4", "global_batch=8", "eval_tokens=1984", *extra]
     logs = []
     trainer = Trainer(
         resolve_config("cpu-tiny", None, keys), shakespeare_dir, tmp_path / "run", log=logs.append

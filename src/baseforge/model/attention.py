@@ -121,21 +121,27 @@ class Visibility:
 
     past: int = 0
     doc: torch.Tensor | None = None  # (B, past + T) document numbers; None: all one document
-    window: int = 0  # a query sees at most this many positions, itself included; 0: no limit
+    # A query sees at most this many positions, itself included; 0: no limit. A 0-dim tensor (a window
+    # warmup's, in training) is a limit whatever its value: compiled, one graph serves every size.
+    window: int | torch.Tensor = 0
     block_mask: Any = None  # FlexAttention's BlockMask of the same rule, when that kernel is used
     mask: torch.Tensor | None = None  # `allowed(T)`, built once for every layer, when SDPA is used
     band: int = 0  # the banded kernel's block, when it is used (band_for)
 
     @property
+    def windowed(self) -> bool:
+        return isinstance(self.window, torch.Tensor) or self.window > 0
+
+    @property
     def causal_only(self) -> bool:
-        return self.doc is None and not self.window
+        return self.doc is None and not self.windowed
 
     def allowed(self, T: int, device) -> torch.Tensor:
         """(B or 1, 1, T, past + T) booleans, True where a query may attend to a key."""
         q = torch.arange(self.past, self.past + T, device=device)[:, None]
         k = torch.arange(self.past + T, device=device)[None]
         rule = k <= q
-        if self.window:
+        if self.windowed:
             rule = rule & (q - k < self.window)
         rule = rule[None, None]
         if self.doc is not None:
@@ -143,15 +149,16 @@ class Visibility:
         return rule
 
 
-def flex_block_mask(doc: torch.Tensor | None, window: int, batch: int, T: int, device) -> Any:
+def flex_block_mask(doc: torch.Tensor | None, window: int | torch.Tensor, batch: int, T: int, device) -> Any:
     """FlexAttention's BlockMask for causal attention within documents and/or a window (built on
     the device: the rule is evaluated on block indices, no host sync)."""
+    windowed = isinstance(window, torch.Tensor) or window > 0
 
     def rule(b, h, q, k):
         ok = q >= k
         if doc is not None:
             ok = ok & (doc[b, q] == doc[b, k])
-        if window:
+        if windowed:
             ok = ok & (q - k < window)
         return ok
 
@@ -198,6 +205,6 @@ def attend(q, k, v, vis: Visibility, dropout: float) -> torch.Tensor:
     if vis.block_mask is not None and dropout == 0:
         return _compiled_flex()(q, k, v, block_mask=vis.block_mask)
     if vis.band:
-        return banded_attention(q, k, v, vis.doc, vis.window, vis.band, dropout)
+        return banded_attention(q, k, v, vis.doc, int(vis.window), vis.band, dropout)
     allowed = vis.mask if vis.mask is not None else vis.allowed(T, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)

@@ -240,14 +240,14 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        window: int | None = None,
+        window: int | torch.Tensor | None = None,
     ):
         """(logits, None) without targets; (None, mean cross-entropy) with them.
 
         With targets the output head and the loss are fused so the logits are never built whole;
         targets equal to loss.IGNORE (-100) carry no loss (used to mask prompts when fine-tuning).
         With `cache`, `idx` holds only the new positions; the cache supplies the rest. `window`
-        overrides attn_window (a window warmup in training).
+        overrides attn_window (a window warmup in training, as a 0-dim tensor: see `visibility`).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -299,11 +299,14 @@ class GPT(nn.Module):
                 skips.append(x)
         return x
 
-    def visibility(self, ids: torch.Tensor, past: int, window: int) -> Visibility:
-        """The attention rule for a forward over `ids` (all positions so far) whose last ones are new."""
+    def visibility(self, ids: torch.Tensor, past: int, window: int | torch.Tensor) -> Visibility:
+        """The attention rule for a forward over `ids` (all positions so far) whose last ones are new.
+        A window given as a tensor (a window warmup's) is a rule whatever its value, so a compiled
+        model runs every size through one graph; an int is read here."""
         c = self.config
-        window = window if window < ids.size(1) else 0  # a window as long as the sequence limits nothing
-        if not (c.attn_doc_mask or window):
+        if isinstance(window, int) and window >= ids.size(1):
+            window = 0  # a window as long as the sequence limits nothing
+        if not (c.attn_doc_mask or Visibility(window=window).windowed):
             return Visibility(past=past)
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
         vis = Visibility(past=past, doc=doc, window=window)
@@ -311,9 +314,11 @@ class GPT(nn.Module):
         if past == 0 and backend == "flex":
             block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
             return Visibility(past=0, doc=doc, window=window, block_mask=block)
-        band = band_for(doc, window, ids.size(1)) if past == 0 and backend == "band" else 0
-        if band:
-            return Visibility(past=0, doc=doc, window=window, band=band)
+        # The band is read from the data (a host sync, free on the CPU); compiled, the mask keeps one graph.
+        if past == 0 and backend == "band" and not torch.compiler.is_compiling():
+            band = band_for(doc, int(window), ids.size(1))
+            if band:
+                return Visibility(past=0, doc=doc, window=int(window), band=band)
         mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
         return Visibility(past=past, doc=doc, window=window, mask=mask)
 

@@ -116,9 +116,17 @@ def build_run(
     batches = BatchPlan.build(layout, parse_batch_schedule(cfg.batch_schedule), config.model.context)
     total = total_steps(cfg, model.num_params(), batches)
     start_rank_stream(cfg.seed, dist)  # each rank its own dropout stream from here
-    # Compile the shapes the run will use (its micro-batch, evaluation's) while eager is a fallback.
+    full = config.model.attn_window or config.model.context
+    window = functools.partial(attention_window, total_steps=total, full=full, warmup=cfg.attn_window_warmup)
+    # Compile the graphs the run will use (its micro-batches, a window warmup's, evaluation's) while
+    # eager is a fallback.
     warm_up = functools.partial(
-        warm_up_shapes, data=data, layout=layout, runtime=runtime, eval_tokens=cfg.eval_tokens
+        warm_up_shapes,
+        data=data,
+        batches=batches,
+        runtime=runtime,
+        eval_tokens=cfg.eval_tokens,
+        window=window(0),
     )
     views = wrap_model(
         model,
@@ -130,8 +138,6 @@ def build_run(
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
     schedule = Schedule.from_config(cfg, total, tail)
-    full = config.model.attn_window or config.model.context
-    window = functools.partial(attention_window, total_steps=total, full=full, warmup=cfg.attn_window_warmup)
     step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window)
     return Run(config, data, runtime, views, optimizers, batches, schedule, total, step)
 

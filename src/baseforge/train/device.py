@@ -7,7 +7,7 @@ trainer is merely constructed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, cast
 
 import torch
@@ -74,14 +74,21 @@ def compile_for_training(
         return model
 
 
-def warm_up_shapes(compiled: torch.nn.Module, *, data, layout, runtime: Runtime, eval_tokens: int) -> None:
-    """Run every shape a run uses through `compiled` now, where a failure still falls back to eager:
-    a training step at the run's micro-batch, and evaluation (no_grad, eval mode) at each of its
-    batch shapes (the last batch of the validation slice may be partial)."""
-    dist = runtime.dist
-    x, y = data.micro_batch(0, 0, layout)
-    with runtime.precision.autocast():
-        compiled(x.to(runtime.device), y.to(runtime.device))[1].backward()
+def warm_up_shapes(
+    compiled: torch.nn.Module, *, data, batches, runtime: Runtime, eval_tokens: int, window: int | None
+) -> None:
+    """Run every graph a run uses through `compiled` now, where a failure still falls back to eager:
+    a training step at each micro-batch size of the run's BatchPlan (a batch schedule's stages may
+    use smaller ones), each also with a window warmup's window (`window`: the first step's, a tensor
+    like every step's) if the run has one, and evaluation (no_grad, eval mode) at each of its batch
+    shapes (the last batch of the validation slice may be partial)."""
+    dist, layout = runtime.dist, batches.layout
+    windows: list[dict] = [{}] + ([{"window": torch.tensor(window)}] if window is not None else [])
+    for micro in sorted({stage.micro_batch for stage in batches.layouts}):
+        x, y = data.micro_batch(0, 0, replace(layout, micro_batch=micro, from_step=0, first_window=0))
+        for kwargs in windows:
+            with runtime.precision.autocast():
+                compiled(x.to(runtime.device), y.to(runtime.device), **kwargs)[1].backward()
     val = data.val_batches(eval_tokens, layout.micro_batch, dist.rank, dist.world)
     shapes = {tuple(x.shape): (x, y) for x, y in val}
     compiled.eval()

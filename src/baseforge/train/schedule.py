@@ -16,18 +16,18 @@ WINDOW_START, WINDOW_QUANTUM = 128, 64
 
 
 def attention_window(step: int, total_steps: int, full: int, warmup: float) -> int | None:
-    """The attention window of step `step` under a window warmup (None: the model's own window):
-    from WINDOW_START positions, growing linearly in steps of WINDOW_QUANTUM to `full` (the model's
-    attn_window, or its context) over the first `warmup` fraction of the steps (modded-nanogpt's
-    attention-window warmup); a window under 4 x WINDOW_START starts at a quarter of itself, in
-    quarter steps. A pure function of the step, so resume and N processes agree."""
+    """The attention window of step `step` under a window warmup, None once it has grown to the
+    model's own: from WINDOW_START positions, growing linearly in steps of WINDOW_QUANTUM to `full`
+    (the model's attn_window, or its context) over the first `warmup` fraction of the steps
+    (modded-nanogpt's attention-window warmup); a window under 4 x WINDOW_START starts at a quarter
+    of itself, in quarter steps. A pure function of the step, so resume and N processes agree."""
     if not warmup:
         return None
     start = min(WINDOW_START, max(1, full // 4))
     quantum = min(WINDOW_QUANTUM, start)
     progress = min(1.0, step / max(1.0, warmup * total_steps))
-    grown = start + progress * (full - start)
-    return min(full, max(start, math.ceil(grown / quantum) * quantum))
+    grown = max(start, math.ceil((start + progress * (full - start)) / quantum) * quantum)
+    return grown if grown < full else None
 
 
 def lr_multiplier(

@@ -50,9 +50,15 @@ class TrainStep:
         self.prefetch = Prefetcher(pin=runtime.device.type == "cuda")
 
     def forward_backward(
-        self, x: torch.Tensor, y: torch.Tensor, sync: bool, window: int | None = None, accum: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        sync: bool,
+        window: torch.Tensor | None = None,
+        accum: int = 1,
     ) -> torch.Tensor:
-        """Loss of one of `accum` micro-batches, divided by `accum`; its gradients added to .grad."""
+        """Loss of one of `accum` micro-batches, divided by `accum`; its gradients added to .grad.
+        `window`: a window warmup's attention window, a 0-dim tensor (one compiled graph for all)."""
         # Gradients reduce across processes on the last micro-step only (DDP's no_sync, FSDP's
         # set_requires_gradient_sync on the others): see ModelViews.gradient_sync.
         with self.views.gradient_sync(sync):
@@ -70,7 +76,8 @@ class TrainStep:
         assert self.schedule is not None, "a TrainStep without a schedule takes no whole steps"
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
-        window, layout = self.window(step), self.batches.at(step)
+        size, layout = self.window(step), self.batches.at(step)
+        window = None if size is None else torch.tensor(size)  # data, not a constant to compile in
         accum = layout.grad_accum
         for micro in range(accum):
             x, y = self.prefetch.get(data, step, micro, layout)
