@@ -183,6 +183,9 @@ def main(args) -> None:
     stem = args.out if args.out != "recipes" else "recipes-round2"  # bench_recipes' default stem
     saved = RESULTS / f"{stem}.json"
     results: dict[str, list] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
+    for part in args.merge or []:  # runs made by other processes at the same time (their own stems)
+        results.update(json.loads((RESULTS / f"{part}.json").read_text()))
+        saved.write_text(json.dumps(results))
     chosen = recipes() if args.recipes is None else {k: recipes()[k] for k in args.recipes}
     with tempfile.TemporaryDirectory() as tmp:
         data = short_documents(Path(tmp))

@@ -142,6 +142,12 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--reuse", action="store_true", help="keep the finished runs in the results file")
     p.add_argument("--throughput", action="store_true", help="with --ablation: tokens/s on a quiet machine")
+    p.add_argument(
+        "--merge",
+        type=lambda s: s.split(","),
+        default=None,
+        help="with --ablation: first merge these results stems (runs of other processes) into --out",
+    )
     p.add_argument("--rounds", type=int, default=2, help="--throughput: rounds of every recipe")
     p.add_argument("--rate-steps", type=int, default=30, help="--throughput: steps each timing takes")
     args = p.parse_args()
