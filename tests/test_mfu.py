@@ -115,6 +115,13 @@ def test_format_mfu_never_shows_more_than_100_percent_as_real():
     assert mfu.format_mfu(float("nan")) is None
 
 
+def test_a_cpu_peak_is_shown_in_its_own_units_with_its_caveat():
+    """A CPU's measured peak (tens of GFLOP/s) used to print as '0.0 TFLOP/s'."""
+    assert mfu.format_peak(989.5e12, "table: NVIDIA H100") == "989.5 TFLOP/s (table: NVIDIA H100)"
+    line = mfu.format_peak(4.8e10, "measured")
+    assert line.startswith("48.0 GFLOP/s (measured") and "busy" in line
+
+
 def test_mfu_counts_each_steps_own_attention_window(shakespeare_dir, tmp_path):
     """Under a window warmup early steps attend over fewer keys: a metrics row's MFU counts the FLOPs of
     the windows its steps used (GPT.flops_per_token(window)), not the full window's."""

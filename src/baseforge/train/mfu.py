@@ -69,6 +69,14 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
     return measure_matmul_peak(device, dtype), "measured"
 
 
+def format_peak(peak: float, source: str) -> str:
+    """'989.5 TFLOP/s (table: NAME)', or for a measured CPU peak its GFLOP/s and why it may be off."""
+    value = f"{peak / 1e12:.1f} TFLOP/s" if peak >= 1e12 else f"{peak / 1e9:.1f} GFLOP/s"
+    if source == "measured":  # a busy machine times the matmul low, and every MFU after it reads high
+        source = "measured by a matmul at start: low, and MFU high, if the machine was busy"
+    return f"{value} ({source})"
+
+
 def format_mfu(mfu: float | None) -> str | None:
     """'41.3%' for a plausible MFU; '>100% (peak under-measured)' above 100%; None when unknown."""
     if mfu is None or mfu != mfu or mfu < 0:

@@ -8,7 +8,7 @@ from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
 from baseforge.train.metrics import memory_gb
-from baseforge.train.mfu import format_mfu
+from baseforge.train.mfu import format_mfu, format_peak
 from baseforge.train.state import RunState
 
 
@@ -23,8 +23,7 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
         f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
         f"tokenizer {data.tokenizer.name})",
-        f"device {rt.device} x{world}, {rt.precision.name}; peak {rt.peak / 1e12:.1f} TFLOP/s "
-        f"({rt.peak_source}); "
+        f"device {rt.device} x{world}, {rt.precision.name}; peak {format_peak(rt.peak, rt.peak_source)}; "
         f"batch {layout.global_batch} x {c.context} tokens = micro {layout.micro_batch} x accum "
         f"{layout.grad_accum} x {world} processes",
         f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
