@@ -1,6 +1,6 @@
-"""The seed recipe (gpt2-small-seed) against gpt2-small-modern and gpt2-speedrun (the round-2 recipe:
-documents apart, sliding windows, value embeddings, U-net skips, a batch schedule, FlexAttention on
-CUDA) on one GPU: same data, same tokens each.
+"""The seed recipe (gpt2-small-seed) against gpt2-small-modern (with round 2's earned keys: documents
+apart through FlexAttention on CUDA, value embeddings, NorMuon) and gpt2-speedrun (the same at
+context 2048) on one GPU: same data, same tokens each.
 
 Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
     python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--minutes 1.5] [--quick]
@@ -8,8 +8,8 @@ Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
 Each recipe trains through the CLI (`baseforge train --preset P`, bf16 + torch.compile, micro-batch
 by search) on the same number of tokens (`max_tokens`: a batch schedule's small early steps count
 as they are): what the seed recipe trains in `--minutes` at its measured tokens/s, so that each whole
-schedule (warmup, decay) fits; the runs differ in wall-clock. gpt2-speedrun's batch schedule is
-scaled to that budget (the same fractions of it as in its preset's billion tokens). From the runs'
+schedule (warmup, decay) fits; the runs differ in wall-clock. A preset's batch schedule, if it has
+one, is scaled to that budget (the same fractions of it as of the preset's max_tokens). From the runs'
 metrics.jsonl: validation loss at equal training time and at equal tokens (linear interpolation
 between evaluations), and tokens/s of each. `--quick` runs the same path on CPU with a tiny shape.
 """
@@ -31,7 +31,7 @@ RECIPES = ["gpt2-small-seed", "gpt2-small-modern", "gpt2-speedrun"]
 GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto", "sample_tokens=0"]
 QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
-QUICK_EXTRA = {"gpt2-speedrun": ["value_embeds=1", "batch_schedule=2@256"]}  # 2 layers; 4 sequences
+QUICK_EXTRA = {p: ["value_embeds=1"] for p in RECIPES[1:]}  # 3 tables need 6 layers; the quick shape has 2
 
 
 def train(data: Path, run: Path, preset: str, keys: list[str], runner) -> list[dict]:

@@ -381,9 +381,15 @@ def test_export_loads_with_from_pretrained(tmp_path, tied):
 def test_modern_presets():
     for name in ("gpt2-small-modern", "cpu-small-modern"):
         config = preset(name)
-        assert len(hf.exportable(config)) == 5 and not config.bias and not config.tie_weights
+        assert len(hf.exportable(config)) == 7 and not config.bias and not config.tie_weights  # 5 + round 2
         assert config.zero_init_head and config.dropout == 0.0
     assert preset("gpt2-small-modern").vocab_size == 50304
     assert PRESETS["cpu-small-modern"].model["vocab_size"] is None
     twin, base = PRESETS["cpu-small-modern"].model, PRESETS["cpu-small"].model
     assert all(twin[k] == base[k] for k in ("context", "n_layer", "n_head", "n_embd"))
+    # round 2's earned keys (benchmarks/results/recipes-round2.md), and none of the others
+    for name in ("gpt2-small-modern", "cpu-small-modern", "gpt2-speedrun"):
+        model, train = PRESETS[name].model, PRESETS[name].train
+        assert model["attn_doc_mask"] and model["value_embeds"] >= 1 and train["normuon"]
+        unearned = ("attn_window", "unet_skips", "rope_doc_reset", "batch_schedule", "packing")
+        assert not any(k in model or k in train for k in unearned), name

@@ -74,7 +74,7 @@ def test_tracker_counts_saved_tensors_and_frees():
 def _trained_model(preset: str, precision: str):
     run = preset_config(preset)
     torch.manual_seed(0)
-    model = GPT(run.with_vocab(VOCAB).model).train()
+    model = GPT(run.with_vocab(VOCAB, eot_id=0).model).train()  # round 2 masks by document
     opt = build_optimizers(model, run.train, torch.device("cpu"))
     return model, opt
 

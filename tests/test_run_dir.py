@@ -221,6 +221,7 @@ def test_prepare_budget_is_the_presets_token_budget():
     from baseforge.cli.prepare import budget_tokens
 
     assert budget_tokens("gpt2-small-seed") == 20 * 163_009_536  # the write-up's 3.26B tokens
+    assert budget_tokens("gpt2-speedrun") == 1_000_000_000  # a budget in tokens (it was 20 x params)
 
 
 def test_run_dir_names_every_path_and_checkpoint_names_round_trip(tmp_path):

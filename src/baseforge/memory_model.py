@@ -40,7 +40,7 @@ import torch
 from baseforge.config import RunConfig, preset_config
 from baseforge.hardware import GPU
 from baseforge.model.gpt import GPT
-from baseforge.train.muon import param_groups_for_muon
+from baseforge.train.muon import neuron_moment_shape, param_groups_for_muon
 
 GIB = 1024**3
 CUDA_CONTEXT = int(0.75 * GIB)  # the CUDA context and kernels, outside PyTorch's allocator
@@ -68,6 +68,7 @@ class Shape:
     root_params: int  # parameters outside the blocks (embeddings, head, final norm)
     tensors: list[tuple[int, ...]]  # every parameter's shape
     muon_tensors: list[tuple[int, ...]]  # the shapes Muon owns (empty for AdamW)
+    normuon: bool  # NorMuon keeps a second moment per neuron of each Muon matrix
     flops_per_token: float
 
 
@@ -119,6 +120,7 @@ def shape_of(run: RunConfig) -> Shape:
         root_params=model.num_params() - sum(p.numel() for p in blocks),
         tensors=[tuple(p.shape) for p in model.parameters()],
         muon_tensors=[tuple(p.shape) for p in muon],
+        normuon=bool(muon) and run.train.normuon,
         flops_per_token=model.flops_per_token(),
     )
 
@@ -135,9 +137,11 @@ def state_bytes(shape: Shape, shards: int = 1) -> tuple[int, int, int]:
     weights = sum(4 * _sharded(t, shards) for t in shape.tensors)
     remaining = list(shape.tensors)
     optimizer = 0
-    for t in shape.muon_tensors:  # Muon: one fp32 momentum buffer
+    for t in shape.muon_tensors:  # Muon: one fp32 momentum buffer (NorMuon: and a vector)
         remaining.remove(t)
         optimizer += 4 * _sharded(t, shards)
+        if shape.normuon:  # unsharded: NorMuon does not run under FSDP
+            optimizer += 4 * math.prod(neuron_moment_shape(t))
     # AdamW: exp_avg and exp_avg_sq in fp32, and `step` as a 4-byte fp32 tensor per parameter.
     optimizer += sum(8 * _sharded(t, shards) + 4 for t in remaining)
     return weights, weights, optimizer

@@ -87,7 +87,8 @@ def register(sub) -> None:
     p.add_argument(
         "--budget",
         metavar="PRESET",
-        help="prepare 20 tokens per parameter of a model preset (its tokens_per_param), plus held-out",
+        help="prepare a preset's training budget (its max_tokens, else tokens_per_param x parameters), "
+        "plus held-out",
     )
     p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
     p.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard (default 1e8)")
@@ -107,8 +108,10 @@ def register(sub) -> None:
 
 
 def budget_tokens(preset: str) -> int:
-    """Training tokens of a preset's default budget (tokens_per_param x parameters)."""
+    """Training tokens of a preset's default budget: its max_tokens, else tokens_per_param x parameters."""
     config = resolve_config(preset)
+    if config.train.max_tokens:
+        return config.train.max_tokens
     n = GPT.count_params(config.with_vocab(50257).model)
     return int(config.train.tokens_per_param * n)
 
