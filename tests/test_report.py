@@ -77,6 +77,17 @@ def test_mfu_in_percent_step_0_without_none_and_samples_wrapped(tmp_path):
     assert "<td class=num>0</td><td class=num>0</td><td class=num>–</td><td class=num>8.3500</td>" in page
     assert "white-space:pre-wrap" in page and '<pre class="sample">' in page
     assert "1m15s" in page  # train_seconds as a duration
+    assert "measured at start" not in page  # no peak source: no caveat
+
+
+def test_mfu_of_a_measured_peak_says_it_may_read_high(tmp_path):
+    from baseforge.eval.report import build_report
+
+    run = fake_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "peak_source": "measured"}))
+    page = build_report(run)[1].read_text()
+    assert "3.2% (of a peak measured at start: high if the machine was busy)" in page
 
 
 def test_the_chart_is_titled_by_preset_and_marks_resumes(tmp_path, monkeypatch):

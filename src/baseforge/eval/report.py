@@ -174,6 +174,11 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
     png = chart_png(run, title, resumes)
 
     summary_rows = [[_label(str(k)), _fmt_summary(str(k), v)] for k, v in summary.items()]
+    if summary.get("peak_source") == "measured":  # a busy machine times the peak low: MFU reads high
+        summary_rows = [
+            [k, v + " (of a peak measured at start: high if the machine was busy)" if k == "MFU" else v]
+            for k, v in summary_rows
+        ]
     loss_rows = [
         [
             _fmt(r.get("step")),
