@@ -33,7 +33,10 @@ GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto",
 QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
 # The quick shape has 2 layers (3 value tables need 6) and 4 sequences a step.
-QUICK_EXTRA = {"gpt2-small-modern": ["value_embeds=1"], "gpt2-speedrun": ["value_embeds=1", "batch_schedule=2@256"]}
+QUICK_EXTRA = {
+    "gpt2-small-modern": ["value_embeds=1"],
+    "gpt2-speedrun": ["value_embeds=1", "batch_schedule=2@256"],
+}
 
 
 def train(data: Path, run: Path, preset: str, keys: list[str], runner) -> list[dict]:
