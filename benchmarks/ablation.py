@@ -308,7 +308,7 @@ def chart(results: dict, target: float, png: Path) -> None:
         n = min(len(r["curve"]) for r in runs)
         tokens = [p[0] for p in runs[0]["curve"][:n]]
         mean = [statistics.mean(r["curve"][i][2] for r in runs) for i in range(n)]
-        bold = name in ("seed", "modern", "round2")
+        bold = name in ("seed", "modern", "round2", "round2-all")
         ax.plot(tokens, mean, label=name, lw=2.5 if bold else 0.8, alpha=1 if bold else 0.6)
     ax.axhline(target, color="gray", ls="--", lw=1, label="seed recipe's final val loss")
     ax.set_xlabel("tokens")
