@@ -64,9 +64,12 @@ def _label(key: str) -> str:
     return LABELS.get(key, key.replace("_", " "))
 
 
-def _fmt_summary(key: str, value) -> str:
+def _fmt_summary(key: str, value, measured_peak: bool = False) -> str:
     if key == "mfu" and isinstance(value, (int, float)):
-        return format_mfu(value) or DASH
+        mfu = format_mfu(value)
+        if mfu and measured_peak:  # a busy machine times the peak low, and MFU reads high
+            mfu += " (of a peak measured at start: high if the machine was busy)"
+        return mfu or DASH
     if key == "clip_frac" and isinstance(value, (int, float)):
         return f"{100 * value:.1f}%"
     if key.endswith("_seconds") and isinstance(value, (int, float)):
@@ -173,12 +176,8 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
     title = _chart_title(run, config, summary)
     png = chart_png(run, title, resumes)
 
-    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v)] for k, v in summary.items()]
-    if summary.get("peak_source") == "measured":  # a busy machine times the peak low: MFU reads high
-        summary_rows = [
-            [k, v + " (of a peak measured at start: high if the machine was busy)" if k == "MFU" else v]
-            for k, v in summary_rows
-        ]
+    measured = summary.get("peak_source") == "measured"
+    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v, measured)] for k, v in summary.items()]
     loss_rows = [
         [
             _fmt(r.get("step")),
