@@ -95,11 +95,11 @@ def test_the_process_group_backend_follows_the_runs_device_not_the_host(monkeypa
     assert backend_for("auto") == "gloo"
 
 
-def _ddp_then_teardown(rank: int, port: int, out: str) -> None:
+def _ddp_then_teardown(rank: int, ports: tuple[int, int], out: str) -> None:
     """A DDP model made in a function inside process_group, normally and failing: it must be freed
     before the group is destroyed (freed after, its Reducer destroys the group holding the GIL, and a
     gloo worker thread that needs the GIL hangs the process at exit)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
     events: list[str] = []
     destroy = torch.distributed.destroy_process_group
     torch.distributed.destroy_process_group = lambda: (events.append("destroy"), destroy())[1]
@@ -111,7 +111,10 @@ def _ddp_then_teardown(rank: int, port: int, out: str) -> None:
         if fail:
             raise ValueError("a failed run")
 
-    for fail in (False, True):
+    for fail, port in zip((False, True), ports):
+        # a group of its own for each: on one port a rank still leaving the first group could meet
+        # the other already in the second (seen under load: gloo's "connection reset by peer")
+        os.environ["MASTER_PORT"] = str(port)
         try:
             with process_group(60, "cpu"):
                 train(fail)
@@ -123,7 +126,10 @@ def _ddp_then_teardown(rank: int, port: int, out: str) -> None:
 
 def test_ddp_models_are_freed_before_the_process_group(tmp_path):
     out = str(tmp_path / "events")
-    mp.spawn(_ddp_then_teardown, args=(free_port(), out), nprocs=2)
+    ports = (free_port(), free_port())
+    while ports[1] == ports[0]:
+        ports = (ports[0], free_port())
+    mp.spawn(_ddp_then_teardown, args=(ports, out), nprocs=2)
     for rank in range(2):
         assert open(f"{out}.{rank}").read() == "ddp freed destroy ddp freed destroy"
 
