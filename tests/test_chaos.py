@@ -184,6 +184,7 @@ def chaos_against_reference(data: Path, tmp_path: Path, steps: int, plan: list[s
     return chaos
 
 
+@pytest.mark.slow  # 48 s; one kill and resume, per signal, stays in test_train_resume
 def test_killed_and_resumed_three_times_ends_bit_for_bit(shakespeare_dir, tmp_path):
     plan = ["first", "checkpoint", "eval"]
     chaos = chaos_against_reference(shakespeare_dir, tmp_path, steps=60, plan=plan, seed=1)

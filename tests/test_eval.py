@@ -255,6 +255,7 @@ def test_sample_stops_at_end_of_text_unless_told_not_to(bpe_export, monkeypatch,
     assert seen[0]["eot_id"] == eot != 50256
 
 
+@pytest.mark.slow  # 43 s; HellaSwag scoring is checked against lm-eval in test_harness
 def test_random_model_scores_near_chance_on_hellaswag(shared_data, gpt2_available):
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=128, n_layer=1, n_head=2, n_embd=16)).eval()

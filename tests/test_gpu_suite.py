@@ -62,6 +62,7 @@ def bare(tmp_path_factory) -> Path:
     return copy
 
 
+@pytest.mark.slow  # 106 s: the CPU rehearsal of the device run, before a lease (benchmarks/README.md)
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_each_call_brings_back_every_part(bare, call):
     out = bare.parent / f"out{call}"

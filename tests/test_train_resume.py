@@ -79,6 +79,7 @@ MODERN = [
 ]
 
 
+@pytest.mark.slow  # 35 s; the round-2 resume test below carries the modern recipe and Muon too
 def test_modern_recipe_with_muon_resumes_exactly(shakespeare_dir, tmp_path):
     """Muon's momentum buffers and the WSD schedule survive a resume bit for bit (accumulation on)."""
     args = ["--data", shakespeare_dir]
