@@ -130,7 +130,7 @@ class Visibility:
 
     @property
     def windowed(self) -> bool:
-        return isinstance(self.window, torch.Tensor) or self.window > 0
+        return is_windowed(self.window)
 
     @property
     def causal_only(self) -> bool:
@@ -149,10 +149,15 @@ class Visibility:
         return rule
 
 
+def is_windowed(window: int | torch.Tensor) -> bool:
+    """Does `window` limit attention? A tensor always does (its value is data, not read here)."""
+    return isinstance(window, torch.Tensor) or window > 0
+
+
 def flex_block_mask(doc: torch.Tensor | None, window: int | torch.Tensor, batch: int, T: int, device) -> Any:
     """FlexAttention's BlockMask for causal attention within documents and/or a window (built on
     the device: the rule is evaluated on block indices, no host sync)."""
-    windowed = isinstance(window, torch.Tensor) or window > 0
+    windowed = is_windowed(window)
 
     def rule(b, h, q, k):
         ok = q >= k

@@ -19,6 +19,7 @@ from baseforge.model.attention import (
     band_for,
     documents,
     flex_block_mask,
+    is_windowed,
     masked_backend,
     positions_in_document,
 )
@@ -306,7 +307,7 @@ class GPT(nn.Module):
         c = self.config
         if isinstance(window, int) and window >= ids.size(1):
             window = 0  # a window as long as the sequence limits nothing
-        if not (c.attn_doc_mask or Visibility(window=window).windowed):
+        if not (c.attn_doc_mask or is_windowed(window)):
             return Visibility(past=past)
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
         vis = Visibility(past=past, doc=doc, window=window)
