@@ -26,8 +26,11 @@ autocasts the matmuls; `model/gpt.py`, `model/loss.py`, `train/optim.py`):
   fallback for dropout > 0 beyond 512 positions (gpt2-small-seed on a CPU). Modelled but not yet
   measured: FSDP and checkpointing (the trainer has neither yet) and the CUDA paths (no GPU run).
 - workspace: DDP's gradient buckets (4 bytes per parameter, on more than one GPU), FSDP's gathered
-  bf16 blocks (two, for prefetch) and root parameters, and 5% allocator slack; the CUDA context
+  fp32 blocks (two, for prefetch) and root parameters, and 5% allocator slack; the CUDA context
   (about 0.75 GiB) is reserved from the GPU's memory before anything fits.
+
+Every figure is bytes the CUDA caching allocator reserves (shown in GiB): what an out-of-memory is
+about, what the micro-batch search reads, and what a run logs as `peak_reserved_gib`.
 """
 
 from __future__ import annotations
@@ -251,9 +254,10 @@ def _workspace(s: Shape, setup: Setup, a: int, resident: int) -> int:
         extra += 4 * s.params  # DDP's gradient buckets (gradient_as_bucket_view is off)
     if setup.parallel == "fsdp":
         block = (s.params - s.root_params) // s.n_layer
-        # Gathered low-precision blocks (this one and the prefetched next), the unsharded root
-        # (embeddings, head) through forward and backward, one block's full gradient to reduce-scatter.
-        extra += 2 * a * block + a * s.root_params + 4 * block
+        # Gathered fp32 blocks (this one and the prefetched next; autocast casts, as under DDP), the
+        # unsharded root (embeddings, head) through forward and backward, one block's full gradient
+        # to reduce-scatter.
+        extra += 2 * 4 * block + 4 * s.root_params + 4 * block
     return extra + int(SLACK * (resident + extra))
 
 
@@ -263,10 +267,6 @@ def memory(s: Shape, setup: Setup, micro_batch: int) -> Memory:
     a = 4 if setup.precision == "fp32" else 2
     plain = activation_bytes(s, micro_batch, setup.precision, "cuda")
     ckpt = activation_bytes(s, micro_batch, setup.precision, "cuda", checkpoint=True)
-    if setup.parallel == "fsdp" and a < 4:
-        # FSDP's parameters are already low precision inside its blocks: no autocast copies.
-        plain -= s.block_matrix_params * a
-        ckpt -= s.block_matrix_params * a // s.n_layer
     acts = ckpt if setup.activation_checkpointing == "blocks" else plain
     work = _workspace(s, setup, a, weights + grads + optimizer + acts)
     return Memory(weights, grads, optimizer, acts, plain, ckpt, work)

@@ -16,10 +16,14 @@ takes its view from (nobody unwraps a wrapper to guess what is inside). Its orde
 4. FSDP2 (`parallel=fsdp`): `fully_shard` on each transformer block, then on the root (embeddings,
    final norm, head), over a 1-D device mesh of all processes; parameters, gradients and optimizer
    state are sharded by rows (Shard(0)), and each block's weights are all-gathered just in time for
-   its forward and backward. Mixed precision from the run's precision: parameters cast to bf16 (fp16)
-   for compute, gradients reduce-scattered in fp32; fp32 runs use no policy. `fsdp_offload=true`
-   keeps the sharded parameters, gradients and optimizer state in CPU memory (CPUOffloadPolicy): slower,
-   for models whose optimizer state does not fit. Compile, if asked, applies to the sharded root.
+   its forward and backward. Mixed precision is autocast's, as under DDP: FSDP gathers the fp32
+   parameters and reduce-scatters fp32 gradients (no MixedPrecisionPolicy), so the residual stream,
+   norms, rotary tables and value embeddings stay fp32 and FSDP computes what DDP computes (tested in
+   bf16, step by step). FSDP2's bf16 policy would halve the all-gather's bytes but cast every block's
+   inputs and norm weights to bf16 (and LayerNorm's fp32-input, bf16-weight mix fails on the CPU).
+   `fsdp_offload=true` keeps the sharded parameters, gradients and optimizer state in CPU memory
+   (CPUOffloadPolicy): slower, for models whose optimizer state does not fit. Compile, if asked,
+   applies to the sharded root.
 
 With one process `parallel=fsdp` trains the plain model (sharding over one process saves nothing);
 its checkpoints are ordinary ones.
@@ -35,7 +39,7 @@ from typing import Any, Callable, Literal, cast
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
@@ -69,10 +73,6 @@ def recompute_blocks(model: GPT, mode: str) -> int:
 
 def _checkpointed(forward: Callable, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-
-def is_fsdp(module: torch.nn.Module) -> bool:
-    return isinstance(module, FSDPModule)
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,15 @@ def wrap_model(
     whole: dict | None = None,
 ) -> ModelViews:
     """The views of `model` for this run (see the module docstring). `compile_fn(module)` compiles (and
-    warms up) a module, falling back to it where compiling fails; it is called only when `cfg.compile`.
+    warms up) a module, falling back to it where compiling fails; it is called only when `runtime.compile`
+    (the config's `compile`, resolved for the device).
 
     FSDP shards `model` in place: its parameters become DTensors, so build optimizers after this.
     `whole`: under FSDP, rank 0's full state dict (others pass {} and a model on the meta device);
     each rank's shards are then filled from it (`from_rank0`), so no other rank holds the whole model.
     """
     recompute_blocks(model, cfg.activation_checkpointing)
-    maybe_compile = compile_fn if cfg.compile else (lambda m: m)
+    maybe_compile = compile_fn if runtime.compile else (lambda m: m)
     if not runtime.dist.enabled:
         compiled = maybe_compile(model)
         return ModelViews(model, compiled, compiled, "single", runtime)
@@ -166,10 +167,7 @@ def shard_model(model: GPT, cfg: TrainConfig, runtime: Runtime) -> None:
         # the scale and reduce-scatter mixed scales. ShardedGradScaler is needed first.
         raise UserError("config: parallel = fsdp does not support precision = fp16 yet; use bf16 or fp32")
     mesh = init_device_mesh(runtime.device.type, (runtime.dist.world,))
-    options: dict[str, Any] = {"mesh": mesh}
-    if name in ("bf16", "fp16"):
-        low = runtime.precision.dtype
-        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+    options: dict[str, Any] = {"mesh": mesh}  # no mp_policy: autocast casts, as under DDP (docstring)
     if cfg.fsdp_offload:
         options["offload_policy"] = CPUOffloadPolicy()
     for block in model.transformer.h:
