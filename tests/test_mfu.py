@@ -108,6 +108,18 @@ def test_measured_peak_is_the_best_of_several_timings(monkeypatch):
     assert peak == 2 * 16**3 / 1.0
 
 
+def test_a_slow_matmul_ends_the_measurement_at_its_budget(monkeypatch):
+    """A CPU without native bf16 takes seconds per matmul: the measurement stops at its time budget
+    (rank 0 measures before the process group forms, while the other ranks wait out its timeout)."""
+    clock = iter([0.0, mfu.MEASURE_BUDGET_S + 1])
+    monkeypatch.setattr(mfu.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(mfu, "_measured", {})
+    calls = []
+    monkeypatch.setattr(mfu, "_sync", lambda device: calls.append(1))
+    assert mfu.measure_matmul_peak(torch.device("cpu"), torch.float32, sizes=(8, 16), repeats=3) > 0
+    assert len(calls) == 2  # one timed matmul (a sync before and after), not six
+
+
 def test_format_mfu_never_shows_more_than_100_percent_as_real():
     assert mfu.format_mfu(0.4131) == "41.3%"
     assert mfu.format_mfu(1.741) == ">100% (peak under-measured)"
