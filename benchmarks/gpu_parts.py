@@ -194,7 +194,8 @@ def throughput(suite, preset: str, deadline: float) -> dict:
         "preset": preset,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
         "mfu": statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
-        "peak_mem_gb": max(r["mem_gb"] for r in rows),
+        # GiB the CUDA allocator reserved at most (what plan and the search count); the CPU: peak RSS
+        "peak_reserved_gib": max(r.get("peak_reserved_gib", r.get("peak_rss_gib", 0.0)) for r in rows),
         "micro_batch": int(micro[1]) if micro else None,
         "grad_accum": int(micro[2]) if micro else None,
         "global_batch": config["train"]["global_batch"],

@@ -25,13 +25,13 @@ def _throughput_rows(records: list[dict]) -> list[str]:
     if not rows:
         return []
     out = ["", "## Throughput (bf16 + compile, micro-batch by search)", ""]
-    out += ["| preset | vocab | tokens/s | MFU | peak memory | micro x accum | context |"]
+    out += ["| preset | vocab | tokens/s | MFU | peak reserved | micro x accum | context |"]
     out += ["|---|---:|---:|---:|---:|---:|---:|"]
     for t in rows:
         mfu = fmt(100 * t["mfu"], ".1f") + "%" if t.get("mfu") is not None else "-"
         out.append(
             f"| {t['preset']} | {t.get('vocab_size', '-')} | {fmt(t['tokens_per_s'])} | {mfu} "
-            f"| {t['peak_mem_gb']:.1f} GB | {t['micro_batch']} x {t['grad_accum']} | {t['context']} |"
+            f"| {t['peak_reserved_gib']:.1f} GiB | {t['micro_batch']} x {t['grad_accum']} | {t['context']} |"
         )
     return out
 

@@ -377,7 +377,7 @@ def test_micro_batch_auto_recovers_from_oom_and_reproduces(data_dir, tmp_path):
     assert train_rows(tmp_path / "a") == train_rows(tmp_path / "b") == train_rows(tmp_path / "c")
     a, c = final_weights(tmp_path / "a"), final_weights(tmp_path / "c")
     assert all(torch.equal(a[k], c[k]) for k in c)
-    peak = {n: max(r["mem_gb"] for r in read_metrics(tmp_path / n) if "mem_gb" in r) for n in "ac"}
+    peak = {n: max(r["peak_reserved_gib"] for r in read_metrics(tmp_path / n) if "loss" in r) for n in "ac"}
     assert peak["a"] <= 1.05 * peak["c"] + 0.01, peak
 
 

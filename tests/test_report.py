@@ -29,7 +29,7 @@ def fake_run(tmp_path: Path, *, resumed: list[int] = ()) -> Path:
     for step in range(10, 50, 10):
         rows.append(
             {"step": step, "tokens": step * 2048, "loss": 8.0 - step / 10, "lr": 1e-3, "grad_norm": 1.0,
-             "tokens_per_s": 5000.0, "mfu": 0.0322, "mem_gb": 0.6, "elapsed_s": step / 2.0,
+             "tokens_per_s": 5000.0, "mfu": 0.0322, "peak_rss_gib": 0.6, "elapsed_s": step / 2.0,
              **({"val_loss": 7.0 - step / 20, "hellaswag_acc": 0.25 + step / 1000} if step % 20 == 0 else {})}
         )  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -47,7 +47,17 @@ def test_run_dir_artifacts(shakespeare_dir, tmp_path):
     assert [r["step"] for r in rows] == list(range(0, 13))
     assert rows[0]["loss"] is None and rows[0]["val_loss"] > rows[-1]["val_loss"]
     rows = rows[1:]
-    for key in ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "clip_frac", "mem_gb"):
+    for key in (
+        "step",
+        "tokens",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "clip_frac",
+        "peak_rss_gib",
+    ):
         assert key in rows[0]
     assert [r["step"] for r in rows if "val_loss" in r] == [5, 10, 12]
     assert (run / "charts" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -91,7 +91,9 @@ class TrainConfig:
         "auto",
         "compute precision; auto: bf16 where the device runs it natively, else fp16 on CUDA, else fp32",
     )
-    compile: bool = option(False, "torch.compile the model; falls back to eager where it cannot run")
+    compile: bool | Literal["auto"] = option(
+        "auto", "torch.compile the model (eager where it cannot); auto: on for CUDA, off on the CPU (README)"
+    )
     max_bad_steps: int = option(10, "stop after this many non-finite steps in a row")
     # Logging, evaluation, checkpoints.
     log_every: int = option(10, "steps between metrics rows (metrics.jsonl, trackers, the progress line)")
@@ -192,8 +194,10 @@ def parse_value(key: str, raw: str, current):
     """Parse a --set string into the type of the key's current value."""
     kind = type(current)
     low = raw.strip().lower()
-    if key == "micro_batch" and low == "auto":
+    if key in ("micro_batch", "compile") and low == "auto":
         return "auto"
+    if key == "compile":
+        current = False  # a bool from here on
     if key == "vocab_size" and low in ("none", "data", "auto"):
         return None
     try:

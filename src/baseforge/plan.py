@@ -209,7 +209,7 @@ def format_plan(plan: Plan) -> str:
         f"{plan.preset}: {plan.params / 1e6:,.1f}M parameters on {plan.gpus} x {plan.gpu}, "
         f"{plan.parallel}, {plan.precision}",
         "",
-        "memory per GPU",
+        "memory per GPU, in GiB reserved (a run logs its own as peak_reserved_gib in metrics.jsonl)",
     ]
     lines += [f"  {name:<52}{_gib(value):>12}" for name, value in rows]
     lines += [

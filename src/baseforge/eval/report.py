@@ -35,7 +35,7 @@ DASH = "–"
 # metrics.jsonl columns every run writes: anything else on a row came from an in-training evaluator
 STANDARD = {
     "step", "tokens", "loss", "val_loss", "lr", "grad_norm", "clip_frac", "skipped",
-    "tokens_per_s", "mfu", "mem_gb", "elapsed_s",
+    "tokens_per_s", "mfu", "peak_alloc_gib", "peak_reserved_gib", "peak_rss_gib", "elapsed_s",
 }  # fmt: skip
 EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
 

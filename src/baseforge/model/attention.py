@@ -3,12 +3,17 @@
 Always causal; optionally only within the token's own document (`attn_doc_mask`: a document starts
 at each `doc_token`, the data's <|endoftext|>, so packed documents do not see each other) and only
 within a sliding window of the last `attn_window` positions. `Visibility` holds the rule for one
-forward pass, built once from the token ids on their device (no host sync) and shared by every layer.
+forward pass, built once from the token ids on their device (no host sync) and shared by every layer;
+every tensor the rule reads (document numbers, a window warmup's window: `window_tensor`) is on the
+model's device.
 
 Kernels: plain causal attention is PyTorch's fused SDPA, or explicit matmuls for bf16 on CPU up to
-EXPLICIT_ATTENTION_MAX_LEN positions (measured faster there). A masked rule on CUDA uses FlexAttention
-with a block mask, which skips the blocks nobody sees. On the CPU, where FlexAttention has no backward,
-a forward whose every document (and window) fits in a band of at most T * BAND_MAX_FRACTION positions
+EXPLICIT_ATTENTION_MAX_LEN positions (measured faster there). A masked rule in a CUDA training forward
+uses FlexAttention with a block mask, which skips the blocks nobody sees; it is compiled once per
+training shape (`FlexKernel`: at most FLEX_COMPILE_LIMIT of them, and a compile that fails falls back
+to SDPA with the mask, saying so once). Evaluation, sampling and scoring (no gradient) never compile:
+on CUDA they take SDPA with the boolean mask. On the CPU, where FlexAttention has no backward, a
+forward whose every document (and window) fits in a band of at most T * BAND_MAX_FRACTION positions
 attends in blocks of that band, each query block to its own and the previous key block (`banded`:
 the work of 2 x band keys per query instead of T, in plain matmuls); otherwise, and with attention
 dropout on CUDA, the boolean mask goes to SDPA (`benchmarks/bench_attention.py --masked` measured all
@@ -18,7 +23,8 @@ three). Choosing the band reads the longest document from the tokens: a host syn
 
 from __future__ import annotations
 
-import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +160,13 @@ def is_windowed(window: int | torch.Tensor) -> bool:
     return isinstance(window, torch.Tensor) or window > 0
 
 
+def window_tensor(size: int, device) -> torch.Tensor:
+    """A window warmup's window as the model takes it: a 0-dim int64 tensor on the model's device. Data,
+    not a constant (a compiled model runs every size through one graph), and on the device because
+    FlexAttention's compiled kernel reads what its mask captures through device pointers."""
+    return torch.tensor(size, dtype=torch.int64, device=device)
+
+
 def flex_block_mask(doc: torch.Tensor | None, window: int | torch.Tensor, batch: int, T: int, device) -> Any:
     """FlexAttention's BlockMask for causal attention within documents and/or a window (built on
     the device: the rule is evaluated on block indices, no host sync)."""
@@ -170,20 +183,22 @@ def flex_block_mask(doc: torch.Tensor | None, window: int | torch.Tensor, batch:
     return create_block_mask(rule, batch if doc is not None else None, None, T, T, device=device)
 
 
-def use_flex(device_type: str, dropout: float) -> bool:
-    """FlexAttention for a masked rule: on CUDA (compiled by Triton), where it has no dropout."""
-    return device_type == "cuda" and dropout == 0
+def use_flex(device_type: str, dropout: float, training: bool = True) -> bool:
+    """FlexAttention for a masked rule: in a training forward on CUDA (compiled by Triton), where it
+    has no dropout. Other forwards (evaluation, sampling, scoring) would each compile for their own
+    shapes; they take SDPA with the mask instead."""
+    return device_type == "cuda" and dropout == 0 and training
 
 
-def masked_backend(device_type: str, dropout: float) -> str:
+def masked_backend(device_type: str, dropout: float, training: bool = True) -> str:
     """The kernel a document- or window-masked forward pass uses: flex, band (the CPU) or sdpa."""
-    if use_flex(device_type, dropout):
+    if use_flex(device_type, dropout, training):
         return "flex"
     return "band" if device_type == "cpu" else "sdpa"
 
 
 BACKEND_NAMES = {
-    "flex": "FlexAttention with a block mask (compiled)",
+    "flex": "FlexAttention with a block mask (compiled; evaluation and sampling: SDPA with the mask)",
     "band": (
         f"banded matmuls when every document and the window fit in {BAND_MAX_FRACTION:.0%} of the "
         "sequence, else scaled_dot_product_attention with a boolean mask"
@@ -191,11 +206,75 @@ BACKEND_NAMES = {
     "sdpa": "scaled_dot_product_attention with a boolean mask",
 }
 
+# Distinct (shape, dtype, rule) keys FlexAttention compiles for in one process: the micro-batch
+# search's trials, then each training micro-batch size with and without a window warmup's window.
+# Dynamo's own default (8 per function) would be reached by a search on a large GPU plus a batch
+# schedule, after which it runs flex uncompiled: the whole (B, H, T, T) score tensor, per layer.
+FLEX_COMPILE_LIMIT = 16
 
-@functools.cache
-def _compiled_flex():
-    # Uncompiled FlexAttention builds the whole score matrix; compiled, it is a fused kernel.
-    return torch.compile(flex_attention, dynamic=False)
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class FlexKernel:
+    """FlexAttention compiled by `torch.compile(kernel, dynamic=False)`, once per distinct key (shapes,
+    dtype, grad mode, the rule's kind), at most `limit` keys; past the limit, or once a compile has
+    failed, `__call__` returns None and the caller takes SDPA with the mask. `compiles` counts the
+    keys compiled so far. Inside a compiled model Dynamo traces flex_attention itself (no wrapper)."""
+
+    def __init__(
+        self, kernel: Callable = flex_attention, backend: Any = "inductor", limit: int = FLEX_COMPILE_LIMIT
+    ):
+        self.kernel, self.backend, self.limit = kernel, backend, limit
+        self.keys: set[tuple] = set()
+        self.compiled: Callable | None = None
+        self.broken = ""  # why flex is off for this process ("" while it works)
+
+    @property
+    def compiles(self) -> int:
+        return len(self.keys)
+
+    def __call__(self, q, k, v, vis: Visibility) -> torch.Tensor | None:
+        if torch.compiler.is_compiling():
+            return flex_attention(q, k, v, block_mask=vis.block_mask)
+        if self.broken:
+            return None
+        key = _flex_key(q, k, vis)
+        if key not in self.keys and len(self.keys) >= self.limit:
+            self._off(f"its {self.limit} compiled shapes are used up (a new one: {key[:2]})")
+            return None
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.kernel, backend=self.backend, dynamic=False)
+            with torch._dynamo.config.patch(recompile_limit=self.limit + 1):
+                out = self.compiled(q, k, v, block_mask=vis.block_mask)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: the masked SDPA still runs
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                raise  # an answer for the micro-batch search, not a broken compiler
+            first = str(exc).splitlines()[0][:120] if str(exc) else ""
+            self._off(f"it failed to compile ({type(exc).__name__}: {first})")
+            return None
+        self.keys.add(key)
+        return out
+
+    def _off(self, why: str) -> None:
+        self.broken = why
+        _say(
+            f"warning: FlexAttention is off for the rest of this process: {why}; attention takes "
+            "scaled_dot_product_attention with the mask (the same result, more memory and time)"
+        )
+
+
+def _flex_key(q, k, vis: Visibility) -> tuple:
+    """What a compile of flex is specialised to: an int window is a constant in the graph, a tensor
+    window is data (one graph for every size)."""
+    window = "tensor" if isinstance(vis.window, torch.Tensor) else int(vis.window)
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    return (tuple(q.shape), tuple(k.shape), q.dtype, grad, window, vis.doc is None)
+
+
+FLEX = FlexKernel()  # the process's one: its keys are Dynamo's cache entries for flex_attention
 
 
 def attend(q, k, v, vis: Visibility, dropout: float) -> torch.Tensor:
@@ -208,7 +287,9 @@ def attend(q, k, v, vis: Visibility, dropout: float) -> torch.Tensor:
     if vis.causal_only and T == 1:  # one new token attends to everything before it
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     if vis.block_mask is not None and dropout == 0:
-        return _compiled_flex()(q, k, v, block_mask=vis.block_mask)
+        out = FLEX(q, k, v, vis)
+        if out is not None:
+            return out
     if vis.band:
         return banded_attention(q, k, v, vis.doc, int(vis.window), vis.band, dropout)
     allowed = vis.mask if vis.mask is not None else vis.allowed(T, q.device)

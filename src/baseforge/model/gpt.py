@@ -311,7 +311,8 @@ class GPT(nn.Module):
             return Visibility(past=past)
         doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
         vis = Visibility(past=past, doc=doc, window=window)
-        backend = masked_backend(ids.device.type, c.dropout if self.training else 0.0)
+        training = self.training and torch.is_grad_enabled()  # flex compiles for training shapes only
+        backend = masked_backend(ids.device.type, c.dropout if self.training else 0.0, training)
         if past == 0 and backend == "flex":
             block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
             return Visibility(past=0, doc=doc, window=window, block_mask=block)

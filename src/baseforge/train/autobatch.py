@@ -20,12 +20,14 @@ so the run that follows is the run it would have been with that micro-batch give
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from baseforge.data.batch_plan import BatchLayout, BatchPlan
 from baseforge.errors import UserError
+from baseforge.model.attention import window_tensor
 from baseforge.train.device import rng_devices
 from baseforge.train.optim import build_optimizers
 from baseforge.train.parallel import ModelViews
@@ -144,14 +146,18 @@ def search_micro_batch(
     runtime: Runtime,
     per_rank: int,
     memory: DeviceMemory | None = None,
+    window: int | None = None,
 ) -> int:
     """The largest micro-batch (a divisor of `per_rank`) whose real training steps fit in memory,
-    less the margin, agreed by all ranks. Weights, RNG, gradients and the peak counter are put back."""
+    less the margin, agreed by all ranks. Weights, RNG, gradients and the peak counter are put back.
+    `window`: a window warmup's first window, which the trials use as the run's first steps will (the
+    same attention kernel, so a CUDA run's FlexAttention compiles for it here once, not again later)."""
     memory = memory or DeviceMemory(runtime.device)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     peaks: dict[int, int] = {}
     with torch.random.fork_rng(devices=rng_devices(runtime.device), device_type="cuda"):
-        fits = step_fits(lambda b: _trial_steps(model, data, cfg, runtime, per_rank, b), model, memory, peaks)
+        trial = functools.partial(_trial_steps, model, data, cfg, runtime, per_rank, window=window)
+        fits = step_fits(trial, model, memory, peaks)
         micro = largest_fitting(per_rank, fits)
     model.load_state_dict(initial)
     micro = with_margin(per_rank, micro, peaks.get(micro, 0), memory.capacity())
@@ -161,7 +167,9 @@ def search_micro_batch(
     return micro
 
 
-def _trial_steps(model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int, b: int) -> None:
+def _trial_steps(
+    model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int, b: int, window: int | None = None
+) -> None:
     """One optimizer step of two micro-steps at micro-batch b, through the trainer's own TrainStep."""
     layout = BatchLayout(micro_batch=b, grad_accum=per_rank // b)
     optimizers = build_optimizers(model, cfg, runtime.device)
@@ -170,6 +178,7 @@ def _trial_steps(model, data, cfg: TrainConfig, runtime: Runtime, per_rank: int,
     step = TrainStep(views, optimizers, runtime, plan, schedule=None, grad_clip=cfg.grad_clip)
     x, y = data.micro_batch(0, 0, layout)
     x, y = x.to(runtime.device), y.to(runtime.device)
-    step.forward_backward(x, y, sync=False, accum=layout.grad_accum)
-    step.forward_backward(x, y, sync=True, accum=layout.grad_accum)
+    size = None if window is None else window_tensor(window, runtime.device)
+    step.forward_backward(x, y, sync=False, window=size, accum=layout.grad_accum)
+    step.forward_backward(x, y, sync=True, window=size, accum=layout.grad_accum)
     step.update(bool(torch.isfinite(step.clip_gradients())))

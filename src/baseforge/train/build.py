@@ -157,7 +157,9 @@ def batch_layout(model: GPT, data: TrainData, cfg: TrainConfig, runtime: Runtime
     if micro == "auto":
         # Search up to the whole per-process batch (no accumulation), or 64 without a global batch.
         per_rank = cfg.global_batch // world if cfg.global_batch else 64
-        micro = search_micro_batch(model, data, cfg, runtime, per_rank)
+        full = model.config.attn_window or model.config.context
+        first = attention_window(0, 1, full, cfg.attn_window_warmup)  # step 0's: the same at any length
+        micro = search_micro_batch(model, data, cfg, runtime, per_rank, window=first)
     layout = BatchLayout.from_config(cfg, world=world, rank=runtime.dist.rank, micro_batch=micro)
     if cfg.micro_batch == "auto":
         say(f"micro_batch auto: {micro} fits; gradient accumulation {layout.grad_accum}")

@@ -13,6 +13,7 @@ from typing import Callable, cast
 import torch
 
 from baseforge.config import TrainConfig
+from baseforge.model.attention import window_tensor
 from baseforge.train.distributed import DistInfo, device_for
 from baseforge.train.host import keep_freed_memory
 from baseforge.train.mfu import device_peak
@@ -26,6 +27,7 @@ class Runtime:
     precision: Precision
     peak: float  # FLOP/s, for MFU
     peak_source: str  # "table: NAME" or "measured"
+    compile: bool = False  # torch.compile the model: the config's `compile`, resolved for this device
 
     @property
     def is_main(self) -> bool:
@@ -38,7 +40,17 @@ class Runtime:
         if device.type == "cpu":
             keep_freed_memory()
         peak, source = device_peak(device, precision.name)
-        return cls(dist, device, precision, peak, source)
+        return cls(dist, device, precision, peak, source, compile=resolve_compile(cfg.compile, device))
+
+
+def resolve_compile(setting: bool | str, device: torch.device) -> bool:
+    """`compile = auto`: on for CUDA (Inductor's fused kernels; eager is the fallback where it fails),
+    off elsewhere: on this project's CPUs a compiled step is no faster (1.01x fp32, 1.02x bf16 in
+    benchmarks/results/train-throughput.md, which a compile of 5-17 s does not repay in a short run) and
+    a masked rule compiled on the CPU loses the banded kernel (its band is read from the data)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
 
 
 def rng_devices(device: torch.device) -> list[int]:
@@ -83,7 +95,9 @@ def warm_up_shapes(
     like every step's) if the run has one, and evaluation (no_grad, eval mode) at each of its batch
     shapes (the last batch of the validation slice may be partial)."""
     dist, layout = runtime.dist, batches.layout
-    windows: list[dict] = [{}] + ([{"window": torch.tensor(window)}] if window is not None else [])
+    windows: list[dict] = [{}]
+    if window is not None:
+        windows.append({"window": window_tensor(window, runtime.device)})
     for micro in sorted({stage.micro_batch for stage in batches.layouts}):
         x, y = data.micro_batch(0, 0, replace(layout, micro_batch=micro, from_step=0, first_window=0))
         for kwargs in windows:

@@ -11,7 +11,10 @@
     clip_frac            fraction of steps since the last row whose norm was clipped
     skipped              non-finite steps skipped so far
     tokens_per_s, mfu    throughput since the last row, and model FLOPs utilisation
-    mem_gb               peak device memory (CUDA) or process RSS (CPU), in GB
+    peak_alloc_gib,      CUDA: peak memory held by tensors, and peak memory the caching allocator
+    peak_reserved_gib    reserved from the GPU (what an out-of-memory is about; `plan` and the
+                         micro-batch search count this one), since the process started, in GiB
+    peak_rss_gib         CPU: peak resident memory of the process, in GiB (instead of the two above)
     elapsed_s            training wall time so far (excluding evaluation)
 """
 
@@ -68,14 +71,23 @@ class MetricsLog:
             f.flush()
 
 
-def memory_gb(device) -> float:
+GIB = 2**30
+
+
+def peak_memory(device) -> dict[str, float]:
+    """The metrics row's memory fields (the module docstring names them), in GiB."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
+        return {
+            "peak_alloc_gib": torch.cuda.max_memory_allocated(device) / GIB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB,
+        }
     try:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+        return {
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+        }  # KiB on Linux
     except ImportError:  # pragma: no cover (Windows)
-        return 0.0
+        return {}

@@ -15,6 +15,7 @@ import torch
 
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.loader import Prefetcher
+from baseforge.model.attention import window_tensor
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
 from baseforge.train.parallel import ModelViews
@@ -77,7 +78,7 @@ class TrainStep:
         self.optimizers.set_lr_multiplier(self.schedule.multiplier(step))
         loss_sum = torch.zeros((), device=device)
         size, layout = self.window(step), self.batches.at(step)
-        window = None if size is None else torch.tensor(size)  # data, not a constant to compile in
+        window = None if size is None else window_tensor(size, device)
         accum = layout.grad_accum
         for micro in range(accum):
             x, y = self.prefetch.get(data, step, micro, layout)

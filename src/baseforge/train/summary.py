@@ -7,7 +7,7 @@ from baseforge.model.attention import BACKEND_NAMES, masked_backend
 from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
-from baseforge.train.metrics import memory_gb
+from baseforge.train.metrics import peak_memory
 from baseforge.train.mfu import format_mfu, format_peak
 from baseforge.train.state import RunState
 
@@ -23,7 +23,8 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
         f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
         f"tokenizer {data.tokenizer.name})",
-        f"device {rt.device} x{world}, {rt.precision.name}; peak {format_peak(rt.peak, rt.peak_source)}; "
+        f"device {rt.device} x{world}, {rt.precision.name}, {compiled(run)}; "
+        f"peak {format_peak(rt.peak, rt.peak_source)}; "
         f"batch {layout.global_batch} x {c.context} tokens = micro {layout.micro_batch} x accum "
         f"{layout.grad_accum} x {world} processes",
         f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
@@ -38,6 +39,13 @@ def announce_lines(run: Run, step: int) -> list[str]:
             ],
         ),
     ]
+
+
+def compiled(run: Run) -> str:
+    """Whether the model trains compiled: what `compile` resolved to, and whether the compile worked."""
+    if hasattr(run.views.train, "_orig_mod"):
+        return "compiled"
+    return "eager (torch.compile failed)" if run.runtime.compile else "eager"
 
 
 def packing_line(data) -> str | None:
@@ -92,7 +100,7 @@ def metrics_row(run: Run, state: RunState) -> dict:
         "skipped": state.skipped,
         "tokens_per_s": tokens_per_s,
         "mfu": flops / max(window.seconds, 1e-9) / (rt.peak * rt.dist.world),
-        "mem_gb": memory_gb(rt.device),
+        **peak_memory(rt.device),
         "elapsed_s": state.elapsed_s,
     }
 
