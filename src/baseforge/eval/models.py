@@ -96,10 +96,6 @@ class FolderTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
-    def token_bytes(self) -> list[str | None]:
-        """Each id's vocabulary entry (for comparing two tokenizers)."""
-        return [self.tok.id_to_token(i) for i in range(self.vocab_size)]
-
 
 def _read_json(path: Path) -> dict:
     """A folder's JSON object ({} when the file is absent); UserError (one line) when it is not one."""
