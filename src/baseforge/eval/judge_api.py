@@ -30,7 +30,7 @@ from baseforge.errors import UserError
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect would re-send the Authorization header to another URL: treat it as an error."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(self, *args, **kwargs):
         return None
 
 
