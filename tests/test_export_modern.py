@@ -210,11 +210,11 @@ def test_the_exported_model_keeps_documents_apart(tmp_path):
     assert (la[:, :12] - lb[:, :12]).abs().max().item() > 1e-3
 
 
-def test_an_export_from_before_round2_still_loads():
+def test_an_export_without_the_optional_keys_still_loads():
     from baseforge.model import hf
 
     config = ModelConfig(vocab_size=60, context=40, n_layer=2, n_head=2, n_embd=16, pos_emb="rope")
     old = hf_export.remote_config_dict(config, eot_id=3)
-    for key in hf.REMOTE_KEYS_SINCE_ROUND2:
+    for key in hf.REMOTE_KEYS_OPTIONAL:
         del old[key]
     assert hf.config_from_remote(old) == config

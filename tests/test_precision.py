@@ -48,11 +48,16 @@ def test_auto_precision_is_bf16_from_ampere_on(monkeypatch, keyword):
 
 
 # --- fp32 means fp32 ----------------------------------------------------------------------------------
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls and convolutions may use TF32 (both of set_tf32's switches on)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
+
+
 @pytest.fixture
 def tf32_switches():
     """The process-wide TF32 switches, saved and put back through the same API the trainer uses
     (monkeypatch's undo on torch's precision objects breaks on pytest 9.2 and torch 2.11)."""
-    saved = prec.tf32_enabled()
+    saved = tf32_enabled()
     yield
     prec.set_tf32(saved)
 
@@ -76,11 +81,11 @@ def test_mixed_precision_run_switches_tf32_on(tf32_switches, monkeypatch, name):
     _fake_gpu(monkeypatch, (9, 0))
     prec.set_tf32(False)
     assert prec.setup_precision(name, CUDA).name == name
-    assert prec.tf32_enabled()
+    assert tf32_enabled()
     _readable_everywhere()
 
 
 def test_cpu_run_leaves_tf32_alone(tf32_switches):
     prec.set_tf32(True)
     prec.setup_precision("fp32", torch.device("cpu"))
-    assert prec.tf32_enabled()
+    assert tf32_enabled()

@@ -32,7 +32,7 @@ else:  # pragma: no cover
 @dataclass(frozen=True)
 class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
-    # when global_batch is set, grad_accum follows from it (data.loader.BatchLayout.from_config).
+    # when global_batch is set, grad_accum follows from it (data.batch_plan.BatchLayout.from_config).
     micro_batch: int | Literal["auto"] = option(
         8, "sequences per forward/backward; auto: the largest that fits"
     )

@@ -143,10 +143,6 @@ class Progress:
             self.write(text)
         self.noted = True
 
-    def set_fields(self, **fields) -> None:
-        """Change the postfix fields without advancing."""
-        self.update(0, **fields)
-
     def line(self) -> str:
         number = format_count if self.scale else str
         count = f"{number(self.n)}/{number(self.total)}" if self.total is not None else number(self.n)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.data.hub import check_reachable
+from baseforge.data.hub import check_reachable, describe, login_hint
 from baseforge.errors import UserError
 from baseforge.eval.hf_export import export_run
 from baseforge.fileio import check_out_dir
@@ -58,8 +58,8 @@ def run(args) -> int:
             api.upload_folder(repo_id=args.push_to_hub, folder_path=str(out))
         except Exception as exc:  # noqa: BLE001 - auth, network, permissions
             raise UserError(
-                f"push to {args.push_to_hub} failed: {type(exc).__name__}: {str(exc)[:200]} "
-                "(log in with `hf auth login` or set HF_TOKEN)"
+                f"push to {args.push_to_hub} failed ({describe(exc, 200)}); "
+                f"{login_hint()} (a token with write access)"
             ) from None
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return 0

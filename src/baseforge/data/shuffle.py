@@ -7,10 +7,10 @@ larger set, re-applied to whatever lands outside, is a bijection of [0, n) (cycl
 passes on average). Each position is computed on its own, so a batch costs its own size in memory
 whatever the data's, and window j of the stream is a pure function of (seed, j).
 
-It replaced an affine map k -> (a k + c) mod n, which is a permutation too but no shuffle: positions
-k and k + 2 landed a fixed stride apart, so every batch held a few short arithmetic runs of windows,
-the same runs at each step a little further on. On the round-2 proxy that order cost up to 0.23 of
-final validation loss, depending on the seed (benchmarks/results/shuffle.md).
+Why not a cheaper affine map k -> (a k + c) mod n: it is a permutation too, but no shuffle: positions
+k and k + 2 land a fixed stride apart, so every batch holds a few short arithmetic runs of windows,
+the same runs at each step a little further on. On the CPU proxy of benchmarks/ablation.py that order
+cost up to 0.23 of final validation loss, depending on the seed (benchmarks/results/shuffle.md).
 """
 
 from __future__ import annotations

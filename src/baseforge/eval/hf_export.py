@@ -112,7 +112,7 @@ def remote_config_dict(config: ModelConfig, eot_id: int) -> dict:
         model_type=hf_map.REMOTE_MODEL_TYPE,
         architectures=["BaseforgeForCausalLM"],
         auto_map=REMOTE_AUTO_MAP,
-        **{key: getattr(config, key) for key in hf_map.REMOTE_KEYS + hf_map.REMOTE_KEYS_SINCE_ROUND2},
+        **{key: getattr(config, key) for key in hf_map.REMOTE_KEYS + hf_map.REMOTE_KEYS_OPTIONAL},
         layer_norm_eps=1e-5,  # model/gpt.py's make_norm
         rms_norm_eps=1e-6,
         tie_word_embeddings=config.tie_weights,

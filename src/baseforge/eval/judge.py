@@ -59,7 +59,6 @@ as the reference). Reply with only a JSON object mapping each label to an intege
 {example}"""
 
 
-# --- answers --------------------------------------------------------------------------------------
 def load_answers(paths: list[Path]) -> dict[str, dict]:
     """{item id: {"instruction", "input", "reference", "answers": {model: answer}}} from answers files."""
     items: dict[str, dict] = {}
@@ -133,9 +132,6 @@ def parse_scores(text: str, labels) -> dict[str, int]:
                 scores[label] = int(round(value))
             return scores
     raise Malformed(f"no JSON object with scores for {', '.join(labels)} in the reply")
-
-
-# --- backends -------------------------------------------------------------------------------------
 
 
 class Cache:

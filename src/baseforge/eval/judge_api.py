@@ -5,6 +5,13 @@ malformed replies are retried with exponential backoff and jitter by the caller 
 module makes one request. Its timeout bounds the whole request (connect, headers and body), not each
 socket read; redirects are refused (they would re-send the key); the API key is redacted from every
 message and reply text.
+
+Why not the `openai` client (as an optional extra): it would not keep these guarantees. Its timeout
+is httpx's, per phase and per attempt (each read may wait the whole timeout, each retry starts a new
+one), not a deadline for the request; it honours Retry-After only up to 60 s and otherwise retries
+after its own backoff of seconds, where our loop waits what the server asks up to
+`--max-retry-after`; it does not retry a malformed reply; and it does not speak Ollama's /api/chat.
+It would also bring httpx, pydantic and more for one POST, which the standard library makes here.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from baseforge.errors import UserError
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect would re-send the Authorization header to another URL: treat it as an error."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(self, *args, **kwargs):
         return None
 
 
@@ -170,6 +177,3 @@ class Backend:
             return reply["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise Malformed("the reply has no message content") from None
-
-
-# --- the judging loop -------------------------------------------------------------------------------

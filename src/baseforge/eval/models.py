@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from baseforge.data.hub import check_reachable
+from baseforge.data.hub import check_reachable, hub_error
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model import hf as hf_map
@@ -96,10 +96,6 @@ class FolderTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
-    def token_bytes(self) -> list[str | None]:
-        """Each id's vocabulary entry (for comparing two tokenizers)."""
-        return [self.tok.id_to_token(i) for i in range(self.vocab_size)]
-
 
 def _read_json(path: Path) -> dict:
     """A folder's JSON object ({} when the file is absent); UserError (one line) when it is not one."""
@@ -175,22 +171,16 @@ def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
 
 def download_hf(name: str) -> Path:
     """A Hub model's config and weights, via huggingface_hub (fails fast and clearly offline)."""
-    check_reachable(
-        name,
-        hint=f"nor is there a local path {name}: check the path, or download it elsewhere and pass "
-        "hf:LOCAL_DIR",
-    )
+    hint = f"nor is there a local path {name}: check the path, or download it elsewhere and pass hf:LOCAL_DIR"
+    check_reachable(name, hint=hint)
     from huggingface_hub import snapshot_download
 
     try:
         return Path(
             snapshot_download(name, allow_patterns=["config.json", "*.safetensors", "*.json", "*.txt"])
         )
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(
-            f"cannot download {name} from the Hugging Face Hub ({type(exc).__name__}); "
-            f"download it elsewhere and pass hf:LOCAL_DIR"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - network and Hub errors come in many types
+        raise hub_error(name, exc, hint=hint, repo_type="model") from None
 
 
 def _hub_name(spec: str) -> bool:

@@ -102,7 +102,7 @@ class ModelConfig:
     zero_init_head: bool = option(False, "start the (untied) output head at zero")
     logit_softcap: float = option(0.0, "cap on the logits, 0 = off; else logits = cap * tanh(logits / cap)")
     rope_base: float = option(10000.0, "rotary frequency base (pos_emb = rope)")
-    # Round 2 (modded-nanogpt's later records); each is independent and off by default.
+    # From modded-nanogpt's later records; each is independent and off by default.
     attn_doc_mask: bool = option(
         False, "a token attends only to its own document's earlier tokens (documents start at doc_token)"
     )

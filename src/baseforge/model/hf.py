@@ -171,9 +171,9 @@ REMOTE_KEYS = (
 )  # fmt: skip
 
 
-# Keys added with the second round of the modern recipe: an earlier export has none of them, and its
-# model is that of their defaults.
-REMOTE_KEYS_SINCE_ROUND2 = (
+# Keys a remote-code config.json may lack: an export made before these options existed has none of
+# them, and its model is that of their defaults, so each is read only when present.
+REMOTE_KEYS_OPTIONAL = (
     "attn_doc_mask",
     "rope_doc_reset",
     "attn_window",
@@ -188,5 +188,5 @@ def config_from_remote(hf: dict) -> ModelConfig:
     missing = [k for k in REMOTE_KEYS if k not in hf]
     if missing:
         raise ValueError(f"a {REMOTE_MODEL_TYPE} config without {', '.join(missing)}")
-    keys = REMOTE_KEYS + tuple(k for k in REMOTE_KEYS_SINCE_ROUND2 if k in hf)
+    keys = REMOTE_KEYS + tuple(k for k in REMOTE_KEYS_OPTIONAL if k in hf)
     return ModelConfig(**{k: hf[k] for k in keys})

@@ -126,7 +126,7 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     named = list(model.named_parameters())
     if cfg.optimizer == "adamw":
         return Optimizers(adamw=make_adamw(adamw_groups(named, cfg, cfg.lr), cfg, device))
-    muon_params, adamw_params = param_groups_for_muon(model)
+    muon_params = param_groups_for_muon(model)[0]  # the rest, AdamW's, is every other parameter
     muon_ids = {id(p) for p in muon_params}
     rest = [(n, p) for n, p in named if id(p) not in muon_ids]
     muon = Muon(

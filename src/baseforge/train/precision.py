@@ -115,11 +115,6 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def tf32_enabled() -> bool:
-    """Whether fp32 matmuls and convolutions may use TF32 (both switches on)."""
-    return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
-
-
 def setup_precision(name: str, device: torch.device) -> Precision:
     precision = Precision(resolve_precision(name, device), device)
     if device.type == "cuda":

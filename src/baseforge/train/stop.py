@@ -20,7 +20,7 @@ class StopRequested:
                 pass
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum, _frame):
         if self.signal is not None:  # second signal: stop now
             raise KeyboardInterrupt
         self.signal = signum
