@@ -40,8 +40,3 @@ _.allow_tf32
 
 # A class for the type checker only, named in a string: cast("Transformer", ...) in model/gpt.py.
 _.Transformer
-
-# TEMPORARY, dead code in files being edited in the same round (issue #31): delete each line with
-# the code it names.
-_.is_fsdp  # train/parallel.py
-_.notes  # plan.py: Plan.notes, never filled (always [] in to_dict's output)

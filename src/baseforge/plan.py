@@ -69,7 +69,6 @@ class Plan:
     hours: float
     cost_usd: float | None
     verdict: str = ""
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -6,16 +6,18 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_device, add_which
 from baseforge.eval.instruct import answer
 from baseforge.train.precision import resolve_device
 
 EPILOG = """\
 example:
-  baseforge answer runs/seed-ift --data instruction-data.json --out answers/seed.jsonl
+  baseforge answer runs/seed-ift --which best --data instruction-data.json --out answers/seed.jsonl
 
-Greedy decoding from the run's best checkpoint (latest if it has none), stopping at end-of-text
-or at a following '###' header; one JSON line per test item: id, model, instruction, input,
-reference, answer. --name sets the model's name in the judge's table (default: the run dir's name).
+Greedy decoding from the run's latest checkpoint, or with --which best its best (a fine-tuning
+run's best epoch; the latest if it has none), stopping at end-of-text or at a following '###'
+header; one JSON line per test item: id, model, instruction, input, reference, answer. --name
+sets the model's name in the judge's table (default: the run dir's name).
 """
 
 
@@ -33,8 +35,8 @@ def register(sub) -> None:
     p.add_argument("--name", help="model name in the answers (default: the run dir's name)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--limit", type=int, help="only the first N test items")
-    p.add_argument("--which", choices=["best", "latest"], default="best")
-    p.add_argument("--device", default="auto")
+    add_which(p)
+    add_device(p)
     p.set_defaults(run=run)
 
 

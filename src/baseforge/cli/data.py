@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_json
 from baseforge.data.shards import read_manifest, split_shards
 from baseforge.errors import UserError
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
     info = actions.add_parser("info", help="documents, tokens, shards, tokenizer, split sizes")
     info.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     info.add_argument("--check", action="store_true", help="read and validate every shard")
-    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json(info, "the summary as JSON")
     p.set_defaults(run=run)
 
 

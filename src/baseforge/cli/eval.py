@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which
 from baseforge.cli.results import emit_results
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
@@ -47,20 +48,11 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=float, default=1_048_576, help="tokens to score (default 1M)")
     p.add_argument("--context", type=int, help="window length (default: the smallest model context)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run dir")
-    p.add_argument("--device", default="auto")
+    add_which(p)
+    add_device(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; default fp32 for exactness)")
-    p.add_argument(
-        "--save-to",
-        type=Path,
-        metavar="RUN_DIR",
-        help="also keep the results in RUN_DIR/evals/ (for the report)",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print a JSON list: one object per model (model, loss, perplexity, tokens)",
-    )
+    add_save_to(p, "heldout-loss")
+    add_json(p, "a JSON list: one object per model (model, loss, perplexity, tokens)")
     p.set_defaults(run=run)
 
 

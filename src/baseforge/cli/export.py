@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_which
 from baseforge.data.hub import check_reachable, describe, login_hint
 from baseforge.errors import UserError
 from baseforge.eval.hf_export import export_run
@@ -37,7 +38,7 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--which", choices=["latest", "best"], default="latest")
+    add_which(p)
     p.add_argument("--push-to-hub", metavar="NAME", help="upload the folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     p.set_defaults(run=run)

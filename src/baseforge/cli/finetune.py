@@ -14,8 +14,8 @@ The instruction-following test, end to end:
   baseforge import-gpt2 gpt2 --out runs/openai-gpt2                                # a reference
   baseforge finetune runs/seed --data instruction-data.json --out runs/seed-ift
   baseforge finetune runs/openai-gpt2 --data instruction-data.json --out runs/gpt2-ift
-  baseforge answer runs/seed-ift --data instruction-data.json --out seed.jsonl
-  baseforge answer runs/gpt2-ift --data instruction-data.json --out gpt2.jsonl
+  baseforge answer runs/seed-ift --which best --data instruction-data.json --out seed.jsonl
+  baseforge answer runs/gpt2-ift --which best --data instruction-data.json --out gpt2.jsonl
   baseforge judge seed.jsonl gpt2.jsonl --judge gpt-4.1
 
 Recipe (the book's): AdamW lr 5e-5, weight decay 0.1, micro-batch 8, 2 epochs, loss on response

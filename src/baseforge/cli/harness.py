@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which
 from baseforge.cli.results import emit_results
 from baseforge.errors import UserError
 from baseforge.eval.harness import require_lm_eval, run_harness
@@ -64,15 +65,10 @@ def register(sub) -> None:
         "--include-path", action="append", default=[], metavar="DIR", help="folder of local task YAMLs"
     )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--which", choices=["latest", "best"], default="latest", help="checkpoint of a run dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--save-to",
-        type=Path,
-        metavar="RUN_DIR",
-        help="also keep the results in RUN_DIR/evals/harness.json (for the report)",
-    )
-    p.add_argument("--json", action="store_true", help="print a JSON list: one object per model")
+    add_which(p)
+    add_device(p)
+    add_save_to(p, "harness")
+    add_json(p, "a JSON list: one object per model (model, a key per task metric, stderr)")
     p.set_defaults(run=run)
 
 

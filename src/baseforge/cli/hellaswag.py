@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which
 from baseforge.cli.results import emit_results
 from baseforge.eval.hellaswag import evaluate_hellaswag
 from baseforge.eval.models import load_any
@@ -42,15 +43,10 @@ def register(sub) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, help="hellaswag_val.jsonl(.gz) (default: download once)")
     p.add_argument("--limit", type=int, help="only the first N items")
-    p.add_argument("--which", choices=["latest", "best"], default="latest")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--save-to",
-        type=Path,
-        metavar="RUN_DIR",
-        help="also keep the results in RUN_DIR/evals/ (for the report)",
-    )
-    p.add_argument("--json", action="store_true")
+    add_which(p)
+    add_device(p)
+    add_save_to(p, "hellaswag")
+    add_json(p, "a JSON list: one object per model (model, acc, acc_norm, acc_norm_tok, items)")
     p.set_defaults(run=run)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_json
 from baseforge.errors import UserError
 from baseforge.eval.judge import Cache, judge, load_answers, summarize
 from baseforge.eval.judge_api import Backend
@@ -66,7 +67,7 @@ def register(sub) -> None:
         metavar="SECONDS",
         help="longest wait a server's Retry-After (or the backoff) may ask for (default 300)",
     )
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_json(p, "the table as JSON")
     p.add_argument("--out", type=Path, help="write per-item scores here (JSON lines)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some items failed")
     p.set_defaults(run=run)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_json
 from baseforge.errors import UserError
 from baseforge.hardware import GPUS, find_gpu
 from baseforge.plan import Setup, format_plan, make_plan, mfu_from_run
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default: bf16 where the GPU has it")
     p.add_argument("--mfu", type=float, help="MFU to assume, as a fraction (default 0.40)")
     p.add_argument("--from-run", metavar="RUN", help="take the MFU measured in RUN/metrics.jsonl")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_json(p, "the plan as JSON")
     p.add_argument("--list-gpus", action="store_true", help="list the GPUs the planner knows")
     p.set_defaults(run=run)
 

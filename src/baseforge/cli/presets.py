@@ -6,6 +6,7 @@ import argparse
 import json
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_json
 from baseforge.model import GPT, ModelConfig
 from baseforge.presets import PRESETS
 
@@ -24,7 +25,7 @@ def register(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p, "JSON instead of a table")
     p.set_defaults(run=run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import add_device, add_which
 from baseforge.errors import UserError
 from baseforge.eval.models import load_any
 from baseforge.generate import generate
@@ -46,8 +47,8 @@ def register(sub) -> None:
         action="store_true",
         help="keep going past <|endoftext|> (default: a sample ends there)",
     )
-    p.add_argument("--which", choices=["latest", "best"], default="latest", help="which checkpoint of a run")
-    p.add_argument("--device", default="auto")
+    add_which(p)
+    add_device(p)
     p.set_defaults(run=run)
 
 

@@ -23,10 +23,8 @@ import math
 import subprocess
 from dataclasses import dataclass, field
 
-import torch
-import torch.nn.functional as F
-
 from baseforge.errors import UserError
+from baseforge.eval.scoring import score_tokens
 from baseforge.generate import generate_batch
 
 INSTALL_HINT = 'lm-evaluation-harness is not installed: pip install "baseforge[harness]"'
@@ -39,41 +37,6 @@ def require_lm_eval():
     except ImportError:
         raise UserError(INSTALL_HINT) from None
     return TemplateLM
-
-
-@dataclass
-class Scored:
-    logprob: float
-    greedy: bool
-
-
-@torch.no_grad()
-def score_tokens(
-    model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, device="cpu"
-) -> list[Scored]:
-    """Log-probability of each continuation's tokens after its context tokens, in padded batches.
-
-    The input is the last `context` tokens of context + continuation minus the final one (as
-    lm-eval's models truncate); longest first so a batch pads little.
-    """
-    limit = model.config.context
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
-    out: list[Scored | None] = [None] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        inputs = [(pairs[i][0] + pairs[i][1])[-(limit + 1) :][:-1] for i in chunk]
-        batch = torch.zeros(len(chunk), max(len(x) for x in inputs), dtype=torch.long)
-        for row, x in enumerate(inputs):
-            batch[row, : len(x)] = torch.tensor(x)
-        logits, _ = model(batch.to(device))
-        for row, i in enumerate(chunk):
-            end = len(inputs[row])
-            cont = pairs[i][1][-end:]  # a continuation longer than the window: its tail
-            lp = F.log_softmax(logits[row, end - len(cont) : end].float(), dim=-1).cpu()
-            target = torch.tensor(cont, dtype=torch.long)
-            total = lp.gather(1, target[:, None]).sum().item() if cont else 0.0
-            out[i] = Scored(total, bool((lp.argmax(-1) == target).all()))
-    return out  # type: ignore[return-value]
 
 
 def _stop_at(text: str, until: list[str]) -> str | None:

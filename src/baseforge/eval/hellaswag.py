@@ -23,10 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from baseforge.errors import UserError
+from baseforge.eval.scoring import score_tokens
 from baseforge.fileio import atomic_write_bytes, read_jsonl
 from baseforge.progress import Progress
 
@@ -110,33 +108,17 @@ def load_items(path: Path | None, limit: int | None = None) -> list[Item]:
     return items
 
 
-@torch.no_grad()
 def score_continuations(
     model, tokenizer, pairs: list[tuple[str, str]], device="cpu"
 ) -> list[tuple[float, int]]:
     """(total log-probability, token count) of each continuation given its context, in one batch.
 
     Context and continuation are tokenized separately (the continuation carries its leading
-    space); past the model's context the oldest context tokens are dropped.
+    space); past the model's context the oldest context tokens are dropped, and an ending longer
+    than the window is scored by its tail (eval.scoring.score_tokens).
     """
-    limit = model.config.context
-    seqs, counts = [], []
-    for context, continuation in pairs:
-        cont = tokenizer.encode(continuation)
-        seq = (tokenizer.encode(context) + cont)[-(limit + 1) :]  # inputs are all but the last
-        seqs.append(seq)
-        counts.append(min(len(cont), len(seq) - 1))  # an ending longer than the window: its tail
-    batch = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, : len(s)] = torch.tensor(s)
-    logits, _ = model(batch[:, :-1].to(device))
-    logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
-    out = []
-    for i, (seq, n) in enumerate(zip(seqs, counts)):
-        end = len(seq) - 1
-        lp = logprobs[i, end - n : end].gather(1, batch[i, end - n + 1 : end + 1, None])
-        out.append((lp.sum().item(), n))
-    return out
+    tokens = [(tokenizer.encode(context), tokenizer.encode(continuation)) for context, continuation in pairs]
+    return [(s.logprob, s.tokens) for s in score_tokens(model, tokens, len(tokens), device)]
 
 
 def score_item(model, tokenizer, item: Item, device="cpu") -> dict[str, list[float]]:

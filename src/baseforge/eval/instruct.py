@@ -29,7 +29,7 @@ def answer(
     name: str | None = None,
     max_new_tokens: int = 256,
     limit: int | None = None,
-    which: str = "best",
+    which: str = "latest",
     device="cpu",
     seed: int = 123,
     show_progress: bool = True,
@@ -40,7 +40,7 @@ def answer(
     try:
         find_checkpoint(run, which)
     except UserError:
-        which = "latest"  # a run without evaluations has no best checkpoint
+        which = "latest"  # asked for best: a run without evaluations has none
     model, tokenizer, _ = load_model(run, device, which)
     test = split_examples(load_examples(data_file), seed)["test"][:limit]
     name = name or Path(run).resolve().name

@@ -11,8 +11,9 @@ What the page shows and where it comes from:
                      dashed line at every step the run was resumed from (RUN/resumes.jsonl)
     sample, config   RUN/sample.txt (wrapped, not one long line) and RUN/config.json
 
-Everything read from the run dir is escaped in the HTML. The page is written to the run dir, or to
-`out` (a folder) when the run dir cannot be written.
+Each section is built once, as a `Section` (a title and a `Table`, `Pre` or `Image`), and rendered
+twice: `render_markdown` and `render_html`. Everything read from the run dir is escaped in the HTML.
+The page is written to the run dir, or to `out` (a folder) when the run dir cannot be written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import base64
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from baseforge.errors import UserError
@@ -127,57 +129,80 @@ def _chart_title(run: Path, config: dict, summary: dict) -> str:
     return " · ".join(parts) + f"  ({run.resolve().name})"
 
 
-def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    return [
-        "| " + " | ".join(map(cell, header)) + " |",
-        "|" + "|".join(align) + "|",
-        *("| " + " | ".join(map(cell, r)) + " |" for r in rows),
-    ]
+@dataclass
+class Table:
+    header: list[str]  # all blank: the HTML draws no header row
+    rows: list[list[str]]
+    right_from: int = 1  # columns from this one on hold numbers, aligned right
 
 
-def _html_table(header: list[str] | None, rows: list[list[str]], right_from: int = 1) -> str:
-    def row(cells: list[str], tag: str) -> str:
-        tds = (
-            f"<{tag}{' class=num' if i >= right_from else ''}>{html.escape(c)}</{tag}>"
-            for i, c in enumerate(cells)
-        )
-        return "<tr>" + "".join(tds) + "</tr>"
+@dataclass
+class Pre:
+    """Preformatted text: a fenced block in Markdown (stripped), a <pre> in HTML."""
 
-    head = row(header, "th") if header else ""
-    return "<table>" + head + "".join(row(r, "td") for r in rows) + "</table>"
+    text: str
+    lang: str = ""  # the Markdown fence's language
+    css_class: str = ""  # the HTML <pre>'s class
+    folded: str = ""  # HTML: folded away in a <details> with this summary
 
 
-def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, Path]:
-    """Write report.md, report.html and report.png into `out` (default: the run dir)."""
-    run_dir = RunDir(run)
+@dataclass
+class Image:
+    file: str  # written beside report.md, which links it; the HTML embeds it
+    png: bytes
+    alt: str  # the HTML's alt text (run-dir text: the Markdown shows `label` instead)
+    label: str
+
+
+@dataclass
+class Section:
+    title: str
+    body: Table | Pre | Image
+
+
+@dataclass
+class Page:
+    name: str
+    preset: str
+    resumed: str  # the steps the run was resumed from ("20, 30"), or ""
+    sections: list[Section]
+
+
+@dataclass
+class _RunFiles:
+    """What the report reads from a run dir."""
+
+    config: dict
+    summary: dict
+    evals: dict
+    metrics: list[dict]
+    resumes: list[int]
+    sample: str | None
+
+
+def _read_run(run_dir: RunDir) -> _RunFiles:
     run = run_dir.path
-    config_file = run_dir.config
-    if not config_file.is_file():
-        raise UserError(f"{run} is not a run dir (no config.json)")
-    out = Path(out) if out is not None else run
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    config = json.loads(config_file.read_text())
-    summary = json.loads(run_dir.summary.read_text()) if run_dir.summary.is_file() else {}
     evals = (
         {p.stem: json.loads(p.read_text()) for p in sorted((run / "evals").glob("*.json"))}
         if (run / "evals").is_dir()
         else {}
     )
-    rows = read_metrics(run)
-    resumes = read_resumes(run)
-    sample = run_dir.sample.read_text() if run_dir.sample.is_file() else None
-    name = run.resolve().name
-    preset = str(config.get("preset", ""))
-    title = _chart_title(run, config, summary)
-    png = chart_png(run, title, resumes)
+    return _RunFiles(
+        config=json.loads(run_dir.config.read_text()),
+        summary=json.loads(run_dir.summary.read_text()) if run_dir.summary.is_file() else {},
+        evals=evals,
+        metrics=read_metrics(run),
+        resumes=read_resumes(run),
+        sample=run_dir.sample.read_text() if run_dir.sample.is_file() else None,
+    )
 
-    measured = summary.get("peak_source") == "measured"
-    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v, measured)] for k, v in summary.items()]
+
+def _training_sections(files: _RunFiles) -> list[Section]:
+    """Summary, losses, and the in-training evaluators' columns by step."""
+    measured = files.summary.get("peak_source") == "measured"
+    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v, measured)] for k, v in files.summary.items()]
+    sections = [Section("Summary", Table(["", ""], summary_rows, right_from=2))]
+    rows = files.metrics
     loss_rows = [
         [
             _fmt(r.get("step")),
@@ -188,70 +213,130 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
         for r in rows
         if r.get("val_loss") is not None
     ]
+    if loss_rows:
+        sections.append(Section("Losses", Table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)))
     extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in STANDARD]
     during = [
         [_fmt(r.get("step")), *(_fmt_metric(r.get(k)) for k in extra)]
         for r in rows
         if any(k in r for k in extra)
     ]
-    tables = {n: _eval_table(n, result, run) for n, result in evals.items()}
-    resumed = ", ".join(f"{s:,}" for s in resumes)
-
-    # Markdown
-    md = [f"# {name}", "", f"Preset `{preset}`." + (f" Resumed from step {resumed}." if resumes else ""), ""]
-    md += ["## Summary", "", *_md_table(["", ""], summary_rows, right_from=2)]
-    if loss_rows:
-        md += ["", "## Losses", "", *_md_table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)]
     if during:
-        md += ["", "## Evaluations during training", "", *_md_table(["step", *extra], during, 0)]
-    for n, result in evals.items():
-        md += ["", f"## {EVAL_TITLES.get(n, n)}", ""]
-        table = tables[n]
-        md += _md_table(*table) if table else ["```json", json.dumps(result, indent=2), "```"]
-    if png:
-        md += ["", "## Charts", "", "![training](report.png)"]
-    if sample:
-        md += ["", "## Sample", "", "```", sample.strip(), "```"]
-    md += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", ""]
+        sections.append(Section("Evaluations during training", Table(["step", *extra], during, 0)))
+    return sections
 
-    # HTML: the same content, self-contained (the chart embedded as base64).
-    e = html.escape
-    parts = [f"<h1>{e(name)}</h1>", f"<p>Preset <code>{e(preset)}</code>."]
-    if resumes:
-        parts.append(f" Resumed from step {e(resumed)} (dashed lines on the chart).")
-    parts += ["</p>", "<h2>Summary</h2>", _html_table(None, summary_rows, right_from=2)]
-    if loss_rows:
-        parts += ["<h2>Losses</h2>", _html_table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)]
-    if during:
-        parts += ["<h2>Evaluations during training</h2>", _html_table(["step", *extra], during, 0)]
-    for n, result in evals.items():
-        parts.append(f"<h2>{e(EVAL_TITLES.get(n, n))}</h2>")
-        table = tables[n]
-        parts.append(_html_table(*table) if table else f"<pre>{e(json.dumps(result, indent=2))}</pre>")
+
+def _sections(run: Path, files: _RunFiles, png: bytes | None, chart_title: str) -> list[Section]:
+    sections = _training_sections(files)
+    for name, result in files.evals.items():
+        table = _eval_table(name, result, run)
+        body = Table(*table) if table else Pre(json.dumps(result, indent=2), lang="json")
+        sections.append(Section(EVAL_TITLES.get(name, name), body))
     if png:
-        data = base64.b64encode(png).decode()
-        parts += ["<h2>Charts</h2>", f'<img alt="{e(title)}" src="data:image/png;base64,{data}">']
-    if sample:
-        parts += ["<h2>Sample</h2>", f'<pre class="sample">{e(sample)}</pre>']
-    parts += [
-        "<h2>Config</h2>",
-        f"<details><summary>config.json</summary><pre>{e(json.dumps(config, indent=2))}</pre></details>",
+        sections.append(Section("Charts", Image("report.png", png, alt=chart_title, label="training")))
+    if files.sample:
+        sections.append(Section("Sample", Pre(files.sample, css_class="sample")))
+    config = Pre(json.dumps(files.config, indent=2), lang="json", folded="config.json")
+    return [*sections, Section("Config", config)]
+
+
+def _md_table(table: Table) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    align = ["---" if i < table.right_from else "---:" for i in range(len(table.header))]
+    return [
+        "| " + " | ".join(map(cell, table.header)) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(map(cell, r)) + " |" for r in table.rows),
     ]
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 12px;text-align:left;"
-        "border-bottom:1px solid #ddd}th{background:#f4f4f4}td:first-child{color:#555}.num{text-align:right;"
-        "font-variant-numeric:tabular-nums}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;"
-        "overflow-wrap:anywhere}img{max-width:100%}"
+
+
+def _md_body(body: Table | Pre | Image) -> list[str]:
+    if isinstance(body, Table):
+        return _md_table(body)
+    if isinstance(body, Pre):
+        return ["```" + body.lang, body.text.strip(), "```"]
+    return [f"![{body.label}]({body.file})"]
+
+
+def render_markdown(page: Page) -> str:
+    intro = f"Preset `{page.preset}`." + (f" Resumed from step {page.resumed}." if page.resumed else "")
+    lines = [f"# {page.name}", "", intro]
+    for section in page.sections:
+        lines += ["", f"## {section.title}", "", *_md_body(section.body)]
+    return "\n".join([*lines, ""])
+
+
+def _html_table(table: Table) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        tds = (
+            f"<{tag}{' class=num' if i >= table.right_from else ''}>{html.escape(c)}</{tag}>"
+            for i, c in enumerate(cells)
+        )
+        return "<tr>" + "".join(tds) + "</tr>"
+
+    head = row(table.header, "th") if any(table.header) else ""
+    return "<table>" + head + "".join(row(r, "td") for r in table.rows) + "</table>"
+
+
+def _html_body(body: Table | Pre | Image) -> str:
+    e = html.escape
+    if isinstance(body, Table):
+        return _html_table(body)
+    if isinstance(body, Pre):
+        css = f' class="{e(body.css_class)}"' if body.css_class else ""
+        pre = f"<pre{css}>{e(body.text)}</pre>"
+        return f"<details><summary>{e(body.folded)}</summary>{pre}</details>" if body.folded else pre
+    data = base64.b64encode(body.png).decode()
+    return f'<img alt="{e(body.alt)}" src="data:image/png;base64,{data}">'
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 12px;text-align:left;"
+    "border-bottom:1px solid #ddd}th{background:#f4f4f4}td:first-child{color:#555}.num{text-align:right;"
+    "font-variant-numeric:tabular-nums}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;"
+    "overflow-wrap:anywhere}img{max-width:100%}"
+)
+
+
+def render_html(page: Page) -> str:
+    """The same content as one self-contained page (images embedded as base64); all text escaped."""
+    e = html.escape
+    parts = [f"<h1>{e(page.name)}</h1>", f"<p>Preset <code>{e(page.preset)}</code>."]
+    if page.resumed:
+        parts.append(f" Resumed from step {e(page.resumed)} (dashed lines on the chart).")
+    parts.append("</p>")
+    for section in page.sections:
+        parts += [f"<h2>{e(section.title)}</h2>", _html_body(section.body)]
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{e(page.name)}: {e(page.preset)}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    page = (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{e(name)}: {e(preset)}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+
+
+def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, Path]:
+    """Write report.md, report.html and report.png into `out` (default: the run dir)."""
+    run_dir = RunDir(run)
+    run = run_dir.path
+    if not run_dir.config.is_file():
+        raise UserError(f"{run} is not a run dir (no config.json)")
+    out = Path(out) if out is not None else run
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    files = _read_run(run_dir)
+    title = _chart_title(run, files.config, files.summary)
+    png = chart_png(run, title, files.resumes)
+    resumed = ", ".join(f"{s:,}" for s in files.resumes)
+    page = Page(
+        run.resolve().name, str(files.config.get("preset", "")), resumed, _sections(run, files, png, title)
     )
-    if png:
-        atomic_write_bytes(out / "report.png", png)
-    atomic_write_text(out / "report.md", "\n".join(md))
-    atomic_write_text(out / "report.html", page)
+    for section in page.sections:
+        if isinstance(section.body, Image):
+            atomic_write_bytes(out / section.body.file, section.body.png)
+    atomic_write_text(out / "report.md", render_markdown(page))
+    atomic_write_text(out / "report.html", render_html(page))
     return out / "report.md", out / "report.html"
 
 
