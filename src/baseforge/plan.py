@@ -10,7 +10,7 @@ Speed: FLOPs per token from `GPT.flops_per_token` (6N + attention), tokens/s = M
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baseforge.config import preset_config
