@@ -252,8 +252,7 @@ class FlexKernel:
         except Exception as exc:  # noqa: BLE001 - any compiler failure: the masked SDPA still runs
             if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
                 raise  # an answer for the micro-batch search, not a broken compiler
-            first = str(exc).splitlines()[0][:120] if str(exc) else ""
-            self._off(f"it failed to compile ({type(exc).__name__}: {first})")
+            self._off(f"it failed to compile ({_first_line(exc)})")
             return None
         self.keys.add(key)
         return out
@@ -264,6 +263,14 @@ class FlexKernel:
             f"warning: FlexAttention is off for the rest of this process: {why}; attention takes "
             "scaled_dot_product_attention with the mask (the same result, more memory and time)"
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    """'Type: first line' of the error a compiler failure wraps (Dynamo's BackendCompilerFailed)."""
+    while getattr(exc, "inner_exception", None) or exc.__cause__:
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__  # type: ignore[assignment]
+    text = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
 
 
 def _flex_key(q, k, vis: Visibility) -> tuple:
