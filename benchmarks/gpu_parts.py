@@ -217,6 +217,59 @@ def _from_out(suite, part: str) -> dict | None:
     return json.loads(found[-1].read_text()) if found else None
 
 
+# --- flex smoke: the document-masked presets train, compiled and not -------------------------------------
+# Each preset at a fixed micro-batch (a quarter to a half of what `baseforge plan` fits on an 80 GB GPU:
+# gpt2-speedrun 59, gpt2-small-modern 119), 3 steps, then an evaluation and a short sample, so that the
+# training forward's FlexAttention, evaluation's masked SDPA and the sampler all run. Six layers instead
+# of twelve (three value tables need six): every code path, half the compile time.
+SMOKE = {"gpt2-speedrun": ["micro_batch=16"], "gpt2-small-modern": ["micro_batch=32"]}
+SMOKE_QUICK = {"gpt2-speedrun": ["attn_window=32", "batch_schedule=2@256"], "gpt2-small-modern": []}
+
+
+def smoke_keys(suite, preset: str, compiled: bool) -> list[str]:
+    if suite.quick:
+        keys = ["device=cpu", "precision=fp32", "n_layer=2", "n_embd=64", "n_head=2", "context=64"]
+        keys += ["value_embeds=1", "micro_batch=2", "global_batch=4", *SMOKE_QUICK[preset]]
+    else:
+        keys = ["device=cuda", "precision=bf16", "n_layer=6", *SMOKE[preset]]
+    keys += [f"compile={str(compiled).lower()}", "max_steps=3", "max_tokens=0", "log_every=1"]
+    return keys + ["eval_every=3", "eval_tokens=65536", "checkpoint_every=1000000", "sample_tokens=16"]
+
+
+def part_flex_smoke(suite, deadline: float) -> dict:
+    """Both presets, compile off then on (the CPU rehearsal: off only; tests/test_cuda_path.py trains
+    them compiled on the CPU): finite losses, the kernel each run named, any FlexAttention fallback."""
+    from baseforge.train.metrics import read_metrics
+
+    runs: dict[str, dict] = {}
+    for preset in SMOKE:
+        for compiled in (False,) if suite.quick else (False, True):
+            name = f"{preset}{'+compile' if compiled else ''}"
+            run = suite.work / f"smoke-{name}"
+            shutil.rmtree(run, ignore_errors=True)
+            cmd = [sys.executable, "-m", "baseforge", "train", "--data", data_dir(suite), "--out", run]
+            cmd += ["--preset", preset, *sum((["--set", k] for k in smoke_keys(suite, preset, compiled)), [])]
+            try:
+                out = sh(suite, cmd, deadline)
+            except Overran as exc:
+                raise Overran(str(exc), {"runs": runs, "stopped": name}) from None
+            rows = read_metrics(run)
+            losses = [r["loss"] for r in rows if r.get("loss") is not None]
+            runs[name] = {
+                "losses": losses,
+                "val_loss": rows[-1].get("val_loss"),
+                "tokens_per_s": rows[-1].get("tokens_per_s"),
+                "peak_reserved_gib": rows[-1].get("peak_reserved_gib"),
+                "attention": next((ln for ln in out.splitlines() if ln.startswith("attention:")), None),
+                "compiled": "compiled"
+                in next((ln for ln in out.splitlines() if ln.startswith("device ")), ""),
+                "flex_fallback": next((ln for ln in out.splitlines() if "FlexAttention is off" in ln), None),
+            }
+            if len(losses) != 3 or not all(np.isfinite(losses)):
+                raise RuntimeError(f"{name}: losses {losses}")
+    return {"runs": runs}
+
+
 # --- the peers --------------------------------------------------------------------------------------
 def flat_tokens(data: Path, split: str) -> np.ndarray:
     from baseforge.data.shards import read_manifest, split_shards
@@ -310,13 +363,10 @@ def part_tests(suite, deadline: float) -> dict:
 def part_quality(suite, deadline: float) -> dict:
     from gpu_quality import chart, run_quality
 
-    seed = suite.results.get("throughput-gpt2-small-seed") or _from_out(suite, "throughput-gpt2-small-seed")
-    rate = seed["result"]["tokens_per_s"] if seed and seed.get("status") == "ok" else None
-
     def runner(cmd: list) -> str:
         return sh(suite, cmd, deadline)
 
-    result = run_quality(data_dir(suite), suite.work / "quality", suite.minutes, suite.quick, runner, rate)
+    result = run_quality(data_dir(suite), suite.work / "quality", suite.quality_tokens, suite.quick, runner)
     chart(result, suite.out / "quality.png")
     return result
 
@@ -324,6 +374,7 @@ def part_quality(suite, deadline: float) -> dict:
 PARTS = {
     "env": part_env,
     "data": part_data,
+    "flex-smoke": part_flex_smoke,
     "throughput-gpt2-124m": lambda suite, deadline: throughput(suite, "gpt2-124m", deadline),
     "nanogpt": part_nanogpt,
     "tests": part_tests,

@@ -4,13 +4,15 @@ at context 2048: sliding windows, U-net skips, best-fit packing, a batch schedul
 same data, same tokens each.
 
 Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
-    python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--minutes 1.5] [--quick]
+    python benchmarks/gpu_quality.py --data DATA_DIR --work DIR [--tokens 12e6] [--quick]
 
-Each recipe trains through the CLI (`baseforge train --preset P`, bf16 + torch.compile, micro-batch
-by search) on the same number of tokens (`max_tokens`: a batch schedule's small early steps count
-as they are): what the seed recipe trains in `--minutes` at its measured tokens/s, so that each whole
-schedule (warmup, decay) fits; the runs differ in wall-clock. A preset's batch schedule, if it has
-one, is scaled to that budget (the same fractions of it as of the preset's max_tokens). From the runs'
+Each recipe trains through the CLI (`baseforge train --preset P`, bf16, eager with FlexAttention
+compiled, a fixed micro-batch per preset) on the same number of tokens (`max_tokens`: a batch
+schedule's small early steps count as they are), each whole schedule (warmup, decay) inside it; the
+runs differ in wall-clock. Eager and fixed micro-batches so that three recipes fit one call of the
+suite: a whole-model compile per recipe and a micro-batch search would spend its minutes before
+training (the flex-smoke and throughput parts measure compiled speed). A preset's batch schedule, if
+it has one, is scaled to the budget (the same fractions of it as of the preset's max_tokens). From the runs'
 metrics.jsonl: validation loss at equal training time and at equal tokens (linear interpolation
 between evaluations), and tokens/s of each. `--quick` runs the same path on CPU with a tiny shape.
 """
@@ -29,7 +31,13 @@ import common
 
 ROOT = common.ROOT
 RECIPES = ["gpt2-small-seed", "gpt2-small-modern", "gpt2-speedrun"]
-GPU_KEYS = ["compile=true", "precision=bf16", "device=cuda", "micro_batch=auto", "sample_tokens=0"]
+GPU_KEYS = ["compile=false", "precision=bf16", "device=cuda", "sample_tokens=0"]
+# A fixed micro-batch per preset, dividing each of its batch-schedule stages: about half of what
+# `baseforge plan --gpu h100-sxm` fits (193, 119 and 59), since the plan is unchecked on a GPU yet.
+MICRO = {"gpt2-small-seed": 32, "gpt2-small-modern": 64, "gpt2-speedrun": 32}
+# The race's tokens: about 30 s of the seed recipe eager on an H100 (an estimate until measured): a
+# comparison that fits the call, not a converged one.
+TOKENS = 12_000_000
 QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_embd=64", "n_head=2"]
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
 # The quick shape has 2 layers (3 value tables need 6) and 4 sequences a step.
@@ -129,21 +137,15 @@ def scaled_schedule(preset: str, tokens: int) -> list[str]:
     return [f"batch_schedule={','.join(stages)}"]
 
 
-def run_quality(
-    data: Path, work: Path, minutes: float, quick: bool, runner=plain_runner, seed_rate: float | None = None
-) -> dict:
-    """Both recipes on the same tokens: as many as the seed recipe trains in `minutes` at `seed_rate`
-    tokens/s (the suite's throughput part measured it), else at a 12-step calibration's rate."""
+def run_quality(data: Path, work: Path, tokens: int, quick: bool, runner=plain_runner) -> dict:
+    """The three recipes on the same `tokens` each, in this order (the last is cut first)."""
     if quick:
         keys = [*QUICK_KEYS, "max_steps=4", "eval_every=2", "eval_tokens=512", "log_every=1"]
         return compare({p: train(data, work / p, p, keys + QUICK_EXTRA.get(p, []), runner) for p in RECIPES})
-    if seed_rate is None:
-        calib = train(data, work / "calib", RECIPES[0], [*GPU_KEYS, "max_steps=12", "log_every=4"], runner)
-        seed_rate = [r for r in calib if r.get("loss") is not None][-1]["tokens_per_s"]
-    tokens = int(60 * minutes * seed_rate)
     runs = {}
     for preset in RECIPES:
-        recipe = [*GPU_KEYS, *scaled_schedule(preset, tokens), "max_steps=0", f"max_tokens={tokens}"]
+        recipe = [*GPU_KEYS, f"micro_batch={MICRO[preset]}", *scaled_schedule(preset, tokens)]
+        recipe += ["max_steps=0", f"max_tokens={tokens}"]
         steps = steps_for(preset, recipe, tokens)
         keys = [*recipe, f"eval_every={max(1, steps // 6)}", "log_every=10"]
         runs[preset] = train(
@@ -156,10 +158,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--minutes", type=float, default=0.5)
+    ap.add_argument("--tokens", type=float, default=TOKENS, help="tokens each recipe trains on")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    result = run_quality(args.data, args.work, args.minutes, args.quick)
+    result = run_quality(args.data, args.work, int(args.tokens), args.quick)
     print(json.dumps(result, indent=1))
 
 

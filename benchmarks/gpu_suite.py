@@ -3,8 +3,8 @@ it ends, so a call stopped at its limit still brings back what it finished.
 
 On the GPU machine (a bare checkout, no baseforge install, no network):
     python benchmarks/pack_device.py           # here, once: packs .device/ and prints the two calls
-    python benchmarks/gpu_suite.py --call 1 --out $OUT    # env, data, gpt2-124m vs nanoGPT, CUDA tests
-    python benchmarks/gpu_suite.py --call 2 --out $OUT    # llm.c, gpt2-small-seed, the quality race
+    python benchmarks/gpu_suite.py --call 1 --out $OUT    # env, data, flex smoke, gpt2-124m vs nanoGPT
+    python benchmarks/gpu_suite.py --call 2 --out $OUT    # the quality race, CUDA tests, llm.c, seed
 Back here, the parts' files of both calls become the committed result:
     python benchmarks/gpu_suite.py --report CALL1_DIR CALL2_DIR   # benchmarks/results/gpu-<gpu>.{md,json}
 On CPU, the same code paths with tiny shapes (what CI rehearses, see tests/test_gpu_suite.py):
@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts this checkout's src/ first on the path)
 import gpu_parts  # noqa: E402
+import gpu_quality  # noqa: E402
 from gpu_report import markdown, merge  # noqa: E402
 
 ROOT = common.ROOT
@@ -38,21 +39,24 @@ class Part:
     budget_s: float  # on an H100/H200-class GPU; estimated until a lent GPU measured it
 
 
-# Ordered by value: the headline ratio first, then what a user trusts, then the rest.
+# Ordered by value: that the modern presets train at all on a GPU (flex smoke), the headline ratio,
+# the recipes' race, what a user trusts (the CUDA tests), then the rest. Each call's parts add up to
+# its deadline, so the last ones run only when the earlier came in under budget.
 CALLS = {
     1: [
         Part("env", 15),
         Part("data", 60),
-        Part("throughput-gpt2-124m", 120),
-        Part("nanogpt", 120),
-        Part("tests", 150),
+        Part("flex-smoke", 120),  # gpt2-speedrun and gpt2-small-modern, compile off and on
+        Part("throughput-gpt2-124m", 90),
+        Part("nanogpt", 90),
     ],
     2: [
         Part("env", 15),
         Part("data", 60),  # kept from call 1 when the machine stayed warm; else prepared again
+        Part("quality", 150),  # three recipes: seed, modern, speedrun (eager, fixed micro-batches)
+        Part("tests", 150),
         Part("llmc", 150),
         Part("throughput-gpt2-small-seed", 100),
-        Part("quality", 220),  # three recipes: seed, modern, speedrun
     ],
 }
 # Each call well inside a 10-minute command; both, with a machine's start (1-2 min), inside the
@@ -67,7 +71,7 @@ class Suite:
     work: Path
     baselines: Path
     steps: int
-    minutes: float
+    quality_tokens: int
     deadline: float  # time.monotonic() at which the call must have ended
     log_file: Path
     results: dict = field(default_factory=dict)  # part name -> its record, as written
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baselines", type=Path, help="nanoGPT/ and llm.c/ (default: .device/baselines)")
     ap.add_argument("--work", type=Path, default=ROOT / ".gpu-suite", help="data and runs (kept)")
     ap.add_argument("--steps", type=int, help="steps per throughput run (default 60; quick 3)")
-    ap.add_argument("--minutes", type=float, default=0.5, help="training minutes per quality recipe")
+    ap.add_argument("--quality-tokens", type=float, help="tokens per quality recipe (gpu_quality.TOKENS)")
     ap.add_argument("--deadline", type=float, help="seconds for the whole call (default per call)")
     args = ap.parse_args(argv)
     if args.report:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         work=args.work,
         baselines=baselines,
         steps=args.steps or (3 if args.quick else 60),
-        minutes=args.minutes,
+        quality_tokens=int(args.quality_tokens or gpu_quality.TOKENS),
         deadline=time.monotonic() + deadline,
         log_file=args.out / "gpu-suite.log",
     )

@@ -1,6 +1,7 @@
 """CUDA paths, proven on a GPU; every test here is marked `cuda` and skipped cleanly without one.
 
-Run on a GPU with `pytest -m cuda` (benchmarks/gpu_suite.py --part tests does). Model-level tests use
+Run on a GPU with `pytest -m cuda` (benchmarks/gpu_suite.py --part tests does). The attention rule's
+CPU twins (the same checks through a stand-in for FlexAttention) are in test_cuda_path.py. Model-level tests use
 the model, the fused loss and the optimizers directly; trainer-level tests drive `baseforge train`
 in a subprocess and compare what it writes (metrics.jsonl, model.safetensors), so they do not
 depend on the Trainer's internals. Where bit-exact comparisons need it, the subprocess runs with
@@ -425,3 +426,86 @@ def test_torchrun_one_process_trains_and_checkpoints(data_dir, tmp_path):
     ok(result)
     assert find_checkpoint(run).name.endswith("6")
     assert [r["step"] for r in read_metrics(run) if r["loss"] is not None][-1] == 6
+
+
+# --- document masking, windows and FlexAttention --------------------------------------------------------
+MASKS = [(True, 0), (False, 48), (True, 48), (True, "tensor")]
+MASK_IDS = ["docs", "window", "both", "warmup"]
+
+
+def doc_ids(B: int = 4, T: int = 256, seed: int = 0) -> torch.Tensor:
+    """Token ids with an end-of-text (0) about every 40 positions: several documents per row."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    ids = torch.randint(1, 512, (B, T), device="cuda", generator=g)
+    return ids.masked_fill(torch.rand(B, T, device="cuda", generator=g) < 0.025, 0)
+
+
+@pytest.mark.parametrize("doc, window", MASKS, ids=MASK_IDS)
+def test_flex_equals_sdpa_with_the_same_mask_forward_and_backward(doc, window):
+    """The training kernel (FlexAttention with the block mask, compiled) against SDPA with the boolean
+    mask of the same rule, in bf16: outputs and the gradients of q, k and v."""
+    from baseforge.model import attention as attn
+
+    ids = doc_ids()
+    B, T = ids.shape
+    d = attn.documents(ids, 0) if doc else None
+    w = attn.window_tensor(48, "cuda") if window == "tensor" else window
+    vis = attn.Visibility(doc=d, window=w, block_mask=attn.flex_block_mask(d, w, B, T, "cuda"))
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(B, 4, T, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    grads = []
+    for kernel in ("flex", "sdpa"):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        if kernel == "flex":
+            out = attn.FLEX(*leaves, vis)
+            assert out is not None, attn.FLEX.broken
+        else:
+            out = F.scaled_dot_product_attention(*leaves, attn_mask=vis.allowed(T, "cuda"))
+        out.float().square().sum().backward()
+        grads.append([out, *(t.grad for t in leaves)])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("doc, window", MASKS, ids=MASK_IDS)
+def test_a_masked_model_with_value_embeddings_and_skips_compiles_to_the_eager_result(doc, window):
+    """The whole model compiled (FlexAttention inside its graph, value embeddings, U-net skips) against
+    eager (FlexAttention compiled alone): loss and gradients agree in bf16."""
+    from baseforge.model import attention as attn
+
+    torch._dynamo.reset()
+    model = tiny_model(pos_emb="rope", norm="rmsnorm", attn_doc_mask=doc, doc_token=0, value_embeds=1,
+                       unet_skips=True, attn_window=0 if window == "tensor" else window)  # fmt: skip
+    ids = doc_ids(T=128)
+    w = {"window": attn.window_tensor(48, "cuda")} if window == "tensor" else {}
+    results = []
+    for run in (model, torch.compile(model, dynamic=False)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = run(ids, ids.roll(-1, dims=1), **w)[1]
+        loss.backward()
+        results.append([loss.detach(), *(p.grad.clone() for p in model.parameters())])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-3)
+    assert not attn.FLEX.broken
+
+
+def test_flex_compiles_once_per_training_shape_through_a_run(data_dir, tmp_path, monkeypatch):
+    """Search, training under a window warmup and after it, evaluation and the sample, eager: Dynamo's
+    graphs are FlexAttention's own, one per training shape (evaluation and sampling take SDPA)."""
+    from torch._dynamo.utils import counters
+
+    from baseforge.config import resolve_config
+    from baseforge.model import attention as attn
+    from baseforge.train.loop import Trainer
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(attn, "FLEX", attn.FlexKernel())  # its count starts with Dynamo's, at 0
+    keys = [*CUDA, "compile=false", "pos_emb=rope", "attn_doc_mask=true", "attn_window=64", "n_layer=2"]
+    keys += ["attn_window_warmup=0.5", "micro_batch=auto", "global_batch=16", "max_steps=4", "context=256"]
+    keys += ["eval_every=4", "eval_tokens=4096", "sample_tokens=8", "checkpoint_every=100", "log_every=1"]
+    Trainer(resolve_config("cpu-tiny", None, keys), data_dir, tmp_path / "run", log=print).run()
+    made = attn.FLEX.compiles
+    assert 2 <= made <= attn.FLEX_COMPILE_LIMIT and not attn.FLEX.broken
+    assert counters["stats"]["unique_graphs"] == made, dict(counters["stats"])
