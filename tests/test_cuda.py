@@ -1,7 +1,7 @@
 """CUDA paths, proven on a GPU; every test here is marked `cuda` and skipped cleanly without one.
 
-Run on a GPU with `pytest -m cuda` (benchmarks/gpu_suite.py --part tests does). The attention rule's
-CPU twins (the same checks through a stand-in for FlexAttention) are in test_cuda_path.py. Model-level tests use
+Run on a GPU with `pytest -m cuda` (benchmarks/gpu_suite.py --part tests does); the attention
+rule's CPU twins (through a stand-in for FlexAttention) are in test_cuda_path.py. Model-level tests use
 the model, the fused loss and the optimizers directly; trainer-level tests drive `baseforge train`
 in a subprocess and compare what it writes (metrics.jsonl, model.safetensors), so they do not
 depend on the Trainer's internals. Where bit-exact comparisons need it, the subprocess runs with
