@@ -187,3 +187,16 @@ def test_shipped_recipes_resolve(tmp_path, monkeypatch):
     assert resolve_config(None, "seed-3090").preset == resolve_config(None, "recipes/seed-3090.toml").preset
     with pytest.raises(UserError, match="shipped recipes: seed-3090"):
         resolve_config(None, "nope.toml")
+
+
+@pytest.mark.parametrize("preset", ["cpu-small-modern", "gpt2-small-modern", "gpt2-speedrun", "cpu-tiny"])
+def test_the_command_a_run_prints_resumes_it_when_values_came_from_the_data(preset):
+    """The saved config holds the vocabulary and document token resolved from the data; the same
+    command with --resume leaves them open. Compared as resolved, nothing changes (it was refused:
+    'doc_token 0 -> None' for every document-masked preset)."""
+    from baseforge.config import resume_config
+
+    saved = resolve_config(preset, None, ["max_steps=10"]).with_vocab(4096, 0)
+    assert resume_config(saved, preset, None, ["max_steps=10"]) is saved
+    with pytest.raises(UserError, match="n_layer"):
+        resume_config(saved, preset, None, ["n_layer=3"])

@@ -62,7 +62,7 @@ def bare(tmp_path_factory) -> Path:
     return copy
 
 
-@pytest.mark.slow  # 106 s: the CPU rehearsal of the device run, before a lease (benchmarks/README.md)
+@pytest.mark.slow  # ~2 min a call: the CPU rehearsal of the device run, before a lease (benchmarks/README.md)
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_each_call_brings_back_every_part(bare, call):
     out = bare.parent / f"out{call}"
@@ -84,10 +84,14 @@ def test_each_call_brings_back_every_part(bare, call):
     assert (out / "gpu-suite.md").is_file() and (out / "gpu-suite.log").is_file()
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back of $OUT
     if call == 1:
+        assert list(records)[2] == "flex-smoke"  # right after env and data: do the presets train at all
+        smoke = records["flex-smoke"]["result"]["runs"]
+        assert set(smoke) == {"gpt2-speedrun", "gpt2-small-modern"}  # compiled twins: GPU only
+        assert all(len(r["losses"]) == 3 and r["attention"] for r in smoke.values()), smoke
         assert records["nanogpt"]["result"]["tokens_per_s"] > 0
         assert records["throughput-gpt2-124m"]["result"]["vocab_size"] == 50304
-        assert records["tests"]["result"]["counts"].get("SKIPPED", 0) > 0  # collected, no GPU here
     else:
+        assert records["tests"]["result"]["counts"].get("SKIPPED", 0) > 0  # collected, no GPU here
         assert records["llmc"]["status"] == "skipped"  # needs nvcc and a GPU
         assert set(records["quality"]["result"]["recipes"]) == {
             "gpt2-small-seed",

@@ -377,7 +377,9 @@ def resume_config(saved: RunConfig, preset: str | None, toml_path, overrides) ->
     """
     explicit = set(parse_overrides(overrides))
     if preset or toml_path:
+        # Keys the run resolved from its data (vocabulary, document token) compare as resolved.
         wanted = resolve_config(preset or saved.preset, toml_path, overrides)
+        wanted = wanted.with_vocab(saved.model.known_vocab_size, saved.model.doc_token)
         changes = config_changes(saved, wanted, allowed=explicit)
         if changes:
             raise UserError(
