@@ -361,13 +361,12 @@ def part_tests(suite, deadline: float) -> dict:
 
 
 def part_quality(suite, deadline: float) -> dict:
-    from gpu_quality import chart, run_quality
+    from gpu_quality import run_quality
 
     def runner(cmd: list) -> str:
         return sh(suite, cmd, deadline)
 
     result = run_quality(data_dir(suite), suite.work / "quality", suite.quality_tokens, suite.quick, runner)
-    chart(result, suite.out / "quality.png")
     return result
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 
@@ -109,7 +108,9 @@ def merge(folders: list[Path], results: Path) -> Path:
     stem = results / f"gpu-{name}"
     atomic_write_json(stem.with_suffix(".json"), {"parts": listed})
     atomic_write_text(stem.with_suffix(".md"), markdown(listed))
-    for folder in folders:
-        if (folder / "quality.png").is_file():
-            shutil.copy(folder / "quality.png", f"{stem}-quality.png")
+    quality = (records.get("quality") or {}).get("result")
+    if quality:  # drawn here from the part's JSON: the device brings back 8 files at most
+        from gpu_quality import chart
+
+        chart(quality, Path(f"{stem}-quality.png"))
     return stem
