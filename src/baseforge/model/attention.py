@@ -160,6 +160,36 @@ def is_windowed(window: int | torch.Tensor) -> bool:
     return isinstance(window, torch.Tensor) or window > 0
 
 
+def visibility(
+    ids: torch.Tensor,
+    past: int,
+    window: int | torch.Tensor,
+    doc_token: int | None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Visibility:
+    """The attention rule for a forward over `ids` (all positions so far) whose last ones are new, with
+    what its kernel needs built once for every layer: documents start at `doc_token` (None: one
+    document); a window given as a tensor (a window warmup's) is a rule whatever its value, so a
+    compiled model runs every size through one graph, while an int is read here."""
+    if isinstance(window, int) and window >= ids.size(1):
+        window = 0  # a window as long as the sequence limits nothing
+    if doc_token is None and not is_windowed(window):
+        return Visibility(past=past)
+    doc = documents(ids, doc_token) if doc_token is not None else None
+    backend = masked_backend(ids.device.type, dropout, training)
+    if past == 0 and backend == "flex":
+        block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
+        return Visibility(past=0, doc=doc, window=window, block_mask=block)
+    # The band is read from the data (a host sync, free on the CPU); compiled, the mask keeps one graph.
+    if past == 0 and backend == "band" and not torch.compiler.is_compiling():
+        band = band_for(doc, int(window), ids.size(1))
+        if band:
+            return Visibility(past=0, doc=doc, window=int(window), band=band)
+    mask = Visibility(past=past, doc=doc, window=window).allowed(ids.size(1) - past, ids.device)
+    return Visibility(past=past, doc=doc, window=window, mask=mask)
+
+
 def window_tensor(size: int, device) -> torch.Tensor:
     """A window warmup's window as the model takes it: a 0-dim int64 tensor on the model's device. Data,
     not a constant (a compiled model runs every size through one graph), and on the device because

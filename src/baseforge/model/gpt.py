@@ -13,16 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baseforge.model.attention import (
-    Visibility,
-    attend,
-    band_for,
-    documents,
-    flex_block_mask,
-    is_windowed,
-    masked_backend,
-    positions_in_document,
-)
+from baseforge.model.attention import Visibility, attend, positions_in_document, visibility
 from baseforge.model.config import ModelConfig
 from baseforge.model.loss import linear_cross_entropy
 
@@ -250,33 +241,43 @@ class GPT(nn.Module):
         With `cache`, `idx` holds only the new positions; the cache supplies the rest. `window`
         overrides attn_window (a window warmup in training, as a 0-dim tensor: see `visibility`).
         """
-        B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.context:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.config.context}")
-        ids = idx
-        if cache is not None:
-            cache.ids[:, start : start + T] = idx
-            ids = cache.ids[:, : start + T]
+        ids, start = self.history(idx, cache)
         vis = self.visibility(ids, start, self.config.attn_window if window is None else window)
-        x = self.transformer.wte(idx)
-        rope = None
-        if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
-        elif self.config.rope_doc_reset:
-            pos = positions_in_document(ids, self.config.known_doc_token())[:, start:]
-            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, D/2)
-        else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
-        x = self.transformer.drop(x)
-        x = self.blocks(x, idx, rope, vis, cache)
+        x, rope = self.embed(idx, ids, start)
+        x = self.blocks(self.transformer.drop(x), idx, rope, vis, cache)
         if cache is not None:
-            cache.pos += T
-        x = self.transformer.ln_f(x)
+            cache.pos += idx.size(1)
+        return self.head(self.transformer.ln_f(x), targets)
+
+    def history(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, int]:
+        """Every token id so far (the cache's and `idx`), and where `idx` starts among them."""
+        start = cache.pos if cache is not None else 0
+        if start + idx.size(1) > self.config.context:
+            raise ValueError(
+                f"sequence of {start + idx.size(1)} tokens exceeds the context of {self.config.context}"
+            )
+        if cache is None:
+            return idx, start
+        cache.ids[:, start : start + idx.size(1)] = idx
+        return cache.ids[:, : start + idx.size(1)], start
+
+    def embed(self, idx: torch.Tensor, ids: torch.Tensor, start: int):
+        """Token embeddings of the new positions, with learned positions added, or the rotary tables
+        for them (by position in the window, or in the document with rope_doc_reset)."""
+        x = self.transformer.wte(idx)
+        T = idx.size(1)
+        if self.config.pos_emb == "learned":
+            return x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device)), None
+        if self.config.rope_doc_reset:
+            pos = positions_in_document(ids, self.config.known_doc_token())[:, start:]
+            return x, (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B, 1, T, D/2)
+        return x, (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None):
+        """(logits, None), or with targets (None, loss) through the fused head + loss (see loss.py)."""
         if targets is not None:
-            # Fused head + loss: the full logits tensor is never built (see loss.py).
             loss = linear_cross_entropy(
-                x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap
+                x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), self.config.logit_softcap
             )
             return None, loss
         logits = self.lm_head(x)
@@ -301,28 +302,12 @@ class GPT(nn.Module):
         return x
 
     def visibility(self, ids: torch.Tensor, past: int, window: int | torch.Tensor) -> Visibility:
-        """The attention rule for a forward over `ids` (all positions so far) whose last ones are new.
-        A window given as a tensor (a window warmup's) is a rule whatever its value, so a compiled
-        model runs every size through one graph; an int is read here."""
+        """The attention rule of a forward over `ids` whose last positions are new (attention.py picks
+        the kernel: FlexAttention in CUDA training, the band or SDPA with the mask otherwise)."""
         c = self.config
-        if isinstance(window, int) and window >= ids.size(1):
-            window = 0  # a window as long as the sequence limits nothing
-        if not (c.attn_doc_mask or is_windowed(window)):
-            return Visibility(past=past)
-        doc = documents(ids, c.known_doc_token()) if c.attn_doc_mask else None
-        vis = Visibility(past=past, doc=doc, window=window)
-        training = self.training and torch.is_grad_enabled()  # flex compiles for training shapes only
-        backend = masked_backend(ids.device.type, c.dropout if self.training else 0.0, training)
-        if past == 0 and backend == "flex":
-            block = flex_block_mask(doc, window, ids.size(0), ids.size(1), ids.device)
-            return Visibility(past=0, doc=doc, window=window, block_mask=block)
-        # The band is read from the data (a host sync, free on the CPU); compiled, the mask keeps one graph.
-        if past == 0 and backend == "band" and not torch.compiler.is_compiling():
-            band = band_for(doc, int(window), ids.size(1))
-            if band:
-                return Visibility(past=0, doc=doc, window=int(window), band=band)
-        mask = vis.allowed(ids.size(1) - past, ids.device)  # once, for every layer
-        return Visibility(past=past, doc=doc, window=window, mask=mask)
+        doc_token = c.known_doc_token() if c.attn_doc_mask else None
+        return visibility(ids, past, window, doc_token, dropout=c.dropout if self.training else 0.0,
+                          training=self.training and torch.is_grad_enabled())  # fmt: skip
 
     def flops_per_token(self, window: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmul weights plus attention scores (PaLM, appendix B).
