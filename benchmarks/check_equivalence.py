@@ -1,9 +1,11 @@
 """Same seed, same data, two versions of baseforge: are the training runs identical, bit for bit?
 
 Used to show that a refactor changed no behaviour. Each source tree (a checkout's `src/`) trains
-the same fixed-seed `cpu-tiny` run through the CLI: dropout on, gradient accumulation 2,
-validation and checkpoints along the way, and the run stopped by a signal half-way and resumed. Every logged
-number (loss, val_loss, grad_norm, lr) and the final weights' sha256 must be equal.
+the same fixed-seed `cpu-tiny` runs through the CLI: dropout on, gradient accumulation 2,
+validation and checkpoints along the way, and the run stopped by a signal half-way and resumed; once
+as the write-up's recipe, once with the round-2 keys (documents apart, value embeddings, Muon with
+NorMuon, best-fit packing, a batch schedule). Every logged number (loss, val_loss, grad_norm, lr) and
+the final weights' sha256 must be equal.
 
     git worktree add --detach /tmp/before <old commit>
     python benchmarks/check_equivalence.py --before /tmp/before/src --after src \
@@ -34,6 +36,9 @@ SETTINGS = [
     "checkpoint_every=30",
     "sample_tokens=0",
 ]
+ROUND2 = ["pos_emb=rope", "norm=rmsnorm", "attn_doc_mask=true", "value_embeds=1", "optimizer=muon"]
+ROUND2 += ["normuon=true", "packing=bestfit", "batch_schedule=8@2e4", "schedule=wsd"]
+CONFIGS = {"seed": SETTINGS, "round2": SETTINGS + ROUND2}
 COMPARED = ("step", "tokens", "loss", "val_loss", "grad_norm", "lr", "clip_frac")
 
 
@@ -42,11 +47,11 @@ def baseforge(src: Path, *args: str) -> None:
     subprocess.run([sys.executable, "-m", "baseforge", *args], env=env, check=True, capture_output=True)
 
 
-def run(src: Path, data: Path, out: Path) -> dict:
+def run(src: Path, data: Path, out: Path, settings: list[str]) -> dict:
     """Train 60 steps, stopped by SIGTERM once step 30 is logged, then --resume to the end; return the
     logged rows and the final weights' hash (where the signal lands does not matter: resume is exact)."""
     args = [sys.executable, "-m", "baseforge", "train", "--data", str(data), "--out", str(out)]
-    args += ["--preset", "cpu-tiny", *[a for s in SETTINGS for a in ("--set", s)]]
+    args += ["--preset", "cpu-tiny", *[a for s in settings for a in ("--set", s)]]
     env = dict(os.environ, PYTHONPATH=str(src.resolve()))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = out / "metrics.jsonl"
@@ -63,7 +68,7 @@ def run(src: Path, data: Path, out: Path) -> dict:
     latest = (out / "checkpoints" / "latest").read_text().strip()
     weights = (out / "checkpoints" / latest / "model.safetensors").read_bytes()
     rows = [{k: r.get(k) for k in COMPARED} for r in rows]
-    return {"rows": rows, "weights_sha256": hashlib.sha256(weights).hexdigest(), "settings": SETTINGS}
+    return {"rows": rows, "weights_sha256": hashlib.sha256(weights).hexdigest(), "settings": settings}
 
 
 def main() -> int:
@@ -72,22 +77,41 @@ def main() -> int:
     parser.add_argument("--after", type=Path, required=True, help="src/ of the new version")
     parser.add_argument("--out", type=Path, help="write the comparison here (Markdown)")
     args = parser.parse_args()
+    lines = [
+        "# Refactor equivalence: the same fixed-seed runs before and after",
+        "",
+        "Command: `python benchmarks/check_equivalence.py --before OLD/src --after src` (cpu-tiny; "
+        "stopped by SIGTERM at step 30 or just after, --resume to 60).",
+    ]
+    same = True
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         baseforge(args.before, "prepare", "builtin", "--out", str(data), "--tokenizer", "bpe:4096")
-        before = run(args.before, data, Path(tmp) / "before")
-        after = run(args.after, data, Path(tmp) / "after")
-    same_rows = before["rows"] == after["rows"]
-    same_weights = before["weights_sha256"] == after["weights_sha256"]
+        for name, settings in CONFIGS.items():
+            before = run(args.before, data, Path(tmp) / f"before-{name}", settings)
+            after = run(args.after, data, Path(tmp) / f"after-{name}", settings)
+            lines += comparison(name, settings, before, after)
+            same = (
+                same
+                and before["rows"] == after["rows"]
+                and before["weights_sha256"] == after["weights_sha256"]
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0 if same else 1
+
+
+def comparison(name: str, settings: list[str], before: dict, after: dict) -> list[str]:
     lines = [
-        "# Refactor equivalence: the same fixed-seed run before and after",
         "",
-        f"Command: `python benchmarks/check_equivalence.py --before OLD/src --after src` "
-        f"(cpu-tiny, {' '.join(SETTINGS)}; stopped by SIGTERM at step 30 or just after, --resume to 60).",
+        f"## {name}: {' '.join(settings)}",
         "",
         f"- logged rows compared: {len(before['rows'])} (fields: {', '.join(COMPARED)})",
-        f"- every logged number equal, bit for bit: **{same_rows}**",
-        f"- final weights sha256 equal: **{same_weights}** (`{after['weights_sha256'][:16]}...`)",
+        f"- every logged number equal, bit for bit: **{before['rows'] == after['rows']}**",
+        f"- final weights sha256 equal: **{before['weights_sha256'] == after['weights_sha256']}** "
+        f"(`{after['weights_sha256'][:16]}...`)",
         "",
         "| step | loss before | loss after | val before | val after |",
         "|---:|---:|---:|---:|---:|",
@@ -95,11 +119,7 @@ def main() -> int:
     for b, a in zip(before["rows"], after["rows"]):
         if b.get("val_loss") is not None or b["step"] % 10 == 0:
             lines.append(f"| {b['step']} | {b['loss']} | {a['loss']} | {b['val_loss']} | {a['val_loss']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-    return 0 if same_rows and same_weights else 1
+    return lines
 
 
 if __name__ == "__main__":
