@@ -27,7 +27,7 @@ LAYERS = [
     {"baseforge.model"},
     {"baseforge.config", "baseforge.data", "baseforge.generate"},
     {"baseforge.train"},
-    {"baseforge.eval", "baseforge.plan", "baseforge.memory_model"},
+    {"baseforge.eval", "baseforge.plan"},
     {"baseforge.launch"},  # builds a run from a config: reads train/ and eval/ (ARCHITECTURE.md)
     {"baseforge.cli", "baseforge.__main__"},
 ]

@@ -1,6 +1,6 @@
 """What fits where, how fast, and at what cost: a training plan for a preset on some GPUs.
 
-Memory per GPU comes from the memory model (memory_model.py, where its terms are described), modelled
+Memory per GPU comes from the memory model (plan/memory.py, where its terms are described), modelled
 on the code that runs; this module turns it into a verdict, a speed, a time and a cost.
 
 Speed: FLOPs per token from `GPT.flops_per_token` (6N + attention), tokens/s = MFU x peak x GPUs
@@ -15,34 +15,17 @@ from pathlib import Path
 
 from baseforge.config import preset_config
 from baseforge.errors import UserError
-from baseforge.memory_model import (
+from baseforge.plan.memory import (
     CUDA_CONTEXT,
     GIB,
     Memory,
     Setup,
     Shape,
-    activation_bytes,
     largest_micro_batch,
     memory,
     model_shape,
-    state_bytes,
 )
 from baseforge.train.metrics import read_metrics
-
-__all__ = [
-    "Memory",
-    "Plan",
-    "Setup",
-    "Shape",
-    "activation_bytes",
-    "format_plan",
-    "largest_micro_batch",
-    "make_plan",
-    "memory",
-    "mfu_from_run",
-    "model_shape",
-    "state_bytes",
-]
 
 DEFAULT_MFU = 0.40  # an assumption for GPT-2-class models with flash attention, not a measurement
 
