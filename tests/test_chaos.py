@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.checkpoint.format import find_checkpoint
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, baseforge, cli_env, sets
 

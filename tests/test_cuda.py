@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from baseforge.model import GPT, ModelConfig
 from baseforge.model.loss import linear_cross_entropy
-from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.checkpoint.format import find_checkpoint
 from baseforge.train.metrics import read_metrics
 from baseforge.train.muon import Muon, param_groups_for_muon
 from conftest import build_data_dir

@@ -224,8 +224,8 @@ def test_the_search_reads_reserved_memory_as_the_plan_counts_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 5)
     assert autobatch.DeviceMemory(torch.device("cuda", 0)).peak() == 7
     from baseforge.hardware import find_gpu
-    from baseforge.memory_model import Setup
-    from baseforge.plan import format_plan, make_plan
+    from baseforge.plan.estimate import format_plan, make_plan
+    from baseforge.plan.memory import Setup
 
     assert "in GiB reserved" in format_plan(make_plan(Setup("gpt2-124m", find_gpu("h100-sxm"))))
 

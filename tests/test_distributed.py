@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.checkpoint.format import find_checkpoint
 from baseforge.train.distributed import backend_for, process_group
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_a_dead_rank_ends_the_job, baseforge, cli_env, free_port, sets, torchrun

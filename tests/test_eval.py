@@ -129,7 +129,7 @@ def test_import_then_export_round_trips_every_tensor(hf_dir, tmp_path, gpt2_avai
 
 def test_export_gives_baseforge_logits_in_transformers(shakespeare_dir, tmp_path):
     from baseforge.config import resolve_config
-    from baseforge.train.checkpoint import load_model
+    from baseforge.train.checkpoint.format import load_model
     from baseforge.train.loop import Trainer
     from helpers import TINY
 
@@ -249,7 +249,7 @@ def test_sample_stops_at_end_of_text_unless_told_not_to(bpe_export, monkeypatch,
     assert main(["sample", str(run), "--device", "cpu"]) == 0
     assert main(["sample", str(run), "--device", "cpu", "--no-stop"]) == 0
     assert seen[0]["stop_at_eot"] is True and seen[1]["stop_at_eot"] is False
-    from baseforge.train.checkpoint import load_model
+    from baseforge.train.checkpoint.format import load_model
 
     eot = load_model(run)[1].eot_id  # the trained BPE's <|endoftext|>, not GPT-2's 50256
     assert seen[0]["eot_id"] == eot != 50256

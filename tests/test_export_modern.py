@@ -38,7 +38,7 @@ def modern_run(shakespeare_dir, tmp_path_factory):
 
 
 def test_modern_run_exports_with_remote_code_and_matches_baseforge(modern_run, tmp_path):
-    from baseforge.train.checkpoint import load_model
+    from baseforge.train.checkpoint.format import load_model
 
     out = tmp_path / "export"
     result = baseforge("export", modern_run, "--out", out)

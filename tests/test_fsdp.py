@@ -20,8 +20,8 @@ from baseforge.config import RunConfig, TrainConfig, preset_config
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model.config import ModelConfig
-from baseforge.train import checkpoint as ckpt
 from baseforge.train import rng
+from baseforge.train.checkpoint import format as ckpt
 from baseforge.train.distributed import DistInfo
 from baseforge.train.metrics import read_metrics
 from baseforge.train.parallel import recompute_blocks, shard_model
@@ -113,7 +113,7 @@ def test_consolidate_writes_the_weights_from_the_shards(runs, tmp_path):
 
 
 def test_a_sharded_index_that_would_run_code_is_refused(runs, tmp_path):
-    from baseforge.train.sharded import consolidate
+    from baseforge.train.checkpoint.sharded import consolidate
 
     copy = tmp_path / "step"
     shutil.copytree(runs / "fsdp" / "checkpoints" / "step_0000004", copy)
@@ -311,7 +311,7 @@ def test_muon_on_sharded_parameters_gives_the_unsharded_update(tmp_path):
 def _gather_copy(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from baseforge.train.sharded import gathered_model
+    from baseforge.train.checkpoint.sharded import gathered_model
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     model = tiny_model(dropout=0)

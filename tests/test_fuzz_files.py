@@ -22,7 +22,7 @@ from baseforge.config import load_run_config
 from baseforge.errors import UserError
 from baseforge.rundir import RunDir
 from baseforge.runlock import LOCK_FILE
-from baseforge.train.checkpoint import load_model, read_data_record
+from baseforge.train.checkpoint.format import load_model, read_data_record
 from baseforge.train.loop import Trainer
 from helpers import TINY, baseforge, sets
 

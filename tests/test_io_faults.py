@@ -23,11 +23,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import baseforge.cli.data as data_verb
-import baseforge.train.checkpoint as checkpoint
+import baseforge.train.checkpoint.format as checkpoint
 import baseforge.train.metrics as metrics
 from baseforge import fileio
 from baseforge.cli import main
-from baseforge.train.checkpoint import find_checkpoint
+from baseforge.train.checkpoint.format import find_checkpoint
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, sets
 

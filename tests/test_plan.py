@@ -16,11 +16,11 @@ from baseforge.errors import UserError
 from baseforge.hardware import find_gpu
 from baseforge.model import loss as fused_loss
 from baseforge.model.gpt import GPT
-from baseforge.plan import (
+from baseforge.plan.estimate import make_plan
+from baseforge.plan.memory import (
     Setup,
     activation_bytes,
     largest_micro_batch,
-    make_plan,
     memory,
     model_shape,
     state_bytes,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from baseforge.config import resolve_config
-from baseforge.train.checkpoint import find_checkpoint, load_model
+from baseforge.train.checkpoint.format import find_checkpoint, load_model
 from baseforge.train.loop import Trainer
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_clean_error, baseforge, cli_env, sets
@@ -79,7 +79,7 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
     before = find_checkpoint(run)
     child = textwrap.dedent(f"""
         import os, signal, torch
-        from baseforge.train import checkpoint as ckpt
+        from baseforge.train.checkpoint import format as ckpt
         from baseforge.train.loop import Trainer
         from baseforge.config import resolve_config
         def dying_save(tensors, path, *a, **k):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from baseforge.config import load_run_config
 from baseforge.errors import UserError
 from baseforge.runlock import LOCK_FILE
-from baseforge.train.checkpoint import find_checkpoint, load_model, read_checkpoint_meta
+from baseforge.train.checkpoint.format import find_checkpoint, load_model, read_checkpoint_meta
 from baseforge.train.loop import Trainer
 from helpers import TINY, assert_clean_error, baseforge, sets
 

@@ -23,12 +23,12 @@ from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
 from baseforge.eval.models import load_any
-from baseforge.memory_model import activation_bytes, shape_of, state_bytes
 from baseforge.model import GPT
+from baseforge.plan.memory import activation_bytes, shape_of, state_bytes
 from baseforge.progress import format_duration
 from baseforge.rundir import RunDir
 from baseforge.train.build import total_steps
-from baseforge.train.checkpoint import data_fingerprint, model_tensors, read_data_record
+from baseforge.train.checkpoint.format import data_fingerprint, model_tensors, read_data_record
 from baseforge.train.mfu import measure_matmul_peak
 from baseforge.train.precision import resolve_device, resolve_precision
 

@@ -8,7 +8,7 @@
     RUN/summary.json, sample.txt what a finished run says of itself
     RUN/checkpoints/latest       text file: the name of the newest complete checkpoint
     RUN/checkpoints/best         text file: the one with the lowest validation loss
-    RUN/checkpoints/step_0001000/  one checkpoint (train/checkpoint.py documents its files)
+    RUN/checkpoints/step_0001000/  one checkpoint (train/checkpoint/format.py documents its files)
     RUN/discarded/               what a resume from an earlier step set aside: later checkpoints,
                                  metrics rows (metrics-after-step-N.jsonl); nothing is deleted
 

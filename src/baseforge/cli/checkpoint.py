@@ -8,8 +8,8 @@ from pathlib import Path
 from baseforge.cli import VERBS
 from baseforge.errors import UserError
 from baseforge.rundir import RunDir
-from baseforge.train.checkpoint import MODEL_FILE
-from baseforge.train.sharded import consolidate
+from baseforge.train.checkpoint.format import MODEL_FILE
+from baseforge.train.checkpoint.sharded import consolidate
 
 
 def register(sub) -> None:

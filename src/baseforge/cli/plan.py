@@ -9,7 +9,8 @@ from baseforge.cli import VERBS
 from baseforge.cli.options import add_json
 from baseforge.errors import UserError
 from baseforge.hardware import GPUS, find_gpu
-from baseforge.plan import Setup, format_plan, make_plan, mfu_from_run
+from baseforge.plan.estimate import format_plan, make_plan, mfu_from_run
+from baseforge.plan.memory import Setup
 
 EPILOG = """\
 examples:
@@ -17,7 +18,7 @@ examples:
   baseforge plan --preset gpt2-xl --gpu rtx-3090 --parallel fsdp --gpus 8 --price 0.3
   baseforge plan --preset gpt2-medium --gpu h100-sxm --from-run runs/medium --json
 GPUs: see `baseforge plan --list-gpus`. Memory is modelled on the trainer's code
-(src/baseforge/memory_model.py); speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu
+(src/baseforge/plan/memory.py); speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu
 or --from-run says otherwise.
 """
 

@@ -24,7 +24,7 @@ from baseforge.model import hf as hf_map
 from baseforge.model.config import ModelConfig
 from baseforge.rundir import RunDir
 from baseforge.tokenizer import EOT, GPT2Tokenizer, Tokenizer, TrainedBPETokenizer
-from baseforge.train.checkpoint import load_model, save_checkpoint, write_run_config
+from baseforge.train.checkpoint.format import load_model, save_checkpoint, write_run_config
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -13,7 +13,7 @@ from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_text
 from baseforge.generate import generate
 from baseforge.progress import progress_bar
-from baseforge.train.checkpoint import find_checkpoint, load_model
+from baseforge.train.checkpoint.format import find_checkpoint, load_model
 
 
 def clean_answer(text: str) -> str:

@@ -22,7 +22,7 @@ from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model import hf as hf_map
 from baseforge.tokenizer import EOT, Tokenizer
-from baseforge.train.checkpoint import load_model
+from baseforge.train.checkpoint.format import load_model
 
 
 @dataclass

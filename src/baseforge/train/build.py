@@ -24,7 +24,7 @@ from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.tokenizer import Tokenizer
 from baseforge.train.autobatch import search_micro_batch
-from baseforge.train.checkpoint import load_model_tensors
+from baseforge.train.checkpoint.format import load_model_tensors
 from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
 from baseforge.train.optim import Optimizers, build_optimizers
 from baseforge.train.parallel import ModelViews, wrap_model

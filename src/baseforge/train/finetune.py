@@ -17,7 +17,7 @@ from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_c
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.instructions import InstructionData
 from baseforge.fileio import atomic_write_json
-from baseforge.train.checkpoint import load_model, model_tensors
+from baseforge.train.checkpoint.format import load_model, model_tensors
 from baseforge.train.distributed import process_group
 from baseforge.train.loop import RunResult, Trainer
 

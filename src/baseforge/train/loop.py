@@ -21,7 +21,7 @@ from baseforge.generate import generate
 from baseforge.rundir import RunDir
 from baseforge.train.build import Run, TrainData, build_run
 from baseforge.train.cadence import Cadence, Due
-from baseforge.train.checkpointer import Checkpointer
+from baseforge.train.checkpoint.checkpointer import Checkpointer
 from baseforge.train.device import Runtime
 from baseforge.train.distributed import DistInfo, any_rank
 from baseforge.train.metrics import read_metrics

@@ -46,8 +46,8 @@ from torch.utils.checkpoint import checkpoint
 from baseforge.config import TrainConfig
 from baseforge.errors import UserError
 from baseforge.model import GPT
+from baseforge.train.checkpoint.sharded import gathered_model
 from baseforge.train.device import Runtime
-from baseforge.train.sharded import gathered_model
 
 
 def recompute_blocks(model: GPT, mode: str) -> int:

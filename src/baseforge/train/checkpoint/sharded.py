@@ -1,6 +1,6 @@
 """Sharded checkpoints for FSDP runs: every rank writes its own shards with torch.distributed.checkpoint.
 
-An FSDP checkpoint is an ordinary checkpoint folder (checkpoint.py) plus `dcp/`:
+An FSDP checkpoint is an ordinary checkpoint folder (format.py) plus `dcp/`:
 
     step_0001000/dcp/            DCP's files: each rank's shards of the weights ("model") and of each
                                  optimizer's state ("optim.adamw", "optim.muon"), keyed by parameter name
@@ -49,7 +49,7 @@ from baseforge.errors import UserError
 from baseforge.fileio import atomic_path
 from baseforge.model import GPT
 from baseforge.rundir import RunDir
-from baseforge.train import checkpoint as ckpt
+from baseforge.train.checkpoint import format as ckpt
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.optim import run_hyperparameters_kept
 

@@ -20,7 +20,7 @@ checkpoint is executed when it is read: weights and trainer tensors are safetens
 (DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP).
 
 Which backend writes and reads a live run's checkpoint (plain or DCP shards) is decided in one place,
-train/checkpointer.py; the RNG states it holds are train/rng.py's.
+train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from baseforge.model import GPT
 from baseforge.records import count, excerpt, read_json, text
 from baseforge.rundir import RunDir, step_of
 from baseforge.tokenizer import Tokenizer, load_tokenizer
-from baseforge.train import statefile
+from baseforge.train.checkpoint import statefile
 from baseforge.train.rng import rng_state
 
 MODEL_FILE = "model.safetensors"

@@ -1,7 +1,7 @@
 """Checkpoints of a live run: where to resume from, the run dir's first writes, save and restore.
 
 The one place that picks a checkpoint's backend, for saving and loading alike: a sharded (FSDP) run
-writes and reads DCP shards (sharded.py); any other run the plain files of checkpoint.py. A checkpoint
+writes and reads DCP shards (sharded.py); any other run the plain files of format.py. A checkpoint
 with shards loads into a sharded model or a plain one, at any world size; a sharded model needs one.
 """
 
@@ -17,9 +17,9 @@ from baseforge.model import GPT
 from baseforge.records import count, number
 from baseforge.rundir import RunDir
 from baseforge.tokenizer import check_same_tokenizer
-from baseforge.train import checkpoint as ckpt
-from baseforge.train import sharded
 from baseforge.train.build import Run, total_steps
+from baseforge.train.checkpoint import format as ckpt
+from baseforge.train.checkpoint import sharded
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.metrics import record_resume, truncate_metrics
 from baseforge.train.rng import gather_rng_states, restore_rng

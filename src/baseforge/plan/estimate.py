@@ -1,6 +1,6 @@
 """What fits where, how fast, and at what cost: a training plan for a preset on some GPUs.
 
-Memory per GPU comes from the memory model (memory_model.py, where its terms are described), modelled
+Memory per GPU comes from the memory model (plan/memory.py, where its terms are described), modelled
 on the code that runs; this module turns it into a verdict, a speed, a time and a cost.
 
 Speed: FLOPs per token from `GPT.flops_per_token` (6N + attention), tokens/s = MFU x peak x GPUs
@@ -15,34 +15,17 @@ from pathlib import Path
 
 from baseforge.config import preset_config
 from baseforge.errors import UserError
-from baseforge.memory_model import (
+from baseforge.plan.memory import (
     CUDA_CONTEXT,
     GIB,
     Memory,
     Setup,
     Shape,
-    activation_bytes,
     largest_micro_batch,
     memory,
     model_shape,
-    state_bytes,
 )
 from baseforge.train.metrics import read_metrics
-
-__all__ = [
-    "Memory",
-    "Plan",
-    "Setup",
-    "Shape",
-    "activation_bytes",
-    "format_plan",
-    "largest_micro_batch",
-    "make_plan",
-    "memory",
-    "mfu_from_run",
-    "model_shape",
-    "state_bytes",
-]
 
 DEFAULT_MFU = 0.40  # an assumption for GPT-2-class models with flash attention, not a measurement
 
@@ -133,13 +116,7 @@ def _verdict(plan: Plan, s: Shape, setup: Setup) -> str:
     )
 
 
-def make_plan(
-    setup: Setup,
-    tokens: int | None = None,
-    price: float | None = None,
-    mfu: float | None = None,
-    mfu_source: str = "",
-) -> Plan:
+def _check_setup(setup: Setup) -> None:
     if setup.gpus < 1:
         raise UserError(f"--gpus must be at least 1, not {setup.gpus}")
     if setup.parallel not in ("ddp", "fsdp"):
@@ -148,15 +125,10 @@ def make_plan(
         raise UserError("--activation-checkpointing must be none or blocks")
     if setup.micro_batch is not None and setup.micro_batch < 1:
         raise UserError(f"--micro-batch must be at least 1, not {setup.micro_batch}")
-    setup.precision = setup.precision or ("bf16" if setup.gpu.bf16 else "fp16")
-    s = model_shape(setup.preset, setup.vocab)
-    usable = int(setup.gpu.memory_gib * GIB) - CUDA_CONTEXT
-    largest = largest_micro_batch(s, setup, usable)
-    micro = setup.micro_batch or max(largest, 1)
-    mem = memory(s, setup, micro)
-    train = preset_config(setup.preset).train
-    tokens = int(tokens or train.max_tokens or train.tokens_per_param * s.params)
-    mfu = mfu if mfu is not None else DEFAULT_MFU
+
+
+def _tokens_per_s(setup: Setup, s: Shape, mfu: float) -> float:
+    """MFU x the GPU's dense peak at the setup's precision x GPUs / FLOPs per token."""
     tflops = setup.gpu.peak_tflops(setup.precision)
     if tflops is None:
         raise UserError(
@@ -166,6 +138,27 @@ def make_plan(
     tokens_per_s = mfu * peak * setup.gpus / s.flops_per_token
     if setup.activation_checkpointing == "blocks":
         tokens_per_s *= 3 / 4  # the forward runs twice: 4 passes' work where 3 are counted
+    return tokens_per_s
+
+
+def make_plan(
+    setup: Setup,
+    tokens: int | None = None,
+    price: float | None = None,
+    mfu: float | None = None,
+    mfu_source: str = "",
+) -> Plan:
+    _check_setup(setup)
+    setup.precision = setup.precision or ("bf16" if setup.gpu.bf16 else "fp16")
+    s = model_shape(setup.preset, setup.vocab)
+    usable = int(setup.gpu.memory_gib * GIB) - CUDA_CONTEXT
+    largest = largest_micro_batch(s, setup, usable)
+    micro = setup.micro_batch or max(largest, 1)
+    mem = memory(s, setup, micro)
+    train = preset_config(setup.preset).train
+    tokens = int(tokens or train.max_tokens or train.tokens_per_param * s.params)
+    mfu = mfu if mfu is not None else DEFAULT_MFU
+    tokens_per_s = _tokens_per_s(setup, s, mfu)
     hours = tokens / tokens_per_s / 3600
     plan = Plan(
         preset=setup.preset,
