@@ -109,12 +109,12 @@ _MODERN_RECIPE = dict(
     decay_fraction=0.3,
     min_lr_ratio=0.0,
 )
-# Round 2: the keys that earned their place on the CPU proxy (p < 0.05 and a lower loss at the same
-# tokens, 3 seeds each: benchmarks/results/recipes-round2.md); the others stay off. value_embeds is 1
+# The keys that each earned their place on the CPU proxy (p < 0.05 and a lower loss at the same tokens,
+# 3 seeds each: benchmarks/results/recipes-round2.md); the others stay off. value_embeds is 1
 # table (first and last block) at 4-6 layers, as measured, and 3 at 12 (modded-nanogpt's layout).
 # The measured reference carried Muon weight decay 0.01, so the recipe keeps it.
-_ROUND2_MODEL = dict(attn_doc_mask=True, value_embeds=1)
-_ROUND2_RECIPE = dict(normuon=True, muon_weight_decay=0.01)
+_EARNED_MODEL = dict(attn_doc_mask=True, value_embeds=1)
+_EARNED_RECIPE = dict(normuon=True, muon_weight_decay=0.01)
 
 _ALL = [
     Preset(
@@ -153,28 +153,28 @@ _ALL = [
         "GPT-2 small's shape, modern recipe (rotary, RMSNorm, Muon, WSD, documents apart, value "
         "embeddings, NorMuon), 0.81B tokens; one GPU",
         # Vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
-        dict(_GPT2_SMALL, **{**_MODERN_SHAPE, **_ROUND2_MODEL, "value_embeds": 3}, vocab_size=50304),
+        dict(_GPT2_SMALL, **{**_MODERN_SHAPE, **_EARNED_MODEL, "value_embeds": 3}, vocab_size=50304),
         dict(
             _WRITEUP,
             **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3},
-            **_ROUND2_RECIPE,
+            **_EARNED_RECIPE,
             global_batch=64,
             # 5 tokens per parameter of the 162M that work on every token: the 116M of value-embedding
             # tables are lookups, and counting them would stretch the run 1.7x for no more compute.
             max_tokens=811_000_000,
         ),
     ),
-    # Every round-2 key: on the CPU proxy the whole set beat the earned keys alone (round2-all against
-    # round2 in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at the proxy's
+    # Every measured key: on the CPU proxy the whole set beat the earned keys alone ("round2-all"
+    # against "round2" in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at the proxy's
     # proportions: a window of half the context, a quarter and then half the batch for the first
     # 5% and 15% of the tokens.
     Preset(
         "gpt2-speedrun",
-        "GPT-2 small's shape with the whole round-2 recipe (documents apart, sliding windows, value "
+        "GPT-2 small's shape with every measured modern key (documents apart, sliding windows, value "
         "embeddings, U-net skips, a batch schedule; context 2048): GPT-2 quality in hours on one GPU",
         dict(
             _GPT2_SMALL,
-            **{**_MODERN_SHAPE, **_ROUND2_MODEL, "value_embeds": 3},
+            **{**_MODERN_SHAPE, **_EARNED_MODEL, "value_embeds": 3},
             vocab_size=50304,
             context=2048,
             rope_doc_reset=True,
@@ -184,7 +184,7 @@ _ALL = [
         dict(
             _WRITEUP,
             **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3},
-            **_ROUND2_RECIPE,
+            **_EARNED_RECIPE,
             muon_ns="polar_express",
             cautious_wd=True,
             packing="bestfit",
@@ -209,8 +209,8 @@ _ALL = [
     Preset(
         "cpu-small-modern",
         "cpu-small's shape with the modern recipe",
-        dict(_CPU_SMALL, **_MODERN_SHAPE, **_ROUND2_MODEL),
-        dict(dict(_CPU, max_steps=600, lr=1.5e-3), **_MODERN_RECIPE, **_ROUND2_RECIPE),
+        dict(_CPU_SMALL, **_MODERN_SHAPE, **_EARNED_MODEL),
+        dict(dict(_CPU, max_steps=600, lr=1.5e-3), **_MODERN_RECIPE, **_EARNED_RECIPE),
     ),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
