@@ -165,8 +165,8 @@ _ALL = [
         ),
     ),
     # Every measured key: on the CPU proxy the whole set beat the earned keys alone ("round2-all"
-    # against "round2" in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at the proxy's
-    # proportions: a window of half the context, a quarter and then half the batch for the first
+    # against "round2" in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at
+    # the proxy's proportions: a window of half the context, a quarter and then half the batch for the first
     # 5% and 15% of the tokens.
     Preset(
         "gpt2-speedrun",
