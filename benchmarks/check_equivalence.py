@@ -66,9 +66,21 @@ def run(src: Path, data: Path, out: Path, settings: list[str]) -> dict:
     baseforge(src, "train", "--data", str(data), "--out", str(out), "--resume")
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     latest = (out / "checkpoints" / "latest").read_text().strip()
-    weights = (out / "checkpoints" / latest / "model.safetensors").read_bytes()
     rows = [{k: r.get(k) for k in COMPARED} for r in rows]
-    return {"rows": rows, "weights_sha256": hashlib.sha256(weights).hexdigest(), "settings": settings}
+    weights = tensors_sha256(out / "checkpoints" / latest / "model.safetensors")
+    return {"rows": rows, "weights_sha256": weights, "settings": settings}
+
+
+def tensors_sha256(path: Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: the weights alone (the
+    file's metadata holds the resolved config, which a refactor may spell differently)."""
+    from safetensors.numpy import load_file
+
+    digest = hashlib.sha256()
+    for name, array in sorted(load_file(str(path)).items()):
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def main() -> int:
@@ -110,7 +122,8 @@ def comparison(name: str, settings: list[str], before: dict, after: dict) -> lis
         "",
         f"- logged rows compared: {len(before['rows'])} (fields: {', '.join(COMPARED)})",
         f"- every logged number equal, bit for bit: **{before['rows'] == after['rows']}**",
-        f"- final weights sha256 equal: **{before['weights_sha256'] == after['weights_sha256']}** "
+        f"- final weights equal (sha256 of the tensors): "
+        f"**{before['weights_sha256'] == after['weights_sha256']}** "
         f"(`{after['weights_sha256'][:16]}...`)",
         "",
         "| step | loss before | loss after | val before | val after |",
