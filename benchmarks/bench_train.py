@@ -67,7 +67,7 @@ SHORT_DOC_CHARS = 120  # at most this many characters a line: every document fit
 
 def make_trainer(data: Path, run: Path, overrides: list[str], preset: str | None = None):
     """A set-up Trainer: the reference config (cpu-small + REFERENCE), or `preset` as it is."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     config = (

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from baseforge.config import resolve_config
 from baseforge.errors import UserError
+from baseforge.overrides import resolve_config
 from baseforge.train import autobatch, step
 from baseforge.train.autobatch import agree, largest_fitting, search_micro_batch
 from baseforge.train.distributed import DistInfo

@@ -238,7 +238,7 @@ def test_no_host_device_sync_inside_a_micro_step():
 
 def trainer_on_gpu(data: Path, run: Path, *keys: str):
     """A set-up in-process Trainer on the GPU (helpers.TINY with `keys`)."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     trainer = Trainer(resolve_config("cpu-tiny", None, [*TINY, *CUDA, *keys]), data, run, log=lambda *_: None)
@@ -495,8 +495,8 @@ def test_flex_compiles_once_per_training_shape_through_a_run(data_dir, tmp_path,
     graphs are FlexAttention's own, one per training shape (evaluation and sampling take SDPA)."""
     from torch._dynamo.utils import counters
 
-    from baseforge.config import resolve_config
     from baseforge.model import attention as attn
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     torch._dynamo.reset()

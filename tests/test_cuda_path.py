@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounter
 
-from baseforge.config import resolve_config
 from baseforge.model import GPT, ModelConfig
 from baseforge.model import attention as attn
+from baseforge.overrides import resolve_config
 from baseforge.train import autobatch, device, metrics, step
 from baseforge.train.device import Runtime, resolve_compile, warm_up_shapes
 from baseforge.train.loop import Trainer

@@ -25,7 +25,7 @@ LAYERS = [
     },
     {"baseforge.hardware", "baseforge.tokenizer", "baseforge.presets"},
     {"baseforge.model"},
-    {"baseforge.config", "baseforge.data", "baseforge.generate"},
+    {"baseforge.config", "baseforge.overrides", "baseforge.data", "baseforge.generate"},
     {"baseforge.train"},
     {"baseforge.eval", "baseforge.plan", "baseforge.memory_model"},
     {"baseforge.launch"},  # builds a run from a config: reads train/ and eval/ (ARCHITECTURE.md)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from baseforge.config import resolve_config
+from baseforge.overrides import resolve_config
 from baseforge.train.checkpoint import find_checkpoint, load_model
 from baseforge.train.loop import Trainer
 from baseforge.train.metrics import read_metrics
@@ -81,7 +81,7 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
         import os, signal, torch
         from baseforge.train import checkpoint as ckpt
         from baseforge.train.loop import Trainer
-        from baseforge.config import resolve_config
+        from baseforge.overrides import resolve_config
         def dying_save(tensors, path, *a, **k):
             with open(path, "wb") as f:
                 f.write(b"half a checkpoint")

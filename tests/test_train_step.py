@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import baseforge
-from baseforge.config import resolve_config
 from baseforge.model import loss
+from baseforge.overrides import resolve_config
 from baseforge.train.loop import Trainer
 from baseforge.train.validate import Validator
 from helpers import TINY

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.config import resolve_config
 from baseforge.data.prepare import prepare
 from baseforge.fileio import check_out_dir
 from baseforge.model import GPT
+from baseforge.overrides import resolve_config
 
 EPILOG = """\
 SOURCE is one or more of:

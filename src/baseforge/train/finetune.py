@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_config
+from baseforge.config import RunConfig, TrainConfig, load_run_config
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.instructions import InstructionData
 from baseforge.fileio import atomic_write_json
+from baseforge.overrides import apply_overrides
 from baseforge.train.checkpoint import load_model, model_tensors
 from baseforge.train.distributed import process_group
 from baseforge.train.loop import RunResult, Trainer
