@@ -51,7 +51,7 @@ def worker(args) -> None:
         for _ in range(args.steps):
             trainer.train_step()
             trainer.state.step += 1
-        step = trainer.parts.step
+        step = trainer.built.train_step
         optim = sum(
             local_bytes(v)
             for opt in step.optimizers.optimizers.values()

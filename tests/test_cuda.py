@@ -253,7 +253,7 @@ def test_train_step_micro_steps_do_not_sync(data_dir, tmp_path, precision):
     trainer = trainer_on_gpu(
         data_dir, tmp_path / "run", f"precision={precision}", "micro_batch=2", "dropout=0.1"
     )
-    step = trainer.parts.step
+    step = trainer.built.train_step
     step(0, trainer.data)  # warm-up: allocator, kernels, lazy init
     torch.cuda.synchronize()
     micro_step = step.forward_backward
