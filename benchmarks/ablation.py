@@ -101,7 +101,7 @@ def short_documents(out: Path) -> Path:
 
 
 def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_every: int) -> dict:
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     # The budget in tokens (max_tokens), so that a batch schedule's smaller steps train on as many.
@@ -141,7 +141,7 @@ def rate(recipe: list[str], data: Path, tmp: Path, steps: int) -> float:
     """Training tokens/s of `recipe` over `steps` steps after the first logged row (warm-up): the
     rows' harmonic mean, i.e. their tokens over their seconds (a window warmup's faster early steps
     count as they come)."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     overrides = SHAPE + COMMON + recipe + ["seed=0", f"max_steps={steps}", "log_every=5"]

@@ -39,7 +39,7 @@ def worker(args) -> None:
     """Inside torchrun: train a few steps, then print this rank's measurements as one JSON line."""
     import torch
 
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.distributed import gather_to_main, process_group
     from baseforge.train.loop import Trainer
 
@@ -51,7 +51,7 @@ def worker(args) -> None:
         for _ in range(args.steps):
             trainer.train_step()
             trainer.state.step += 1
-        step = trainer.parts.step
+        step = trainer.built.train_step
         optim = sum(
             local_bytes(v)
             for opt in step.optimizers.optimizers.values()

@@ -103,7 +103,7 @@ def prepare_data(out: Path) -> Path:
 def run(
     recipe: str, seed: int, data: Path, tmp: Path, steps: int, eval_every: int
 ) -> list[tuple[int, float]]:
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     overrides = (

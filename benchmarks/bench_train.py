@@ -67,7 +67,7 @@ SHORT_DOC_CHARS = 120  # at most this many characters a line: every document fit
 
 def make_trainer(data: Path, run: Path, overrides: list[str], preset: str | None = None):
     """A set-up Trainer: the reference config (cpu-small + REFERENCE), or `preset` as it is."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     config = (
@@ -112,7 +112,7 @@ class StepParts:
 
     def __init__(self, trainer):
         self.optimizer_s = 0.0
-        optimizers = trainer.parts.optimizers
+        optimizers = trainer.built.optimizers
         step = optimizers.step
 
         def timed(*a, **k):
@@ -155,7 +155,7 @@ def throughput(args) -> dict:
             trainers[name] = make_trainer(data, Path(tmp) / name, VARIANTS[name], args.preset)
             setup_s[name] = time.perf_counter() - t0
             parts[name] = StepParts(trainers[name])
-            compiled = trainers[name].parts.views.train is not trainers[name].parts.views.plain
+            compiled = trainers[name].built.views.train is not trainers[name].built.views.plain
             print(
                 f"{name}: set up in {setup_s[name]:.1f}s"
                 + (
@@ -195,12 +195,12 @@ def throughput(args) -> dict:
             tps = trainer.tokens_per_step / per_step
             rows[name] = {
                 "tokens_per_s": tps,
-                "mfu": trainer.parts.views.plain.flops_per_token() * tps / trainer.parts.runtime.peak,
-                "peak_tflops": trainer.parts.runtime.peak / 1e12,
-                "peak_source": trainer.parts.runtime.peak_source,
+                "mfu": trainer.built.views.plain.flops_per_token() * tps / trainer.built.runtime.peak,
+                "peak_tflops": trainer.built.runtime.peak / 1e12,
+                "peak_source": trainer.built.runtime.peak_source,
                 "step_s_median": per_step,
-                "params": trainer.parts.views.plain.num_params(),
-                "compiled": trainer.parts.views.train is not trainer.parts.views.plain,
+                "params": trainer.built.views.plain.num_params(),
+                "compiled": trainer.built.views.train is not trainer.built.views.plain,
                 "setup_s": setup_s[name],
                 "warmup_step_s": warmup_s[name],
                 "step_s": times[name],

@@ -26,11 +26,14 @@ from bench_train import REFERENCE  # noqa: E402
 from common import synthetic_data_dir  # noqa: E402
 
 # Runs under either version: old trainers build in __init__ and count `step`; new ones build in
-# setup() and count `state.step`.
+# setup() and count `state.step`; `resolve_config` lives in config.py or overrides.py.
 CHILD = """
 import json, statistics, sys, time
 from pathlib import Path
-from baseforge.config import resolve_config
+try:
+    from baseforge.overrides import resolve_config
+except ImportError:
+    from baseforge.config import resolve_config
 from baseforge.train.loop import Trainer
 data, run, steps, warmup = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 trainer = Trainer(resolve_config("cpu-small", None, json.loads(sys.argv[5])), data, run, log=lambda *a: None)

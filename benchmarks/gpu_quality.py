@@ -117,8 +117,8 @@ def chart(result: dict, path: Path) -> None:
 
 def steps_for(preset: str, keys: list[str], tokens: int) -> int:
     """The steps `preset` takes to train on `tokens` (its batch schedule's small steps counted)."""
-    from baseforge.config import resolve_config
     from baseforge.data.batch_plan import BatchPlan
+    from baseforge.overrides import resolve_config
 
     config = resolve_config(preset, None, keys)
     return BatchPlan.from_config(config.train, config.model.context).steps_for(tokens)
@@ -126,8 +126,8 @@ def steps_for(preset: str, keys: list[str], tokens: int) -> int:
 
 def scaled_schedule(preset: str, tokens: int) -> list[str]:
     """A preset's batch schedule at the same fractions of `tokens` as of its own max_tokens."""
-    from baseforge.config import resolve_config
     from baseforge.data.batch_plan import parse_batch_schedule
+    from baseforge.overrides import resolve_config
 
     cfg = resolve_config(preset).train
     if not cfg.batch_schedule or not cfg.max_tokens:

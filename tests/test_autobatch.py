@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from baseforge.config import resolve_config
 from baseforge.errors import UserError
+from baseforge.overrides import resolve_config
 from baseforge.train import autobatch, step
 from baseforge.train.autobatch import agree, largest_fitting, search_micro_batch
 from baseforge.train.distributed import DistInfo
@@ -57,7 +57,7 @@ def auto_trainer(shakespeare_dir, tmp_path):
     config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=8", "global_batch=8", "dropout=0.1"])
     trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *_: None)
     trainer.setup()
-    model, memory = trainer.parts.views.plain, FakeMemory()
+    model, memory = trainer.built.views.plain, FakeMemory()
 
     def see_batch(module, args):
         memory.batch = args[0].shape[0]
@@ -73,11 +73,11 @@ def auto_trainer(shakespeare_dir, tmp_path):
 
 def test_auto_search_keeps_a_margin_and_leaves_no_trace(auto_trainer):
     trainer, memory = auto_trainer
-    model = trainer.parts.views.plain
+    model = trainer.built.views.plain
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     micro = search_micro_batch(
-        model, trainer.data, trainer.config.train, trainer.parts.runtime, 8, memory=memory
+        model, trainer.data, trainer.config.train, trainer.built.runtime, 8, memory=memory
     )
     # 8 ran out of memory; 4 fitted but peaked at 95 of 100 units (< 10% free): the next divisor down
     assert micro == 2
@@ -90,7 +90,7 @@ def test_auto_search_keeps_a_margin_and_leaves_no_trace(auto_trainer):
 def test_auto_search_without_margin_pressure_takes_the_largest(auto_trainer, monkeypatch):
     trainer, memory = auto_trainer
     monkeypatch.setattr(memory, "capacity", lambda: 1000)
-    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
+    args = (trainer.built.views.plain, trainer.data, trainer.config.train, trainer.built.runtime, 8)
     assert autobatch.search_micro_batch(*args, memory=memory) == 4
 
 
@@ -105,8 +105,8 @@ def test_auto_search_restores_the_cuda_generator(auto_trainer, monkeypatch):
     def draw(module, args):  # as dropout on a GPU would
         state[0] += 1
 
-    trainer.parts.views.plain.register_forward_pre_hook(draw)
-    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
+    trainer.built.views.plain.register_forward_pre_hook(draw)
+    args = (trainer.built.views.plain, trainer.data, trainer.config.train, trainer.built.runtime, 8)
     autobatch.search_micro_batch(*args, memory=memory)
     assert state[0].item() == 7
 
@@ -123,7 +123,7 @@ def test_trials_run_the_real_step(auto_trainer, monkeypatch):
 
     monkeypatch.setattr(step.TrainStep, "forward_backward", recording)
     monkeypatch.setattr(memory, "capacity", lambda: 1000)
-    args = (trainer.parts.views.plain, trainer.data, trainer.config.train, trainer.parts.runtime, 8)
+    args = (trainer.built.views.plain, trainer.data, trainer.config.train, trainer.built.runtime, 8)
     autobatch.search_micro_batch(*args, memory=memory)
     assert seen and all(b * accum == 8 for b, accum in seen)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from baseforge.config import resolve_config
 from baseforge.data.batch_plan import BatchLayout, BatchPlan, parse_batch_schedule
 from baseforge.errors import ConfigError, UserError
+from baseforge.overrides import resolve_config
 from baseforge.train.build import total_steps
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, assert_clean_error, baseforge, sets

@@ -11,18 +11,17 @@ import pytest
 
 from baseforge.config import (
     MODEL_KEYS,
-    RECIPES,
     TRAIN_KEYS,
     RunConfig,
     TrainConfig,
     describe_keys,
     load_run_config,
-    resolve_config,
 )
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, help_text
 from baseforge.model.gpt import GPT
+from baseforge.overrides import RECIPES, resolve_config, resume_config
 from baseforge.presets import PRESETS
 from baseforge.train.build import total_steps
 from helpers import assert_clean_error, baseforge, sets
@@ -194,8 +193,6 @@ def test_the_command_a_run_prints_resumes_it_when_values_came_from_the_data(pres
     """The saved config holds the vocabulary and document token resolved from the data; the same
     command with --resume leaves them open. Compared as resolved, nothing changes (it was refused:
     'doc_token 0 -> None' for every document-masked preset)."""
-    from baseforge.config import resume_config
-
     saved = resolve_config(preset, None, ["max_steps=10"]).with_vocab(4096, 0)
     assert resume_config(saved, preset, None, ["max_steps=10"]) is saved
     with pytest.raises(UserError, match="n_layer"):

@@ -238,7 +238,7 @@ def test_no_host_device_sync_inside_a_micro_step():
 
 def trainer_on_gpu(data: Path, run: Path, *keys: str):
     """A set-up in-process Trainer on the GPU (helpers.TINY with `keys`)."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     trainer = Trainer(resolve_config("cpu-tiny", None, [*TINY, *CUDA, *keys]), data, run, log=lambda *_: None)
@@ -253,7 +253,7 @@ def test_train_step_micro_steps_do_not_sync(data_dir, tmp_path, precision):
     trainer = trainer_on_gpu(
         data_dir, tmp_path / "run", f"precision={precision}", "micro_batch=2", "dropout=0.1"
     )
-    step = trainer.parts.step
+    step = trainer.built.train_step
     step(0, trainer.data)  # warm-up: allocator, kernels, lazy init
     torch.cuda.synchronize()
     micro_step = step.forward_backward
@@ -495,8 +495,8 @@ def test_flex_compiles_once_per_training_shape_through_a_run(data_dir, tmp_path,
     graphs are FlexAttention's own, one per training shape (evaluation and sampling take SDPA)."""
     from torch._dynamo.utils import counters
 
-    from baseforge.config import resolve_config
     from baseforge.model import attention as attn
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     torch._dynamo.reset()

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounter
 
-from baseforge.config import resolve_config
 from baseforge.model import GPT, ModelConfig
 from baseforge.model import attention as attn
+from baseforge.overrides import resolve_config
 from baseforge.train import autobatch, device, metrics, step
 from baseforge.train.device import Runtime, resolve_compile, warm_up_shapes
 from baseforge.train.loop import Trainer
@@ -58,17 +58,17 @@ def test_every_window_tensor_comes_from_window_tensor_on_the_runtime_device(
     trainer.setup()
     searched = len(received)
     assert searched >= 2, "the search's trials ran without the window warmup's window"
-    run = trainer.parts
+    built = trainer.built
     for i in range(2):
-        run.step(i, trainer.data)
-    model = run.views.plain
+        built.train_step(i, trainer.data)
+    model = built.views.plain
     warm_up_shapes(
-        model, data=trainer.data, batches=run.batches, runtime=run.runtime, eval_tokens=128, window=64
+        model, data=trainer.data, batches=built.batches, runtime=built.runtime, eval_tokens=128, window=64
     )
     assert len(received) >= searched + 2 + 1
     for window, model_device in received:
         assert id(window) in made, "a window tensor made elsewhere than attention.window_tensor"
-        assert window.device == model_device == made[id(window)] == run.runtime.device
+        assert window.device == model_device == made[id(window)] == built.runtime.device
         assert window.dtype == torch.int64 and window.dim() == 0
 
 
@@ -134,16 +134,16 @@ def test_flex_compiles_once_per_training_shape_and_never_for_evaluation(
     keys = [*MASKED, "attn_window_warmup=0.5", "micro_batch=auto", "global_batch=8", "max_steps=4"]
     trainer = Trainer(resolve_config("cpu-tiny", None, keys), shakespeare_dir, tmp_path / "run", log=print)
     trainer.setup()
-    run = trainer.parts
+    built = trainer.built
     for i in range(4):  # steps 0-1 under the warmup's window (a tensor), 2-3 at the model's own (an int)
-        run.step(i, trainer.data)
+        built.train_step(i, trainer.data)
     trained = counter.frame_count
     assert trained == kernel.compiles == len(kernel.keys)
     shapes = {(key[0], key[4]) for key in kernel.keys}
-    micro = run.layout.micro_batch
+    micro = built.layout.micro_batch
     assert (tuple([micro, 2, 64, 32]), "tensor") in shapes and (tuple([micro, 2, 64, 32]), 32) in shapes
-    Validator(run).loss()
-    model = run.views.plain.eval()
+    Validator(built).loss()
+    model = built.views.plain.eval()
     generate(model, [1, 2, 3], max_new_tokens=8, temperature=1.0, seed=0)
     score_tokens(model, [([1, 2, 3, 4], [5, 6]), ([7, 8], [9])])
     assert counter.frame_count == trained, "evaluation, sampling or scoring compiled flex"

@@ -72,7 +72,7 @@ def hf_dir(tmp_path_factory, gpt2_available):
 @pytest.fixture(scope="module")
 def bpe_export(tmp_path_factory, shakespeare_dir):
     """A tiny run on a trained 512-token BPE (not GPT-2's) and its `baseforge export` folder."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
     from helpers import TINY
 
@@ -128,7 +128,7 @@ def test_import_then_export_round_trips_every_tensor(hf_dir, tmp_path, gpt2_avai
 
 
 def test_export_gives_baseforge_logits_in_transformers(shakespeare_dir, tmp_path):
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.checkpoint.format import load_model
     from baseforge.train.loop import Trainer
     from helpers import TINY
@@ -280,7 +280,7 @@ def test_eval_errors_are_one_line(gpt2_data, shakespeare_dir, hf_dir, tmp_path):
 
 
 def test_report_page_with_saved_evals(shakespeare_dir, tmp_path, shared_data):
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
     from helpers import TINY
 

@@ -28,7 +28,7 @@ MODERN = [
 
 @pytest.fixture(scope="module")
 def modern_run(shakespeare_dir, tmp_path_factory):
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     run = tmp_path_factory.mktemp("modern") / "run"

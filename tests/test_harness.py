@@ -31,7 +31,7 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, shakespeare_dir):
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
     run = tmp_path_factory.mktemp("harness") / "run"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from baseforge.config import resolve_config
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.loader import Prefetcher, TokenWindows, TrainStream, eval_batches
 from baseforge.data.shards import write_manifest, write_shard
 from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
+from baseforge.overrides import resolve_config
 from conftest import build_data_dir
 
 

@@ -28,7 +28,7 @@ def test_harness_outside_a_git_repository_prints_no_git_error(tmp_path, shakespe
     pytest.importorskip("lm_eval")
     import subprocess
 
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
     from test_harness import TASK_YAML
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from baseforge import hardware
-from baseforge.config import resolve_config
 from baseforge.errors import UserError
+from baseforge.overrides import resolve_config
 from baseforge.train import mfu
 from baseforge.train.loop import Trainer
 from baseforge.train.metrics import read_metrics

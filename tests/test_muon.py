@@ -311,7 +311,7 @@ def test_cautious_weight_decay_only_where_the_update_points_to_zero():
 
 def test_refinements_resume_bit_exactly_through_the_trainer_state():
     """NorMuon's second moments are optimizer state: saved, loaded (shape-checked) and continued."""
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.optim import build_optimizers
 
     torch.manual_seed(0)

@@ -110,7 +110,7 @@ def test_the_chart_is_titled_by_preset_and_marks_resumes(tmp_path, monkeypatch):
 
 
 def test_a_resume_is_recorded_where_the_report_finds_it(shakespeare_dir, tmp_path):
-    from baseforge.config import resolve_config
+    from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
     from baseforge.train.metrics import read_resumes
 

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from baseforge.config import resolve_config
+from baseforge.overrides import resolve_config
 from baseforge.train.checkpoint.format import find_checkpoint, load_model
 from baseforge.train.loop import Trainer
 from baseforge.train.metrics import read_metrics
@@ -32,11 +32,11 @@ def test_grad_accum_matches_one_big_batch(shakespeare_dir, tmp_path):
     common = ["dropout=0", "max_steps=6", "checkpoint_every=100", "eval_every=100"]
     a = run_in_process(shakespeare_dir, tmp_path / "a", *common, "micro_batch=2", "global_batch=8")
     b = run_in_process(shakespeare_dir, tmp_path / "b", *common, "micro_batch=8", "global_batch=8")
-    assert a.parts.layout.grad_accum == 4 and b.parts.layout.grad_accum == 1
+    assert a.built.layout.grad_accum == 4 and b.built.layout.grad_accum == 1
     la = [r["loss"] for r in read_metrics(tmp_path / "a")][1:]
     lb = [r["loss"] for r in read_metrics(tmp_path / "b")][1:]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-5)
-    for (name, pa), pb in zip(a.parts.views.plain.named_parameters(), b.parts.views.plain.parameters()):
+    for (name, pa), pb in zip(a.built.views.plain.named_parameters(), b.built.views.plain.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -81,7 +81,7 @@ def test_kill_while_writing_checkpoint_keeps_latest_valid(shakespeare_dir, tmp_p
         import os, signal, torch
         from baseforge.train.checkpoint import format as ckpt
         from baseforge.train.loop import Trainer
-        from baseforge.config import resolve_config
+        from baseforge.overrides import resolve_config
         def dying_save(tensors, path, *a, **k):
             with open(path, "wb") as f:
                 f.write(b"half a checkpoint")
@@ -164,7 +164,7 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
     assert not (tmp_path / "auto").exists()  # building a trainer writes nothing
     auto.setup()
     assert not (tmp_path / "auto").exists()
-    layout = auto.parts.layout
+    layout = auto.built.layout
     assert (layout.micro_batch, layout.grad_accum) == (8, 1)
     assert any("micro_batch auto: 8 fits; gradient accumulation 1" in line for line in logs)
     auto.run()
@@ -179,4 +179,4 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
     assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [
         r["loss"] for r in read_metrics(tmp_path / "fixed")
     ]
-    assert fixed.parts.layout.micro_batch == 8
+    assert fixed.built.layout.micro_batch == 8

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import baseforge
-from baseforge.config import resolve_config
 from baseforge.model import loss
+from baseforge.overrides import resolve_config
 from baseforge.train.loop import Trainer
 from baseforge.train.validate import Validator
 from helpers import TINY
@@ -34,7 +34,7 @@ def test_train_step_reads_the_device_once_per_step(shakespeare_dir, tmp_path, mo
     config = resolve_config("cpu-tiny", None, [*TINY, "micro_batch=2", "global_batch=8", "dropout=0.1"])
     trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *_: None)
     trainer.setup()
-    step = trainer.parts.step
+    step = trainer.built.train_step
     reads, inside, current = [], [False], [None]  # (method, in a micro-step, step, caller's file)
     monkeypatch.setattr(loss, "host_reads_are_free", lambda device: False, raising=False)
     for name in HOST_READS:
@@ -90,8 +90,8 @@ def test_compiled_run_does_not_recompile_after_warm_up(shakespeare_dir, tmp_path
     assert not any("training eager" in line for line in logs), logs
     graphs = counters["stats"]["unique_graphs"]
     assert graphs > 0
-    trainer.parts.views.plain.train()
+    trainer.built.views.plain.train()
     for step in range(3):
-        assert trainer.parts.step(step, trainer.data).applied
-        assert Validator(trainer.parts).loss() is not None
+        assert trainer.built.train_step(step, trainer.data).applied
+        assert Validator(trainer.built).loss() is not None
     assert counters["stats"]["unique_graphs"] == graphs, "recompiled after the warm-up"

@@ -1,4 +1,4 @@
-"""Run configuration: a preset, then a TOML file, then `--set key=value` overrides.
+"""Run configuration: what the keys are, their types and checks, and the `RunConfig` that holds them.
 
 Two typed dataclasses travel together as one `RunConfig`: the model's shape (`model.ModelConfig`)
 and the training recipe (`TrainConfig`). Their keys are disjoint, so users write flat keys
@@ -6,7 +6,8 @@ and the training recipe (`TrainConfig`). Their keys are disjoint, so users write
 (`errors.ConfigError` for a bad value); every change goes through `RunConfig.update`, which rebuilds
 them with `dataclasses.replace` (and so re-validates). Each key's help text is in its field's metadata
 (`model.config.option`), read by `--help-config`. The resolved config is saved with every run and
-checkpoint as `{"preset", "model": {...}, "train": {...}}`.
+checkpoint as `{"preset", "model": {...}, "train": {...}}`. A config is resolved from a preset, a TOML
+file and `--set key=value` overrides in `overrides.py`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from baseforge.data.batch_plan import parse_batch_schedule
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, check_choices, help_text, option, type_name
 from baseforge.presets import get_preset
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -169,7 +165,7 @@ RENAMED = {"hellaswag_every": "evaluators_every"}
 _told: set[str] = set()
 
 
-def _renamed(values: dict) -> dict:
+def with_new_names(values: dict) -> dict:
     """`values` with old key names replaced by their new ones, saying so once per process on stderr."""
     out = {}
     for name, value in values.items():
@@ -190,36 +186,8 @@ def _renamed(values: dict) -> dict:
     return out
 
 
-def parse_value(key: str, raw: str, current):
-    """Parse a --set string into the type of the key's current value."""
-    kind = type(current)
-    low = raw.strip().lower()
-    if key in ("micro_batch", "compile") and low == "auto":
-        return "auto"
-    if key == "compile":
-        current = False  # a bool from here on
-    if key == "vocab_size" and low in ("none", "data", "auto"):
-        return None
-    try:
-        if isinstance(current, bool):
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(current, int) or current is None or key == "micro_batch":
-            number = float(raw)  # accepts 1e6 and 1_000_000 as well as 1000000
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if isinstance(current, float):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(f"config: {key} = {raw!r} is not a valid {kind.__name__}") from None
-    return raw
-
-
-def _unknown(key: str) -> ConfigError:
+def unknown_key(key: str) -> ConfigError:
+    """The error for a key that is neither a model nor a train key, naming the closest one."""
     known = sorted(MODEL_KEYS) + sorted(TRAIN_KEYS)
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see `baseforge train --help-config`"
@@ -238,10 +206,10 @@ class RunConfig:
         """Change several keys at once: the one way a config changes. Each half is rebuilt once with
         `dataclasses.replace` (both are frozen), so the result is validated as a whole (n_embd=64 with
         n_head=2 is fine even if n_embd=64 alone does not divide the old n_head)."""
-        values = _renamed(values)
+        values = with_new_names(values)
         for name in values:
             if name not in MODEL_KEYS and name not in TRAIN_KEYS:
-                raise _unknown(name)
+                raise unknown_key(name)
         self.model = replace(self.model, **{k: v for k, v in values.items() if k in MODEL_KEYS})
         self.train = replace(self.train, **{k: v for k, v in values.items() if k in TRAIN_KEYS})
 
@@ -268,9 +236,9 @@ class RunConfig:
     def from_dict(cls, d: dict) -> RunConfig:
         if not isinstance(d, dict) or not all(isinstance(d.get(k, {}), dict) for k in ("model", "train")):
             raise ConfigError("config: a run config is a JSON object with `model` and `train` objects")
-        model, train = d.get("model", {}), _renamed(d.get("train", {}))
+        model, train = d.get("model", {}), with_new_names(d.get("train", {}))
         for name in (n for n in [*model, *train] if n not in MODEL_KEYS and n not in TRAIN_KEYS):
-            raise _unknown(name)
+            raise unknown_key(name)
         try:
             return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train))
         except TypeError as exc:  # a key under the wrong table
@@ -282,25 +250,6 @@ def preset_config(name: str) -> RunConfig:
     return RunConfig(name, ModelConfig(**preset.model), TrainConfig(**preset.train))
 
 
-RECIPES = Path(__file__).parent / "recipes"  # recipe files shipped with the package
-
-
-def load_toml(path: Path | str) -> dict:
-    """A TOML config file; a name that is not a file here is looked up among the shipped recipes
-    (`--config seed-3090`, or `--config recipes/seed-3090.toml` outside a clone)."""
-    path = Path(path)
-    if not path.is_file():
-        shipped = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
-        if not shipped.is_file():
-            names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.toml")))
-            raise UserError(f"config file {path} not found (shipped recipes: {names})")
-        path = shipped
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def load_run_config(run_dir: Path | str) -> RunConfig:
     """The saved config of a run dir or checkpoint dir (its config.json)."""
     path = Path(run_dir) / "config.json"
@@ -310,97 +259,6 @@ def load_run_config(run_dir: Path | str) -> RunConfig:
         return RunConfig.from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is corrupt ({exc})") from None
-
-
-def resolve_config(
-    preset: str | None, toml_path: Path | str | None = None, overrides: list[str] | tuple = ()
-) -> RunConfig:
-    """Preset, then TOML file (flat keys or [model]/[train] tables; may name a `preset`), then --set."""
-    table = load_toml(toml_path) if toml_path else {}
-    name = preset or table.pop("preset", None) or "cpu-small"
-    table.pop("preset", None)
-    config = preset_config(name)
-    flat = {}
-    for key, value in table.items():
-        if key in ("model", "train") and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    values = {}
-    for key, value in _renamed(flat).items():
-        current = config.get(key) if key in MODEL_KEYS or key in TRAIN_KEYS else None
-        if isinstance(value, str) and not isinstance(current, str):
-            value = parse_value(key, value, current)
-        values[key] = value
-    values.update(_typed_overrides(config, overrides))
-    config.update(values)
-    return config
-
-
-def parse_overrides(overrides) -> dict:
-    """`--set key=value` strings as {key: raw value}, keys checked."""
-    parsed = {}
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key not in MODEL_KEYS and key not in TRAIN_KEYS and key not in RENAMED:
-            raise _unknown(key)
-        parsed[key] = raw
-    return _renamed(parsed)
-
-
-def config_changes(
-    saved: RunConfig, wanted: RunConfig, allowed: set[str] | frozenset[str] = frozenset()
-) -> list[str]:
-    """'key old -> new' for every key `wanted` changes in `saved`, except `allowed` train keys.
-
-    A vocab_size left open (None) in `wanted` matches whatever the saved run took from its data.
-    """
-    changes = []
-    for key in [*MODEL_KEYS, *TRAIN_KEYS]:
-        old, new = saved.get(key), wanted.get(key)
-        if key == "vocab_size" and new is None:
-            continue
-        if old != new and not (key in allowed and key in TRAIN_KEYS):
-            changes.append(f"{key} {old!r} -> {new!r}")
-    return changes
-
-
-def resume_config(saved: RunConfig, preset: str | None, toml_path, overrides) -> RunConfig:
-    """The config to resume with: the saved one, with `--set` train keys applied.
-
-    `--preset` / `--config` / `--set` that equal the saved run are accepted (re-running the original
-    command with --resume works); anything that would really change the model, or a train key
-    that only a preset or file implies, is refused naming each key.
-    """
-    explicit = set(parse_overrides(overrides))
-    if preset or toml_path:
-        # Keys the run resolved from its data (vocabulary, document token) compare as resolved.
-        wanted = resolve_config(preset or saved.preset, toml_path, overrides)
-        wanted = wanted.with_vocab(saved.model.known_vocab_size, saved.model.doc_token)
-        changes = config_changes(saved, wanted, allowed=explicit)
-        if changes:
-            raise UserError(
-                f"--resume keeps the run's saved config, but the flags would change: {'; '.join(changes)}. "
-                "Drop those flags, or change train keys with --set"
-            )
-    apply_overrides(saved, overrides, model_keys=False)
-    return saved
-
-
-def _typed_overrides(config: RunConfig, overrides) -> dict:
-    return {key: parse_value(key, raw, config.get(key)) for key, raw in parse_overrides(overrides).items()}
-
-
-def apply_overrides(config: RunConfig, overrides, model_keys: bool = True) -> None:
-    """Apply `--set key=value` strings together, then validate the result."""
-    values = _typed_overrides(config, overrides)
-    for key, value in values.items():
-        if key in MODEL_KEYS and not model_keys and value != config.get(key):
-            raise UserError(f"--set {key}: the model's shape cannot change on --resume")
-    config.update(values)
 
 
 def describe_keys() -> str:

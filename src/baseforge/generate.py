@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from typing import Callable
 
 import torch
@@ -75,13 +76,9 @@ def generate(
         raise ValueError("generate needs a non-empty prompt (start with the end-of-text token if needed)")
     if stop_at_eot and eot_id is None:
         raise ValueError("stop_at_eot needs eot_id")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = _device_of(model, device)
     context = model.config.context
-    generator = torch.Generator()  # CPU: see sample_next
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    generator = _seeded_generator(seed)
     amp = (
         torch.autocast(device.type, dtype=autocast_dtype)
         if autocast_dtype is not None
@@ -91,29 +88,29 @@ def generate(
 
     ids = list(prompt_ids)
     new: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), amp:
-            cache = KVCache(model.config, batch=1, max_len=context, device=device, dtype=cache_dtype)
-            cache.pos = context  # empty slot count is zero: forces the first prefill below
-            for _ in range(max_new_tokens):
-                if cache.pos == context:  # first step, or the window is full: crop and re-prefill
-                    cache.pos = 0  # stale entries are overwritten before they are read
-                    x = torch.tensor([ids[-context:]], dtype=torch.long, device=device)
-                else:
-                    x = torch.tensor([[ids[-1]]], dtype=torch.long, device=device)
-                logits, _ = model(x, cache=cache)
-                token = sample_next(logits[0, -1], temperature, top_k, generator)
-                if stop_at_eot and token == eot_id:
-                    break
-                ids.append(token)
-                new.append(token)
-                if on_token is not None:
-                    on_token(token)
-    finally:
-        model.train(was_training)
+    with _inference(model), amp:
+        cache = KVCache(model.config, batch=1, max_len=context, device=device, dtype=cache_dtype)
+        cache.pos = context  # empty slot count is zero: forces the first prefill below
+        for _ in range(max_new_tokens):
+            logits, _ = model(_next_input(ids, cache, device), cache=cache)
+            token = sample_next(logits[0, -1], temperature, top_k, generator)
+            if stop_at_eot and token == eot_id:
+                break
+            ids.append(token)
+            new.append(token)
+            if on_token is not None:
+                on_token(token)
     return new
+
+
+def _next_input(ids: list[int], cache: KVCache, device: torch.device) -> torch.Tensor:
+    """The next forward's input: the last context's ids when the cache is full (the first step, or the
+    window has filled: crop and prefill again), else the newest id alone."""
+    context = cache.max_len
+    if cache.pos == context:
+        cache.pos = 0  # stale entries are overwritten before they are read
+        return torch.tensor([ids[-context:]], dtype=torch.long, device=device)
+    return torch.tensor([[ids[-1]]], dtype=torch.long, device=device)
 
 
 def generate_batch(
@@ -141,31 +138,49 @@ def generate_batch(
         raise ValueError(
             f"{len(prompts[0])} prompt + {max_new_tokens} new tokens exceed the context {context}"
         )
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = _device_of(model, device)
+    generator = _seeded_generator(seed)
+    dtype = next(model.parameters()).dtype
+    new: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
+    with _inference(model):
+        cache = KVCache(model.config, batch=len(prompts), max_len=context, device=device, dtype=dtype)
+        x = torch.tensor(prompts, dtype=torch.long, device=device)
+        for _ in range(max_new_tokens):
+            logits, _ = model(x, cache=cache)
+            tokens = [sample_next(row, temperature, top_k, generator) for row in logits[:, -1]]
+            for i, token in enumerate(tokens):
+                if not finished[i]:
+                    new[i].append(token)
+                    finished[i] = done is not None and done(i, new[i])
+            if all(finished):
+                break
+            x = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+    return new
+
+
+def _device_of(model: GPT, device: torch.device | str | None) -> torch.device:
+    """`device`, or where the model's parameters are."""
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+def _seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator for sampling (see sample_next): seeded, or fresh randomness for None."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
-    dtype = next(model.parameters()).dtype
-    new: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
+    return generator
+
+
+@contextlib.contextmanager
+def _inference(model: GPT) -> Iterator[None]:
+    """The model in eval mode without gradients; its training mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            cache = KVCache(model.config, batch=len(prompts), max_len=context, device=device, dtype=dtype)
-            x = torch.tensor(prompts, dtype=torch.long, device=device)
-            for _ in range(max_new_tokens):
-                logits, _ = model(x, cache=cache)
-                tokens = [sample_next(row, temperature, top_k, generator) for row in logits[:, -1]]
-                for i, token in enumerate(tokens):
-                    if not finished[i]:
-                        new[i].append(token)
-                        finished[i] = done is not None and done(i, new[i])
-                if all(finished):
-                    break
-                x = torch.tensor([[t] for t in tokens], dtype=torch.long, device=device)
+            yield
     finally:
         model.train(was_training)
-    return new

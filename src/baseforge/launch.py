@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig, parse_overrides, parse_value
+from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
@@ -24,6 +24,7 @@ from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
 from baseforge.eval.models import load_any
 from baseforge.model import GPT
+from baseforge.overrides import parse_overrides, parse_value
 from baseforge.plan.memory import activation_bytes, shape_of, state_bytes
 from baseforge.progress import format_duration
 from baseforge.rundir import RunDir

@@ -30,8 +30,21 @@ def register(sub) -> None:
 
 def run(args) -> int:
     manifest = read_manifest(args.data_dir)
+    summary = data_summary(args.data_dir, manifest)
+    if args.check:
+        check_shards(args.data_dir, manifest)
+        summary["check"] = "ok"
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print_summary(args.data_dir, summary, manifest["tokenizer"])
+    return 0
+
+
+def data_summary(data_dir: Path, manifest: dict) -> dict:
+    """What `data info` says of a data dir, from its manifest (the --json output)."""
     summary = {
-        "data_dir": str(args.data_dir),
+        "data_dir": str(data_dir),
         "tokenizer": manifest["tokenizer"],
         "pack": manifest.get("pack"),
         "sources": manifest.get("sources"),
@@ -48,23 +61,25 @@ def run(args) -> int:
         summary["held_out"] = "tail"
     if manifest.get("skipped", {}).get("binary_files"):
         summary["skipped"] = manifest["skipped"]
-    if args.check:
-        for split in manifest["splits"]:
-            for tokens in split_shards(args.data_dir, manifest, split):  # raises naming the bad file
-                top = int(tokens.max()) if len(tokens) else 0
-                if top >= manifest["tokenizer"]["vocab_size"]:
-                    raise UserError(
-                        f"{split} shard holds token id {top} >= vocab size "
-                        f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare"
-                    )
-        summary["check"] = "ok"
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    tok = manifest["tokenizer"]
+    return summary
+
+
+def check_shards(data_dir: Path, manifest: dict) -> None:
+    """Read every shard; raise naming the first that is unreadable or holds an id past the vocabulary."""
+    for split in manifest["splits"]:
+        for tokens in split_shards(data_dir, manifest, split):  # raises naming the bad file
+            top = int(tokens.max()) if len(tokens) else 0
+            if top >= manifest["tokenizer"]["vocab_size"]:
+                raise UserError(
+                    f"{split} shard holds token id {top} >= vocab size "
+                    f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare"
+                )
+
+
+def print_summary(data_dir: Path, summary: dict, tok: dict) -> None:
     digest = f", sha256 {tok['sha256'][:12]}" if tok.get("sha256") else ""
     print(
-        f"{args.data_dir}: {summary['documents']:,} documents, {summary['tokens']:,} tokens, "
+        f"{data_dir}: {summary['documents']:,} documents, {summary['tokens']:,} tokens, "
         f"tokenizer {tok['name']} ({tok['vocab_size']} tokens{digest}), packing {summary['pack']}"
     )
     for name, s in summary["splits"].items():
@@ -80,6 +95,5 @@ def run(args) -> int:
     if "skipped" in summary:
         skipped = summary["skipped"]
         print(f"  skipped {skipped['binary_files']:,} binary file(s), first {skipped['first']}")
-    if args.check:
+    if "check" in summary:
         print("check: every shard is intact")
-    return 0

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.config import resolve_config
 from baseforge.data.prepare import prepare
 from baseforge.fileio import check_out_dir
 from baseforge.model import GPT
+from baseforge.overrides import resolve_config
 
 EPILOG = """\
 SOURCE is one or more of:
@@ -67,22 +67,7 @@ def register(sub) -> None:
         help="concat: documents joined by end-of-text; crop: also cut each to --context tokens",
     )
     p.add_argument("--context", type=int, help="context length, for --pack crop")
-    p.add_argument(
-        "--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)"
-    )
-    p.add_argument(
-        "--min-val-tokens",
-        type=_count,
-        metavar="N",
-        help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
-        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
-        "documents from the end of the train stream into val (at most twice the floor); "
-        "0 = --val-fraction alone",
-    )
-    p.add_argument(
-        "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
-    )
-    p.add_argument("--test-tokens", type=_count, default=0, help="length of the fixed test slice (0 = none)")
+    _add_held_out_arguments(p)
     p.add_argument("--max-tokens", type=_count, help="stop after this many tokens in all")
     p.add_argument(
         "--budget",
@@ -105,6 +90,26 @@ def register(sub) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir")
     p.set_defaults(run=run)
+
+
+def _add_held_out_arguments(p) -> None:
+    """How much is held out for validation and the fixed test slice."""
+    p.add_argument(
+        "--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)"
+    )
+    p.add_argument(
+        "--min-val-tokens",
+        type=_count,
+        metavar="N",
+        help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
+        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
+        "documents from the end of the train stream into val (at most twice the floor); "
+        "0 = --val-fraction alone",
+    )
+    p.add_argument(
+        "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
+    )
+    p.add_argument("--test-tokens", type=_count, default=0, help="length of the fixed test slice (0 = none)")
 
 
 def budget_tokens(preset: str) -> int:

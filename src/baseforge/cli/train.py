@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 
 from baseforge.cli import VERBS
-from baseforge.config import describe_keys, load_run_config, resolve_config, resume_config
+from baseforge.config import describe_keys, load_run_config
 from baseforge.data.prepare import prepare
 from baseforge.data.shards import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
 from baseforge.launch import dry_run_report, evaluators, init_from, preflight, resume_data
+from baseforge.overrides import resolve_config, resume_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import LOCK_FILE, RunLock
 from baseforge.train.distributed import dist_from_env, process_group

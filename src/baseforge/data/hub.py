@@ -133,30 +133,10 @@ def hub_error(
     chain = _chain(exc)
     check_name = f"check the {'repo' if repo_type == 'dataset' else repo_type} name"
 
-    def first(*classes: type[BaseException]) -> BaseException | None:
-        return next((e for e in chain if isinstance(e, classes)), None)
-
     if any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain):
-        from huggingface_hub import constants
-
-        return UserError(
-            f"the disk is full: cannot download {what} into the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}); free disk space, or set HF_HOME to a folder on a disk with room"
-        )
-    page = repo_page(what, repo_type)
-    if (found := first(_hub_class("GatedRepoError"))) is not None:
-        return UserError(
-            f"{what} is gated on the Hugging Face Hub (HTTP {_status(found)}): accept its licence at "
-            f"{page} and {login_hint()}"
-        )
-    if (found := first(_hub_class("RepositoryNotFoundError"))) is not None:
-        if _status(found) in (401, 403):  # the Hub's answer to a private or gated repo without a token
-            return UserError(
-                f"the Hugging Face Hub refused {what} (HTTP {_status(found)}): it is private or gated "
-                f"and you are not logged in, or it does not exist; {login_hint()} (and accept its "
-                f"licence at {page}), or {check_name}"
-            )
-        return UserError(f"{what} is not on the Hugging Face Hub (HTTP {_status(found)}): {check_name}")
+        return _disk_full(what)
+    if (refused := _refused(what, chain, repo_page(what, repo_type), check_name)) is not None:
+        return refused
     local = _hub_class("LocalEntryNotFoundError")  # "not in the cache, and the Hub out of reach"
     not_there = [_hub_class("RevisionNotFoundError"), _hub_class("EntryNotFoundError")]
     if found := next(
@@ -164,16 +144,47 @@ def hub_error(
     ):
         thing = "revision" if isinstance(found, not_there[0]) else "file or folder"
         return UserError(f"{what} has no such {thing} on the Hugging Face Hub (HTTP 404): {missing}")
-    if (found := first(_hub_class("HFValidationError"))) is not None:
+    if (found := _first(chain, _hub_class("HFValidationError"))) is not None:
         return UserError(f"{what} is not a valid Hub repo name ({describe(found)}); {check_name}")
     http = _hub_class("HfHubHTTPError")
     if (found := next((e for e in chain if isinstance(e, http) and _status(e)), None)) is not None:
         return UserError(f"the Hugging Face Hub answered HTTP {_status(found)} for {what}; try again later")
     offline = (local, _hub_class("OfflineModeIsEnabled"), *_network_errors())
-    if (found := first(*offline)) is not None:
+    if (found := _first(chain, *offline)) is not None:
         cause = next((e for e in reversed(chain) if isinstance(e, offline)), found)
         return UserError(f"cannot reach the Hugging Face Hub for {what} ({describe(cause, 60)}); {hint}")
     return UserError(f"cannot get {what} from the Hugging Face Hub ({describe(exc)}); {hint}")
+
+
+def _disk_full(what: str) -> UserError:
+    from huggingface_hub import constants
+
+    return UserError(
+        f"the disk is full: cannot download {what} into the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}); free disk space, or set HF_HOME to a folder on a disk with room"
+    )
+
+
+def _first(chain: list[BaseException], *classes: type[BaseException]) -> BaseException | None:
+    return next((e for e in chain if isinstance(e, classes)), None)
+
+
+def _refused(what: str, chain: list[BaseException], page: str, check_name: str) -> UserError | None:
+    """The error when the Hub refused the repo (gated, private, or not there); None otherwise."""
+    if (found := _first(chain, _hub_class("GatedRepoError"))) is not None:
+        return UserError(
+            f"{what} is gated on the Hugging Face Hub (HTTP {_status(found)}): accept its licence at "
+            f"{page} and {login_hint()}"
+        )
+    if (found := _first(chain, _hub_class("RepositoryNotFoundError"))) is not None:
+        if _status(found) in (401, 403):  # the Hub's answer to a private or gated repo without a token
+            return UserError(
+                f"the Hugging Face Hub refused {what} (HTTP {_status(found)}): it is private or gated "
+                f"and you are not logged in, or it does not exist; {login_hint()} (and accept its "
+                f"licence at {page}), or {check_name}"
+            )
+        return UserError(f"{what} is not on the Hugging Face Hub (HTTP {_status(found)}): {check_name}")
+    return None
 
 
 def check_reachable(spec: str, hint: str = LOCAL_HINT) -> None:

@@ -222,21 +222,7 @@ def _prepare(
     spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log
 ) -> tuple[dict, Callable[[], None]]:
     """Prepare into `out`; returns the manifest and the closing report's lines (called once in place)."""
-    progress = resume.read_progress(out, key) if not spec.overwrite else None
-    if progress and parse_spec(spec.tokenizer)[0] == "bpe":
-        tok = load_tokenizer(progress["tokenizer"], out)
-    else:
-        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.val_fraction))
-    writers = {
-        s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
-        for s in ("train", "val", "test")
-    }
-    counts = Counts.from_record((progress or {}).get("counts", {}))
-    if progress:
-        pending = np.load(out / progress["pending"])
-        if len(pending):
-            writers["train"].add(pending)
-        log(f"resuming: {counts.documents} documents and {counts.tokens} tokens already done")
+    tok, writers, counts = _start_or_resume(spec, out, key, opened, log)
     router = Router(
         writers,
         counts,
@@ -264,9 +250,48 @@ def _prepare(
         val_from_tail(router, spec.val_fraction, target, reach_back, log)
     elif target:
         moved = meet_floor(router, target, reach_back, tok.eot_id)
+    splits = _flush_all(writers, spec.shard_tokens)
+    manifest = {
+        **_manifest_fields(spec, tok, counts, splits),
+        **({"val_floor": floor_record(spec.min_val_tokens, target, moved)} if moved[0] else {}),
+        "args_key": key,
+        "args": args,
+    }
+    write_manifest(out, manifest)
+    resume.clear(out, splits)
+    manifest = {"format": "baseforge-tokens", "version": VERSION, **manifest}
+    warning = val_warning(spec.val_fraction, spec.min_val_tokens, counts.tokens, splits)
+    return manifest, partial(meter.finish, counts, splits, spec.pack, warning)
+
+
+def _start_or_resume(
+    spec: PrepareSpec, out: Path, key: str, opened: list, log
+) -> tuple[Tokenizer, dict[str, SplitWriter], Counts]:
+    """The tokenizer, the split writers and the counts: new, or where an interrupted prepare left them
+    (its tokenizer, its shards, and the train tokens it had not yet written)."""
+    progress = resume.read_progress(out, key) if not spec.overwrite else None
+    if progress and parse_spec(spec.tokenizer)[0] == "bpe":
+        tok = load_tokenizer(progress["tokenizer"], out)
+    else:
+        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.val_fraction))
+    writers = {
+        s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
+        for s in ("train", "val", "test")
+    }
+    counts = Counts.from_record((progress or {}).get("counts", {}))
+    if progress:
+        pending = np.load(out / progress["pending"])
+        if len(pending):
+            writers["train"].add(pending)
+        log(f"resuming: {counts.documents} documents and {counts.tokens} tokens already done")
+    return tok, writers, counts
+
+
+def _flush_all(writers: dict[str, SplitWriter], shard_tokens: int) -> dict:
+    """Write what the buffers still hold; the manifest's entry of each split that has shards."""
     jobs: list = []
     while writers["train"].buffered:
-        writers["train"].flush(jobs, spec.shard_tokens)
+        writers["train"].flush(jobs, shard_tokens)
     for split in ("val", "test"):
         writers[split].flush(jobs)
     for job in jobs:
@@ -274,7 +299,12 @@ def _prepare(
     splits = {s: w.entry() for s, w in writers.items() if w.shards}
     if "train" not in splits:
         raise UserError("no training tokens: the input is too small for the validation fraction")
-    manifest = {
+    return splits
+
+
+def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict) -> dict:
+    """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped."""
+    return {
         "tokenizer": tok.record(),
         "pack": spec.pack,
         "context": spec.context,
@@ -285,21 +315,7 @@ def _prepare(
         "held_out": "tail" if counts.val_from_tail else "documents",
         "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
         "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
-        **({"val_floor": floor_record(spec.min_val_tokens, target, moved)} if moved[0] else {}),
-        "args_key": key,
-        "args": args,
     }
-    write_manifest(out, manifest)
-    resume.clear(out, splits)
-    manifest = {"format": "baseforge-tokens", "version": VERSION, **manifest}
-    finish = partial(
-        meter.finish,
-        counts,
-        splits,
-        spec.pack,
-        val_warning(spec.val_fraction, spec.min_val_tokens, counts.tokens, splits),
-    )
-    return manifest, finish
 
 
 def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:

@@ -47,7 +47,6 @@ def _stop_at(text: str, until: list[str]) -> str | None:
 def make_lm(loaded, batch_size: int = 8, device="cpu", max_gen_toks: int = 256):
     """An lm-eval LM over a `LoadedModel` (eval.models.load_any)."""
     TemplateLM = require_lm_eval()
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     # mypy takes no base class from a variable; this one is imported on demand (lm-eval is optional).
     class BaseforgeLM(TemplateLM):  # type: ignore[valid-type, misc]
@@ -82,23 +81,29 @@ def make_lm(loaded, batch_size: int = 8, device="cpu", max_gen_toks: int = 256):
             return [(s.logprob, s.greedy) for s in scored]
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-            pairs, owner = [], []
-            for n, (text,) in enumerate(req.args for req in requests):
-                windows = get_rolling_token_windows(
-                    self.tok_encode(text), self.eot_token_id, self.max_length, context_len=1
-                )
-                for window in map(make_disjoint_window, windows):
-                    pairs.append(window)
-                    owner.append(n)
-            totals = [0.0] * len(requests)
-            for n, s in zip(owner, score_tokens(self.model, pairs, self.batch_size, self._device)):
-                totals[n] += s.logprob
-            return totals
+            texts = [text for (text,) in (req.args for req in requests)]
+            return rolling_loglikelihoods(self.model, self.tok, texts, self.batch_size, self._device)
 
         def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
             return generate_all(self, [req.args for req in requests], generate_batch)
 
     return BaseforgeLM()
+
+
+def rolling_loglikelihoods(model, tok, texts: list[str], batch_size: int, device) -> list[float]:
+    """Each text's whole log-likelihood, scored in lm-eval's disjoint rolling windows of the context."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    pairs, owner = [], []
+    for n, text in enumerate(texts):
+        windows = get_rolling_token_windows(tok.encode(text), tok.eot_id, model.config.context, context_len=1)
+        for window in map(make_disjoint_window, windows):
+            pairs.append(window)
+            owner.append(n)
+    totals = [0.0] * len(texts)
+    for n, s in zip(owner, score_tokens(model, pairs, batch_size, device)):
+        totals[n] += s.logprob
+    return totals
 
 
 def generate_all(lm, args: list[tuple[str, dict]], generate_batch) -> list[str]:

@@ -166,19 +166,28 @@ def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list
             f"on {summary.get('processes', 1)} x {summary.get('device')}"
         )
     if remote:
-        lines += [
-            "",
-            "## Remote code needed",
-            "",
-            "This model is not a standard GPT-2: it uses " + "; ".join(remote_reasons or ()) + ". "
-            "No built-in transformers class computes that combination, so the folder ships its own "
-            "`modeling_baseforge.py` and `configuration_baseforge.py` (plain PyTorch + transformers, no "
-            "baseforge needed) and loading needs `trust_remote_code=True`. Read those two files before "
-            "trusting them: they are all the code that runs. Generation recomputes the prefix at each step "
-            "(no KV cache).",
-        ]
+        lines += _remote_code_section(remote_reasons or [])
+    return "\n".join(lines + _usage_and_config(config, remote))
+
+
+def _remote_code_section(reasons: list[str]) -> list[str]:
+    return [
+        "",
+        "## Remote code needed",
+        "",
+        "This model is not a standard GPT-2: it uses " + "; ".join(reasons) + ". "
+        "No built-in transformers class computes that combination, so the folder ships its own "
+        "`modeling_baseforge.py` and `configuration_baseforge.py` (plain PyTorch + transformers, no "
+        "baseforge needed) and loading needs `trust_remote_code=True`. Read those two files before "
+        "trusting them: they are all the code that runs. Generation recomputes the prefix at each step "
+        "(no KV cache).",
+    ]
+
+
+def _usage_and_config(config: dict, remote: bool) -> list[str]:
+    """How to load the folder with transformers, then the run's training config."""
     trust = ", trust_remote_code=True" if remote else ""
-    lines += [
+    return [
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -193,7 +202,6 @@ def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:

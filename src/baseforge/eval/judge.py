@@ -35,6 +35,7 @@ import string
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from baseforge.errors import UserError
@@ -195,38 +196,14 @@ def judge(
     `max_retry_after_s` seconds (and said so through `log` when it asks for more)."""
     result = Result()
     bar = progress_bar(len(items), desc="judge", unit="item", enabled=log is not None, write=log)
+    pause = partial(_retry_wait, backoff_s=backoff_s, cap=max_retry_after_s, log=log)
     for item_id, item in sorted(items.items()):
         prompt, labels = build_prompt(item_id, item, seed)
         key = hashlib.sha256(json.dumps([backend.kind, backend.model, prompt]).encode()).hexdigest()
-        entry = cache.entries.get(key)
-        error = None
-        for attempt in range(retries + 1):
-            if entry is not None:
-                break
-            try:
-                result.requests += 1
-                text = backend.request(prompt)
-                entry = {
-                    "key": key,
-                    "id": item_id,
-                    "labels": labels,
-                    "scores": parse_scores(text, labels),
-                    "reply": text,
-                }
-                cache.put(entry)
-            except (Transient, Malformed) as exc:
-                error = str(exc)
-                if attempt < retries:
-                    asked = getattr(exc, "retry_after", None)
-                    wait = (asked or backoff_s * 2**attempt) * (1 + 0.25 * random.random())
-                    if wait > max_retry_after_s:
-                        if log is not None and asked and asked > max_retry_after_s:
-                            log(
-                                f"judge: item {item_id}: the server asks to wait {asked:g} s (Retry-After); "
-                                f"waiting {max_retry_after_s:g} s, the cap (--max-retry-after)"
-                            )
-                        wait = max_retry_after_s
-                    time.sleep(wait)
+        entry, error = cache.entries.get(key), None
+        if entry is None:
+            record = {"key": key, "id": item_id, "labels": labels}
+            entry, error = _ask(backend, prompt, record, cache, result, retries, pause)
         if entry is None:
             result.failed[item_id] = error or "unknown error"
         else:
@@ -236,6 +213,41 @@ def judge(
         bar.update(1, failed=len(result.failed), requests=result.requests)
     bar.close()
     return result
+
+
+def _ask(
+    backend: Backend, prompt: str, record: dict, cache: Cache, result: Result, retries: int, pause
+) -> tuple[dict | None, str | None]:
+    """Ask `backend` until its reply parses (the entry, `record` with scores and reply, is cached) or
+    `retries` retries are spent: (entry, None), or (None, the last error)."""
+    error = None
+    for attempt in range(retries + 1):
+        try:
+            result.requests += 1
+            text = backend.request(prompt)
+            entry = {**record, "scores": parse_scores(text, record["labels"]), "reply": text}
+            cache.put(entry)
+            return entry, None
+        except (Transient, Malformed) as exc:
+            error = str(exc)
+            if attempt < retries:
+                time.sleep(pause(exc, attempt, record["id"]))
+    return None, error
+
+
+def _retry_wait(exc: Exception, attempt: int, item_id: str, *, backoff_s: float, cap: float, log) -> float:
+    """Seconds before the next try: the server's Retry-After, else exponential backoff; jittered, at
+    most `cap` (said through `log` when the server asked for more)."""
+    asked = getattr(exc, "retry_after", None)
+    wait = (asked or backoff_s * 2**attempt) * (1 + 0.25 * random.random())
+    if wait <= cap:
+        return wait
+    if log is not None and asked and asked > cap:
+        log(
+            f"judge: item {item_id}: the server asks to wait {asked:g} s (Retry-After); "
+            f"waiting {cap:g} s, the cap (--max-retry-after)"
+        )
+    return cap
 
 
 def t_quantile_975(df: int) -> float:

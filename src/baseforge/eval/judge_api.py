@@ -126,7 +126,8 @@ class Backend:
         """The judge's reply text (the API key redacted from it, as from every error message)."""
         return self.redact(self._request(prompt))
 
-    def _request(self, prompt: str) -> str:
+    def _chat_request(self, prompt: str) -> tuple[str, urllib.request.Request]:
+        """The chat endpoint's URL and the POST that asks it for one deterministic reply to `prompt`."""
         messages = [{"role": "user", "content": prompt}]
         if self.kind == "openai":
             url = self.base_url.rstrip("/") + "/chat/completions"
@@ -137,26 +138,34 @@ class Backend:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, json.dumps(body).encode(), headers)
+        return url, urllib.request.Request(url, json.dumps(body).encode(), headers)
+
+    def _http_error(self, exc: urllib.error.HTTPError, deadline: _Deadline, url: str) -> Exception:
+        """What an HTTP error status means: try again later (429, 5xx; with the server's Retry-After),
+        or a UserError quoting the start of the answer's body, redacted."""
+        if exc.code == 429 or exc.code >= 500:
+            retry = exc.headers.get("Retry-After")
+            return Transient(
+                f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit() else None
+            )
+        try:
+            with deadline:
+                text = exc.read(65536).decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            text = ""
+        # Redact before cutting: a cut key could otherwise leave its first bytes in the excerpt.
+        excerpt = self.redact(text)[:200]
+        return UserError(f"judge backend answered HTTP {exc.code} at {url}: {excerpt!r}")
+
+    def _request(self, prompt: str) -> str:
+        url, req = self._chat_request(prompt)
         deadline = _Deadline(self.timeout)
         try:
             with deadline, deadline.opener.open(req, timeout=self.timeout) as resp:
                 data = resp.read()
             reply = json.loads(data.decode("utf-8"))
         except urllib.error.HTTPError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                retry = exc.headers.get("Retry-After")
-                raise Transient(
-                    f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit() else None
-                ) from None
-            try:
-                with deadline:
-                    text = exc.read(65536).decode("utf-8", "replace")
-            except (OSError, http.client.HTTPException):
-                text = ""
-            # Redact before cutting: a cut key could otherwise leave its first bytes in the excerpt.
-            excerpt = self.redact(text)[:200]
-            raise UserError(f"judge backend answered HTTP {exc.code} at {url}: {excerpt!r}") from None
+            raise self._http_error(exc, deadline, url) from None
         except (
             urllib.error.URLError,
             TimeoutError,

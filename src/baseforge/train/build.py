@@ -67,7 +67,7 @@ class Run:
     batches: BatchPlan  # each step's batch layout (a batch schedule's stages, then the run's own)
     schedule: Schedule
     total: int  # planned optimizer steps (early stopping may end the run before)
-    step: TrainStep
+    train_step: TrainStep
 
     @property
     def layout(self) -> BatchLayout:
@@ -138,8 +138,8 @@ def build_run(
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
     schedule = Schedule.from_config(cfg, total, tail)
-    step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window)
-    return Run(config, data, runtime, views, optimizers, batches, schedule, total, step)
+    train_step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window)
+    return Run(config, data, runtime, views, optimizers, batches, schedule, total, train_step)
 
 
 def check_vocab(config: RunConfig, tok) -> None:

@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from baseforge.config import RunConfig, TrainConfig, apply_overrides, load_run_config
+from baseforge.config import RunConfig, TrainConfig, load_run_config
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.instructions import InstructionData
 from baseforge.fileio import atomic_write_json
+from baseforge.overrides import apply_overrides
 from baseforge.train.checkpoint.format import load_model, model_tensors
 from baseforge.train.distributed import process_group
 from baseforge.train.loop import RunResult, Trainer
@@ -69,14 +70,7 @@ def finetune(
         limit=limit,
     )
     if not resume:
-        steps_per_epoch = math.ceil(len(data.train) / BatchLayout.from_config(cfg).global_batch)
-        defaults = {
-            "max_steps": EPOCHS * steps_per_epoch,
-            "eval_every": max(1, steps_per_epoch // 2),
-            "checkpoint_every": max(1, steps_per_epoch // 2),
-        }
-        explicit = {item.split("=", 1)[0].strip() for item in overrides}
-        apply_overrides(config, [f"{k}={v}" for k, v in defaults.items() if k not in explicit])
+        _fit_to_epochs(config, len(data.train), overrides)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             out / "finetune.json",
@@ -91,3 +85,16 @@ def finetune(
     init = None if resume else model_tensors(model)
     with process_group(config.train.dist_timeout_s, config.train.device) as dist:
         return Trainer(config, data, out, resume=resume, log=log, init_weights=init, dist=dist).run()
+
+
+def _fit_to_epochs(config: RunConfig, examples: int, overrides) -> None:
+    """EPOCHS epochs of `examples`, evaluated and checkpointed every half epoch, where `overrides` do
+    not say otherwise."""
+    steps_per_epoch = math.ceil(examples / BatchLayout.from_config(config.train).global_batch)
+    defaults = {
+        "max_steps": EPOCHS * steps_per_epoch,
+        "eval_every": max(1, steps_per_epoch // 2),
+        "checkpoint_every": max(1, steps_per_epoch // 2),
+    }
+    explicit = {item.split("=", 1)[0].strip() for item in overrides}
+    apply_overrides(config, [f"{k}={v}" for k, v in defaults.items() if k not in explicit])

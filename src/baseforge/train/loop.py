@@ -17,7 +17,6 @@ from pathlib import Path
 from baseforge.config import RunConfig
 from baseforge.data.loader import TokenData
 from baseforge.errors import UserError
-from baseforge.generate import generate
 from baseforge.rundir import RunDir
 from baseforge.train.build import Run, TrainData, build_run
 from baseforge.train.cadence import Cadence, Due
@@ -26,10 +25,10 @@ from baseforge.train.device import Runtime
 from baseforge.train.distributed import DistInfo, any_rank
 from baseforge.train.metrics import read_metrics
 from baseforge.train.reporter import Reporter
-from baseforge.train.state import RunState, Window
+from baseforge.train.state import LogInterval, RunState
 from baseforge.train.step import StepResult
 from baseforge.train.stop import StopRequested
-from baseforge.train.summary import announce_lines, build_summary, data_prompt, metrics_row
+from baseforge.train.summary import announce_lines, build_summary, end_sample, metrics_row, progress_counts
 from baseforge.train.trackers import tracker_names
 from baseforge.train.validate import Validator
 
@@ -70,57 +69,55 @@ class Trainer:
         self.dist = dist or DistInfo()
         self.reporter = Reporter(self.run_dir, is_main=self.dist.is_main, log=log)
         self.checkpointer = Checkpointer(self.run_dir, self.dist, self.reporter.say)
-        self.parts: Run | None = None  # set by setup(): what the run is
+        self._built: Run | None = None  # set by setup(): what the run is
         self.state = RunState()  # where it is
         self.last_row: dict = {}
 
-    def setup(self) -> Run:
+    def setup(self) -> None:
         """Build the run in memory: device, data, model, batch layout, optimizers; restore a checkpoint."""
-        if self.parts is None:
-            cfg, point = self.config.train, self.checkpointer.resume_point
-            tracker_names(cfg.trackers)  # a typo fails before anything is built or written
-            runtime = Runtime.create(cfg, self.dist)
-            if isinstance(self.data, (str, Path)):
-                self.data = TokenData(self.data, self.config.model.context, cfg.seed, cfg.packing)
-            resume_from, tail = point(self.resume, self.data, self.config, self.extend)
-            say, init = self.reporter.say, self.init_weights
-            self.parts = build_run(self.config, self.data, runtime, init_weights=init, tail=tail, say=say)
-            self.config = self.parts.config
-            if resume_from is not None:
-                self.state = self.checkpointer.restore(resume_from, self.parts)
-        return self.parts
+        if self._built is not None:
+            return
+        cfg, point = self.config.train, self.checkpointer.resume_point
+        tracker_names(cfg.trackers)  # a typo fails before anything is built or written
+        runtime = Runtime.create(cfg, self.dist)
+        if isinstance(self.data, (str, Path)):
+            self.data = TokenData(self.data, self.config.model.context, cfg.seed, cfg.packing)
+        resume_from, tail = point(self.resume, self.data, self.config, self.extend)
+        say, init = self.reporter.say, self.init_weights
+        self._built = build_run(self.config, self.data, runtime, init_weights=init, tail=tail, say=say)
+        self.config = self._built.config
+        if resume_from is not None:
+            self.state = self.checkpointer.restore(resume_from, self._built)
 
     @property
     def built(self) -> Run:
-        """The run `setup()` built (only after it)."""
-        assert self.parts is not None, "Trainer.setup() first"
-        return self.parts
+        """The run `setup()` built: the one way to reach it."""
+        assert self._built is not None, "Trainer.setup() first"
+        return self._built
 
     @property
     def tokens_per_step(self) -> int:
-        return self.setup().tokens_per_step
+        return self.built.tokens_per_step
 
     # --- the run --------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        run, state, cfg = self.setup(), self.state, self.config.train
-        self.checkpointer.prepare_run_dir(run.config, run.data.source, resume=self.resume, step=state.step)
-        for line in announce_lines(run, state.step):
+        self.setup()
+        built, state, cfg = self.built, self.state, self.config.train
+        self.checkpointer.prepare_run_dir(self.config, built.data.source, resume=self.resume, step=state.step)
+        for line in announce_lines(built, state.step):
             self.reporter.say(line)
-        cadence, validator = Cadence.from_config(cfg), Validator(run, self.evaluators)
-        run.views.plain.train()
+        cadence, validator = Cadence.from_config(cfg), Validator(built, self.evaluators)
+        built.views.plain.train()
         recording = self.reporter.recording(
-            run.config.to_dict(), cfg.trackers, resume=self.resume, start_step=state.step
+            built.config.to_dict(), cfg.trackers, resume=self.resume, start_step=state.step
         )
         with recording:
             if state.step == 0:
                 state.initial_val = validator.loss()
-                self.reporter.initial_validation(state.initial_val, run.data.source)
-            plan = run.batches  # a batch schedule's progress is counted in tokens (Reporter.progress)
-            counted = (
-                (plan.tokens_before(run.total), state.tokens) if plan.scheduled else (run.total, state.step)
-            )
-            with self.reporter.progress(*counted, by_tokens=plan.scheduled), StopRequested() as stop:
-                end = run.total
+                self.reporter.initial_validation(state.initial_val, built.data.source)
+            progress = self.reporter.progress(*progress_counts(built, state))
+            with progress, StopRequested() as stop:
+                end = built.total
                 while state.step < end:
                     self._train_one_step()
                     last = state.step == end
@@ -129,11 +126,8 @@ class Trainer:
                         self._log(due, validator)
                     if self._should_stop_early(last):
                         last, end = True, state.step
-                    stopping, on_time = any_rank(
-                        [stop.signal is not None, cadence.checkpoint_time_due()],
-                        self.dist,
-                        run.runtime.device,
-                    )
+                    flags = [stop.signal is not None, cadence.checkpoint_time_due()]
+                    stopping, on_time = any_rank(flags, self.dist, built.runtime.device)
                     if due.checkpoint or last or stopping or on_time:
                         saved = self._save_if_healthy()
                         cadence.checkpointed()
@@ -144,14 +138,13 @@ class Trainer:
 
     def train_step(self) -> StepResult:
         """One optimizer step at the current step number (the loop's; benchmarks call it directly)."""
-        run = self.setup()
-        return run.step(self.state.step, run.data)
+        built = self.built
+        return built.train_step(self.state.step, built.data)
 
     def _train_one_step(self) -> None:
-        cfg, state = self.config.train, self.state
-        run = self.built
-        tokens = run.batches.tokens_of(state.step)
-        flops = tokens * run.views.plain.flops_per_token(run.step.window(state.step))
+        cfg, state, built = self.config.train, self.state, self.built
+        tokens = built.batches.tokens_of(state.step)
+        flops = tokens * built.views.plain.flops_per_token(built.train_step.window(state.step))
         t0 = time.perf_counter()
         result = self.train_step()
         state.record_step(result.loss, result.grad_norm, result.applied, cfg.grad_clip)
@@ -174,7 +167,7 @@ class Trainer:
         if due.evaluators:
             row.update(validator.extras())
         self.reporter.row(row)
-        self.state.window = Window()
+        self.state.interval = LogInterval()
         self.last_row = row
 
     def _should_stop_early(self, last: bool) -> bool:
@@ -196,16 +189,10 @@ class Trainer:
         return True
 
     def finish(self) -> RunResult:
-        row, state, cfg = self.last_row, self.state, self.config.train
+        row, state = self.last_row, self.state
         if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
             row = next((r for r in reversed(read_metrics(self.run_dir.path)) if r["step"] == state.step), {})
-        run = self.built
-        model = run.views.whole_on_main() if cfg.sample_tokens else None  # a collective
-        sample, tok = None, run.data.tokenizer
-        if model is not None:
-            prompt = cfg.sample_prompt or data_prompt(run.data)
-            ids = generate(model, tok.encode(prompt), cfg.sample_tokens, 0.8, 50, cfg.seed)
-            sample = (prompt, tok.decode(ids))
-        summary = build_summary(run, state, row)
+        sample = end_sample(self.built)  # a collective
+        summary = build_summary(self.built, state, row)
         self.reporter.finish(summary, sample)
         return RunResult(state.step, summary=summary)

@@ -2,7 +2,7 @@
 
 Everything the loop accumulates lives here, so a resumed run continues the same sums: the step,
 tokens seen, the best validation loss, counts of skipped and clipped steps, training time, and
-the metrics row in progress (`Window`: the sums since the last logged row).
+the metrics row in progress (`LogInterval`: the sums since the last logged row).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from baseforge.records import count, excerpt, number
 
 
 @dataclass
-class Window:
+class LogInterval:
     """Sums over the optimizer steps since the last metrics row."""
 
     loss_sum: float = 0.0
@@ -47,7 +47,7 @@ class RunState:
     elapsed_s: float = 0.0  # training wall time, evaluation excluded
     tail_from: int = 0  # an extended run's schedule: from this step on (0: not extended) ...
     tail_lr: float = 1.0  # ... the tail starts at this multiplier of the peak (schedule.Schedule)
-    window: Window = field(default_factory=Window)
+    interval: LogInterval = field(default_factory=LogInterval)
 
     def record_step(self, loss: float, grad_norm: float, applied: bool, clip: float) -> None:
         """Count one optimizer step's outcome (before its tokens and time are added)."""
@@ -58,17 +58,17 @@ class RunState:
             return
         self.bad_in_row = 0
         clipped = clip > 0 and grad_norm > clip
-        self.window.loss_sum += loss
-        self.window.gnorm_sum += grad_norm
-        self.window.steps += 1
-        self.window.clipped += int(clipped)
+        self.interval.loss_sum += loss
+        self.interval.gnorm_sum += grad_norm
+        self.interval.steps += 1
+        self.interval.clipped += int(clipped)
         self.clipped += int(clipped)
 
     def record_time(self, tokens: int, seconds: float, flops: float = 0.0) -> None:
         self.tokens += tokens
-        self.window.tokens += tokens
-        self.window.flops += flops
-        self.window.seconds += seconds
+        self.interval.tokens += tokens
+        self.interval.flops += flops
+        self.interval.seconds += seconds
         self.elapsed_s += seconds
 
     def record_val(self, val: float) -> None:
@@ -84,25 +84,24 @@ class RunState:
     def from_json(cls, saved: dict, path: Path | str = "state.json") -> RunState:
         """From a checkpoint's state.json (`path`, for errors), every field checked: counts are whole
         numbers >= 0, losses and times finite; unknown keys (the tokenizer record, ...) are ignored."""
-        values = {f.name: _field(saved, f.name, f.type, path) for f in fields(cls) if f.name != "window"}
-        window = saved.get("window", saved.get("row"))  # "row": checkpoints written before RunState
-        if window is None:
-            return cls(
-                **{k: v for k, v in values.items() if v is not None or k in _NULLABLE}, window=Window()
-            )
-        if not isinstance(window, dict):
-            raise UserError(f"{path}: window is {excerpt(window)}, not an object; corrupt checkpoint")
-        sums = {f.name: _field(window, f.name, f.type, path) for f in fields(Window) if f.name in window}
-        return cls(
-            **{k: v for k, v in values.items() if v is not None or k in _NULLABLE}, window=Window(**sums)
-        )
+        values = {f.name: _field(saved, f.name, f.type, path) for f in fields(cls) if f.name != "interval"}
+        kept = {k: v for k, v in values.items() if v is not None or k in _NULLABLE}
+        interval = saved.get("interval", saved.get("row"))  # "row": checkpoints written before RunState
+        if interval is None:
+            return cls(**kept)
+        if not isinstance(interval, dict):
+            raise UserError(f"{path}: interval is {excerpt(interval)}, not an object; corrupt checkpoint")
+        sums = {
+            f.name: _field(interval, f.name, f.type, path) for f in fields(LogInterval) if f.name in interval
+        }
+        return cls(**kept, interval=LogInterval(**sums))
 
 
 _NULLABLE = {"initial_val", "best_val", "best_step"}
 
 
 def _field(record: dict, name: str, kind: object, path):
-    """One RunState / Window field read back: None when absent (the dataclass default then applies).
+    """One RunState / LogInterval field read back: None when absent (the dataclass default then applies).
     `kind` is the field's annotation: a string, under `from __future__ import annotations`."""
     if name not in record or (record[name] is None and name in _NULLABLE):
         return None

@@ -3,6 +3,7 @@ and summary.json (train/reporter.py writes them)."""
 
 from __future__ import annotations
 
+from baseforge.generate import generate
 from baseforge.model.attention import BACKEND_NAMES, masked_backend
 from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
@@ -85,24 +86,33 @@ def val_warning(data, eval_tokens: int) -> str | None:
 def metrics_row(run: Run, state: RunState) -> dict:
     """The metrics row of the steps since the last one (metrics.py documents the fields). A collective:
     the training loss is the mean over ranks."""
-    window, rt = state.window, run.runtime
-    tokens_per_s = window.tokens / max(window.seconds, 1e-9)
-    # The FLOPs of the steps' own attention windows (a window warmup's are smaller); a window restored
+    interval, rt = state.interval, run.runtime
+    tokens_per_s = interval.tokens / max(interval.seconds, 1e-9)
+    # The FLOPs of the steps' own attention windows (a window warmup's are smaller); an interval restored
     # from a checkpoint that did not count them, at the model's full window.
-    flops = window.flops or window.tokens * run.views.plain.flops_per_token()
+    flops = interval.flops or interval.tokens * run.views.plain.flops_per_token()
     return {
         "step": state.step,
         "tokens": state.tokens,
-        "loss": all_reduce_mean(window.mean_loss(), rt.dist, rt.device),
+        "loss": all_reduce_mean(interval.mean_loss(), rt.dist, rt.device),
         "lr": run.optimizers.param_groups[0]["lr"],
-        "grad_norm": window.mean_grad_norm(),
-        "clip_frac": window.clipped / max(window.steps, 1),
+        "grad_norm": interval.mean_grad_norm(),
+        "clip_frac": interval.clipped / max(interval.steps, 1),
         "skipped": state.skipped,
         "tokens_per_s": tokens_per_s,
-        "mfu": flops / max(window.seconds, 1e-9) / (rt.peak * rt.dist.world),
+        "mfu": flops / max(interval.seconds, 1e-9) / (rt.peak * rt.dist.world),
         **peak_memory(rt.device),
         "elapsed_s": state.elapsed_s,
     }
+
+
+def progress_counts(run: Run, state: RunState) -> tuple[int, int, bool]:
+    """What the progress bar counts: (total, done so far, by tokens). A batch schedule's steps differ in
+    size, so its progress is counted in tokens (Reporter.progress)."""
+    plan = run.batches
+    if plan.scheduled:
+        return plan.tokens_before(run.total), state.tokens, True
+    return run.total, state.step, False
 
 
 def progress_fields(row: dict) -> dict:
@@ -157,3 +167,16 @@ def data_prompt(data, tokens: int = 8) -> str:
     batch = next(iter(data.val_batches(tokens, 1)), None)
     ids = [] if batch is None else [i for i in batch[0][0, :tokens].tolist() if i != data.tokenizer.eot_id]
     return data.tokenizer.decode(ids) if ids else data.tokenizer.decode([data.tokenizer.eot_id])
+
+
+def end_sample(run: Run) -> tuple[str, str] | None:
+    """The end-of-run sample as (prompt, text) on the main process; None elsewhere or when
+    sample_tokens is 0. A collective: every rank takes part in gathering the whole model."""
+    cfg = run.config.train
+    model = run.views.whole_on_main() if cfg.sample_tokens else None
+    if model is None:
+        return None
+    tok = run.data.tokenizer
+    prompt = cfg.sample_prompt or data_prompt(run.data)
+    ids = generate(model, tok.encode(prompt), cfg.sample_tokens, 0.8, 50, cfg.seed)
+    return prompt, tok.decode(ids)

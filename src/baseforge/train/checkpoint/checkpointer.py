@@ -96,8 +96,8 @@ class Checkpointer:
         else:
             ckpt.load_checked(plain, ckpt.read_model_tensors(path, device), path)
             run.optimizers.load_state_dict(trainer["optimizers"], path)
-        if run.step.scaler is not None and trainer["scaler"] is not None:
-            run.step.scaler.load_state_dict(trainer["scaler"])
+        if run.train_step.scaler is not None and trainer["scaler"] is not None:
+            run.train_step.scaler.load_state_dict(trainer["scaler"])
         restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
         restored = RunState.from_json(state, path / ckpt.STATE_FILE)
         restored.tail_from, restored.tail_lr = run.schedule.tail_from, run.schedule.tail_lr
@@ -136,7 +136,7 @@ class Checkpointer:
             keep_last=run.config.train.keep_last,
             is_best=state.best_step == state.step,
         )
-        scaler = run.step.scaler
+        scaler = run.train_step.scaler
         if run.views.kind == "fsdp":
             sharded.save_sharded(
                 self.run_dir, run.views.plain, run.optimizers, scaler, rng, self.dist, **args
