@@ -264,6 +264,7 @@ def part_flex_smoke(suite, deadline: float) -> dict:
                 "compiled": "compiled"
                 in next((ln for ln in out.splitlines() if ln.startswith("device ")), ""),
                 "flex_fallback": next((ln for ln in out.splitlines() if "FlexAttention is off" in ln), None),
+                "flex_compiles": json.loads((run / "summary.json").read_text()).get("flex_compiles"),
             }
             if len(losses) != 3 or not all(np.isfinite(losses)):
                 raise RuntimeError(f"{name}: losses {losses}")

@@ -4,7 +4,7 @@ and summary.json (train/reporter.py writes them)."""
 from __future__ import annotations
 
 from baseforge.generate import generate
-from baseforge.model.attention import BACKEND_NAMES, masked_backend
+from baseforge.model.attention import BACKEND_NAMES, FLEX, masked_backend
 from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
@@ -148,6 +148,7 @@ def build_summary(run: Run, state: RunState, last_row: dict) -> dict:
         "processes": rt.dist.world,
         "mfu": last_row.get("mfu"),
         "peak_source": rt.peak_source,
+        "flex_compiles": FLEX.compiles,  # FlexAttention's compiled training shapes in this process
     }
 
 
