@@ -152,7 +152,9 @@ def throughput(args) -> dict:
         trainers, setup_s, warmup_s, parts = {}, {}, {}, {}
         for name in args.variants:
             t0 = time.perf_counter()
-            trainers[name] = make_trainer(data, Path(tmp) / name, VARIANTS[name], args.preset)
+            trainers[name] = make_trainer(
+                data, Path(tmp) / name, args.overrides + VARIANTS[name], args.preset
+            )
             setup_s[name] = time.perf_counter() - t0
             parts[name] = StepParts(trainers[name])
             compiled = trainers[name].built.views.train is not trainers[name].built.views.plain
@@ -289,6 +291,14 @@ def main() -> None:
         "short-docs (each line of the shared webtext's firefox and overheard files of at most "
         f"{SHORT_DOC_CHARS} characters a document, bpe:4096), or a prepared data dir",
     )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every variant (repeatable)",
+    )
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--warmup", type=int, default=2)
@@ -300,7 +310,8 @@ def main() -> None:
         result = memory(args)
     elif args.preset:
         result = throughput(args)
-        print(f"\n{args.preset} on {args.data}: median s/step (optimizer's), fastest, set-up, warm-up")
+        what = " ".join([args.preset, *args.overrides, "on", args.data])
+        print(f"\n{what}: median s/step (optimizer's), fastest, set-up, warm-up")
         for name, r in result.items():
             warm = ", ".join(f"{t:.2f}" for t in r["warmup_step_s"])
             print(
