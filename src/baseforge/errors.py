@@ -13,3 +13,11 @@ class UserError(Exception):
 class ConfigError(UserError, ValueError):
     """An invalid config value (ModelConfig, TrainConfig, --set, TOML, config.json): a `UserError`,
     so the CLI prints it in one line; also a `ValueError`, as for any bad argument value."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An out-of-memory error, whichever layer raised it (torch's own type, or a compiler's wrapper
+    that only says so in its text)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

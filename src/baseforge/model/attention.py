@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from baseforge.errors import is_oom
+
 # PyTorch's fused (flash) attention kernel for CPUs runs bf16 no faster than fp32, while plain bf16
 # matmuls run 2x faster: up to about 512 positions, matmuls + softmax do forward and backward in
 # about half the time of the fused kernel (benchmarks/results/train-throughput.md); from ~1024 on
@@ -280,7 +282,7 @@ class FlexKernel:
             with torch._dynamo.config.patch(recompile_limit=self.limit + 1):
                 out = self.compiled(q, k, v, block_mask=vis.block_mask)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: the masked SDPA still runs
-            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            if is_oom(exc):
                 raise  # an answer for the micro-batch search, not a broken compiler
             self._off(f"it failed to compile ({_first_line(exc)})")
             return None

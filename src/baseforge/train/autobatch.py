@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from baseforge.data.batch_plan import BatchLayout, BatchPlan
-from baseforge.errors import UserError
+from baseforge.errors import UserError, is_oom
 from baseforge.model.attention import window_tensor
 from baseforge.train.device import rng_devices
 from baseforge.train.optim import build_optimizers
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     from baseforge.train.device import Runtime
 
 MARGIN = 0.10  # fraction of the GPU's memory the chosen micro-batch's trial must leave free
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def divisors(n: int) -> list[int]:
