@@ -37,7 +37,8 @@ def synthetic_data_dir(
     out: Path, train_tokens: int, val_tokens: int = 1 << 16, shard_tokens: int = 50_000_000, seed: int = 0
 ) -> Path:
     """A data dir of uniformly random GPT-2 token ids: throughput does not depend on what the tokens say."""
-    from baseforge.data.shards import write_manifest, write_shard
+    from baseforge.data.manifest import Manifest, SplitEntry, write_manifest
+    from baseforge.data.shards import write_shard
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,20 +49,13 @@ def synthetic_data_dir(
             n = min(left, shard_tokens)
             name = f"{split}_{k:06d}.bin"
             write_shard(out / name, rng.integers(0, 50257, n, dtype=np.uint16), 50257)
-            shards.append({"file": name, "tokens": n})
+            shards.append((name, n))
             left, k = left - n, k + 1
-        splits[split] = {"documents": 0, "tokens": total, "shards": shards}
+        splits[split] = SplitEntry.of(shards, 0)
+    tokenizer = {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
     write_manifest(
         out,
-        {
-            "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256},
-            "pack": "concat",
-            "context": None,
-            "sources": ["synthetic"],
-            "documents": 0,
-            "tokens": train_tokens + val_tokens,
-            "splits": splits,
-        },
+        Manifest(tokenizer, splits, documents=0, tokens=train_tokens + val_tokens, sources=("synthetic",)),
     )
     return out
 

@@ -153,11 +153,11 @@ def part_data(suite, deadline: float) -> dict:
 
 
 def _data_summary(data: Path) -> dict:
-    from baseforge.data.shards import read_manifest
+    from baseforge.data.manifest import read_manifest
 
     manifest = read_manifest(data)
-    tokens = {name: split["tokens"] for name, split in manifest["splits"].items()}
-    return {"path": str(data), "tokenizer": manifest["tokenizer"]["name"], "tokens": tokens}
+    tokens = {name: split.tokens for name, split in manifest.splits.items()}
+    return {"path": str(data), "tokenizer": manifest.tokenizer["name"], "tokens": tokens}
 
 
 def data_dir(suite) -> Path:
@@ -186,14 +186,14 @@ def throughput(suite, preset: str, deadline: float) -> dict:
     cmd = [sys.executable, "-m", "baseforge", "train", "--data", data_dir(suite), "--out", run]
     cmd += ["--preset", preset, *sum((["--set", k] for k in train_keys(suite, suite.steps)), [])]
     out = sh(suite, cmd, deadline)
-    rows = [r for r in read_metrics(run) if r.get("loss") is not None]
+    rows = [r for r in read_metrics(run) if r.loss is not None]
     steady = rows[len(rows) // 3 :] or rows  # the first third: compilation and warm-up
     micro = re.search(r"micro_batch auto: (\d+) fits; gradient accumulation (\d+)", out)
     config = json.loads((run / "config.json").read_text())
     return {
         "preset": preset,
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
-        "mfu": statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
+        "tokens_per_s": statistics.median(r.tokens_per_s for r in steady),
+        "mfu": statistics.median(r.mfu for r in steady) if steady[0].mfu is not None else None,
         # GiB the CUDA allocator reserved at most (what plan and the search count); the CPU: peak RSS
         "peak_reserved_gib": max(r.get("peak_reserved_gib", r.get("peak_rss_gib", 0.0)) for r in rows),
         "micro_batch": int(micro[1]) if micro else None,
@@ -254,12 +254,12 @@ def part_flex_smoke(suite, deadline: float) -> dict:
             except Overran as exc:
                 raise Overran(str(exc), {"runs": runs, "stopped": name}) from None
             rows = read_metrics(run)
-            losses = [r["loss"] for r in rows if r.get("loss") is not None]
+            losses = [r.loss for r in rows if r.loss is not None]
             runs[name] = {
                 "losses": losses,
-                "val_loss": rows[-1].get("val_loss"),
-                "tokens_per_s": rows[-1].get("tokens_per_s"),
-                "peak_reserved_gib": rows[-1].get("peak_reserved_gib"),
+                "val_loss": rows[-1].val_loss,
+                "tokens_per_s": rows[-1].tokens_per_s,
+                "peak_reserved_gib": rows[-1].peak_reserved_gib,
                 "attention": next((ln for ln in out.splitlines() if ln.startswith("attention:")), None),
                 "compiled": "compiled"
                 in next((ln for ln in out.splitlines() if ln.startswith("device ")), ""),
@@ -273,7 +273,8 @@ def part_flex_smoke(suite, deadline: float) -> dict:
 
 # --- the peers --------------------------------------------------------------------------------------
 def flat_tokens(data: Path, split: str) -> np.ndarray:
-    from baseforge.data.shards import read_manifest, split_shards
+    from baseforge.data.manifest import read_manifest
+    from baseforge.data.shards import split_shards
 
     return np.concatenate(split_shards(data, read_manifest(data), split)).astype(np.uint16)
 

@@ -66,9 +66,11 @@ def plain_runner(cmd: list) -> str:
     return result.stdout + result.stderr
 
 
-def at(rows: list[dict], key: str, x: float) -> float | None:
+def at(rows: list, key: str, x: float) -> float | None:
     """Validation loss at `key` (elapsed_s or tokens) = x, interpolated between evaluations."""
-    pts = [(r[key], r["val_loss"]) for r in rows if "val_loss" in r and key in r]
+    pts = [
+        (getattr(r, key), r.val_loss) for r in rows if r.val_loss is not None and getattr(r, key) is not None
+    ]
     if not pts or x > pts[-1][0]:
         return None
     xs, ys = zip(*pts)
@@ -76,20 +78,20 @@ def at(rows: list[dict], key: str, x: float) -> float | None:
 
 
 def compare(runs: dict[str, list[dict]]) -> dict:
-    trained = {name: [r for r in rows if r.get("loss") is not None] for name, rows in runs.items()}
-    time = min(rows[-1]["elapsed_s"] for rows in trained.values())
-    tokens = min(rows[-1]["tokens"] for rows in trained.values())
+    trained = {name: [r for r in rows if r.loss is not None] for name, rows in runs.items()}
+    time = min(rows[-1].elapsed_s for rows in trained.values())
+    tokens = min(rows[-1].tokens for rows in trained.values())
     out = {"equal_time_s": time, "equal_tokens": tokens, "recipes": {}}
     for name, rows in trained.items():
-        evals = [r for r in rows if "val_loss" in r]
+        evals = [r for r in rows if r.val_loss is not None]
         out["recipes"][name] = {
             "val_loss_at_equal_time": at(rows, "elapsed_s", time),
             "val_loss_at_equal_tokens": at(rows, "tokens", tokens),
-            "final_val_loss": evals[-1]["val_loss"] if evals else None,
-            "tokens": rows[-1]["tokens"],
-            "train_seconds": rows[-1]["elapsed_s"],
-            "tokens_per_s": rows[-1]["tokens"] / max(rows[-1]["elapsed_s"], 1e-9),
-            "curve": [(r["elapsed_s"], r["tokens"], r["val_loss"]) for r in evals],
+            "final_val_loss": evals[-1].val_loss if evals else None,
+            "tokens": rows[-1].tokens,
+            "train_seconds": rows[-1].elapsed_s,
+            "tokens_per_s": rows[-1].tokens / max(rows[-1].elapsed_s, 1e-9),
+            "curve": [(r.elapsed_s, r.tokens, r.val_loss) for r in evals],
         }
     return out
 

@@ -34,7 +34,8 @@ def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) 
     tests do not depend on `prepare`. Documents are the text's paragraphs; every 10th is validation."""
     import numpy as np
 
-    from baseforge.data.shards import write_manifest, write_shard
+    from baseforge.data.manifest import Manifest, SplitEntry, write_manifest
+    from baseforge.data.shards import write_shard
     from baseforge.tokenizer import TrainedBPETokenizer
 
     docs = [d for d in text.split("\n\n") if d.strip()]
@@ -48,23 +49,17 @@ def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) 
     tok.save(out)
 
     def split(name, ids):
-        return {
-            "documents": 0,
-            "tokens": len(ids),
-            "shards": [{"file": f"{name}_000000.bin", "tokens": len(ids)}],
-        }
+        return SplitEntry.of([(f"{name}_000000.bin", len(ids))], 0)
 
     write_manifest(
         out,
-        {
-            "tokenizer": tok.record(),
-            "pack": "concat",
-            "context": None,
-            "sources": ["test"],
-            "documents": len(docs),
-            "tokens": len(train) + len(val),
-            "splits": {"train": split("train", train), "val": split("val", val)},
-        },
+        Manifest(
+            tokenizer=tok.record(),
+            sources=("test",),
+            documents=len(docs),
+            tokens=len(train) + len(val),
+            splits={"train": split("train", train), "val": split("val", val)},
+        ),
     )
     return out
 

@@ -98,8 +98,8 @@ def test_a_run_with_a_schedule_trains_and_says_so(shakespeare_dir, tmp_path):
     result = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "run", *sets(*items))
     assert result.returncode == 0, result.stderr
     assert "batch schedule: 2 sequences for steps 0-1, 4 sequences for steps 2-3, then 8" in result.stdout
-    rows = [r for r in read_metrics(tmp_path / "run") if r["step"]]
-    assert [r["tokens"] for r in rows] == [128, 256, 512, 768, 1280, 1792]
+    rows = [r for r in read_metrics(tmp_path / "run") if r.step]
+    assert [r.tokens for r in rows] == [128, 256, 512, 768, 1280, 1792]
     dry = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "dry", "--dry-run", *sets(*items))
     assert "steps: 6; tokens: 1,792" in dry.stdout and "batch schedule: 2 sequences" in dry.stdout
 

@@ -157,9 +157,7 @@ def run_with_chaos(data: Path, run: Path, extra: list[str], plan: list[str], see
 
 
 def losses(run: Path):
-    return [
-        (r["step"], r["loss"], r.get("val_loss"), r.get("lr"), r.get("grad_norm")) for r in read_metrics(run)
-    ]
+    return [(r.step, r.loss, r.val_loss, r.lr, r.grad_norm) for r in read_metrics(run)]
 
 
 def assert_same_run(ref: Path, run: Path) -> None:

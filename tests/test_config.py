@@ -150,8 +150,7 @@ def test_config_layers_and_presets(tmp_path):
     assert config.train.lr == 5e-4 and config.model.n_layer == 3
     assert config.train.max_steps == 9 and config.train.compile is True
     assert (
-        PRESETS["gpt2-small-seed"].train["lr"] == 4e-4
-        and PRESETS["gpt2-small-seed"].train["weight_decay"] == 0.1
+        PRESETS["gpt2-small-seed"].train.lr == 4e-4 and PRESETS["gpt2-small-seed"].train.weight_decay == 0.1
     )
     seed = resolve_config("gpt2-small-seed").model
     assert (seed.vocab_size, seed.context, seed.n_embd, seed.dropout, seed.qkv_bias, seed.tie_weights) == (

@@ -68,7 +68,7 @@ def final_weights(run: Path) -> dict:
 
 
 def train_rows(run: Path) -> list[tuple]:
-    return [(r["step"], r["loss"], r.get("val_loss"), r.get("grad_norm")) for r in read_metrics(run)]
+    return [(r.step, r.loss, r.val_loss, r.grad_norm) for r in read_metrics(run)]
 
 
 @pytest.fixture(scope="module")
@@ -357,10 +357,10 @@ def test_compiled_training_does_not_recompile(data_dir, tmp_path):
 def test_fp16_training_through_the_cli(data_dir, tmp_path, optimizer):
     run = tmp_path / "run"
     train("", data_dir, run, "precision=fp16", f"optimizer={optimizer}", "max_steps=40", "eval_every=40")
-    rows = [r for r in read_metrics(run) if r["loss"] is not None]
-    assert rows[-1]["skipped"] <= 5  # GradScaler's first scales may overflow, then it settles
-    assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all() for r in rows)
-    assert rows[-1]["loss"] < rows[0]["loss"]
+    rows = [r for r in read_metrics(run) if r.loss is not None]
+    assert rows[-1].skipped <= 5  # GradScaler's first scales may overflow, then it settles
+    assert all(torch.isfinite(torch.tensor([r.loss, r.grad_norm])).all() for r in rows)
+    assert rows[-1].loss < rows[0].loss
 
 
 def test_micro_batch_auto_recovers_from_oom_and_reproduces(data_dir, tmp_path):
@@ -378,7 +378,9 @@ def test_micro_batch_auto_recovers_from_oom_and_reproduces(data_dir, tmp_path):
     assert train_rows(tmp_path / "a") == train_rows(tmp_path / "b") == train_rows(tmp_path / "c")
     a, c = final_weights(tmp_path / "a"), final_weights(tmp_path / "c")
     assert all(torch.equal(a[k], c[k]) for k in c)
-    peak = {n: max(r["peak_reserved_gib"] for r in read_metrics(tmp_path / n) if "loss" in r) for n in "ac"}
+    peak = {
+        n: max(r.peak_reserved_gib for r in read_metrics(tmp_path / n) if r.loss is not None) for n in "ac"
+    }
     assert peak["a"] <= 1.05 * peak["c"] + 0.01, peak
 
 
@@ -390,9 +392,9 @@ def test_checkpoint_moves_between_gpu_and_cpu(data_dir, tmp_path):
     ok(cli("", *resume, *sets("device=cpu", "precision=fp32", "max_steps=6")))
     on_cpu = final_weights(run)
     ok(cli("", *resume, *sets("device=cuda", "max_steps=8")))
-    rows = [r for r in read_metrics(run) if r["loss"] is not None]
-    assert [r["step"] for r in rows] == list(range(1, 9))
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    rows = [r for r in read_metrics(run) if r.loss is not None]
+    assert [r.step for r in rows] == list(range(1, 9))
+    assert all(torch.isfinite(torch.tensor(r.loss)) for r in rows)
     assert set(on_gpu) == set(on_cpu) == set(final_weights(run))
     assert any(not torch.equal(on_gpu[k], on_cpu[k]) for k in on_gpu)  # the CPU steps really trained
 
@@ -425,7 +427,7 @@ def test_torchrun_one_process_trains_and_checkpoints(data_dir, tmp_path):
     result = subprocess.run(cmd + settings("max_steps=6"), capture_output=True, text=True, env=cli_env())
     ok(result)
     assert find_checkpoint(run).name.endswith("6")
-    assert [r["step"] for r in read_metrics(run) if r["loss"] is not None][-1] == 6
+    assert [r.step for r in read_metrics(run) if r.loss is not None][-1] == 6
 
 
 # --- document masking, windows and FlexAttention --------------------------------------------------------

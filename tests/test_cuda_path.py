@@ -255,7 +255,7 @@ def toy_losses(preset: str, data, out, compiled: bool) -> list[float]:
     from baseforge.train.metrics import read_metrics
 
     rows = read_metrics(out)
-    return [r["loss"] for r in rows if r["loss"] is not None] + [rows[-1]["val_loss"]]
+    return [r.loss for r in rows if r.loss is not None] + [rows[-1].val_loss]
 
 
 @pytest.mark.slow

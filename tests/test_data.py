@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from baseforge.data import sources
+from baseforge.data.manifest import read_manifest
 from baseforge.data.prepare import prepare
-from baseforge.data.shards import read_manifest, read_shard, split_shards, write_shard
+from baseforge.data.shards import read_shard, split_shards, write_shard
 from baseforge.errors import UserError
 from helpers import assert_clean_error, baseforge, popen
 
@@ -44,7 +45,7 @@ def test_gpt2_ids_are_exactly_tiktokens(shared_data, gpt2_available, tmp_path):
     want = []
     for doc in c4_docs(shared_data):
         want += enc.encode_ordinary(doc) + [enc.eot_token]
-    assert m["splits"]["train"]["documents"] == len(c4_docs(shared_data))
+    assert m.splits["train"].documents == len(c4_docs(shared_data))
     assert all_tokens(tmp_path / "d", "train").tolist() == want
     # One document per .txt file, in sorted order.
     web = shared_data / "corpora" / "webtext"
@@ -105,17 +106,17 @@ def test_splits_crop_and_test_slice(shared_data, tmp_path):
         test_tokens=50,
         log=quiet,
     )
-    assert m["splits"]["val"]["documents"] + m["splits"]["test"]["documents"] >= m["documents"] // 4
-    assert m["splits"]["test"]["tokens"] == 50
-    assert m["cropped"]["documents"] > 0 and m["cropped"]["tokens"] > 0
+    assert m.splits["val"].documents + m.splits["test"].documents >= m.documents // 4
+    assert m.splits["test"].tokens == 50
+    assert m.cropped["documents"] > 0 and m.cropped["tokens"] > 0
     # Every cropped document is at most 64 tokens and ends where its end-of-text would be.
-    eot = m["tokenizer"]["eot_id"]
+    eot = m.tokenizer["eot_id"]
     train = all_tokens(tmp_path / "c", "train")
     assert train[-1] == eot or len(train) % 64 == 0
     full = prepare(
         [src], tmp_path / "f", "bpe:400", val_fraction=0.25, test_start=10, test_tokens=50, log=quiet
     )
-    assert m["tokens"] + m["cropped"]["tokens"] == full["tokens"]
+    assert m.tokens + m.cropped["tokens"] == full.tokens
 
 
 @pytest.mark.parametrize("crop", [None, 128])
@@ -155,11 +156,11 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
         [src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, min_val_tokens=0,
         log=quiet, **pack,
     )  # fmt: skip
-    assert m["held_out"] == "documents"
+    assert m.held_out == "documents"
     got = all_tokens(tmp_path / "b", "train").tolist()
     ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])
     assert got == train[: ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it
-    assert m["splits"]["train"]["documents"] == sum(1 for i in range(m["documents"]) if not held_out(i, 0.05))
+    assert m.splits["train"].documents == sum(1 for i in range(m.documents) if not held_out(i, 0.05))
 
 
 def test_fineweb_from_a_local_copy_laid_out_like_the_hub(tmp_path):
@@ -202,7 +203,7 @@ def test_fineweb_from_a_local_copy_laid_out_like_the_hub(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     m = read_manifest(tmp_path / "d")
-    assert m["documents"] == 600 and m["sources"] == ["fineweb"]
+    assert m.documents == 600 and m.sources == ("fineweb",)
     # --max-tokens stops early, at a document boundary past the limit.
     result = baseforge(
         "prepare",
@@ -217,7 +218,7 @@ def test_fineweb_from_a_local_copy_laid_out_like_the_hub(tmp_path):
         "5000",
     )
     assert result.returncode == 0, result.stderr
-    assert 5000 <= read_manifest(tmp_path / "e")["tokens"] < 5200
+    assert 5000 <= read_manifest(tmp_path / "e").tokens < 5200
 
 
 def test_hub_unreachable_is_one_clear_line(tmp_path):

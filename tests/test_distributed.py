@@ -24,7 +24,7 @@ COMMON = [*TINY, "dropout=0", "micro_batch=2", "global_batch=8", "checkpoint_eve
 
 
 def curve(run):
-    return [r["loss"] for r in read_metrics(run) if r["loss"] is not None]
+    return [r.loss for r in read_metrics(run) if r.loss is not None]
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +179,7 @@ def test_two_torchrun_agents_train_as_one_process_and_a_dead_node_ends_both(shak
     for agent in agents:
         _, err = agent.communicate(timeout=300)
         assert agent.returncode == 0, err[-2000:]
-    losses = [
-        [r["loss"] for r in read_metrics(tmp_path / run) if r["loss"] is not None] for run in ("one", "two")
-    ]
+    losses = [[r.loss for r in read_metrics(tmp_path / run) if r.loss is not None] for run in ("one", "two")]
     assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-4)
     # A rank killed on one "node" ends the job on both.
     long = [*items, "max_steps=100000", "log_every=1"]

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baseforge.data.shards import write_manifest, write_shard
+from baseforge.data.manifest import Manifest, SplitEntry, write_manifest
+from baseforge.data.shards import write_shard
 from baseforge.eval.hellaswag import evaluate_hellaswag, item_from_row, preprocess, score_item
 from baseforge.model import GPT, ModelConfig
 from baseforge.tokenizer import GPT2Tokenizer
@@ -27,21 +28,18 @@ def gpt2_data(tmp_path_factory, shared_data, gpt2_available):
     out = tmp_path_factory.mktemp("gpt2data")
     write_shard(out / "train_000000.bin", ids[4096:], tok.vocab_size)
     write_shard(out / "val_000000.bin", ids[:4096], tok.vocab_size)
-    entry = lambda name, n: {"documents": 1, "tokens": n, "shards": [{"file": name, "tokens": n}]}  # noqa: E731
     write_manifest(
         out,
-        {
-            "tokenizer": tok.record(),
-            "pack": "concat",
-            "context": None,
-            "sources": ["test"],
-            "documents": 2,
-            "tokens": len(ids),
-            "splits": {
-                "train": entry("train_000000.bin", len(ids) - 4096),
-                "val": entry("val_000000.bin", 4096),
+        Manifest(
+            tokenizer=tok.record(),
+            sources=("test",),
+            documents=2,
+            tokens=len(ids),
+            splits={
+                "train": SplitEntry.of([("train_000000.bin", len(ids) - 4096)], 1),
+                "val": SplitEntry.of([("val_000000.bin", 4096)], 1),
             },
-        },
+        ),
     )
     return out, ids[:4096]
 
@@ -319,5 +317,5 @@ def test_hellaswag_during_training(gpt2_data, shared_data, tmp_path):
         *sets(*TINY, "max_steps=4", "evaluators_every=2", "hellaswag_limit=8", f"hellaswag_data={hs}"),
     )
     assert result.returncode == 0, result.stderr
-    scored = [r["step"] for r in read_metrics(run) if "hellaswag_acc_norm" in r]
+    scored = [r.step for r in read_metrics(run) if "hellaswag_acc_norm" in r.evals]
     assert scored == [2, 4]

@@ -145,8 +145,8 @@ def test_init_from_a_modern_export_continues_the_model(modern_run, shakespeare_d
         *[a for item in items for a in ("--set", item)],
     )
     assert result.returncode == 0, result.stderr
-    ended = read_metrics(modern_run)[-1]["val_loss"]
-    assert read_metrics(more)[0]["val_loss"] == pytest.approx(ended, abs=1e-5)
+    ended = read_metrics(modern_run)[-1].val_loss
+    assert read_metrics(more)[0].val_loss == pytest.approx(ended, abs=1e-5)
 
 
 def export_random(config: ModelConfig, out, eot_id: int):

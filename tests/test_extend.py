@@ -19,7 +19,7 @@ def train(data, run, *items, flags=()):
 
 
 def lrs(run) -> dict[int, float]:
-    return {r["step"]: r["lr"] for r in read_metrics(run) if r.get("lr") is not None}
+    return {r.step: r.lr for r in read_metrics(run) if r.lr is not None}
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from baseforge.config import RunConfig, TrainConfig, preset_config
+from baseforge.config import RunConfig, TrainConfig
 from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.model.config import ModelConfig
+from baseforge.presets import preset_config
 from baseforge.train import rng
 from baseforge.train.checkpoint import format as ckpt
 from baseforge.train.distributed import DistInfo
@@ -34,7 +35,7 @@ FSDP = [*COMMON, "parallel=fsdp", "max_steps=8"]
 
 
 def curve(run):
-    return [r["loss"] for r in read_metrics(run) if r["loss"] is not None]
+    return [r.loss for r in read_metrics(run) if r.loss is not None]
 
 
 def weights(run, step=None):
@@ -339,7 +340,7 @@ def test_a_sharded_model_gathers_into_a_plain_copy_on_rank_zero(tmp_path):
 
 
 def step0_val(run):
-    return read_metrics(run)[0]["val_loss"]
+    return read_metrics(run)[0].val_loss
 
 
 @pytest.mark.parametrize(

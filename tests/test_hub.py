@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from baseforge.data import hub as hub_module
-from baseforge.data.shards import read_manifest
+from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from helpers import baseforge
 
@@ -122,7 +122,7 @@ def test_fineweb_through_the_real_hub_client(hub, tmp_path, monkeypatch, gpt2_av
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert read_manifest(tmp_path / "all")["documents"] == 400
+    assert read_manifest(tmp_path / "all").documents == 400
     assert sorted(hub.downloads) == ["sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
     assert hub.listed == ["sample/10BT"]  # only the sample's folder is listed, not the whole repo
     # Run again: every file is in the Hub cache, nothing is fetched twice.
@@ -152,7 +152,7 @@ def test_fineweb_through_the_real_hub_client(hub, tmp_path, monkeypatch, gpt2_av
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert read_manifest(tmp_path / "some")["documents"] < 200
+    assert read_manifest(tmp_path / "some").documents < 200
     assert hub.downloads == ["sample/10BT/000_00000.parquet"]
 
 

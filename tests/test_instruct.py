@@ -59,10 +59,10 @@ def test_prompt_format_is_the_books():
 
 
 def test_loss_mask_leaves_prompt_tokens_out(shakespeare_dir):
-    from baseforge.data.shards import read_manifest
+    from baseforge.data.manifest import read_manifest
     from baseforge.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(read_manifest(shakespeare_dir)["tokenizer"], shakespeare_dir)
+    tok = load_tokenizer(read_manifest(shakespeare_dir).tokenizer, shakespeare_dir)
     ex = {"instruction": "Name a colour.", "input": "", "output": "Blue, like the sky."}
     inputs, targets = encode_example(tok, ex, 512, mask_prompt=True)
     prompt_len = len(tok.encode(format_prompt(ex)))
@@ -83,10 +83,10 @@ def test_loss_mask_leaves_prompt_tokens_out(shakespeare_dir):
 
 
 def test_batches_are_padded_and_a_pure_function_of_the_step(ift_file, shakespeare_dir):
-    from baseforge.data.shards import read_manifest
+    from baseforge.data.manifest import read_manifest
     from baseforge.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(read_manifest(shakespeare_dir)["tokenizer"], shakespeare_dir)
+    tok = load_tokenizer(read_manifest(shakespeare_dir).tokenizer, shakespeare_dir)
     a = InstructionData(ift_file, tok, 256, seed=5)
     b = InstructionData(ift_file, tok, 256, seed=5)
     layout = BatchLayout(micro_batch=4, grad_accum=2)
@@ -115,7 +115,7 @@ def test_finetune_answer_judge_end_to_end(ift_file, base_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     rows = read_metrics(out)
-    assert rows[-1]["step"] == 10  # 2 epochs of 40 examples at 8 a step
+    assert rows[-1].step == 10  # 2 epochs of 40 examples at 8 a step
     assert (out / "checkpoints" / "best").is_file()
     assert json.loads((out / "finetune.json").read_text())["examples"]["train"] == 40
     answers = tmp_path / "answers.jsonl"
@@ -183,7 +183,7 @@ def test_finetune_resumes_exactly(ift_file, base_run, tmp_path):
     assert first.returncode == 0, first.stderr
     again = baseforge("finetune", base_run, *common, "--out", cut, "--resume", *sets("max_steps=12"))
     assert again.returncode == 0, again.stderr
-    losses = lambda run: [(r["step"], r["loss"]) for r in read_metrics(run) if r["loss"] is not None]  # noqa: E731
+    losses = lambda run: [(r.step, r.loss) for r in read_metrics(run) if r.loss is not None]  # noqa: E731
     assert losses(cut) == losses(tmp_path / "ref")
 
 

@@ -49,9 +49,7 @@ def fresh(data, run) -> int:
 
 
 def losses(run):
-    return [
-        (r["step"], r["loss"], r.get("val_loss"), r["lr"] if r["step"] else None) for r in read_metrics(run)
-    ]
+    return [(r.step, r.loss, r.val_loss, r.lr if r.step else None) for r in read_metrics(run)]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import torch
 
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.loader import Prefetcher, TokenWindows, TrainStream, eval_batches
-from baseforge.data.shards import write_manifest, write_shard
+from baseforge.data.manifest import Manifest, SplitEntry, write_manifest
+from baseforge.data.shards import write_shard
 from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
 from baseforge.overrides import resolve_config
@@ -105,8 +106,10 @@ def sharded(tmp_path):
     entries = []
     for i, n in enumerate([700, 1234, 333]):
         write_shard(tmp_path / f"train_{i:06d}.bin", rng.integers(0, 60000, n), 65536)
-        entries.append({"file": f"train_{i:06d}.bin", "tokens": n})
-    write_manifest(tmp_path, {"splits": {"train": {"documents": 0, "tokens": 0, "shards": entries}}})
+        entries.append((f"train_{i:06d}.bin", n))
+    train = SplitEntry.of(entries)
+    tokenizer = {"name": "bpe:65536", "vocab_size": 65536, "eot_id": 0}
+    write_manifest(tmp_path, Manifest(tokenizer, {"train": train}, documents=0, tokens=train.tokens))
     return tmp_path
 
 

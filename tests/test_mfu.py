@@ -142,10 +142,10 @@ def test_mfu_counts_each_steps_own_attention_window(shakespeare_dir, tmp_path):
     trainer = Trainer(config, shakespeare_dir, tmp_path / "run", log=lambda *a: None)
     trainer.run()
     model, peak = trainer.built.views.plain, trainer.built.runtime.peak
-    rows = [r for r in read_metrics(tmp_path / "run") if r["step"]]
+    rows = [r for r in read_metrics(tmp_path / "run") if r.step]
     windows = [attention_window(step, 4, 64, 1.0) for step in range(4)]
     assert len(rows) == 4 and windows[0] < windows[2] and windows[-1] is None  # None: grown to 64
     for row, window in zip(rows, windows):
-        seconds = 512 / row["tokens_per_s"]  # one step of 8 x 64 tokens a row
-        assert row["mfu"] == pytest.approx(512 * model.flops_per_token(window) / seconds / peak, rel=1e-6)
+        seconds = 512 / row.tokens_per_s  # one step of 8 x 64 tokens a row
+        assert row.mfu == pytest.approx(512 * model.flops_per_token(window) / seconds / peak, rel=1e-6)
     assert model.flops_per_token(windows[0]) < model.flops_per_token()

@@ -11,7 +11,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from baseforge.cli import main
-from baseforge.config import preset_config
 from baseforge.errors import UserError
 from baseforge.hardware import find_gpu
 from baseforge.model import loss as fused_loss
@@ -25,6 +24,7 @@ from baseforge.plan.memory import (
     model_shape,
     state_bytes,
 )
+from baseforge.presets import preset_config
 from baseforge.train.optim import build_optimizers
 from baseforge.train.precision import cpu_has_bf16
 
@@ -169,10 +169,10 @@ def test_time_and_cost_follow_from_peak_and_mfu():
 
 def test_mfu_from_a_run(tmp_path, capsys):
     rows = [
-        {"step": 0, "mfu": None},
-        {"step": 10, "mfu": 0.9},
-        {"step": 20, "mfu": 0.3},
-        {"step": 30, "mfu": 0.35},
+        {"step": 0, "tokens": 0, "mfu": None},
+        {"step": 10, "tokens": 640, "mfu": 0.9},
+        {"step": 20, "tokens": 1280, "mfu": 0.3},
+        {"step": 30, "tokens": 1920, "mfu": 0.35},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["plan", "--preset", "gpt2-124m", "--from-run", str(tmp_path), "--json"]) == 0

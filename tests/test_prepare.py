@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from baseforge.cli import main
+from baseforge.data.manifest import read_manifest
 from baseforge.data.prepare import prepare
-from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.shards import split_shards
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
 from helpers import assert_clean_error, baseforge, popen
@@ -33,17 +34,17 @@ def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared
         src, tmp_path / "d", "bpe:300", val_fraction=0.1, shard_tokens=20_000, workers=1, log=lines.append
     )
     whole = prepare(src, tmp_path / "all", "bpe:300", val_fraction=0.0, workers=1, log=quiet)
-    assert m["held_out"] == "tail" and whole["held_out"] == "documents"
-    assert m["splits"]["val"]["tokens"] == int(m["tokens"] * 0.1) > 20_000  # reaches back into written shards
+    assert m.held_out == "tail" and whole.held_out == "documents"
+    assert m.splits["val"].tokens == int(m.tokens * 0.1) > 20_000  # reaches back into written shards
     stream = tokens(tmp_path / "all", "train")
     assert np.array_equal(
         np.concatenate([tokens(tmp_path / "d", "train"), tokens(tmp_path / "d", "val")]), stream
     )
     assert any("last" in line and "--val-fraction 0.1" in line for line in lines), lines
-    assert read_manifest(tmp_path / "d")["held_out"] == "tail"
+    assert read_manifest(tmp_path / "d").held_out == "tail"
     assert main(["data", "info", str(tmp_path / "d")]) == 0
     shown = capsys.readouterr().out
-    assert "last tokens of the stream" in shown and f"sha256 {m['tokenizer']['sha256'][:12]}" in shown
+    assert "last tokens of the stream" in shown and f"sha256 {m.tokenizer['sha256'][:12]}" in shown
 
 
 def test_binary_files_are_skipped_and_named_and_no_text_is_an_error(tmp_path):
@@ -58,7 +59,7 @@ def test_binary_files_are_skipped_and_named_and_no_text_is_an_error(tmp_path):
     )  # a few bad bytes: text
     lines = []
     m = prepare([str(corpus)], tmp_path / "d", "bpe:300", val_fraction=0.0, workers=1, log=lines.append)
-    assert m["documents"] == 2 and m["skipped"] == {"binary_files": 2, "first": str(corpus / "b.txt")}
+    assert m.documents == 2 and m.skipped == {"binary_files": 2, "first": str(corpus / "b.txt")}
     assert any("skipped 2 binary file(s)" in line and "b.txt" in line for line in lines), lines
     for name in ("a.txt", "d.txt"):
         (corpus / name).unlink()
@@ -100,8 +101,8 @@ def test_include_globs_turn_a_folder_of_any_text_files_into_a_corpus(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     m = read_manifest(out)
-    assert m["documents"] == 3 and m["args"]["include"] == ["*.py", "*.md"]
-    tok = load_tokenizer(m["tokenizer"], out)
+    assert m.documents == 3 and m.args["include"] == ["*.py", "*.md"]
+    tok = load_tokenizer(m.tokenizer, out)
     text = tok.decode(tokens(out, "train"))
     assert "def add(a, b)" in text and "HOME = os.environ" in text and "Adds numbers" in text
     assert_clean_error(
@@ -135,7 +136,7 @@ def test_a_long_document_is_tokenized_in_pieces_cut_at_whitespace_with_the_same_
         [str(shakespeare(shared_data))], tmp_path / "d", "bpe:300", val_fraction=0, workers=1, log=quiet
     )
     assert longest and max(longest) <= 3000  # no piece over the bound was encoded
-    tok = load_tokenizer(m["tokenizer"], tmp_path / "d")
+    tok = load_tokenizer(m.tokenizer, tmp_path / "d")
     assert tokens(tmp_path / "d", "train").tolist() == tok.encode(text) + [tok.eot_id]  # the unsplit encoding
     # No whitespace for a long stretch: a hard cut at the bound.
     assert workers.cut_points("x" * 7000, 3000) == [3000, 6000]
@@ -157,7 +158,7 @@ def test_a_second_prepare_into_the_same_out_is_refused_and_a_dead_holder_never_b
         first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    assert read_manifest(out)["documents"] == 1 and not (out / ".prepare.lock").exists()
+    assert read_manifest(out).documents == 1 and not (out / ".prepare.lock").exists()
     # A prepare killed while holding the lock: the next one runs.
     again = popen("prepare", *args, "--overwrite")
     while not (out / ".prepare.lock").is_file() and time.monotonic() < deadline + 60:
@@ -204,7 +205,7 @@ def test_overwrite_builds_beside_the_old_data_dir_and_a_failure_leaves_it_as_it_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no staging folder left
     monkeypatch.undo()
     assert main(new) == 0
-    assert read_manifest(out)["tokenizer"]["vocab_size"] == 400
+    assert read_manifest(out).vocab_size == 400
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
@@ -222,32 +223,29 @@ def few_long_documents(shared_data, tmp_path, n=105):
 def test_few_long_documents_get_the_val_floor_by_moving_whole_documents(shared_data, tmp_path):
     src = few_long_documents(shared_data, tmp_path)
     plain = prepare([src], tmp_path / "p", "bpe:300", val_fraction=0.01, min_val_tokens=0, log=quiet)
-    assert plain["splits"]["val"]["documents"] == 1 and "val_floor" not in plain
+    assert plain.splits["val"].documents == 1 and plain.val_floor is None
     lines = []
     m = prepare([src], tmp_path / "f", "bpe:300", val_fraction=0.01, min_val_tokens=20_000, log=lines.append)
-    val = m["splits"]["val"]
-    assert 20_000 <= val["tokens"] < 40_000 and val["documents"] > 1
-    assert (
-        m["val_floor"]["min_val_tokens"] == 20_000
-        and m["val_floor"]["moved_documents"] == val["documents"] - 1
-    )
-    assert m["args"]["min_val_tokens"] == 20_000
-    moved = m["val_floor"]["moved_tokens"]
-    plain_train, eot = tokens(tmp_path / "p", "train"), m["tokenizer"]["eot_id"]
+    val = m.splits["val"]
+    assert 20_000 <= val.tokens < 40_000 and val.documents > 1
+    assert m.val_floor["min_val_tokens"] == 20_000 and m.val_floor["moved_documents"] == val.documents - 1
+    assert m.args["min_val_tokens"] == 20_000
+    moved = m.val_floor["moved_tokens"]
+    plain_train, eot = tokens(tmp_path / "p", "train"), m.tokenizer["eot_id"]
     assert np.array_equal(tokens(tmp_path / "f", "train"), plain_train[:-moved])  # the last whole documents
     assert np.array_equal(tokens(tmp_path / "f", "val")[-moved:], plain_train[-moved:])
-    assert plain_train[-moved - 1] == eot and m["splits"]["train"]["documents"] == 105 - val["documents"]
+    assert plain_train[-moved - 1] == eot and m.splits["train"].documents == 105 - val.documents
     assert (
         lines[-1].startswith("prepared 105 documents")
-        and f"validation {val['documents']} documents" in lines[-1]
+        and f"validation {val.documents} documents" in lines[-1]
     )
     warning = [line for line in lines if line.startswith("warning:")]  # the floor is met, but it is small
     assert len(warning) == 1 and "65,536" in warning[0] and "--min-val-tokens" not in warning[0], lines
     # The default floor (1,048,576) is capped at 10% of this corpus: val gets that, with no warning.
     lines = []
     d = prepare([src], tmp_path / "d", "bpe:300", val_fraction=0.01, log=lines.append)
-    cap = int(d["tokens"] * 0.1)
-    assert cap <= d["splits"]["val"]["tokens"] < 2 * cap and "min_val_tokens" not in d["args"]
+    cap = int(d.tokens * 0.1)
+    assert cap <= d.splits["val"].tokens < 2 * cap and "min_val_tokens" not in d.args
     assert not [line for line in lines if line.startswith("warning:")], lines
     assert lines[-1].startswith("prepared") and "validation" in lines[-1]
     # The run's opening lines warn when val holds fewer tokens than eval_tokens.
@@ -287,7 +285,7 @@ def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_spl
         src = [few_long_documents(shared_data, tmp_path)]
         opts.update(val_fraction=0.01, min_val_tokens=50_000)
     ref = prepare(src, tmp_path / "ref", "bpe:300", **opts)
-    assert ref["held_out"] == "tail" if held_out == "tail" else ref["val_floor"]["moved_tokens"] > 20_000
+    assert ref.held_out == "tail" if held_out == "tail" else ref.val_floor["moved_tokens"] > 20_000
     write = packing.write_shard
 
     written = []
@@ -304,7 +302,7 @@ def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_spl
     assert len(set(written)) < len(written)  # it died after writing a train shard again
     monkeypatch.undo()
     m = prepare(src, tmp_path / "cut", "bpe:300", **opts)
-    assert m["splits"] == ref["splits"]
+    assert m.splits == ref.splits
     for split in ("train", "val"):
         assert np.array_equal(tokens(tmp_path / "cut", split), tokens(tmp_path / "ref", split)), split
 
@@ -320,9 +318,7 @@ def test_a_floor_no_whole_document_can_meet_leaves_val_and_warns(shared_data, tm
     m = prepare(
         [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.01, min_val_tokens=5000, log=lines.append
     )
-    assert (
-        m["splits"]["val"]["documents"] == 1 and "val_floor" not in m
-    )  # the last document is too long to move
+    assert m.splits["val"].documents == 1 and m.val_floor is None  # the last document is too long to move
     warning = [line for line in lines if line.startswith("warning:")]
     assert len(warning) == 1 and "under the floor of 5,000" in warning[0], lines
     assert "validation 1 documents" in lines[-1]

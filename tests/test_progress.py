@@ -161,10 +161,11 @@ def test_no_plain_line_after_the_stop_message():
 
 
 def test_fields_keep_one_order_after_a_resume():
+    from baseforge.train.metrics import MetricsRow
     from baseforge.train.summary import progress_fields
 
-    log_row = {"loss": 2.0, "tokens_per_s": 5000.0, "mfu": 0.03}
-    val_row = {**log_row, "val_loss": 2.1}
+    log_row = MetricsRow(step=1, tokens=8, loss=2.0, tokens_per_s=5000.0, mfu=0.03)
+    val_row = MetricsRow(step=1, tokens=8, loss=2.0, tokens_per_s=5000.0, mfu=0.03, val_loss=2.1)
     fresh, resumed = (
         Progress(100, "train", "step", file=io.StringIO()),
         Progress(100, "train", "step", initial=50, file=io.StringIO()),

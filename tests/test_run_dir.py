@@ -43,7 +43,7 @@ def test_resume_accepts_the_original_flags_and_refuses_real_changes(shakespeare_
     # The original command with --resume appended (and a larger max_steps, an explicit train key) runs.
     result = train(shakespeare_dir, run, "--resume", "--extend", items=more)
     assert result.returncode == 0, result.stderr
-    assert read_metrics(run)[-1]["step"] == 6
+    assert read_metrics(run)[-1].step == 6
     # A preset that would change the model or the recipe is refused, naming each key.
     result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume", "--preset", "cpu-small")
     assert_clean_error(result, "would change", "n_layer 2 -> 6")
@@ -129,9 +129,9 @@ def test_init_from_starts_where_the_run_ended(shakespeare_dir, finished_run, tmp
         "train", "--data", shakespeare_dir, "--out", more, "--init-from", finished_run, *sets(*SHORT)
     )
     assert result.returncode == 0, result.stderr
-    ended = read_metrics(finished_run)[-1]["val_loss"]
+    ended = read_metrics(finished_run)[-1].val_loss
     started = read_metrics(more)[0]
-    assert started["step"] == 0 and started["val_loss"] == pytest.approx(ended, abs=1e-6)
+    assert started.step == 0 and started.val_loss == pytest.approx(ended, abs=1e-6)
     x = tmp_path / "x"
     result = baseforge(
         "train", "--data", shakespeare_dir, "--out", x, "--init-from", finished_run, *sets("n_layer=3")
@@ -147,8 +147,8 @@ def test_init_from_an_exported_folder_starts_where_the_run_ended(shakespeare_dir
         "train", "--data", shakespeare_dir, "--out", more, "--init-from", f"hf:{folder}", *sets(*SHORT)
     )
     assert result.returncode == 0, result.stderr
-    ended = read_metrics(finished_run)[-1]["val_loss"]
-    assert read_metrics(more)[0]["val_loss"] == pytest.approx(ended, abs=1e-5)
+    ended = read_metrics(finished_run)[-1].val_loss
+    assert read_metrics(more)[0].val_loss == pytest.approx(ended, abs=1e-5)
 
 
 def test_dry_run_and_help_config(shakespeare_dir, tmp_path):
@@ -188,10 +188,10 @@ def test_tensorboard_holds_every_metric_of_the_run(shakespeare_dir, tmp_path):
     events.Reload()
     checked = 0
     for row in read_metrics(run):
-        for key, value in row.items():
+        for key, value in row.to_json().items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 logged = {e.step: e.value for e in events.Scalars(key)}
-                assert logged[row["step"]] == pytest.approx(value, rel=1e-6), (key, row["step"])
+                assert logged[row.step] == pytest.approx(value, rel=1e-6), (key, row.step)
                 checked += 1
     assert checked > 40  # loss, val_loss, lr, grad_norm, tokens_per_s, ... at every logged step
 

@@ -33,8 +33,8 @@ def test_grad_accum_matches_one_big_batch(shakespeare_dir, tmp_path):
     a = run_in_process(shakespeare_dir, tmp_path / "a", *common, "micro_batch=2", "global_batch=8")
     b = run_in_process(shakespeare_dir, tmp_path / "b", *common, "micro_batch=8", "global_batch=8")
     assert a.built.layout.grad_accum == 4 and b.built.layout.grad_accum == 1
-    la = [r["loss"] for r in read_metrics(tmp_path / "a")][1:]
-    lb = [r["loss"] for r in read_metrics(tmp_path / "b")][1:]
+    la = [r.loss for r in read_metrics(tmp_path / "a")][1:]
+    lb = [r.loss for r in read_metrics(tmp_path / "b")][1:]
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-5)
     for (name, pa), pb in zip(a.built.views.plain.named_parameters(), b.built.views.plain.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
@@ -44,8 +44,8 @@ def test_run_dir_artifacts(shakespeare_dir, tmp_path):
     run = tmp_path / "run"
     run_in_process(shakespeare_dir, run, "max_steps=12", "checkpoint_every=4", "keep_last=2")
     rows = read_metrics(run)
-    assert [r["step"] for r in rows] == list(range(0, 13))
-    assert rows[0]["loss"] is None and rows[0]["val_loss"] > rows[-1]["val_loss"]
+    assert [r.step for r in rows] == list(range(0, 13))
+    assert rows[0].loss is None and rows[0].val_loss > rows[-1].val_loss
     rows = rows[1:]
     for key in (
         "step",
@@ -59,7 +59,7 @@ def test_run_dir_artifacts(shakespeare_dir, tmp_path):
         "peak_rss_gib",
     ):
         assert key in rows[0]
-    assert [r["step"] for r in rows if "val_loss" in r] == [5, 10, 12]
+    assert [r.step for r in rows if r.val_loss is not None] == [5, 10, 12]
     assert (run / "charts" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     best = (run / "checkpoints" / "best").read_text().strip()
@@ -176,7 +176,7 @@ def test_micro_batch_auto_tries_real_steps_and_keeps_the_run_reproducible(shakes
         "max_steps=3",
         "checkpoint_every=3",
     )
-    assert [r["loss"] for r in read_metrics(tmp_path / "auto")] == [
-        r["loss"] for r in read_metrics(tmp_path / "fixed")
+    assert [r.loss for r in read_metrics(tmp_path / "auto")] == [
+        r.loss for r in read_metrics(tmp_path / "fixed")
     ]
     assert fixed.built.layout.micro_batch == 8

@@ -17,10 +17,7 @@ STEPS = ["max_steps=40", "checkpoint_every=4", "n_embd=128", "context=64"]
 
 
 def losses(run_dir):
-    return [
-        (r["step"], r["loss"], r.get("val_loss"), r.get("lr"), r.get("grad_norm"))
-        for r in read_metrics(run_dir)
-    ]
+    return [(r.step, r.loss, r.val_loss, r.lr, r.grad_norm) for r in read_metrics(run_dir)]
 
 
 def final_weights(run_dir):

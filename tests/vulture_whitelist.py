@@ -40,3 +40,10 @@ _.allow_tf32
 
 # A class for the type checker only, named in a string: cast("Transformer", ...) in model/gpt.py.
 _.Transformer
+
+# MetricsRow fields set by keyword (peak_memory's dict, read back by name) and written by to_json,
+# which walks dataclasses.fields (train/metrics.py).
+_.clip_frac
+_.peak_alloc_gib
+_.peak_reserved_gib
+_.peak_rss_gib

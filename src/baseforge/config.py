@@ -22,7 +22,6 @@ from typing import Literal
 from baseforge.data.batch_plan import parse_batch_schedule
 from baseforge.errors import ConfigError, UserError
 from baseforge.model.config import ModelConfig, check_choices, help_text, option, type_name
-from baseforge.presets import get_preset
 
 
 @dataclass(frozen=True)
@@ -243,11 +242,6 @@ class RunConfig:
             return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train))
         except TypeError as exc:  # a key under the wrong table
             raise ConfigError(f"config: {exc}") from None
-
-
-def preset_config(name: str) -> RunConfig:
-    preset = get_preset(name)
-    return RunConfig(name, ModelConfig(**preset.model), TrainConfig(**preset.train))
 
 
 def load_run_config(run_dir: Path | str) -> RunConfig:

@@ -18,7 +18,7 @@ import torch
 
 from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig
 from baseforge.data.batch_plan import BatchPlan
-from baseforge.data.shards import read_manifest
+from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
@@ -108,7 +108,7 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
     """What `train` would do, without training: the resolved config, model size, steps and tokens, and
     the same warnings `train` prints (`preflight`)."""
     manifest = read_manifest(data)
-    config = config.with_vocab(manifest["tokenizer"]["vocab_size"], manifest["tokenizer"].get("eot_id"))
+    config = config.with_vocab(manifest.vocab_size, manifest.eot_id)
     n_params = GPT.count_params(config.model)
     cfg = config.train
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
@@ -123,7 +123,7 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
         f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
         *filter(None, [plan.describe()]),
         f"steps: {steps:,}; tokens: {tokens:,} ({tokens / n_params:.1f} per parameter)",
-        f"data: {data} (tokenizer {manifest['tokenizer']['name']})",
+        f"data: {data} (tokenizer {manifest.tokenizer['name']})",
     ]
     return "\n".join(lines + preflight(config, data))
 
@@ -138,7 +138,7 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     over the data, a model whose training state will not fit this machine's memory, a GPU-sized run
     on a CPU (with the estimated time per step). `train` and `--dry-run` print the same lines."""
     manifest = read_manifest(data)
-    config = config.with_vocab(manifest["tokenizer"]["vocab_size"], manifest["tokenizer"].get("eot_id"))
+    config = config.with_vocab(manifest.vocab_size, manifest.eot_id)
     cfg, shape = config.train, shape_of(config)
     device = resolve_device(cfg.device)
     warnings: list[str] = []
@@ -147,7 +147,7 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     plan = BatchPlan.from_config(cfg, config.model.context, world=world)
     layout, steps = plan.layout, total_steps(cfg, shape.params, plan)
     per_step, tokens = layout.global_batch * config.model.context, plan.tokens_before(steps)
-    train_tokens = manifest["splits"].get("train", {}).get("tokens", 0)
+    train_tokens = manifest.split_tokens("train")
     if train_tokens and tokens / train_tokens > PASSES_WARN:
         warnings.append(
             f"warning: the run trains on {tokens:,} tokens, {tokens / train_tokens:.0f} passes over the "

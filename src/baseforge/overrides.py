@@ -16,11 +16,11 @@ from baseforge.config import (
     RENAMED,
     TRAIN_KEYS,
     RunConfig,
-    preset_config,
     unknown_key,
     with_new_names,
 )
 from baseforge.errors import ConfigError, UserError
+from baseforge.presets import preset_config
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,7 +1,10 @@
 """Every preset whole: the model's shape and the training recipe, under one name.
 
-A preset is the starting point of a run's config; a TOML file and `--set key=value` change it
-(see `baseforge.config`). `vocab_size=None` means "take it from the data's tokenizer".
+A preset is the starting point of a run's config (`preset_config`); a TOML file and `--set key=value`
+change it (overrides.py). Each is built once, as a typed `ModelConfig` and `TrainConfig`, so a preset
+with a key or value the configs do not accept fails on import, not in a user's run. The shapes and
+recipes below are written as the keys each one changes. `vocab_size=None` means "take it from the
+data's tokenizer".
 
 "The write-up" below is the run described in the README (its title, author and link are there):
 GPT-2 small's shape, untied head, no QKV bias, dropout 0.1, AdamW 4e-4, 20 tokens per parameter.
@@ -11,15 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from baseforge.config import RunConfig, TrainConfig
 from baseforge.errors import UserError
+from baseforge.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     summary: str  # what it is for and the hardware it is meant for, in one line
-    model: dict  # ModelConfig fields
-    train: dict  # TrainConfig fields
+    model: ModelConfig
+    train: TrainConfig
+
+    @classmethod
+    def of(cls, name: str, summary: str, model: dict, train: dict) -> Preset:
+        return cls(name, summary, ModelConfig(**model), TrainConfig(**train))
 
 
 # --- shapes ------------------------------------------------------------------------------------
@@ -117,38 +126,38 @@ _EARNED_MODEL = dict(attn_doc_mask=True, value_embeds=1)
 _EARNED_RECIPE = dict(normuon=True, muon_weight_decay=0.01)
 
 _ALL = [
-    Preset(
+    Preset.of(
         "gpt2-small-seed",
         "the write-up's 163M model and recipe (GPT-2 small shape, untied head, dropout 0.1); one GPU",
         dict(_GPT2_SMALL, qkv_bias=False, tie_weights=False, dropout=0.1),
         _WRITEUP,
     ),
-    Preset(
+    Preset.of(
         "gpt2-124m",
         "OpenAI GPT-2 small's layout (tied head, biases), the write-up's recipe; one GPU; head padded "
         "to 50304 rows (GPT-2's tokenizer; the 47 extra rows are never targets), as nanoGPT and llm.c",
         _GPT2_124M,
         _WRITEUP,
     ),
-    Preset(
+    Preset.of(
         "gpt2-medium",
         "GPT-2 medium (355M); one 24 GB GPU",
         dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
         dict(_WRITEUP, lr=3e-4),
     ),
-    Preset(
+    Preset.of(
         "gpt2-large",
         "GPT-2 large (774M); one 24 GB GPU at small micro-batches, or more memory",
         dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
         dict(_WRITEUP, lr=2.5e-4),
     ),
-    Preset(
+    Preset.of(
         "gpt2-xl",
         "GPT-2 XL (1.56B); FSDP on 2+ GPUs of 24 GB, or one 80 GB GPU",
         dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
         dict(_WRITEUP, lr=2e-4),
     ),
-    Preset(
+    Preset.of(
         "gpt2-small-modern",
         "GPT-2 small's shape, modern recipe (rotary, RMSNorm, Muon, WSD, documents apart, value "
         "embeddings, NorMuon), 0.81B tokens; one GPU",
@@ -168,7 +177,7 @@ _ALL = [
     # against "round2" in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at
     # the proxy's proportions: a window of half the context, a quarter and then half the batch for the first
     # 5% and 15% of the tokens.
-    Preset(
+    Preset.of(
         "gpt2-speedrun",
         "GPT-2 small's shape with every measured modern key (documents apart, sliding windows, value "
         "embeddings, U-net skips, a batch schedule; context 2048): GPT-2 quality in hours on one GPU",
@@ -194,19 +203,19 @@ _ALL = [
             max_tokens=1_000_000_000,
         ),
     ),
-    Preset(
+    Preset.of(
         "cpu-tiny",
         "1.3M parameters that visibly learn on 2 CPU cores (the built-in demo; time: README)",
         _CPU_TINY,
         dict(_CPU, max_steps=1500, global_batch=16, micro_batch=16, eval_every=250, checkpoint_every=500),
     ),
-    Preset(
+    Preset.of(
         "cpu-small",
         "12M parameters for a CPU or a small GPU, 600 steps",
         _CPU_SMALL,
         dict(_CPU, max_steps=600, lr=1.5e-3),
     ),
-    Preset(
+    Preset.of(
         "cpu-small-modern",
         "cpu-small's shape with the modern recipe",
         dict(_CPU_SMALL, **_MODERN_SHAPE, **_EARNED_MODEL),
@@ -220,3 +229,9 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_config(name: str) -> RunConfig:
+    """A run's config as preset `name` starts it."""
+    preset = get_preset(name)
+    return RunConfig(name, preset.model, preset.train)

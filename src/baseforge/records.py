@@ -39,6 +39,8 @@ def read_json(path: Path, what: str = "record", max_bytes: int = MAX_RECORD_BYTE
         raise UserError(
             f"{path} is not readable JSON ({type(exc).__name__} at {_where(exc)}): corrupt {what}"
         ) from None
+    except RecursionError:  # nesting deeper than the parser's stack: no record of ours is
+        raise UserError(f"{path} nests too deeply to be a {what}: corrupt file") from None
     if not isinstance(value, dict):
         raise UserError(f"{path} holds {type(value).__name__}, not a JSON object: corrupt {what}")
     return value

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_json
-from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.manifest import Manifest, read_manifest
+from baseforge.data.shards import split_shards
 from baseforge.errors import UserError
 
 
@@ -37,42 +38,42 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print_summary(args.data_dir, summary, manifest["tokenizer"])
+    print_summary(args.data_dir, summary, manifest.tokenizer)
     return 0
 
 
-def data_summary(data_dir: Path, manifest: dict) -> dict:
+def data_summary(data_dir: Path, manifest: Manifest) -> dict:
     """What `data info` says of a data dir, from its manifest (the --json output)."""
     summary = {
         "data_dir": str(data_dir),
-        "tokenizer": manifest["tokenizer"],
-        "pack": manifest.get("pack"),
-        "sources": manifest.get("sources"),
-        "documents": manifest.get("documents"),
-        "tokens": manifest.get("tokens"),
+        "tokenizer": manifest.tokenizer,
+        "pack": manifest.pack,
+        "sources": list(manifest.sources),
+        "documents": manifest.documents,
+        "tokens": manifest.tokens,
         "splits": {
-            name: {"documents": s.get("documents"), "tokens": s["tokens"], "shards": len(s["shards"])}
-            for name, s in manifest["splits"].items()
+            name: {"documents": s.documents, "tokens": s.tokens, "shards": len(s.shards)}
+            for name, s in manifest.splits.items()
         },
     }
-    if manifest.get("cropped", {}).get("tokens"):
-        summary["cropped"] = manifest["cropped"]
-    if manifest.get("held_out") == "tail":  # too few documents: val is the end of the token stream
+    if manifest.cropped.get("tokens"):
+        summary["cropped"] = manifest.cropped
+    if manifest.held_out == "tail":  # too few documents: val is the end of the token stream
         summary["held_out"] = "tail"
-    if manifest.get("skipped", {}).get("binary_files"):
-        summary["skipped"] = manifest["skipped"]
+    if manifest.skipped.get("binary_files"):
+        summary["skipped"] = manifest.skipped
     return summary
 
 
-def check_shards(data_dir: Path, manifest: dict) -> None:
+def check_shards(data_dir: Path, manifest: Manifest) -> None:
     """Read every shard; raise naming the first that is unreadable or holds an id past the vocabulary."""
-    for split in manifest["splits"]:
+    for split in manifest.splits:
         for tokens in split_shards(data_dir, manifest, split):  # raises naming the bad file
             top = int(tokens.max()) if len(tokens) else 0
-            if top >= manifest["tokenizer"]["vocab_size"]:
+            if top >= manifest.vocab_size:
                 raise UserError(
-                    f"{split} shard holds token id {top} >= vocab size "
-                    f"{manifest['tokenizer']['vocab_size']}: corrupt; re-run prepare"
+                    f"{split} shard holds token id {top} >= vocab size {manifest.vocab_size}: corrupt; "
+                    "re-run prepare"
                 )
 
 

@@ -10,7 +10,7 @@ import torch
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_device, add_json, add_save_to, add_which
 from baseforge.cli.results import emit_results
-from baseforge.data.shards import read_manifest
+from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.loss import check_vocab, heldout_loss
 from baseforge.eval.models import load_any

@@ -7,7 +7,7 @@ import json
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_json
-from baseforge.model import GPT, ModelConfig
+from baseforge.model import GPT
 from baseforge.presets import PRESETS
 
 EPILOG = """\
@@ -36,7 +36,7 @@ DEMO_VOCAB = 4096
 def rows() -> list[dict]:
     out = []
     for preset in PRESETS.values():
-        config = ModelConfig(**preset.model)
+        config = preset.model
         vocab_from_data = config.vocab_size is None
         if vocab_from_data:
             config = config.with_(vocab_size=DEMO_VOCAB)

@@ -10,14 +10,14 @@ import torch
 
 from baseforge.cli import VERBS
 from baseforge.config import describe_keys, load_run_config
+from baseforge.data.manifest import MANIFEST
 from baseforge.data.prepare import prepare
-from baseforge.data.shards import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
 from baseforge.launch import dry_run_report, evaluators, init_from, preflight, resume_data
 from baseforge.overrides import resolve_config, resume_config
 from baseforge.rundir import RunDir
-from baseforge.runlock import LOCK_FILE, RunLock
+from baseforge.runlock import RunLock
 from baseforge.train.distributed import dist_from_env, process_group
 from baseforge.train.loop import RunResult, Trainer
 
@@ -151,8 +151,8 @@ def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, ext
     def log(message: str) -> None:
         print(message, flush=True)
 
-    def wrote_something(path: Path) -> bool:  # a failed run that wrote nothing leaves no folder behind
-        return any(p.name != LOCK_FILE for p in path.iterdir())
+    def resumable(path: Path) -> bool:  # a fresh run that failed before its first checkpoint leaves no folder
+        return RunDir(path).pointer("latest").is_file()
 
     def run_in(dist) -> RunResult:  # the trainer (and its DDP model) is gone once this returns
         trainer = Trainer(
@@ -166,7 +166,7 @@ def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, ext
             dist=dist,
             init_weights=init_weights,
         )
-        with output_dir(out, keep=wrote_something) if dist.is_main else contextlib.nullcontext():
+        with output_dir(out, keep=resumable) if dist.is_main else contextlib.nullcontext():
             with RunLock(out) if dist.is_main else contextlib.nullcontext():
                 return trainer.run()
 

@@ -31,7 +31,8 @@ import torch
 
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, PackingStats
-from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.manifest import Manifest, read_manifest
+from baseforge.data.shards import check_ids, split_shards
 from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
@@ -40,7 +41,7 @@ from baseforge.tokenizer import load_tokenizer
 class TokenWindows:
     """Windows of context+1 tokens over one split of a data dir."""
 
-    def __init__(self, data_dir: Path | str, split: str, context: int, manifest: dict | None = None):
+    def __init__(self, data_dir: Path | str, split: str, context: int, manifest: Manifest | None = None):
         self.data_dir = Path(data_dir)
         self.manifest = manifest or read_manifest(self.data_dir)
         self.split = split
@@ -78,6 +79,7 @@ class TokenWindows:
             offsets = (k[mine] - self._starts[shard]) * self.context
             rows[mine] = self.shards[shard][offsets[:, None] + span]
         data = torch.from_numpy(rows)
+        check_ids(data, self.manifest.vocab_size, f"the {self.split} split of {self.data_dir}")
         return data[:, :-1], data[:, 1:]
 
 
@@ -129,7 +131,8 @@ class TokenData:
     def __init__(self, data_dir: Path | str, context: int, seed: int, packing: str = "concat"):
         self.source = Path(data_dir)
         manifest = read_manifest(self.source)
-        self.tokenizer = load_tokenizer(manifest["tokenizer"], self.source)
+        self.tokenizer = load_tokenizer(manifest.tokenizer, self.source)
+        self.vocab_size = manifest.vocab_size
         self.stream: TrainStream | BestFitStream
         self.packing_stats: PackingStats | None = None
         if packing == "bestfit":  # windows that start at documents (bestfit.py)
@@ -140,12 +143,13 @@ class TokenData:
         else:
             self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
             self.train_tokens = self.stream.windows.tokens
-        self.val = (
-            TokenWindows(self.source, "val", context, manifest) if "val" in manifest["splits"] else None
-        )
+        self.val = TokenWindows(self.source, "val", context, manifest) if "val" in manifest.splits else None
 
     def micro_batch(self, step: int, micro_step: int, layout: BatchLayout):
-        return self.stream.micro_batch(step, micro_step, layout)
+        x, y = self.stream.micro_batch(step, micro_step, layout)
+        check_ids(y, self.vocab_size, f"the train split of {self.source}")  # x is y shifted by one
+        check_ids(x[:, :1], self.vocab_size, f"the train split of {self.source}")
+        return x, y
 
     def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
         if self.val is None:

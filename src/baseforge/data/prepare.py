@@ -46,8 +46,8 @@ from baseforge.data.heldout import (
     val_target,
     val_warning,
 )
+from baseforge.data.manifest import MANIFEST, Manifest, SplitEntry, read_manifest, write_manifest
 from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
-from baseforge.data.shards import MANIFEST, VERSION, write_manifest
 from baseforge.data.sources import open_source
 from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
@@ -152,8 +152,8 @@ class PrepareSpec:
 
 def prepare(
     sources: list[str], out_dir: Path | str, tokenizer: str = "gpt2", *, log=print, **options
-) -> dict:
-    """Tokenize `sources` into a data dir; returns its manifest (see shards.py for the format).
+) -> Manifest:
+    """Tokenize `sources` into a data dir; returns its manifest (manifest.py).
     `options`: the other fields of PrepareSpec, by name.
 
     Every argument and path is checked before any work; a prepare that fails removes the folders
@@ -168,8 +168,8 @@ def prepare(
     # A folder this made is left alone when another prepare holds it (that one may have made it too).
     with output_dir(out, keep=lambda p: lock.refused or resume.has_progress(p)), lock:
         if (out / MANIFEST).exists():
-            existing = json.loads((out / MANIFEST).read_text())
-            if existing.get("args_key") == key and not spec.overwrite:
+            existing = read_manifest(out) if not spec.overwrite else None
+            if existing is not None and existing.args_key == key:
                 log(f"{out} is already prepared with these arguments")
                 return existing
             if not spec.overwrite:
@@ -191,7 +191,7 @@ def prepare(
         return manifest
 
 
-def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> dict:
+def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log) -> Manifest:
     """--overwrite onto a good data dir: build the new one beside it (OUT.new-PID), then swap it in
     (OUT -> OUT.old-PID, OUT.new-PID -> OUT, remove the old), so a prepare that fails (a full disk, a
     bad input) leaves the old data dir as it was and the staging folder goes; a kill leaves the
@@ -220,7 +220,7 @@ def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
 
 def _prepare(
     spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, log
-) -> tuple[dict, Callable[[], None]]:
+) -> tuple[Manifest, Callable[[], None]]:
     """Prepare into `out`; returns the manifest and the closing report's lines (called once in place)."""
     tok, writers, counts = _start_or_resume(spec, out, key, opened, log)
     router = Router(
@@ -251,15 +251,10 @@ def _prepare(
     elif target:
         moved = meet_floor(router, target, reach_back, tok.eot_id)
     splits = _flush_all(writers, spec.shard_tokens)
-    manifest = {
-        **_manifest_fields(spec, tok, counts, splits),
-        **({"val_floor": floor_record(spec.min_val_tokens, target, moved)} if moved[0] else {}),
-        "args_key": key,
-        "args": args,
-    }
+    floor = floor_record(spec.min_val_tokens, target, moved) if moved[0] else None
+    manifest = _manifest(spec, tok, counts, splits, floor, key, args)
     write_manifest(out, manifest)
     resume.clear(out, splits)
-    manifest = {"format": "baseforge-tokens", "version": VERSION, **manifest}
     warning = val_warning(spec.val_fraction, spec.min_val_tokens, counts.tokens, splits)
     return manifest, partial(meter.finish, counts, splits, spec.pack, warning)
 
@@ -302,20 +297,28 @@ def _flush_all(writers: dict[str, SplitWriter], shard_tokens: int) -> dict:
     return splits
 
 
-def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict) -> dict:
+def _manifest(
+    spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict, floor: dict | None, key: str, args: dict
+) -> Manifest:
     """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped."""
-    return {
-        "tokenizer": tok.record(),
-        "pack": spec.pack,
-        "context": spec.context,
-        "sources": list(spec.sources),
-        "documents": counts.documents,
-        "tokens": counts.tokens,
-        "splits": splits,
-        "held_out": "tail" if counts.val_from_tail else "documents",
-        "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
-        "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
-    }
+    return Manifest(
+        tokenizer=tok.record(),
+        pack=spec.pack,
+        context=spec.context,
+        sources=tuple(spec.sources),
+        documents=counts.documents,
+        tokens=counts.tokens,
+        splits={
+            name: SplitEntry.of([(e["file"], e["tokens"]) for e in s["shards"]], s["documents"])
+            for name, s in splits.items()
+        },
+        held_out="tail" if counts.val_from_tail else "documents",
+        skipped={"binary_files": counts.binary_files, "first": counts.first_binary or None},
+        cropped={"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
+        val_floor=floor,
+        args_key=key,
+        args=args,
+    )
 
 
 def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: list, router, meter) -> None:

@@ -13,30 +13,24 @@ A shard is one file of token ids:
 Readers memory-map the tokens, so host memory does not grow with the data. Every read checks
 the magic, version, width and that the file size matches the count, and names the bad file.
 
-A data dir holds shards and `manifest.json` (see `write_manifest`), which lists the shards of
-each split with their token and document counts, the tokenizer record (with its content hash,
-`sha256`), how the text was packed, how the held-out split was chosen (`"held_out"`: "documents",
-or "tail" when the corpus had too few documents and val is the end of the token stream), and the
-binary files skipped (`"skipped"`: their count and the first one).
+A data dir holds shards and `manifest.json` (manifest.py), which lists the shards of each split.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from baseforge.data.manifest import Manifest
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_path, atomic_write_json
-from baseforge.records import inside
+from baseforge.fileio import atomic_path
 
 MAGIC = b"BFTOKENS"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQQ")  # 32 bytes
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "baseforge-tokens"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -64,6 +58,8 @@ def read_shard(path: Path | str) -> np.ndarray:
             head = f.read(HEADER.size)
     except FileNotFoundError:
         raise UserError(f"shard {path} is missing; re-run `baseforge prepare` for this data dir") from None
+    except IsADirectoryError:
+        raise UserError(f"shard {path} is a folder, not a shard file; re-run `baseforge prepare`") from None
     if len(head) < HEADER.size:
         raise UserError(f"shard {path} is corrupt: {size} bytes is shorter than the header; re-run prepare")
     magic, version, width, count, _ = HEADER.unpack(head)
@@ -84,46 +80,31 @@ def read_shard(path: Path | str) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(f"<u{width}"), mode="r", offset=HEADER.size, shape=(count,))
 
 
-def write_manifest(data_dir: Path | str, manifest: dict) -> None:
-    atomic_write_json(Path(data_dir) / MANIFEST, {"format": MANIFEST_FORMAT, "version": VERSION, **manifest})
-
-
-def read_manifest(data_dir: Path | str) -> dict:
-    """The data dir's manifest. Raises UserError if the dir or manifest is missing or unreadable."""
-    data_dir = Path(data_dir)
-    path = data_dir / MANIFEST
-    if not data_dir.is_dir():
+def check_ids(batch: torch.Tensor, vocab_size: int, where: str) -> None:
+    """Refuse a batch holding an id past the vocabulary (bytes changed in a shard, or another tokenizer's
+    shard) before it indexes an embedding: on the host, over the batch just gathered (B x T ints; no
+    device sync), so the error names the data instead of an index error deep in the model."""
+    top = int(batch.max()) if batch.numel() else 0
+    if top >= vocab_size:
         raise UserError(
-            f"data dir {data_dir} does not exist; create it with `baseforge prepare SOURCE --out {data_dir}`"
+            f"{where} holds token id {top}, past the vocabulary's {vocab_size}: a corrupt shard; "
+            "`baseforge data info DATA_DIR --check` names it, and re-running prepare rewrites it"
         )
-    if not path.is_file():
-        raise UserError(
-            f"{data_dir} has no {MANIFEST}: not a prepared data dir (or prepare did not finish); "
-            f"run `baseforge prepare SOURCE --out {data_dir}`"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is corrupt ({exc}); re-run `baseforge prepare`") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{path} is not a baseforge manifest")
-    return manifest
 
 
-def split_shards(data_dir: Path | str, manifest: dict, split: str) -> list[np.ndarray]:
-    """Memory-mapped shards of one split, each checked against the manifest's count."""
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise UserError(f"data dir {data_dir} has no {split!r} split (it has: {', '.join(splits) or 'none'})")
+def split_shards(data_dir: Path | str, manifest: Manifest, split: str) -> list[np.ndarray]:
+    """Memory-mapped shards of one split, each checked against the manifest's count (read_manifest has
+    checked that each names a plain file inside the data dir)."""
+    if split not in manifest.splits:
+        have = ", ".join(manifest.splits) or "none"
+        raise UserError(f"data dir {data_dir} has no {split!r} split (it has: {have})")
     out = []
-    for entry in splits[split]["shards"]:
-        tokens = read_shard(
-            inside(Path(data_dir), entry.get("file"), f"{Path(data_dir) / MANIFEST} shard file")
-        )
-        if len(tokens) != entry["tokens"]:
+    for entry in manifest.splits[split].shards:
+        tokens = read_shard(Path(data_dir) / entry.file)
+        if len(tokens) != entry.tokens:
             raise UserError(
-                f"shard {Path(data_dir) / entry['file']} has {len(tokens)} tokens but the "
-                f"manifest says {entry['tokens']}; re-run `baseforge prepare`"
+                f"shard {Path(data_dir) / entry.file} has {len(tokens)} tokens but the "
+                f"manifest says {entry.tokens}; re-run `baseforge prepare`"
             )
         out.append(tokens)
     return out

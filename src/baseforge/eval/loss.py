@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from baseforge.data.loader import TokenWindows, eval_batches
-from baseforge.data.shards import read_manifest
+from baseforge.data.manifest import Manifest, read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.models import FolderTokenizer, same_tokenizer
 from baseforge.model.loss import loss_sum
@@ -26,13 +26,13 @@ from baseforge.progress import Progress
 from baseforge.tokenizer import check_same_tokenizer, load_tokenizer
 
 
-def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: dict) -> None:
+def check_vocab(name: str, model, tokenizer, data_dir: Path, manifest: Manifest) -> None:
     """Refuse (one line) a model whose tokenizer's ids mean other tokens than the data's.
 
     Compared by content, not by name: a baseforge tokenizer by its definition's hash, a
     transformers folder's own tokenizer token by token against the data's.
     """
-    data_tok = manifest["tokenizer"]
+    data_tok = manifest.tokenizer
     if isinstance(tokenizer, FolderTokenizer):
         if not same_tokenizer(tokenizer, load_tokenizer(data_tok, data_dir)):
             raise UserError(

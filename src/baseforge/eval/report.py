@@ -30,15 +30,10 @@ from baseforge.fileio import atomic_write_bytes, atomic_write_json, atomic_write
 from baseforge.progress import format_duration
 from baseforge.rundir import RunDir
 from baseforge.train.charts import chart_png
-from baseforge.train.metrics import read_metrics, read_resumes
+from baseforge.train.metrics import MetricsRow, read_metrics, read_resumes
 from baseforge.train.mfu import format_mfu
 
 DASH = "–"
-# metrics.jsonl columns every run writes: anything else on a row came from an in-training evaluator
-STANDARD = {
-    "step", "tokens", "loss", "val_loss", "lr", "grad_norm", "clip_frac", "skipped",
-    "tokens_per_s", "mfu", "peak_alloc_gib", "peak_reserved_gib", "peak_rss_gib", "elapsed_s",
-}  # fmt: skip
 EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
 
 
@@ -175,7 +170,7 @@ class _RunFiles:
     config: dict
     summary: dict
     evals: dict
-    metrics: list[dict]
+    metrics: list[MetricsRow]
     resumes: list[int]
     sample: str | None
 
@@ -205,22 +200,18 @@ def _training_sections(files: _RunFiles) -> list[Section]:
     rows = files.metrics
     loss_rows = [
         [
-            _fmt(r.get("step")),
-            _fmt(r.get("tokens")),
-            _fmt_metric(r.get("loss")),
-            _fmt_metric(r.get("val_loss")),
+            _fmt(r.step),
+            _fmt(r.tokens),
+            _fmt_metric(r.loss),
+            _fmt_metric(r.val_loss),
         ]
         for r in rows
-        if r.get("val_loss") is not None
+        if r.val_loss is not None
     ]
     if loss_rows:
         sections.append(Section("Losses", Table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)))
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in STANDARD]
-    during = [
-        [_fmt(r.get("step")), *(_fmt_metric(r.get(k)) for k in extra)]
-        for r in rows
-        if any(k in r for k in extra)
-    ]
+    extra = list(dict.fromkeys(k for r in rows for k in r.evals))
+    during = [[_fmt(r.step), *(_fmt_metric(r.evals.get(k)) for k in extra)] for r in rows if r.evals]
     if during:
         sections.append(Section("Evaluations during training", Table(["step", *extra], during, 0)))
     return sections

@@ -13,7 +13,6 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from baseforge.config import preset_config
 from baseforge.errors import UserError
 from baseforge.plan.memory import (
     CUDA_CONTEXT,
@@ -25,6 +24,7 @@ from baseforge.plan.memory import (
     memory,
     model_shape,
 )
+from baseforge.presets import preset_config
 from baseforge.train.metrics import read_metrics
 
 DEFAULT_MFU = 0.40  # an assumption for GPT-2-class models with flash attention, not a measurement
@@ -61,7 +61,7 @@ class Plan:
 
 def mfu_from_run(run_dir: Path | str) -> float:
     """Median MFU over a run's logged rows (the first row, which includes warm-up, left out)."""
-    values = [r["mfu"] for r in read_metrics(run_dir) if r.get("mfu")]
+    values = [r.mfu for r in read_metrics(run_dir) if r.mfu]
     if len(values) > 1:
         values = values[1:]
     if not values:

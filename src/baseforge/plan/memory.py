@@ -40,9 +40,10 @@ from dataclasses import dataclass
 
 import torch
 
-from baseforge.config import RunConfig, preset_config
+from baseforge.config import RunConfig
 from baseforge.hardware import GPU
 from baseforge.model.gpt import GPT
+from baseforge.presets import preset_config
 from baseforge.train.muon import neuron_moment_shape, param_groups_for_muon
 
 GIB = 1024**3

@@ -13,13 +13,12 @@ from __future__ import annotations
 import bisect
 import gc
 import io
-import json
 import math
 from pathlib import Path
 
 from baseforge.fileio import atomic_path
 from baseforge.rundir import RunDir
-from baseforge.train.metrics import read_resumes
+from baseforge.train.metrics import iter_metrics, read_resumes
 
 MAX_BUCKETS = 1000  # per series: at most 2 * MAX_BUCKETS points are drawn
 
@@ -72,28 +71,18 @@ def _release_memory() -> None:
 def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
     """(step, tokens and loss / lr / grad_norm of the training rows, validation tokens, validation
     losses), streamed from the log one line at a time so that no list of row dicts is ever held (a
-    log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped, as in
-    read_append_log. None when the log holds no row yet."""
-    path = RunDir(run_dir).metrics
-    if not path.is_file():
-        return None
+    log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped
+    (iter_metrics). None when the log holds no row yet."""
     train: dict[str, list] = {"step": [], "tokens": [], "loss": [], "lr": [], "grad_norm": []}
     val_x, val_y, rows = [], [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict):
-                continue
-            rows += 1
-            if row.get("val_loss") is not None:
-                val_x.append(row["tokens"])
-                val_y.append(row["val_loss"])
-            if row.get("loss") is not None:  # the step-0 row holds only val_loss
-                for key, values in train.items():
-                    values.append(row.get(key))
+    for row in iter_metrics(run_dir):
+        rows += 1
+        if row.val_loss is not None:
+            val_x.append(row.tokens)
+            val_y.append(row.val_loss)
+        if row.loss is not None:  # the step-0 row holds only val_loss
+            for key, values in train.items():
+                values.append(getattr(row, key))
     return (train, val_x, val_y) if rows else None
 
 

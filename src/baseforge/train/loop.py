@@ -23,7 +23,7 @@ from baseforge.train.cadence import Cadence, Due
 from baseforge.train.checkpoint.checkpointer import Checkpointer
 from baseforge.train.device import Runtime
 from baseforge.train.distributed import DistInfo, any_rank
-from baseforge.train.metrics import read_metrics
+from baseforge.train.metrics import MetricsRow, read_metrics
 from baseforge.train.reporter import Reporter
 from baseforge.train.state import LogInterval, RunState
 from baseforge.train.step import StepResult
@@ -71,7 +71,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, self.dist, self.reporter.say)
         self._built: Run | None = None  # set by setup(): what the run is
         self.state = RunState()  # where it is
-        self.last_row: dict = {}
+        self.last_row: MetricsRow | None = None
 
     def setup(self) -> None:
         """Build the run in memory: device, data, model, batch layout, optimizers; restore a checkpoint."""
@@ -162,10 +162,10 @@ class Trainer:
         if due.evaluate:
             val = validator.loss()
             if val is not None:
-                row["val_loss"] = val
+                row.val_loss = val
                 self.state.record_val(val)
         if due.evaluators:
-            row.update(validator.extras())
+            row.evals.update(validator.extras())
         self.reporter.row(row)
         self.state.interval = LogInterval()
         self.last_row = row
@@ -190,8 +190,8 @@ class Trainer:
 
     def finish(self) -> RunResult:
         row, state = self.last_row, self.state
-        if not row:  # resumed at the end (killed after the last checkpoint): the last row is logged already
-            row = next((r for r in reversed(read_metrics(self.run_dir.path)) if r["step"] == state.step), {})
+        if row is None:  # resumed at the end (killed after the last checkpoint): its last row is logged
+            row = next((r for r in reversed(read_metrics(self.run_dir.path)) if r.step == state.step), None)
         sample = end_sample(self.built)  # a collective
         summary = build_summary(self.built, state, row)
         self.reporter.finish(summary, sample)

@@ -16,19 +16,96 @@
                          micro-batch search count this one), since the process started, in GiB
     peak_rss_gib         CPU: peak resident memory of the process, in GiB (instead of the two above)
     elapsed_s            training wall time so far (excluding evaluation)
+    NAME_KEY             an in-training evaluator's figure (e.g. hellaswag_acc), on rows where it ran
+
+`MetricsRow` is a row; `MetricsLog.write` the one writer and `iter_metrics` the one reader.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from baseforge.fileio import atomic_write_text, io_errors, read_append_log
 from baseforge.rundir import RunDir
 
 
-def read_metrics(run_dir: Path | str) -> list[dict]:
-    return read_append_log(RunDir(run_dir).metrics)
+@dataclass
+class MetricsRow:
+    """One row of metrics.jsonl (the module docstring says what each field is). Fields a row does not
+    have are None and are not written; `evals` holds the in-training evaluators' figures."""
+
+    step: int
+    tokens: int
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    clip_frac: float | None = None
+    skipped: int | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    peak_alloc_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    peak_rss_gib: float | None = None
+    elapsed_s: float | None = None
+    val_loss: float | None = None
+    evals: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The row as written: step, tokens and loss always (loss null on the step-0 row), then the
+        fields it has, then the evaluators'."""
+        out: dict = {"step": self.step, "tokens": self.tokens, "loss": self.loss}
+        for f in fields(self)[3:-1]:
+            if (value := getattr(self, f.name)) is not None:
+                out[f.name] = value
+        return {**out, **self.evals}
+
+    @classmethod
+    def from_json(cls, record) -> MetricsRow | None:
+        """A row read back, or None for a line that is not one (a kill's torn line, an edit): a log's bad
+        line is skipped, never an error (read_append_log)."""
+        if not isinstance(record, dict):
+            return None
+        step, tokens = record.get("step"), record.get("tokens")
+        if not (_whole(step) and _whole(tokens)):
+            return None
+        names = {f.name for f in fields(cls)} - {"step", "tokens", "evals"}
+        known: dict[str, float] = {}
+        evals: dict[str, float] = {}
+        for key, value in record.items():
+            if key in ("step", "tokens") or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None
+            (known if key in names else evals)[key] = value
+        return cls(step=step, tokens=tokens, **known, evals=evals)  # type: ignore[arg-type]
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def iter_metrics(run_dir: Path | str) -> Iterator[MetricsRow]:
+    """The rows of RUN/metrics.jsonl, one line at a time (a chart of a long run holds no list of them);
+    lines that are not rows are skipped. A missing log has none."""
+    path = RunDir(run_dir).metrics
+    if not path.is_file() or path.is_symlink():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = MetricsRow.from_json(json.loads(line))
+            except (json.JSONDecodeError, RecursionError):
+                continue
+            if row is not None:
+                yield row
+
+
+def read_metrics(run_dir: Path | str) -> list[MetricsRow]:
+    return list(iter_metrics(run_dir))
 
 
 def truncate_metrics(run_dir: Path | str, step: int, set_aside: bool = False) -> int:
@@ -36,13 +113,13 @@ def truncate_metrics(run_dir: Path | str, step: int, set_aside: bool = False) ->
     `set_aside`, they are kept in RUN/discarded/metrics-after-step-N.jsonl. Returns how many went."""
     run = RunDir(run_dir)
     rows = read_metrics(run_dir)
-    kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step]
-    dropped = [r for r in rows if r not in kept]
+    kept = [r for r in rows if r.step <= step]
+    dropped = [r for r in rows if r.step > step]
     if set_aside and dropped:
         aside = run.discarded / f"metrics-after-step-{step}.jsonl"
-        atomic_write_text(aside, "".join(json.dumps(r) + "\n" for r in dropped))
+        atomic_write_text(aside, "".join(json.dumps(r.to_json()) + "\n" for r in dropped))
     # Always rewritten: a torn last line (a kill mid-append) must not join the next row.
-    atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_text(run.metrics, "".join(json.dumps(r.to_json()) + "\n" for r in kept))
     return len(dropped)
 
 
@@ -65,16 +142,16 @@ class MetricsLog:
     def __init__(self, run_dir: Path | str):
         self.path = RunDir(run_dir).metrics
 
-    def write(self, row: dict) -> None:
+    def write(self, row: MetricsRow) -> None:
         with io_errors(self.path), open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row.to_json()) + "\n")
             f.flush()
 
 
 GIB = 2**30
 
 
-def peak_memory(device) -> dict[str, float]:
+def peak_memory(device) -> dict[str, Any]:
     """The metrics row's memory fields (the module docstring names them), in GiB."""
     import torch
 

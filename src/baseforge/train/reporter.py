@@ -12,7 +12,7 @@ from baseforge.fileio import atomic_write_json, atomic_write_text
 from baseforge.progress import Progress
 from baseforge.rundir import RunDir
 from baseforge.train.charts import write_charts
-from baseforge.train.metrics import MetricsLog
+from baseforge.train.metrics import MetricsLog, MetricsRow
 from baseforge.train.summary import progress_fields, summary_line
 from baseforge.train.trackers import Trackers, open_trackers, tracker_names
 
@@ -71,11 +71,11 @@ class Reporter:
             finally:
                 self._bar = None
 
-    def _record(self, row: dict) -> None:
+    def _record(self, row: MetricsRow) -> None:
         if self._metrics is not None:
             self._metrics.write(row)
         if self._trackers is not None:
-            self._trackers.log(row, row["step"])
+            self._trackers.log(row.to_json(), row.step)
 
     def initial_validation(self, val: float | None, source) -> None:
         """The step-0 row: validation before the first step, so the curve shows how far training moved it."""
@@ -84,14 +84,15 @@ class Reporter:
         if val is None:
             self.log(f"warning: {source} has no validation split: training without a validation loss")
             return
-        self._record({"step": 0, "tokens": 0, "loss": None, "val_loss": val})
+        self._record(MetricsRow(step=0, tokens=0, val_loss=val))
         self.log(f"step 0 | val {val:.4f}")
 
-    def row(self, row: dict) -> None:
+    def row(self, row: MetricsRow) -> None:
         """A metrics row: into metrics.jsonl and the trackers, and onto the bar."""
         self._record(row)
         if self._bar is not None:
-            self._bar.update(row[self._unit] - self._bar.n, **progress_fields(row))
+            done = row.tokens if self._unit == "tokens" else row.step
+            self._bar.update(done - self._bar.n, **progress_fields(row))
 
     def stopped(self, step: int, saved: bool) -> None:
         where = (

@@ -8,7 +8,7 @@ from baseforge.model.attention import BACKEND_NAMES, FLEX, masked_backend
 from baseforge.progress import format_count, format_duration
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
-from baseforge.train.metrics import peak_memory
+from baseforge.train.metrics import MetricsRow, peak_memory
 from baseforge.train.mfu import format_mfu, format_peak
 from baseforge.train.state import RunState
 
@@ -83,7 +83,7 @@ def val_warning(data, eval_tokens: int) -> str | None:
     )
 
 
-def metrics_row(run: Run, state: RunState) -> dict:
+def metrics_row(run: Run, state: RunState) -> MetricsRow:
     """The metrics row of the steps since the last one (metrics.py documents the fields). A collective:
     the training loss is the mean over ranks."""
     interval, rt = state.interval, run.runtime
@@ -91,19 +91,19 @@ def metrics_row(run: Run, state: RunState) -> dict:
     # The FLOPs of the steps' own attention windows (a window warmup's are smaller); an interval restored
     # from a checkpoint that did not count them, at the model's full window.
     flops = interval.flops or interval.tokens * run.views.plain.flops_per_token()
-    return {
-        "step": state.step,
-        "tokens": state.tokens,
-        "loss": all_reduce_mean(interval.mean_loss(), rt.dist, rt.device),
-        "lr": run.optimizers.param_groups[0]["lr"],
-        "grad_norm": interval.mean_grad_norm(),
-        "clip_frac": interval.clipped / max(interval.steps, 1),
-        "skipped": state.skipped,
-        "tokens_per_s": tokens_per_s,
-        "mfu": flops / max(interval.seconds, 1e-9) / (rt.peak * rt.dist.world),
+    return MetricsRow(
+        step=state.step,
+        tokens=state.tokens,
+        loss=all_reduce_mean(interval.mean_loss(), rt.dist, rt.device),
+        lr=run.optimizers.param_groups[0]["lr"],
+        grad_norm=interval.mean_grad_norm(),
+        clip_frac=interval.clipped / max(interval.steps, 1),
+        skipped=state.skipped,
+        tokens_per_s=tokens_per_s,
+        mfu=flops / max(interval.seconds, 1e-9) / (rt.peak * rt.dist.world),
         **peak_memory(rt.device),
-        "elapsed_s": state.elapsed_s,
-    }
+        elapsed_s=state.elapsed_s,
+    )
 
 
 def progress_counts(run: Run, state: RunState) -> tuple[int, int, bool]:
@@ -115,19 +115,19 @@ def progress_counts(run: Run, state: RunState) -> tuple[int, int, bool]:
     return run.total, state.step, False
 
 
-def progress_fields(row: dict) -> dict:
+def progress_fields(row: MetricsRow) -> dict:
     """What the progress bar / line shows of a metrics row: few enough fields that the bar stays visible."""
-    fields = {"loss": f"{row['loss']:.4f}"}
-    if "val_loss" in row:
-        fields["val"] = f"{row['val_loss']:.4f}"
-    fields["tok/s"] = format_count(row["tokens_per_s"])  # lr and grad norm: metrics.jsonl and the charts
-    mfu = format_mfu(row.get("mfu"))
+    fields = {"loss": f"{row.loss:.4f}"}
+    if row.val_loss is not None:
+        fields["val"] = f"{row.val_loss:.4f}"
+    fields["tok/s"] = format_count(row.tokens_per_s or 0.0)  # lr and grad norm: metrics.jsonl, the charts
+    mfu = format_mfu(row.mfu)
     if mfu:
         fields["mfu"] = mfu
     return fields
 
 
-def build_summary(run: Run, state: RunState, last_row: dict) -> dict:
+def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dict:
     """summary.json: time, tokens, throughput, losses, MFU of the whole run."""
     rt = run.runtime
     return {
@@ -138,15 +138,15 @@ def build_summary(run: Run, state: RunState, last_row: dict) -> dict:
         "train_seconds": state.elapsed_s,
         "tokens_per_s": state.tokens / max(state.elapsed_s, 1e-9),
         "initial_val_loss": state.initial_val,
-        "final_loss": last_row.get("loss"),
-        "final_val_loss": last_row.get("val_loss"),
+        "final_loss": last_row.loss if last_row else None,
+        "final_val_loss": last_row.val_loss if last_row else None,
         "best_val_loss": state.best_val,
         "skipped_steps": state.skipped,
         "clip_frac": state.clipped / max(state.step, 1),
         "precision": rt.precision.name,
         "device": str(rt.device),
         "processes": rt.dist.world,
-        "mfu": last_row.get("mfu"),
+        "mfu": last_row.mfu if last_row else None,
         "peak_source": rt.peak_source,
         "flex_compiles": FLEX.compiles,  # FlexAttention's compiled training shapes in this process
     }

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from baseforge.config import RunConfig, load_run_config
-from baseforge.data.shards import MANIFEST
+from baseforge.data.manifest import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
