@@ -22,7 +22,8 @@ from baseforge.config import load_run_config
 from baseforge.errors import UserError
 from baseforge.rundir import RunDir
 from baseforge.runlock import LOCK_FILE
-from baseforge.train.checkpoint.format import load_model, read_data_record
+from baseforge.train.checkpoint.data_record import read_data_history
+from baseforge.train.checkpoint.format import load_model
 from baseforge.train.loop import Trainer
 from helpers import TINY, baseforge, sets
 
@@ -189,7 +190,7 @@ def commands(run: Path, data: Path):
     return {
         "load": lambda: load_model(run),
         "resume": resume,
-        "data record": lambda: read_data_record(RunDir(run)),
+        "data record": lambda: read_data_history(RunDir(run)),
     }
 
 

@@ -18,6 +18,7 @@ import torch
 
 from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig
 from baseforge.data.batch_plan import BatchPlan
+from baseforge.data.loader import TokenData
 from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
@@ -29,13 +30,16 @@ from baseforge.plan.memory import activation_bytes, shape_of, state_bytes
 from baseforge.progress import format_duration
 from baseforge.rundir import RunDir
 from baseforge.train.build import total_steps
-from baseforge.train.checkpoint.format import data_fingerprint, model_tensors, read_data_record
+from baseforge.train.checkpoint.data_record import data_use, read_data_history
+from baseforge.train.checkpoint.format import model_tensors
 from baseforge.train.mfu import measure_matmul_peak
 from baseforge.train.precision import resolve_device, resolve_precision
 
 
 def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
-    """The data a resumed run continues on: its own (RUN/data.json), or `data` if the same or `new_data`.
+    """The data a resumed run continues on: the data it last trained on (RUN/data.json), checked by its
+    manifest's sha256 whether or not `data` is given; other data (another dir, or the same dir prepared
+    again) only with `new_data`.
 
     `unrecorded` is the data of a run that does not record it (the CLI's demo run); else that is an error.
     """
@@ -46,23 +50,30 @@ def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, 
         raise UserError(
             f"{out} has no checkpoint yet (it stopped before the first); start it again without --resume"
         )
-    record = read_data_record(run)
-    if data is None:
-        if record is None:
-            if unrecorded is not None:
-                return Path(unrecorded)
+    history = read_data_history(run)
+    if history is None:
+        if data is None and unrecorded is None:
             raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
-        return Path(record["path"])
-    same = record is None or (
-        Path(record["path"]) == data.resolve() and record["manifest_sha256"] == data_fingerprint(data)
-    )
-    if not same and not new_data:
-        assert record is not None  # same without one
+        return Path(data or unrecorded)
+    last = history[-1]
+    target = Path(data) if data is not None else Path(last.path)
+    now = data_use(target)
+    if (now.path, now.manifest_sha256) == (last.path, last.manifest_sha256) or new_data:
+        return target
+    if now.manifest_sha256 is None:
         raise UserError(
-            f"{out} was trained on {record['path']}, not {data}; resume without --data, or add "
-            "--new-data to continue on other data prepared with the same tokenizer"
+            f"{out} was trained on {last.short()}, and {target} holds no prepared data now: restore it, "
+            "or pass other data with --data and --new-data"
         )
-    return data
+    if now.path == last.path:
+        raise UserError(
+            f"{out} was trained on {last.short()}, but that folder now holds other data ({now.short()}: "
+            "prepared again); restore it, or add --new-data to continue on what it holds now"
+        )
+    raise UserError(
+        f"{out} was trained on {last.short()}, not {now.short()}; resume without --data, or add "
+        "--new-data to continue on other data prepared with the same tokenizer"
+    )
 
 
 def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunConfig, dict]:
@@ -104,11 +115,16 @@ def evaluators(cfg: TrainConfig) -> dict:
     return {"hellaswag": hellaswag}
 
 
-def dry_run_report(config: RunConfig, data: Path) -> str:
+def open_data(config: RunConfig, data: Path) -> TokenData:
+    """The data as the run will read it (its packing, its windows): what preflight counts passes over."""
+    return TokenData(data, config.model.context, config.train.seed, config.train.packing)
+
+
+def dry_run_report(config: RunConfig, path: Path) -> str:
     """What `train` would do, without training: the resolved config, model size, steps and tokens, and
     the same warnings `train` prints (`preflight`)."""
-    manifest = read_manifest(data)
-    config = config.with_vocab(manifest.vocab_size, manifest.eot_id)
+    data = open_data(config, path)
+    config = config.with_vocab(data.vocab_size, data.tokenizer.eot_id)
     n_params = GPT.count_params(config.model)
     cfg = config.train
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
@@ -123,7 +139,7 @@ def dry_run_report(config: RunConfig, data: Path) -> str:
         f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
         *filter(None, [plan.describe()]),
         f"steps: {steps:,}; tokens: {tokens:,} ({tokens / n_params:.1f} per parameter)",
-        f"data: {data} (tokenizer {manifest.tokenizer['name']})",
+        f"data: {path} (tokenizer {data.tokenizer.name})",
     ]
     return "\n".join(lines + preflight(config, data))
 
@@ -133,12 +149,11 @@ STEP_SECONDS_WARN = 30.0  # a CPU step longer than this: a GPU-sized run
 CPU_MFU = 0.75  # the share of the measured matmul peak a CPU training step reaches (75-80%, bench_train.py)
 
 
-def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
+def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
     """Warnings about what a user would regret, estimated before anything is allocated: many passes
     over the data, a model whose training state will not fit this machine's memory, a GPU-sized run
     on a CPU (with the estimated time per step). `train` and `--dry-run` print the same lines."""
-    manifest = read_manifest(data)
-    config = config.with_vocab(manifest.vocab_size, manifest.eot_id)
+    config = config.with_vocab(data.vocab_size, data.tokenizer.eot_id)
     cfg, shape = config.train, shape_of(config)
     device = resolve_device(cfg.device)
     warnings: list[str] = []
@@ -147,11 +162,12 @@ def preflight(config: RunConfig, data: Path, world: int = 1) -> list[str]:
     plan = BatchPlan.from_config(cfg, config.model.context, world=world)
     layout, steps = plan.layout, total_steps(cfg, shape.params, plan)
     per_step, tokens = layout.global_batch * config.model.context, plan.tokens_before(steps)
-    train_tokens = manifest.split_tokens("train")
-    if train_tokens and tokens / train_tokens > PASSES_WARN:
+    epoch = data.train_tokens  # what one pass yields as the run reads it (best-fit: its windows)
+    if tokens / epoch > PASSES_WARN:
         warnings.append(
-            f"warning: the run trains on {tokens:,} tokens, {tokens / train_tokens:.0f} passes over the "
-            f"{train_tokens:,}-token train split: it will largely memorise it; use more data or fewer steps"
+            f"warning: the run trains on {tokens:,} tokens, {tokens / epoch:.0f} passes over the "
+            f"{epoch:,} tokens one epoch of the train split gives (packing {cfg.packing}): it will "
+            "largely memorise it; use more data or fewer steps"
         )
     precision = resolve_precision(cfg.precision, device)
     need = sum(state_bytes(shape)) + activation_bytes(

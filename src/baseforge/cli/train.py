@@ -10,11 +10,12 @@ import torch
 
 from baseforge.cli import VERBS
 from baseforge.config import describe_keys, load_run_config
+from baseforge.data.loader import TokenData
 from baseforge.data.manifest import MANIFEST
 from baseforge.data.prepare import prepare
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
-from baseforge.launch import dry_run_report, evaluators, init_from, preflight, resume_data
+from baseforge.launch import dry_run_report, evaluators, init_from, open_data, preflight, resume_data
 from baseforge.overrides import resolve_config, resume_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import RunLock
@@ -129,9 +130,10 @@ def run(args) -> int:
         print(dry_run_report(config, data))
         return 0
     env = dist_from_env()
-    for line in preflight(config, data, world=env.world) if env.is_main else []:
+    token_data = open_data(config, data)  # read once: preflight counts its passes, the run trains on it
+    for line in preflight(config, token_data, world=env.world) if env.is_main else []:
         print(line)
-    return train(config, data, out, args.resume, init, extend=args.extend)
+    return train(config, token_data, out, args.resume, init, extend=args.extend)
 
 
 def run_config(args, out: Path):
@@ -147,7 +149,9 @@ def run_config(args, out: Path):
     )
 
 
-def train(config, data: Path, out: Path, resume: bool, init_weights=None, *, extend: bool = False) -> int:
+def train(
+    config, data: TokenData, out: Path, resume: bool, init_weights=None, *, extend: bool = False
+) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 

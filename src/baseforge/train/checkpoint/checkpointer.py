@@ -20,6 +20,7 @@ from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train.build import Run, total_steps
 from baseforge.train.checkpoint import format as ckpt
 from baseforge.train.checkpoint import sharded
+from baseforge.train.checkpoint.data_record import record_data
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.metrics import record_resume, truncate_metrics
 from baseforge.train.rng import gather_rng_states, restore_rng
@@ -109,8 +110,8 @@ class Checkpointer:
             return
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         ckpt.write_run_config(self.run_dir, config)
-        if isinstance(source, Path):
-            ckpt.write_data_record(self.run_dir, source)
+        if isinstance(source, Path):  # a fresh start writes the record; a resume appends a change of data
+            record_data(self.run_dir, source, step)
         if resume:  # the checkpoint is loaded and checked by now: only then is anything set aside
             rows = truncate_metrics(self.run_dir.path, step, set_aside=True)
             record_resume(self.run_dir.path, step)  # the report marks it

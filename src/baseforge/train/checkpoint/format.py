@@ -25,7 +25,6 @@ train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from baseforge.config import RunConfig, load_run_config
-from baseforge.data.manifest import MANIFEST
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
@@ -293,29 +291,6 @@ def read_trainer_state(ckpt: Path) -> dict:
             f"{ckpt / TRAINER_JSON} lacks optimizers, scaler or rng; resume from another checkpoint"
         )
     return state
-
-
-def data_fingerprint(source: Path) -> str | None:
-    """sha256 of a data dir's manifest (or of a data file): what identifies the data a run trained on."""
-    source = Path(source)
-    target = source / MANIFEST if source.is_dir() else source
-    return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
-
-
-def write_data_record(run: RunDir | Path, source: Path) -> None:
-    record = {"path": str(Path(source).resolve()), "manifest_sha256": data_fingerprint(source)}
-    atomic_write_json(RunDir.of(run).data_record, record)
-
-
-def read_data_record(run: RunDir | Path) -> dict | None:
-    """RUN/data.json ({"path", "manifest_sha256"}), checked; None for a run that does not record its data."""
-    run = RunDir.of(run)
-    if not run.data_record.exists() and not run.data_record.is_symlink():
-        return None
-    record = read_json(run.data_record, "data record")
-    text(record, "path", run.data_record)
-    text(record, "manifest_sha256", run.data_record, optional=True)
-    return record
 
 
 def write_run_config(run: RunDir | Path, config: RunConfig) -> None:
