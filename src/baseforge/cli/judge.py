@@ -13,7 +13,7 @@ from baseforge.cli import VERBS
 from baseforge.cli.options import add_json
 from baseforge.errors import UserError
 from baseforge.eval.judge import Cache, judge, load_answers, summarize
-from baseforge.eval.judge_api import Backend
+from baseforge.eval.judge_api import Backend, check_api_key
 from baseforge.fileio import atomic_write_text
 
 EPILOG = """\
@@ -82,11 +82,12 @@ def run(args) -> int:
     items = load_answers(args.answers)
     key = None
     if args.backend == "openai" and args.api_key_env != "NONE":
-        key = os.environ.get(args.api_key_env)
+        key = os.environ.get(args.api_key_env, "").strip()  # a trailing newline is not part of a key
         if not key:
             raise UserError(
                 f"no API key: set ${args.api_key_env} (or --api-key-env NONE for a server without keys)"
             )
+        key = check_api_key(key, f"${args.api_key_env}")
     base = args.base_url or (
         "https://api.openai.com/v1" if args.backend == "openai" else "http://localhost:11434"
     )
