@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_json, add_save_to, add_which
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which, positive_int
 from baseforge.cli.results import emit_results
 from baseforge.eval.hellaswag import evaluate_hellaswag
 from baseforge.eval.models import load_any
@@ -42,7 +42,7 @@ def register(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, help="hellaswag_val.jsonl(.gz) (default: download once)")
-    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--limit", type=positive_int, help="only the first N items")
     add_which(p)
     add_device(p)
     add_save_to(p, "hellaswag")
