@@ -5,11 +5,15 @@ files inside the run dir (a symlinked, torn or misshapen one is left out, with a
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
 import pytest
 
-from baseforge.cli import VERBS, build_parser, verb_module
+from baseforge.cli import VERBS, build_parser, main, verb_module
 from helpers import assert_clean_error, baseforge
+from test_report import fake_run
 
 
 def parse_error(capsys, *argv: str) -> str:
@@ -102,3 +106,100 @@ def test_harness_limit_and_batch_size_from_the_shell_are_one_line():
 def test_a_missing_argument_is_one_line_too(capsys):
     line = parse_error(capsys, "harness", "m")
     assert "--tasks" in line and "see baseforge harness --help" in line
+
+
+def one_line(capsys, argv: list[str]) -> str:
+    """The one line `baseforge ARGV` (run in this process) prints on stderr, failing."""
+    assert main([str(a) for a in argv]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+SECRET = "TOP-SECRET-0123"
+
+
+def plant_outside(tmp_path: Path, run: Path) -> None:
+    """sample.txt, summary.json, config.json and one evaluation as symlinks to files outside the run."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    planted = {
+        "sample.txt": SECRET,
+        "summary.json": json.dumps({"steps": SECRET}),
+        "config.json": json.dumps({"preset": SECRET, "model": {}}),
+        "evals/harness.json": json.dumps([{"model": SECRET, "acc": 0.5}]),
+    }
+    for name, content in planted.items():
+        target = outside / name.replace("/", "-")
+        target.write_text(content)
+        (run / name).unlink()
+        (run / name).symlink_to(target)
+
+
+def report_notes(capsys, run: Path) -> list[str]:
+    """Run `baseforge report RUN` (it must succeed): the note lines it printed."""
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_report_follows_no_symlink_out_of_the_run_and_names_what_it_left_out(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    plant_outside(tmp_path, run)
+    notes = report_notes(capsys, run)
+    assert len(notes) == 4, notes
+    for name in ("config.json", "summary.json", "evals/harness.json", "sample.txt"):
+        assert any(line.startswith(f"baseforge report: note: left out {name}: a symlink") for line in notes)
+    page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    assert SECRET not in page and SECRET not in md
+    assert "<h2>Left out</h2>" in page and "| evals/harness.json | a symlink;" in md
+    assert "<h2>HellaSwag</h2>\n<table>" in page and "## Losses" in md  # the plain files are all there
+
+
+def test_report_reads_nothing_through_a_symlinked_evals_folder(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "hellaswag.json").write_text(json.dumps([{"model": SECRET, "acc": 0.5}]))
+    for path in (run / "evals").iterdir():
+        path.unlink()
+    (run / "evals").rmdir()
+    (run / "evals").symlink_to(outside)
+    (run / "resumes.jsonl").symlink_to(outside / "hellaswag.json")
+    notes = report_notes(capsys, run)
+    assert [line.split(":")[2].strip() for line in notes] == ["left out evals", "left out resumes.jsonl"]
+    assert SECRET not in (run / "report.html").read_text()
+
+
+def test_report_on_torn_or_misshapen_files_is_a_page_with_notes(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    (run / "evals" / "x.json").write_text('[{"model": "a", "acc": 0.2')  # torn
+    (run / "summary.json").write_text("[1, 2]")  # a JSON list, not an object
+    (run / "config.json").write_text('{"a":' * 100_000)  # nested past Python's recursion limit
+    (run / "sample.txt").write_bytes(b"caf\xe9 \xff\xfe sample")  # not UTF-8
+    notes = report_notes(capsys, run)
+    why = dict(line.removeprefix("baseforge report: note: left out ").split(": ", 1) for line in notes)
+    assert list(why) == ["config.json", "summary.json", "evals/x.json"], notes
+    assert "nested too deeply" in why["config.json"]
+    assert "holds list, not a JSON object" in why["summary.json"]
+    assert "not readable JSON" in why["evals/x.json"]
+    page = (run / "report.html").read_text()
+    assert "<h2>HellaSwag</h2>" in page and "caf\ufffd" in page
+
+
+def test_report_leaves_out_a_sample_too_large_to_be_one(tmp_path, capsys):
+    from baseforge.eval.run_files import MAX_SAMPLE_BYTES
+
+    run = fake_run(tmp_path)
+    with open(run / "sample.txt", "wb") as f:
+        f.truncate(MAX_SAMPLE_BYTES + 1)
+    (notes,) = report_notes(capsys, run)
+    assert "left out sample.txt" in notes and "more than a sample" in notes
+    assert "<h2>Sample</h2>" not in (run / "report.html").read_text()
+
+
+def test_report_still_needs_a_config_json_to_be_a_run_dir(tmp_path):
+    run = fake_run(tmp_path)
+    os.unlink(run / "config.json")
+    assert_clean_error(baseforge("report", run), "not a run dir")

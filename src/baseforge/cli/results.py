@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from baseforge.eval.report import save_eval
+from baseforge.eval.run_files import save_eval
 
 
 def emit_results(
