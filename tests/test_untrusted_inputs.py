@@ -116,6 +116,40 @@ def one_line(capsys, argv: list[str]) -> str:
     return lines[0]
 
 
+def test_save_to_never_replaces_kept_results_unasked(tmp_path, capsys):
+    run = fake_run(tmp_path)  # holds evals/heldout-loss.json and evals/hellaswag.json
+    kept = (run / "evals" / "heldout-loss.json").read_text()
+    line = one_line(capsys, ["eval", tmp_path / "no-model", "--data", tmp_path, "--save-to", run])
+    assert "heldout-loss.json already holds results" in line and "--overwrite" in line, line
+    assert (run / "evals" / "heldout-loss.json").read_text() == kept
+    # --overwrite passes the check: what fails next is the missing model, not the kept results.
+    line = one_line(
+        capsys, ["eval", tmp_path / "no-model", "--data", tmp_path, "--save-to", run, "--overwrite"]
+    )
+    assert "already holds" not in line
+    assert_clean_error(baseforge("hellaswag", tmp_path / "no-model", "--save-to", run), "already holds")
+
+
+def test_save_to_a_file_or_not_a_run_dir_is_one_line_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "results.json"
+    a_file.write_text("[]")
+    for target in (a_file, tmp_path / "missing", tmp_path):
+        line = one_line(capsys, ["hellaswag", tmp_path / "no-model", "--save-to", target])
+        assert "is not a run dir" in line, line
+    assert a_file.read_text() == "[]"
+    line = one_line(capsys, ["hellaswag", tmp_path / "no-model", "--overwrite"])
+    assert "use it with --save-to" in line
+
+
+def test_save_to_through_a_symlinked_evals_folder_is_refused(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (run / "evals").rename(elsewhere)
+    (run / "evals").symlink_to(elsewhere)
+    line = one_line(capsys, ["hellaswag", tmp_path / "no-model", "--save-to", run, "--overwrite"])
+    assert "symlink" in line
+
+
 SECRET = "TOP-SECRET-0123"
 
 

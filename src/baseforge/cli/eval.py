@@ -9,7 +9,7 @@ import torch
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_device, add_json, add_save_to, add_which, positive_count, positive_int
-from baseforge.cli.results import emit_results
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.data.shards import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.loss import check_vocab, heldout_loss
@@ -59,6 +59,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_saving(args, "heldout-loss")  # before any work: results are not lost at the end
     device = resolve_device(args.device)
     manifest = read_manifest(args.data)
     loaded = [load_any(spec, device, args.which) for spec in args.models]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_device, add_json, add_save_to, add_which, non_negative_int, positive_int
-from baseforge.cli.results import emit_results
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.errors import UserError
 from baseforge.eval.harness import require_lm_eval, run_harness
 from baseforge.eval.models import load_any
@@ -76,6 +76,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     require_lm_eval()  # before loading any model: the missing extra is the first thing to say
+    check_saving(args, "harness")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks names no task")

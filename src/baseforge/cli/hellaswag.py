@@ -7,7 +7,7 @@ from pathlib import Path
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_device, add_json, add_save_to, add_which, positive_int
-from baseforge.cli.results import emit_results
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.eval.hellaswag import evaluate_hellaswag
 from baseforge.eval.models import load_any
 from baseforge.train.precision import resolve_device
@@ -51,6 +51,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_saving(args, "hellaswag")  # before any work: results are not lost at the end
     device = resolve_device(args.device)
     rows = []
     for spec in args.models:

@@ -97,10 +97,16 @@ def add_json(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def add_save_to(p: argparse.ArgumentParser, name: str) -> None:
-    """--save-to RUN_DIR: keep the results as RUN_DIR/evals/NAME.json, which the report shows."""
+    """--save-to RUN_DIR: keep the results as RUN_DIR/evals/NAME.json, which the report shows; results
+    already there are replaced only with --overwrite (as `prepare --overwrite` replaces a data dir)."""
     p.add_argument(
         "--save-to",
         type=Path,
         metavar="RUN_DIR",
         help=f"also keep the results in RUN_DIR/evals/{name}.json (for `baseforge report`)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"with --save-to: replace the results already in RUN_DIR/evals/{name}.json",
     )

@@ -104,6 +104,28 @@ def _load_json(path: Path) -> object:
         ) from None
 
 
+def check_save_to(run: Path | str, name: str, overwrite: bool = False) -> Path:
+    """Where `save_eval` will keep `name`'s results for run dir `run`, checked before any work: a run dir
+    (its report shows them), evals/ no symlink, and no results there already unless `overwrite`."""
+    run_dir = RunDir(run)
+    if not run_dir.path.is_dir() or not run_dir.config.is_file():
+        raise UserError(
+            f"--save-to {run} is not a run dir (no config.json): pass the run dir whose report should "
+            "show these results"
+        )
+    if run_dir.evals.is_symlink():
+        raise UserError(
+            f"--save-to {run}: {run_dir.evals} is a symlink; baseforge writes only inside the run"
+        )
+    path = run_dir.eval_result(name)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UserError(
+            f"--save-to {run}: {path} already holds results; pass --overwrite to replace them (a table "
+            "shows every model of one command: evaluate them together to see them side by side)"
+        )
+    return path
+
+
 def save_eval(run: Path | str, name: str, result) -> Path:
     """Keep an evaluation's result with a run (RUN/evals/NAME.json), for the report."""
     path = RunDir(run).eval_result(name)
