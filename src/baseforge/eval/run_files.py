@@ -10,6 +10,7 @@ the rest: a run with one bad file still gets its report, naming what is missing 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from baseforge.errors import UserError
@@ -89,7 +90,9 @@ class RunReader:
     def _note(self, path: Path, why) -> None:
         if isinstance(why, RecursionError):
             why = "nested too deeply to be one of baseforge's files"
-        self.left_out.append((path.relative_to(self.run_dir.path).as_posix(), str(why)))
+        # The page may be shared: the run dir's own path (a home folder, a user name) stays off it.
+        why = str(why).replace(f"{self.run_dir.path}{os.sep}", "")
+        self.left_out.append((path.relative_to(self.run_dir.path).as_posix(), why))
 
 
 def _load_json(path: Path) -> object:
