@@ -23,6 +23,7 @@ class JudgeServer:
         self.faults: list[str] = []  # consumed one per request: "500", "429", "garbage", "missing", "slow"
         self.requests = 0
         self.paths: list[str] = []
+        self.auth: list[str | None] = []  # each request's Authorization header
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,11 +34,12 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests += 1
                 server.paths.append(self.path)
+                server.auth.append(self.headers.get("Authorization"))
                 fault = server.faults.pop(0) if server.faults else None
-                if fault in ("500", "429"):
-                    self.send_response(int(fault))
-                    if fault == "429":
-                        self.send_header("Retry-After", "0.01")
+                if fault in ("500", "429", "429-odd"):
+                    self.send_response(int(fault[:3]))
+                    if fault.startswith("429"):  # 429-odd: a Retry-After that is no number
+                        self.send_header("Retry-After", "0.01" if fault == "429" else "1.2.3")
                     self.end_headers()
                     return
                 if fault == "redirect":  # to another path: the Authorization header must not follow
@@ -57,6 +59,8 @@ class JudgeServer:
                 content = "Here you go:\n```json\n" + json.dumps(scores) + "\n```"
                 if fault == "garbage":
                     content = "I think they are all fine."
+                if fault and fault.startswith("content="):  # a reply whose content is this JSON value
+                    content = json.loads(fault.removeprefix("content="))
                 reply = (
                     {"choices": [{"message": {"role": "assistant", "content": content}}]}
                     if self.path.endswith("/chat/completions")
@@ -246,3 +250,59 @@ def test_report_html_escapes_every_metrics_value(tmp_path):
     build_report(run)
     page = (run / "report.html").read_text()
     assert "<script>x" not in page and "&lt;script&gt;" in page and "<b>1</b>" not in page
+
+
+NOT_TEXT = ["content=7", "content=[1, 2]", "content=null", 'content={"A": 50}']
+
+
+def test_a_reply_whose_content_is_not_text_is_malformed_and_retried(server, answer_files, tmp_path):
+    server.faults = list(NOT_TEXT)
+    backend = Backend("openai", "j", server.url, "key", timeout=5)
+    result = judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"), retries=4, backoff_s=0)
+    assert result.failed == {} and len(result.scores) == 3
+    assert result.requests == 3 + len(NOT_TEXT)
+    server.faults = ["content=7"] * 2
+    failed = judge(load_answers(answer_files), backend, Cache(tmp_path / "c2.jsonl"), retries=1, backoff_s=0)
+    assert failed.failed == {"test-0000": "the reply's message content is int, not text"}
+
+
+def test_a_key_with_a_trailing_newline_is_sent_without_it(server, answer_files, tmp_path):
+    args = ["judge", *answer_files, "--judge", "j", "--base-url", server.url, "--api-key-env", "JUDGE_KEY"]
+    result = baseforge(*args, "--cache", tmp_path / "c.jsonl", env={"JUDGE_KEY": "sk-abc123xyz\n"})
+    assert result.returncode == 0, result.stderr
+    assert server.auth == ["Bearer sk-abc123xyz"] * 3
+
+
+@pytest.mark.parametrize("key", ["sk-abc 123xyz", "sk-abc\n123xyz", "sk-abc\x07123xyz", "sk-abc\u2014123xyz"])
+def test_a_key_no_header_can_carry_is_one_line_that_never_shows_it(server, answer_files, key):
+    args = ["judge", *answer_files, "--judge", "j", "--base-url", server.url, "--api-key-env", "JUDGE_KEY"]
+    result = baseforge(*args, env={"JUDGE_KEY": key})
+    assert_clean_error(result, "$JUDGE_KEY", "position 7 of 13")
+    assert "sk-abc" not in result.stderr and "123xyz" not in result.stderr
+    assert server.requests == 0
+
+
+def test_any_error_inside_a_request_has_the_key_redacted(server, monkeypatch):
+    key = "sk-abc123xyz"
+
+    def broken(self, prompt):  # an error nobody expected, quoting what it was given (as http.client does)
+        raise ValueError(f"Invalid header value b'Bearer {self.api_key}'")
+
+    monkeypatch.setattr(Backend, "_chat_request", broken)
+    with pytest.raises(RuntimeError) as caught:
+        Backend("openai", "j", server.url, key, timeout=5).request("x")
+    assert key not in str(caught.value) and "[REDACTED]" in str(caught.value)
+    assert key not in repr(Backend("openai", "j", server.url, key))
+
+
+def test_a_retry_after_that_is_not_a_number_falls_back_to_the_backoff(server, answer_files, tmp_path):
+    server.faults = ["429-odd"]
+    backend = Backend("openai", "j", server.url, "key", timeout=5)
+    result = judge(load_answers(answer_files), backend, Cache(tmp_path / "c.jsonl"), backoff_s=0)
+    assert result.failed == {} and result.requests == 4
+
+    from baseforge.eval.judge_api import parse_retry_after
+
+    assert parse_retry_after("1.5") == 1.5 and parse_retry_after("0") == 0
+    for value in ("1.2.3", "Wed, 21 Oct 2015 07:28:00 GMT", "-1", "nan", "inf", "", None):
+        assert parse_retry_after(value) is None, value

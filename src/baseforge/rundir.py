@@ -6,6 +6,7 @@
     RUN/resumes.jsonl            {"step": N} per resume (the report and the chart mark them)
     RUN/charts/training.png      loss, learning rate and grad-norm charts
     RUN/summary.json, sample.txt what a finished run says of itself
+    RUN/evals/NAME.json          an evaluation's results kept with `--save-to RUN` (for the report)
     RUN/checkpoints/latest       text file: the name of the newest complete checkpoint
     RUN/checkpoints/best         text file: the one with the lowest validation loss
     RUN/checkpoints/step_0001000/  one checkpoint (train/checkpoint/format.py documents its files)
@@ -72,6 +73,13 @@ class RunDir:
     @property
     def sample(self) -> Path:
         return self.path / "sample.txt"
+
+    @property
+    def evals(self) -> Path:
+        return self.path / "evals"
+
+    def eval_result(self, name: str) -> Path:
+        return self.evals / f"{name}.json"
 
     @property
     def checkpoints(self) -> Path:

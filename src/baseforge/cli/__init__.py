@@ -67,10 +67,18 @@ def chosen_verb(argv: list[str]) -> str | None:
     return word if word in VERBS else None
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line like every other user error (what is wrong, where
+    to look), not the usage block first; every verb's parser is one (subparsers take the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command's parser: every verb listed with its help, only `verb`'s own parser registered
     (its module imported); the others are stand-ins, never parsed, since the command line names `verb`."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="baseforge",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_which
+from baseforge.cli.options import add_device, add_which, positive_int
 from baseforge.eval.instruct import answer
 from baseforge.train.precision import resolve_device
 
@@ -33,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", help="model name in the answers (default: the run dir's name)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--limit", type=int, help="only the first N test items")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--limit", type=positive_int, help="only the first N test items")
     add_which(p)
     add_device(p)
     p.set_defaults(run=run)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_json, add_save_to, add_which
-from baseforge.cli.results import emit_results
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which, positive_count, positive_int
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.loss import check_vocab, heldout_loss
@@ -45,9 +45,11 @@ def register(sub) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, required=True, help="prepared data dir")
     p.add_argument("--split", default="val", help="val (default) or test")
-    p.add_argument("--tokens", type=float, default=1_048_576, help="tokens to score (default 1M)")
-    p.add_argument("--context", type=int, help="window length (default: the smallest model context)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--tokens", type=positive_count, default=1_048_576, help="tokens to score (default 1M; 10e6 works)"
+    )
+    p.add_argument("--context", type=positive_int, help="window length (default: the smallest model context)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     add_which(p)
     add_device(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster; default fp32 for exactness)")
@@ -57,6 +59,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_saving(args, "heldout-loss")  # before any work: results are not lost at the end
     device = resolve_device(args.device)
     manifest = read_manifest(args.data)
     loaded = [load_any(spec, device, args.which) for spec in args.models]
@@ -65,8 +68,6 @@ def run(args) -> int:
     smallest = min(loaded, key=lambda m: m.model.config.context)
     context = smallest.model.config.context
     if args.context is not None:
-        if args.context < 1:
-            raise UserError(f"--context must be at least 1, not {args.context}")
         if args.context > context:
             # Never a table labelled with a context the models did not use: refuse, and say the limit.
             raise UserError(
@@ -80,7 +81,7 @@ def run(args) -> int:
             m.model,
             args.data,
             split=args.split,
-            tokens=int(args.tokens),
+            tokens=args.tokens,
             context=context,
             batch_size=args.batch_size,
             device=device,

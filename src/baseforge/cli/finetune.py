@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import positive_int
 from baseforge.train.finetune import finetune
 
 EPILOG = """\
@@ -39,7 +40,9 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="run dir of the fine-tuned model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-mask-prompt", action="store_true", help="also train on the prompt tokens")
-    p.add_argument("--limit", type=int, help="use only the first N examples of each split (quick runs)")
+    p.add_argument(
+        "--limit", type=positive_int, help="use only the first N examples of each split (quick runs)"
+    )
     p.add_argument("--resume", action="store_true")
     p.set_defaults(run=run)
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_json, add_save_to, add_which
-from baseforge.cli.results import emit_results
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which, non_negative_int, positive_int
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.errors import UserError
 from baseforge.eval.harness import require_lm_eval, run_harness
 from baseforge.eval.models import load_any
@@ -59,12 +59,14 @@ def register(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    p.add_argument("--limit", type=int, help="only the first N documents of each task")
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    p.add_argument("--limit", type=positive_int, help="only the first N documents of each task")
+    p.add_argument(
+        "--num-fewshot", type=non_negative_int, help="few-shot examples (default: each task's own)"
+    )
     p.add_argument(
         "--include-path", action="append", default=[], metavar="DIR", help="folder of local task YAMLs"
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     add_which(p)
     add_device(p)
     add_save_to(p, "harness")
@@ -74,6 +76,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     require_lm_eval()  # before loading any model: the missing extra is the first thing to say
+    check_saving(args, "harness")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise UserError("--tasks names no task")

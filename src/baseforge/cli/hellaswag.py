@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_json, add_save_to, add_which
-from baseforge.cli.results import emit_results
+from baseforge.cli.options import add_device, add_json, add_save_to, add_which, positive_int
+from baseforge.cli.results import check_saving, emit_results
 from baseforge.eval.hellaswag import evaluate_hellaswag
 from baseforge.eval.models import load_any
 from baseforge.train.precision import resolve_device
@@ -42,7 +42,7 @@ def register(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", type=Path, help="hellaswag_val.jsonl(.gz) (default: download once)")
-    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--limit", type=positive_int, help="only the first N items")
     add_which(p)
     add_device(p)
     add_save_to(p, "hellaswag")
@@ -51,6 +51,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_saving(args, "hellaswag")  # before any work: results are not lost at the end
     device = resolve_device(args.device)
     rows = []
     for spec in args.models:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_json
+from baseforge.cli.options import add_json, non_negative_float, non_negative_int, positive_float, seed
 from baseforge.errors import UserError
 from baseforge.eval.judge import Cache, judge, load_answers, summarize
-from baseforge.eval.judge_api import Backend
+from baseforge.eval.judge_api import Backend, check_api_key
 from baseforge.fileio import atomic_write_text
 
 EPILOG = """\
@@ -49,20 +48,23 @@ def register(sub) -> None:
         help="environment variable holding the API key (NONE: send no key)",
     )
     p.add_argument("--cache", type=Path, help="cache file (JSON lines)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-item answer order")
-    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the per-item answer order")
+    p.add_argument("--retries", type=non_negative_int, default=5)
     p.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)"
+        "--backoff",
+        type=non_negative_float,
+        default=1.0,
+        help="first retry delay in seconds (doubles each time)",
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=positive_float,
         default=120.0,
         help="seconds per request, all of it (connect, headers and reply), not per socket read",
     )
     p.add_argument(
         "--max-retry-after",
-        type=float,
+        type=positive_float,
         default=300.0,
         metavar="SECONDS",
         help="longest wait a server's Retry-After (or the backoff) may ask for (default 300)",
@@ -74,19 +76,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    for flag, value in (("--timeout", args.timeout), ("--max-retry-after", args.max_retry_after)):
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"{flag} must be a positive number of seconds, not {value}")
-    if not (math.isfinite(args.backoff) and args.backoff >= 0):
-        raise UserError(f"--backoff must be a number of seconds >= 0, not {args.backoff}")
     items = load_answers(args.answers)
     key = None
     if args.backend == "openai" and args.api_key_env != "NONE":
-        key = os.environ.get(args.api_key_env)
+        key = os.environ.get(args.api_key_env, "").strip()  # a trailing newline is not part of a key
         if not key:
             raise UserError(
                 f"no API key: set ${args.api_key_env} (or --api-key-env NONE for a server without keys)"
             )
+        key = check_api_key(key, f"${args.api_key_env}")
     base = args.base_url or (
         "https://api.openai.com/v1" if args.backend == "openai" else "http://localhost:11434"
     )

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_json
+from baseforge.cli.options import add_json, fraction, non_negative_float, positive_count, positive_int
 from baseforge.errors import UserError
 from baseforge.hardware import GPUS, find_gpu
 from baseforge.plan.estimate import format_plan, make_plan, mfu_from_run
@@ -33,14 +33,18 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", help="model and recipe, e.g. gpt2-124m")
     p.add_argument("--gpu", default="h100-sxm", help="GPU short name or device name (default h100-sxm)")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    p.add_argument("--gpus", type=positive_int, default=1, help="number of GPUs (default 1)")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp")
-    p.add_argument("--micro-batch", type=int, help="sequences per GPU per micro-step (default: largest)")
-    p.add_argument("--tokens", type=float, help="token budget (default: the preset's tokens per parameter)")
-    p.add_argument("--price", type=float, help="USD per GPU-hour, for the cost")
+    p.add_argument(
+        "--micro-batch", type=positive_int, help="sequences per GPU per micro-step (default: largest)"
+    )
+    p.add_argument(
+        "--tokens", type=positive_count, help="token budget (default: the preset's tokens per parameter)"
+    )
+    p.add_argument("--price", type=non_negative_float, help="USD per GPU-hour, for the cost")
     p.add_argument("--activation-checkpointing", choices=("none", "blocks"), default="none")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default: bf16 where the GPU has it")
-    p.add_argument("--mfu", type=float, help="MFU to assume, as a fraction (default 0.40)")
+    p.add_argument("--mfu", type=fraction, help="MFU to assume, as a fraction (default 0.40)")
     p.add_argument("--from-run", metavar="RUN", help="take the MFU measured in RUN/metrics.jsonl")
     add_json(p, "the plan as JSON")
     p.add_argument("--list-gpus", action="store_true", help="list the GPUs the planner knows")
@@ -61,8 +65,6 @@ def run(args) -> int:
         return 0
     if not args.preset:
         raise UserError("--preset is required (e.g. --preset gpt2-124m)")
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise UserError(f"--mfu must be a fraction in (0, 1], not {args.mfu}")
     mfu, source = args.mfu, "given with --mfu" if args.mfu is not None else ""
     if args.from_run:
         mfu = mfu_from_run(args.from_run)
@@ -80,7 +82,7 @@ def run(args) -> int:
         args.activation_checkpointing,
         args.precision or "",
     )
-    plan = make_plan(setup, int(args.tokens) if args.tokens else None, args.price, mfu, source)
+    plan = make_plan(setup, args.tokens, args.price, mfu, source)
     if plan.fits:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
         return 0

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from baseforge.cli import VERBS
+from baseforge.cli.options import count, positive_count, positive_int, real
 from baseforge.data.prepare import prepare
 from baseforge.fileio import check_out_dir
 from baseforge.model import GPT
@@ -42,13 +43,6 @@ BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """
 
 
-def _count(text: str) -> int:
-    value = float(text)
-    if value < 0 or not value.is_integer():
-        raise argparse.ArgumentTypeError(f"{text} is not a whole non-negative number")
-    return int(value)
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "prepare",
@@ -66,17 +60,19 @@ def register(sub) -> None:
         default="concat",
         help="concat: documents joined by end-of-text; crop: also cut each to --context tokens",
     )
-    p.add_argument("--context", type=int, help="context length, for --pack crop")
+    p.add_argument("--context", type=positive_int, help="context length, for --pack crop")
     _add_held_out_arguments(p)
-    p.add_argument("--max-tokens", type=_count, help="stop after this many tokens in all")
+    p.add_argument("--max-tokens", type=positive_count, help="stop after this many tokens in all")
     p.add_argument(
         "--budget",
         metavar="PRESET",
         help="prepare a preset's training budget (its max_tokens, else tokens_per_param x parameters), "
         "plus held-out",
     )
-    p.add_argument("--workers", type=int, help="tokenizer processes (default: all cores)")
-    p.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard (default 1e8)")
+    p.add_argument("--workers", type=positive_int, help="tokenizer processes (default: all cores)")
+    p.add_argument(
+        "--shard-tokens", type=positive_count, default=100_000_000, help="tokens per shard (default 1e8)"
+    )
     p.add_argument("--local", help="read a Hub source from this local copy laid out like the repo")
     p.add_argument("--sample", help="Hub sample/config folder, e.g. sample-10BT (default), sample-100BT")
     p.add_argument("--text-column", default="text")
@@ -95,21 +91,22 @@ def register(sub) -> None:
 def _add_held_out_arguments(p) -> None:
     """How much is held out for validation and the fixed test slice."""
     p.add_argument(
-        "--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)"
+        "--val-fraction",
+        type=real(0, 1, high_open=True),
+        default=0.01,
+        help="fraction of documents held out (default 0.01)",
     )
     p.add_argument(
         "--min-val-tokens",
-        type=_count,
+        type=count,
         metavar="N",
         help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
         "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
         "documents from the end of the train stream into val (at most twice the floor); "
         "0 = --val-fraction alone",
     )
-    p.add_argument(
-        "--test-start", type=_count, default=0, help="first held-out token of the fixed test slice"
-    )
-    p.add_argument("--test-tokens", type=_count, default=0, help="length of the fixed test slice (0 = none)")
+    p.add_argument("--test-start", type=count, default=0, help="first held-out token of the fixed test slice")
+    p.add_argument("--test-tokens", type=count, default=0, help="length of the fixed test slice (0 = none)")
 
 
 def budget_tokens(preset: str) -> int:

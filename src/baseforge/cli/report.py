@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from baseforge.cli import VERBS
@@ -17,7 +18,9 @@ def register(sub) -> None:
         epilog="examples:\n  baseforge report runs/demo && xdg-open runs/demo/report.html\n"
         "  baseforge report /shared/runs/seed --out reports/seed     # a run dir you cannot write to\n\n"
         "Evaluations saved with `--save-to RUN` (eval, hellaswag, harness) appear on the page as tables, "
-        "a row per model: evaluate reference models with the same `--save-to` to see them side by side.",
+        "a row per model: evaluate reference models in the same command to see them side by side.\n"
+        "The page shows only plain files inside RUN_DIR: a symlink, or a torn or misshapen file, is left "
+        "out, named on the page and in a note line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -31,6 +34,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    md, page = build_report(args.run_dir, args.out)
+    md, page = build_report(
+        args.run_dir, args.out, log=lambda m: print(f"baseforge report: note: {m}", file=sys.stderr)
+    )
     print(f"wrote {md} and {page}")
     return 0

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import json
 
-from baseforge.eval.report import save_eval
+from baseforge.errors import UserError
+from baseforge.eval.run_files import check_save_to, save_eval
+
+
+def check_saving(args, name: str) -> None:
+    """Before any work: --save-to names a run dir whose evals/NAME.json is free (or --overwrite)."""
+    if args.save_to:
+        check_save_to(args.save_to, name, args.overwrite)
+    elif args.overwrite:
+        raise UserError("--overwrite replaces results kept with --save-to: use it with --save-to RUN_DIR")
 
 
 def emit_results(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from baseforge.cli import VERBS
-from baseforge.cli.options import add_device, add_which
+from baseforge.cli.options import (
+    add_device,
+    add_which,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    seed,
+)
 from baseforge.errors import UserError
 from baseforge.eval.models import load_any
 from baseforge.generate import generate
@@ -37,11 +44,13 @@ def register(sub) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="run dir, checkpoint dir, hf:PATH or Hub name")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=positive_int, default=100)
+    p.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument(
+        "--top-k", type=non_negative_int, default=50, help="sample from the k most likely tokens (0 = all)"
+    )
+    p.add_argument("--seed", type=seed, default=1337)
+    p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument(
         "--no-stop",
         action="store_true",
@@ -53,10 +62,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must not be negative")
     loaded = load_any(args.model, resolve_device(args.device), which=args.which)
     model, tokenizer = loaded.model, loaded.tokenizer
     eot = tokenizer.eot_id

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from baseforge.errors import UserError
+from baseforge.records import excerpt
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -101,6 +103,41 @@ def redact(text: str, secrets) -> str:
     return text
 
 
+def check_api_key(key: str, source: str) -> str:
+    """`key` without surrounding whitespace (the newline `echo` or a file leaves on it). A key holding
+    anything but printable ASCII inside cannot travel in an HTTP header: UserError, naming the
+    character's position and kind, never the key."""
+    key = key.strip()
+    if not key:
+        raise UserError(f"the API key in {source} is empty: set it to the key")
+    for i, ch in enumerate(key):
+        if not "!" <= ch <= "~":
+            named = {" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a carriage return"}
+            kind = "a control character" if ord(ch) < 32 or ord(ch) == 127 else "a non-ASCII character"
+            what = named.get(ch, f"{kind} (U+{ord(ch):04X})")
+            raise UserError(
+                f"the API key in {source} holds {what} at position {i + 1} of {len(key)}, which no "
+                "HTTP header can carry: set it to the key alone"
+            )
+    return key
+
+
+def check_base_url(url: str) -> str:
+    """An http:// or https:// address (urllib would fail on anything else with a bare ValueError)."""
+    if not url.startswith(("http://", "https://")) or any(not "!" <= ch <= "~" for ch in url):
+        raise UserError(f"--base-url {excerpt(url, 80)} is not an http:// or https:// address")
+    return url
+
+
+def parse_retry_after(value) -> float | None:
+    """A Retry-After header's seconds, or None for an HTTP date or anything that is not a number >= 0."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 class Malformed(ValueError):
     pass
 
@@ -116,15 +153,27 @@ class Backend:
     kind: str  # "openai" or "ollama"
     model: str
     base_url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # no repr: a printed Backend shows no key
     timeout: float = 60.0  # seconds for the whole request: connect, headers and body
+
+    def __post_init__(self):
+        check_base_url(self.base_url)
+        if self.api_key:
+            self.api_key = check_api_key(self.api_key, "the judge's key")
 
     def redact(self, text: str) -> str:
         return redact(text, [self.api_key])
 
     def request(self, prompt: str) -> str:
-        """The judge's reply text (the API key redacted from it, as from every error message)."""
-        return self.redact(self._request(prompt))
+        """The judge's reply text. The API key is redacted from it and from the message of whatever
+        this raises, the exceptions no handler below expected (a bug: their traceback is kept) too."""
+        try:
+            return self.redact(self._request(prompt))
+        except (Transient, Malformed, UserError) as exc:
+            exc.args = tuple(self.redact(a) if isinstance(a, str) else a for a in exc.args)
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it is, its message may quote the key
+            raise RuntimeError(self.redact(f"judge request failed: {type(exc).__name__}: {exc}")) from None
 
     def _chat_request(self, prompt: str) -> tuple[str, urllib.request.Request]:
         """The chat endpoint's URL and the POST that asks it for one deterministic reply to `prompt`."""
@@ -144,10 +193,7 @@ class Backend:
         """What an HTTP error status means: try again later (429, 5xx; with the server's Retry-After),
         or a UserError quoting the start of the answer's body, redacted."""
         if exc.code == 429 or exc.code >= 500:
-            retry = exc.headers.get("Retry-After")
-            return Transient(
-                f"HTTP {exc.code}", float(retry) if retry and retry.replace(".", "").isdigit() else None
-            )
+            return Transient(f"HTTP {exc.code}", parse_retry_after(exc.headers.get("Retry-After")))
         try:
             with deadline:
                 text = exc.read(65536).decode("utf-8", "replace")
@@ -182,7 +228,11 @@ class Backend:
             raise Malformed("the reply body is not JSON") from None
         try:
             if self.kind == "openai":
-                return reply["choices"][0]["message"]["content"]
-            return reply["message"]["content"]
+                content = reply["choices"][0]["message"]["content"]
+            else:
+                content = reply["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise Malformed("the reply has no message content") from None
+        if not isinstance(content, str):  # null, a number, a list, an object: not a reply to parse
+            raise Malformed(f"the reply's message content is {type(content).__name__}, not text")
+        return content

@@ -10,6 +10,8 @@ What the page shows and where it comes from:
     chart            drawn here from metrics.jsonl: titled with the run's preset and model, and a
                      dashed line at every step the run was resumed from (RUN/resumes.jsonl)
     sample, config   RUN/sample.txt (wrapped, not one long line) and RUN/config.json
+    left out         each of those files that is not a plain file inside the run dir, or is torn or
+                     misshapen (eval/run_files.py reads them): named with why, and said through `log`
 
 Each section is built once, as a `Section` (a title and a `Table`, `Pre` or `Image`), and rendered
 twice: `render_markdown` and `render_html`. Everything read from the run dir is escaped in the HTML.
@@ -26,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from baseforge.eval.run_files import RunReader
+from baseforge.fileio import atomic_write_bytes, atomic_write_text
 from baseforge.progress import format_duration
 from baseforge.rundir import RunDir
 from baseforge.train.charts import chart_png
-from baseforge.train.metrics import MetricsRow, read_metrics, read_resumes
+from baseforge.train.metrics import MetricsRow, read_metrics
 from baseforge.train.mfu import format_mfu
 
 DASH = "–"
@@ -106,7 +109,7 @@ def _eval_table(name: str, result, run: Path) -> tuple[list[str], list[list[str]
 def _same_path(spec: str, run: Path) -> bool:
     try:
         return Path(spec).resolve() == run.resolve()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # a model name from the file: any text, even a loop
         return False
 
 
@@ -173,22 +176,20 @@ class _RunFiles:
     metrics: list[MetricsRow]
     resumes: list[int]
     sample: str | None
+    left_out: list[tuple[str, str]]  # (file, why) for each file not shown
 
 
 def _read_run(run_dir: RunDir) -> _RunFiles:
     run = run_dir.path
-    evals = (
-        {p.stem: json.loads(p.read_text()) for p in sorted((run / "evals").glob("*.json"))}
-        if (run / "evals").is_dir()
-        else {}
-    )
+    reader = RunReader(run_dir)  # every file but metrics.jsonl: plain files inside the run dir only
     return _RunFiles(
-        config=json.loads(run_dir.config.read_text()),
-        summary=json.loads(run_dir.summary.read_text()) if run_dir.summary.is_file() else {},
-        evals=evals,
+        config=reader.record(run_dir.config, "run config"),
+        summary=reader.record(run_dir.summary, "run summary"),
+        evals=reader.evals(),
         metrics=read_metrics(run),
-        resumes=read_resumes(run),
-        sample=run_dir.sample.read_text() if run_dir.sample.is_file() else None,
+        resumes=reader.resumes(),
+        sample=reader.text(run_dir.sample),
+        left_out=reader.left_out,
     )
 
 
@@ -219,6 +220,9 @@ def _training_sections(files: _RunFiles) -> list[Section]:
 
 def _sections(run: Path, files: _RunFiles, png: bytes | None, chart_title: str) -> list[Section]:
     sections = _training_sections(files)
+    if files.left_out:  # first: a reader should know what the page does not show
+        left_out = Table(["file", "left out because"], [list(row) for row in files.left_out], right_from=2)
+        sections.insert(0, Section("Left out", left_out))
     for name, result in files.evals.items():
         table = _eval_table(name, result, run)
         body = Table(*table) if table else Pre(json.dumps(result, indent=2), lang="json")
@@ -307,16 +311,19 @@ def render_html(page: Page) -> str:
     )
 
 
-def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, Path]:
-    """Write report.md, report.html and report.png into `out` (default: the run dir)."""
+def build_report(run: Path | str, out: Path | str | None = None, log=None) -> tuple[Path, Path]:
+    """Write report.md, report.html and report.png into `out` (default: the run dir); each file left
+    out of the page is also said through `log`, one line each."""
     run_dir = RunDir(run)
     run = run_dir.path
-    if not run_dir.config.is_file():
+    if not (run_dir.config.exists() or run_dir.config.is_symlink()):
         raise UserError(f"{run} is not a run dir (no config.json)")
     out = Path(out) if out is not None else run
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     files = _read_run(run_dir)
+    for name, why in files.left_out if log else ():
+        log(f"left out {name}: {why}")
     title = _chart_title(run, files.config, files.summary)
     png = chart_png(run, title, files.resumes)
     resumed = ", ".join(f"{s:,}" for s in files.resumes)
@@ -329,10 +336,3 @@ def build_report(run: Path | str, out: Path | str | None = None) -> tuple[Path, 
     atomic_write_text(out / "report.md", render_markdown(page))
     atomic_write_text(out / "report.html", render_html(page))
     return out / "report.md", out / "report.html"
-
-
-def save_eval(run: Path | str, name: str, result) -> Path:
-    """Keep an evaluation's result with a run (RUN/evals/NAME.json), for the report."""
-    path = Path(run) / "evals" / f"{name}.json"
-    atomic_write_json(path, result)
-    return path
