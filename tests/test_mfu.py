@@ -3,6 +3,8 @@ FLOPs a run's MFU counts."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -149,3 +151,14 @@ def test_mfu_counts_each_steps_own_attention_window(shakespeare_dir, tmp_path):
         seconds = 512 / row.tokens_per_s  # one step of 8 x 64 tokens a row
         assert row.mfu == pytest.approx(512 * model.flops_per_token(window) / seconds / peak, rel=1e-6)
     assert model.flops_per_token(windows[0]) < model.flops_per_token()
+    # summary.json's MFU is the whole run's, beside the whole run's tokens/s (not the last row's)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    flops = sum(512 * model.flops_per_token(w) for w in windows)
+    assert summary["mfu"] == pytest.approx(flops / summary["train_seconds"] / peak, rel=1e-6)
+    assert summary["mfu"] != pytest.approx(rows[-1].mfu, rel=1e-3)
+
+
+def test_a_ratio_keeps_two_figures():
+    from baseforge.progress import format_ratio
+
+    assert [format_ratio(x) for x in (0.05, 0.123, 5.0, 20.0, 123.4)] == ["0.05", "0.12", "5", "20", "123"]

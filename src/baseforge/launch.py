@@ -27,7 +27,7 @@ from baseforge.eval.models import load_any
 from baseforge.model import GPT
 from baseforge.overrides import parse_overrides, parse_value
 from baseforge.plan.memory import activation_bytes, shape_of, state_bytes
-from baseforge.progress import format_duration
+from baseforge.progress import format_duration, format_ratio
 from baseforge.rundir import RunDir
 from baseforge.train.build import total_steps
 from baseforge.train.checkpoint.data_record import data_use, read_data_history
@@ -138,7 +138,7 @@ def dry_run_report(config: RunConfig, path: Path) -> str:
     lines += [
         f"tokens per step: {per_step:,} ({sequences} sequences x {config.model.context}; one process)",
         *filter(None, [plan.describe()]),
-        f"steps: {steps:,}; tokens: {tokens:,} ({tokens / n_params:.1f} per parameter)",
+        f"steps: {steps:,}; tokens: {tokens:,} ({format_ratio(tokens / n_params)} per parameter)",
         f"data: {path} (tokenizer {data.tokenizer.name})",
     ]
     return "\n".join(lines + preflight(config, data))

@@ -36,6 +36,11 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def format_ratio(x: float) -> str:
+    """A ratio to two significant figures: 20, 5.0, 0.05 (one decimal would print 0.05 as 0.0)."""
+    return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+
+
 def format_count(n: float) -> str:
     """1.2B, 3.4M, 56.7k, 89."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -45,6 +45,7 @@ class RunState:
     bad_in_row: int = 0  # non-finite steps in a row, up to now
     clipped: int = 0  # steps whose gradient norm was clipped, in all
     elapsed_s: float = 0.0  # training wall time, evaluation excluded
+    flops: float = 0.0  # training FLOPs of every step so far (the whole run's MFU)
     tail_from: int = 0  # an extended run's schedule: from this step on (0: not extended) ...
     tail_lr: float = 1.0  # ... the tail starts at this multiplier of the peak (schedule.Schedule)
     interval: LogInterval = field(default_factory=LogInterval)
@@ -70,6 +71,7 @@ class RunState:
         self.interval.flops += flops
         self.interval.seconds += seconds
         self.elapsed_s += seconds
+        self.flops += flops
 
     def record_val(self, val: float) -> None:
         improved = self.best_val is None or val < self.best_val

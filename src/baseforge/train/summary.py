@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from baseforge.generate import generate
 from baseforge.model.attention import BACKEND_NAMES, FLEX, masked_backend
-from baseforge.progress import format_count, format_duration
+from baseforge.progress import format_count, format_duration, format_ratio
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_mean
 from baseforge.train.metrics import MetricsRow, peak_memory
@@ -28,7 +28,8 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"peak {format_peak(rt.peak, rt.peak_source)}; "
         f"batch {layout.global_batch} x {c.context} tokens = micro {layout.micro_batch} x accum "
         f"{layout.grad_accum} x {world} processes",
-        f"{run.total} steps, {format_count(tokens)} tokens ({tokens / n_params:.1f} per parameter); "
+        f"{run.total} steps, {format_count(tokens)} tokens "
+        f"({format_ratio(tokens / n_params)} per parameter); "
         f"train split {format_count(data.train_tokens)} tokens",
         *filter(
             None,
@@ -146,7 +147,8 @@ def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dic
         "precision": rt.precision.name,
         "device": str(rt.device),
         "processes": rt.dist.world,
-        "mfu": last_row.mfu if last_row else None,
+        # The whole run's, as tokens_per_s is (each metrics row holds its own interval's)
+        "mfu": state.flops / max(state.elapsed_s, 1e-9) / (rt.peak * rt.dist.world) if state.flops else None,
         "peak_source": rt.peak_source,
         "flex_compiles": FLEX.compiles,  # FlexAttention's compiled training shapes in this process
     }
