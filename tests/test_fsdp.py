@@ -235,8 +235,8 @@ def test_each_rank_restores_its_own_rng_and_new_ranks_are_seeded():
         states.append(rng.rng_state())
     rng.restore_rng(states, DistInfo(rank=1, world=2), "cpu", 1337, 4)
     assert torch.equal(torch.get_rng_state(), states[1]["torch"])
-    assert rng.restore_rng(states[0], DistInfo(rank=0, world=1), "cpu", 1337, 4)  # an older checkpoint
-    assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+    with pytest.raises(UserError, match="not a list by rank"):  # one dict: not a state this writes
+        rng.restore_rng(states[0], DistInfo(rank=0, world=1), "cpu", 1337, 4)
     # Three ranks resuming a two-rank checkpoint: rank 2 has none and is seeded from (seed, rank, step).
     assert not rng.restore_rng(states, DistInfo(rank=2, world=3), "cpu", 1337, 4)
     first = torch.rand(3)

@@ -4,7 +4,7 @@ Every rank seeds `seed` before building the model, so the initial weights agree 
 do ranks >= 1 switch to their own stream (`rank_seed`), and rank 0's is left as it was, so one process
 trains as it always did.
 
-A checkpoint holds every rank's RNG state (a list, rank 0 first; older checkpoints hold one dict). On
+A checkpoint holds every rank's RNG state (a list, rank 0 first). On
 resume each rank restores its own; where the world size changed, a rank without a saved state is seeded
 deterministically from (seed, rank, step) (`restore_rng`). CUDA states are per device: a process saves
 and restores the generator of its own device only, so any GPU count resumes.
@@ -68,12 +68,14 @@ def gather_rng_states(dist: DistInfo, device: torch.device | str = "cpu") -> lis
 def restore_rng(saved, dist: DistInfo, device, seed: int, step: int) -> bool:
     """Restore this rank's own RNG state; False when the checkpoint has none for this rank.
 
-    `saved` is the trainer state's "rng": a list by rank, or one dict (older checkpoints: rank 0's).
+    `saved` is the trainer state's "rng": a list by rank.
     Same world size: every rank continues its stream exactly. Otherwise ranks below the saved world size
     still take their own saved state, and the others are seeded from (seed, rank, step): deterministic,
     though no longer the stream an unchanged world size would have drawn.
     """
-    states = saved if isinstance(saved, list) else [saved]
+    if not isinstance(saved, list):
+        raise UserError("the checkpoint's RNG states are not a list by rank; resume from another checkpoint")
+    states = saved
     if dist.rank < len(states):
         try:
             set_rng_state(states[dist.rank], device)

@@ -24,7 +24,7 @@ class LogInterval:
     clipped: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    flops: float = 0.0  # training FLOPs of those tokens (MFU's numerator; 0 in older checkpoints)
+    flops: float = 0.0  # training FLOPs of those tokens (MFU's numerator)
 
     def mean_loss(self) -> float:
         return self.loss_sum / max(self.steps, 1)
@@ -88,7 +88,7 @@ class RunState:
         numbers >= 0, losses and times finite; unknown keys (the tokenizer record, ...) are ignored."""
         values = {f.name: _field(saved, f.name, f.type, path) for f in fields(cls) if f.name != "interval"}
         kept = {k: v for k, v in values.items() if v is not None or k in _NULLABLE}
-        interval = saved.get("interval", saved.get("row"))  # "row": checkpoints written before RunState
+        interval = saved.get("interval")
         if interval is None:
             return cls(**kept)
         if not isinstance(interval, dict):
