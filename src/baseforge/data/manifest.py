@@ -79,10 +79,6 @@ class Manifest:
     def eot_id(self) -> int | None:
         return self.tokenizer.get("eot_id")
 
-    def split_tokens(self, split: str) -> int:
-        entry = self.splits.get(split)
-        return entry.tokens if entry else 0
-
     def to_json(self) -> dict:
         splits = {
             name: {
