@@ -9,7 +9,9 @@ One checkpoint (the run dir's layout is rundir.py's):
         dcp/                         FSDP runs only: every rank's shards of the weights and optimizer
                                      state (torch.distributed.checkpoint; see sharded.py), which then
                                      stay out of trainer.*; model.safetensors is still written whole
-        state.json                   step, tokens seen, data position, losses, tokenizer record
+        state.json                   step, tokens seen, data position, losses, tokenizer record, and
+                                     "files": the sha256 and size of model.*, trainer.* and dcp/'s
+                                     files, verified before each is read (see integrity.py)
         config.json                  the resolved config
         tokenizer.json               for trained BPE tokenizers
 
@@ -17,7 +19,8 @@ A checkpoint is written under a temporary name and renamed into place, and only 
 pointers move (also atomically), so a kill at any moment leaves `latest` on a complete one.
 Checkpoints of imported models (and trainer-less writes) have no trainer.* files. Nothing in a
 checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON
-(DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP).
+(DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP). Nothing in one is
+trusted either: the files are verified against their checksums (integrity.py).
 
 Which backend writes and reads a live run's checkpoint (plain or DCP shards) is decided in one place,
 train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
@@ -43,13 +46,15 @@ from baseforge.model import GPT
 from baseforge.records import count, excerpt, read_json, text
 from baseforge.rundir import RunDir, step_of
 from baseforge.tokenizer import Tokenizer, load_tokenizer
-from baseforge.train.checkpoint import statefile
+from baseforge.train.checkpoint import integrity, statefile
 from baseforge.train.rng import rng_state
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 MAX_VOCAB = 1 << 24  # a tokenizer larger than this is not one baseforge wrote
 TRAINER_TENSORS, TRAINER_JSON = "trainer.safetensors", "trainer.json"
+CHECKSUMMED = (MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON)  # and every file under dcp/ (sharded.DCP)
+DCP = "dcp"
 
 
 def model_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -113,8 +118,9 @@ def save_checkpoint(
                 skeleton, tensors = statefile.encode(trainer)
                 save_file(tensors, str(tmp / TRAINER_TENSORS))
                 (tmp / TRAINER_JSON).write_text(json.dumps(skeleton))
+            files = integrity.record_files(tmp, CHECKSUMMED, tree=DCP)
             (tmp / STATE_FILE).write_text(
-                json.dumps({**state, "step": step, "tokenizer": tokenizer.record()}, indent=2)
+                json.dumps({**state, "step": step, "tokenizer": tokenizer.record(), "files": files}, indent=2)
             )
             (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             tokenizer.save(tmp)
@@ -237,11 +243,13 @@ def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
 
 
 def read_model_tensors(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, the file verified against its checksum first."""
     path = ckpt / MODEL_FILE
     if path.is_symlink():
         raise UserError(
             f"{path} is a symlink; baseforge loads weights only from a plain file in the checkpoint"
         )
+    integrity.verify(ckpt / STATE_FILE, [MODEL_FILE])
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
@@ -278,9 +286,10 @@ def read_trainer_state(ckpt: Path) -> dict:
             f"{ckpt} was written by an older baseforge: its trainer.pt is a pickle, which baseforge no "
             "longer loads (a pickle can run code). Its weights still load (sample, eval, export, finetune)"
         )
-    skeleton = read_json(ckpt / TRAINER_JSON, "trainer state")
     if (ckpt / TRAINER_TENSORS).is_symlink():
         raise UserError(f"{ckpt / TRAINER_TENSORS} is a symlink; resume from another checkpoint")
+    integrity.verify(ckpt / STATE_FILE, [TRAINER_JSON, TRAINER_TENSORS])
+    skeleton = read_json(ckpt / TRAINER_JSON, "trainer state")
     try:
         state = statefile.decode(skeleton, load_file(str(ckpt / TRAINER_TENSORS)))
     except (SafetensorError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,0 +1,152 @@
+"""A checkpoint is verified before anything trusts it: its tensor files against the checksums its state.json
+records. Each failure is one line naming the file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from baseforge.config import load_run_config
+from baseforge.errors import UserError
+from baseforge.runlock import LOCK_FILE
+from baseforge.train.checkpoint.format import load_model
+from baseforge.train.loop import Trainer
+from helpers import TINY, assert_clean_error, baseforge, sets
+
+SHORT = [*TINY, "max_steps=4", "checkpoint_every=2"]
+CKPT = Path("checkpoints") / "step_0000004"
+
+
+@pytest.fixture(scope="module")
+def trained(shakespeare_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("integrity") / "run"
+    result = baseforge(
+        "train", "--data", shakespeare_dir, "--out", run, "--preset", "cpu-tiny", *sets(*SHORT)
+    )
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    copy = tmp_path / "box" / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def tree(path: Path) -> dict:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
+
+
+def flip_tensor_bytes(path: Path, n: int, seed: int = 0) -> None:
+    """Flip `n` bytes of tensor data (after safetensors' 8-byte length and JSON header), as a bad disk
+    or a torn copy would: the header still parses, so only a checksum can tell."""
+    data = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    rng = random.Random(seed)
+    for at in rng.sample(range(start, len(data)), n):
+        data[at] ^= rng.randrange(1, 256)
+    path.write_bytes(bytes(data))
+
+
+def edit_json(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def resume(run: Path, data: Path) -> Trainer:
+    trainer = Trainer(load_run_config(run), data, run, resume=True, log=lambda *_: None)
+    trainer.setup()
+    return trainer
+
+
+def test_every_tensor_file_is_recorded_with_its_checksum(run):
+    files = json.loads((run / CKPT / "state.json").read_text())["files"]
+    assert set(files) == {"model.safetensors", "trainer.safetensors", "trainer.json"}
+    for name, record in files.items():
+        data = (run / CKPT / name).read_bytes()
+        assert record == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def test_flipped_bytes_in_the_weights_are_refused_naming_the_file(run):
+    flip_tensor_bytes(run / CKPT / "model.safetensors", 1000)
+    before = tree(run)
+    result = baseforge("sample", run, "--max-new-tokens", "4", "--prompt", "x")
+    assert_clean_error(result, "model.safetensors", "checksum", "--which")
+    assert tree(run) == before
+
+
+def test_flipped_bytes_refuse_a_resume_and_nothing_is_set_aside(run, shakespeare_dir):
+    flip_tensor_bytes(run / CKPT / "trainer.safetensors", 1000, seed=1)
+    before = tree(run)
+    result = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume")
+    assert_clean_error(result, "trainer.safetensors", "step_0000004", "checksum")
+    assert tree(run) == before
+
+
+def test_flipped_bytes_in_the_weights_refuse_a_resume(run, shakespeare_dir):
+    flip_tensor_bytes(run / CKPT / "model.safetensors", 1000, seed=2)
+    with pytest.raises(UserError, match="model.safetensors fails its checksum"):
+        resume(run, shakespeare_dir)
+
+
+def test_a_changed_digit_in_the_trainer_record_is_refused(run, shakespeare_dir):
+    path = run / CKPT / "trainer.json"
+    text = path.read_text()
+    assert '"eps": 1e-08' in text
+    path.write_text(text.replace('"eps": 1e-08', '"eps": 1e-09', 1))  # still valid, silently different
+    with pytest.raises(UserError, match="trainer.json"):
+        resume(run, shakespeare_dir)
+
+
+def test_a_checkpoint_that_records_no_checksums_is_refused(run):
+    edit_json(run / CKPT / "state.json", lambda s: s.pop("files", None))
+    with pytest.raises(UserError, match="no checksum.*--which"):
+        load_model(run)
+
+
+def test_an_earlier_checkpoint_still_loads_when_the_latest_is_damaged(run):
+    flip_tensor_bytes(run / CKPT / "model.safetensors", 1000)
+    _, _, info = load_model(run / "checkpoints" / "step_0000002")
+    assert info["state"]["step"] == 2
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process, on purpose
+def test_sharded_checkpoints_verify_every_dcp_file(run, tmp_path):
+    """An FSDP checkpoint's dcp/ files are recorded and verified too (written here by one process, which
+    DCP allows without a process group); consolidate records the model.safetensors it writes."""
+    import torch.distributed.checkpoint as dcp
+
+    from baseforge.train.checkpoint.format import save_checkpoint
+    from baseforge.train.checkpoint.sharded import consolidate
+
+    model, tokenizer, info = load_model(run)
+    staged = tmp_path / "sharded" / "checkpoints" / ".step_0000004.dcp.tmp"
+    dcp.save({"model": model.state_dict()}, checkpoint_id=staged / "dcp")
+    args = dict(step=4, model=model, config=info["config"], tokenizer=tokenizer, state={"tokens": 2048})
+    ckpt = save_checkpoint(tmp_path / "sharded", staged=staged, **args)
+    files = json.loads((ckpt / "state.json").read_text())["files"]
+    assert "dcp/.metadata" in files and sum(name.endswith(".distcp") for name in files) >= 1
+
+    (ckpt / "model.safetensors").unlink()
+    consolidate(ckpt)
+    assert load_model(ckpt)[0].state_dict().keys() == model.state_dict().keys()  # its new record verifies
+
+    (ckpt / "model.safetensors").unlink()
+    shard = next((ckpt / "dcp").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"dcp/{shard.name} fails its checksum"):
+        consolidate(ckpt)
