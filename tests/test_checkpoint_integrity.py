@@ -1,16 +1,20 @@
 """A checkpoint is verified before anything trusts it: its tensor files against the checksums its state.json
-records. Each failure is one line naming the file."""
+records, its weights' shapes against the config before anything is allocated, and its weights for
+non-finite values. Each failure is one line naming the file."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import resource
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from baseforge.config import load_run_config
 from baseforge.errors import UserError
@@ -57,6 +61,19 @@ def flip_tensor_bytes(path: Path, n: int, seed: int = 0) -> None:
     for at in rng.sample(range(start, len(data)), n):
         data[at] ^= rng.randrange(1, 256)
     path.write_bytes(bytes(data))
+
+
+def rewrite_tensors(ckpt: Path, change) -> None:
+    """Rewrite model.safetensors with `change` applied, and record the new file's checksum as a checkpoint
+    written so would (these are weights a run or an import could write, not a damaged file)."""
+    path = ckpt / "model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    state = json.loads((ckpt / "state.json").read_text())
+    record = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    state.setdefault("files", {})["model.safetensors"] = record
+    (ckpt / "state.json").write_text(json.dumps(state))
 
 
 def edit_json(path: Path, change) -> None:
@@ -120,6 +137,41 @@ def test_an_earlier_checkpoint_still_loads_when_the_latest_is_damaged(run):
     flip_tensor_bytes(run / CKPT / "model.safetensors", 1000)
     _, _, info = load_model(run / "checkpoints" / "step_0000002")
     assert info["state"]["step"] == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(run, bad):
+    def poison(tensors):
+        tensors["transformer.h.1.mlp.c_fc.weight"][3, 5] = bad
+
+    rewrite_tensors(run / CKPT, poison)
+    with pytest.raises(UserError, match=r"step_0000004: transformer\.h\.1\.mlp\.c_fc\.weight .*not finite"):
+        load_model(run)  # it loaded before, and sampling then failed in torch.multinomial
+
+
+def _small_address_space():
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # far below the 51 GB it would ask for
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_allocating(run):
+    edit_json(run / CKPT / "config.json", lambda c: c["model"].update(n_embd=65536))
+    result = baseforge("sample", run, "--max-new-tokens", "4", preexec_fn=_small_address_space)
+    assert_clean_error(result, "config.json", "model.safetensors", "shape")
+
+
+def test_a_config_vocabulary_larger_than_the_weights_is_refused_by_shape(run):
+    edit_json(run / CKPT / "config.json", lambda c: c["model"].update(vocab_size=1 << 24))
+    with pytest.raises(UserError, match=r"transformer\.wte\.weight"):
+        load_model(run)
+
+
+def test_a_missing_or_extra_tensor_is_refused_before_loading(run):
+    rewrite_tensors(run / CKPT, lambda t: t.pop("transformer.h.1.ln_2.weight"))
+    with pytest.raises(UserError, match=r"transformer\.h\.1\.ln_2\.weight"):
+        load_model(run)
+    rewrite_tensors(run / CKPT, lambda t: t.update(planted=torch.zeros(2)))
+    with pytest.raises(UserError, match="planted"):
+        load_model(run)
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process, on purpose

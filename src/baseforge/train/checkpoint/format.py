@@ -20,7 +20,8 @@ pointers move (also atomically), so a kill at any moment leaves `latest` on a co
 Checkpoints of imported models (and trainer-less writes) have no trainer.* files. Nothing in a
 checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON
 (DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP). Nothing in one is
-trusted either: the files are verified against their checksums (integrity.py).
+trusted either: the files are verified against their checksums, the weights' shapes against the config
+(before the model is allocated) and their values for NaN and inf (integrity.py).
 
 Which backend writes and reads a live run's checkpoint (plain or DCP shards) is decided in one place,
 train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
@@ -62,7 +63,12 @@ def model_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return drop_tied_head({k: v.detach().contiguous() for k, v in model.state_dict().items()}, model.config)
 
 
-def drop_tied_head(tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def expected_shapes(model: GPT) -> dict[str, torch.Size]:
+    """The names and shapes model_tensors gives for `model` (which may be on the meta device)."""
+    return drop_tied_head({k: v.shape for k, v in model.state_dict().items()}, model.config)
+
+
+def drop_tied_head(tensors: dict, config) -> dict:
     """A tied output head is stored once, as wte: safetensors refuses shared tensors; re-tied on load."""
     if config.tie_weights:
         tensors.pop("lm_head.weight", None)
@@ -242,29 +248,43 @@ def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
     return config, state
 
 
-def read_model_tensors(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A checkpoint's weights, the file verified against its checksum first."""
+def read_model_tensors(
+    ckpt: Path, expected: dict[str, torch.Size], device: str | torch.device = "cpu", by: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, checked: the file against its checksum, then its names and shapes against
+    `expected` (expected_shapes of the model `by` describes; default the checkpoint's config.json) before
+    any is read, then every value finite."""
     path = ckpt / MODEL_FILE
     if path.is_symlink():
         raise UserError(
             f"{path} is a symlink; baseforge loads weights only from a plain file in the checkpoint"
         )
     integrity.verify(ckpt / STATE_FILE, [MODEL_FILE])
+    integrity.check_shapes(path, expected, by or str(ckpt / "config.json"))
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise UserError(
             f"{path} is not readable safetensors ({excerpt(str(exc), 80)}); it is torn or corrupt"
         ) from None
+    integrity.check_finite(ckpt, tensors)
+    return tensors
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu", which: str = "latest"):
-    """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune."""
+    """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune.
+
+    Everything is checked before the model is allocated: its shapes come from a copy on the meta device."""
     ckpt = find_checkpoint(path, which)
     config, state = read_checkpoint_meta(ckpt)
-    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"], state["tokenizer"].get("eot_id")).model)
-    load_checked(model, read_model_tensors(ckpt), ckpt)
-    tokenizer = load_tokenizer(state["tokenizer"], ckpt)
+    record = state["tokenizer"]
+    model_config = config.with_vocab(record["vocab_size"], record.get("eot_id")).model
+    with torch.device("meta"):
+        expected = expected_shapes(GPT(model_config))
+    tensors = read_model_tensors(ckpt, expected)
+    tokenizer = load_tokenizer(record, ckpt)
+    model = GPT(model_config)
+    load_checked(model, tensors, ckpt)
     model.to(device).eval()
     return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
 
