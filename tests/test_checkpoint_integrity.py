@@ -1,6 +1,6 @@
 """A checkpoint is verified before anything trusts it: its tensor files against the checksums its state.json
-records, its weights' shapes against the config before anything is allocated, and its weights for
-non-finite values. Each failure is one line naming the file."""
+records, its tokenizer against the record it was built from, its weights' shapes against the config before
+anything is allocated, and its weights for non-finite values. Each failure is one line naming the file."""
 
 from __future__ import annotations
 
@@ -137,6 +137,33 @@ def test_an_earlier_checkpoint_still_loads_when_the_latest_is_damaged(run):
     flip_tensor_bytes(run / CKPT / "model.safetensors", 1000)
     _, _, info = load_model(run / "checkpoints" / "step_0000002")
     assert info["state"]["step"] == 2
+
+
+def test_a_tokenizer_record_renamed_to_gpt2_is_refused(run, gpt2_available):
+    edit_json(run / CKPT / "state.json", lambda s: s["tokenizer"].update(name="gpt2"))
+    with pytest.raises(
+        UserError, match=r"state.json records tokenizer gpt2 \(512 tokens.* builds gpt2 \(50257"
+    ):
+        load_model(run)  # it loaded before, and sampling then ended in an IndexError
+
+
+def test_a_tokenizer_record_with_another_vocab_size_is_refused(run):
+    edit_json(run / CKPT / "state.json", lambda s: s["tokenizer"].update(vocab_size=500))
+    with pytest.raises(UserError, match="tokenizer"):
+        load_model(run)
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_is_refused(run):
+    """A consistent record of another, larger tokenizer (file, hash and size all swapped): its ids past the
+    model's embeddings would fail in the middle of sampling."""
+    from baseforge.tokenizer import TrainedBPETokenizer
+
+    texts = [(run / CKPT / "tokenizer.json").read_text()[:20000]]
+    larger = TrainedBPETokenizer.train(texts, 600)
+    larger.save(run / CKPT)
+    edit_json(run / CKPT / "state.json", lambda s: s.update(tokenizer=larger.record()))
+    with pytest.raises(UserError, match="more ids than the model's 512 embeddings"):
+        load_model(run)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -21,7 +21,8 @@ Checkpoints of imported models (and trainer-less writes) have no trainer.* files
 checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON
 (DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP). Nothing in one is
 trusted either: the files are verified against their checksums, the weights' shapes against the config
-(before the model is allocated) and their values for NaN and inf (integrity.py).
+(before the model is allocated) and their values for NaN and inf, and the tokenizer built from the record
+against the record's content hash and size (integrity.py, tokenizer.check_built).
 
 Which backend writes and reads a live run's checkpoint (plain or DCP shards) is decided in one place,
 train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
@@ -46,7 +47,7 @@ from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
 from baseforge.records import count, excerpt, read_json, text
 from baseforge.rundir import RunDir, step_of
-from baseforge.tokenizer import Tokenizer, load_tokenizer
+from baseforge.tokenizer import Tokenizer, check_built, load_tokenizer
 from baseforge.train.checkpoint import integrity, statefile
 from baseforge.train.rng import rng_state
 
@@ -283,6 +284,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", which: str 
         expected = expected_shapes(GPT(model_config))
     tensors = read_model_tensors(ckpt, expected)
     tokenizer = load_tokenizer(record, ckpt)
+    check_built(tokenizer, record, str(ckpt / STATE_FILE), model_config.known_vocab_size)
     model = GPT(model_config)
     load_checked(model, tensors, ckpt)
     model.to(device).eval()
