@@ -306,7 +306,7 @@ def read_trainer_state(ckpt: Path) -> dict:
     if (ckpt / "trainer.pt").is_file() and not (ckpt / TRAINER_JSON).is_file():
         raise UserError(
             f"{ckpt} was written by an older baseforge: its trainer.pt is a pickle, which baseforge no "
-            "longer loads (a pickle can run code). Its weights still load (sample, eval, export, finetune)"
+            "longer loads (a pickle can run code), so it cannot be resumed: start the run again"
         )
     if (ckpt / TRAINER_TENSORS).is_symlink():
         raise UserError(f"{ckpt / TRAINER_TENSORS} is a symlink; resume from another checkpoint")
