@@ -13,7 +13,7 @@ in one line. state.json, config.json and tokenizer.json are left out: they are r
 
 Why sha256: on CPUs with SHA extensions it is hashlib's fastest strong hash (on the 2-core AVX2 + SHA-NI
 VM measured: sha256 1.37 GB/s, sha1 1.54, md5 0.60, blake2b 0.53, in memory), so nothing was worth a
-weaker one. Verifying costs 0.73 to 1.17 s per GB there, from the page cache, the range being other jobs
+weaker one. Verifying costs 0.73 to 1.19 s per GB there, from the page cache, the range being other jobs
 on the same cores (`python benchmarks/bench_checksum.py --repeat 5`: a 1 GiB safetensors file; reading it
 with the NaN/inf check below costs 0.15 to 0.25 s per GB). Saving hashes each file once more after
 writing it: about as much again per checkpoint, on rank 0.
