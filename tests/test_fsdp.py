@@ -23,6 +23,7 @@ from baseforge.model.config import ModelConfig
 from baseforge.presets import preset_config
 from baseforge.train import rng
 from baseforge.train.checkpoint import format as ckpt
+from baseforge.train.checkpoint.integrity import digest
 from baseforge.train.distributed import DistInfo
 from baseforge.train.metrics import read_metrics
 from baseforge.train.parallel import recompute_blocks, shard_model
@@ -124,6 +125,11 @@ def test_a_sharded_index_that_would_run_code_is_refused(runs, tmp_path):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     (copy / "dcp" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UserError, match="metadata fails its checksum"):  # refused before it is unpickled
+        consolidate(copy)
+    state = json.loads((copy / "state.json").read_text())  # recorded so: past the checksum, to the unpickler
+    state["files"]["dcp/.metadata"] = digest(copy / "dcp" / ".metadata")
+    (copy / "state.json").write_text(json.dumps(state))
     with pytest.raises(UserError, match="not allowed in a DCP index"):
         consolidate(copy)
     assert not (tmp_path / "pwned").exists()

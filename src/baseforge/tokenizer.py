@@ -23,7 +23,7 @@ import numpy as np
 
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_text
-from baseforge.records import inside
+from baseforge.records import excerpt, inside
 
 EOT = "<|endoftext|>"
 GPT2_DIR_ENV = "BASEFORGE_GPT2_DIR"  # a folder with OpenAI's vocab.bpe + encoder.json
@@ -252,6 +252,31 @@ def load_tokenizer(record: dict, directory: Path | None = None) -> Tokenizer:
     return tok
 
 
+def check_built(tok: Tokenizer, record: dict, where: str, model_vocab: int) -> None:
+    """Refuse (one line) a tokenizer that is not the one `record` (at `where`) describes, by content hash and
+    size, or that has ids a model of `model_vocab` rows lacks. A record's name picks what is built, so an
+    edited name (a trained BPE's record renamed gpt2) would otherwise build another tokenizer."""
+    if tok.sha256 != record.get("sha256") or tok.vocab_size != record.get("vocab_size"):
+        raise UserError(
+            f"{where} records tokenizer {_label(record)}, but it builds {_label(tok.record())}: the record "
+            "was edited; use another checkpoint (--which, or a step_N dir)"
+        )
+    if tok.vocab_size > model_vocab:
+        raise UserError(
+            f"{where}: tokenizer {_label(record)} has more ids than the model's {model_vocab} embeddings; "
+            "the config was edited; use another checkpoint (--which, or a step_N dir)"
+        )
+
+
+def _label(r: dict) -> str:
+    """A tokenizer record in a line, its name as written when it is a short printable one."""
+    name, size = r.get("name"), r.get("vocab_size")
+    plain = isinstance(name, str) and name.isprintable() and len(name) <= 40
+    digest = f", sha256 {str(r['sha256'])[:12]}" if r.get("sha256") else ""
+    count = size if isinstance(size, int) else excerpt(size)
+    return f"{name if plain else excerpt(name)} ({count} tokens{digest})"
+
+
 def check_same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> None:
     """Refuse (UserError, one line) two tokenizer records whose ids mean different tokens.
 
@@ -259,18 +284,14 @@ def check_same_tokenizer(a: dict, b: dict, what_a: str, what_b: str) -> None:
     too, since its identity cannot be checked.
     """
 
-    def label(r: dict) -> str:
-        digest = f", sha256 {str(r['sha256'])[:12]}" if r.get("sha256") else ""
-        return f"{r.get('name')} ({r.get('vocab_size')} tokens{digest})"
-
     for record, what in ((a, what_a), (b, what_b)):
         if not isinstance(record.get("sha256"), str) or not record["sha256"]:
             raise UserError(
-                f"{what} records tokenizer {label(record)} without its content hash, so its identity "
+                f"{what} records tokenizer {_label(record)} without its content hash, so its identity "
                 "cannot be checked; re-run `baseforge prepare` for data, or use a checkpoint that has it"
             )
     if a["sha256"] != b["sha256"]:
         raise UserError(
-            f"{what_a} uses tokenizer {label(a)} but {what_b} uses {label(b)}: the same ids mean different "
+            f"{what_a} uses tokenizer {_label(a)} but {what_b} uses {_label(b)}: the same ids mean different "
             "tokens; use data prepared with the same tokenizer"
         )

@@ -36,7 +36,8 @@ def adamw_groups(named_params, cfg: TrainConfig, lr: float) -> list[dict]:
 
 
 def make_adamw(groups, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    args: dict[str, Any] = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    # float(): a config.json may hold 0 for 0.0, and AdamW refuses betas that are not both floats
+    args: dict[str, Any] = dict(betas=(float(cfg.beta1), float(cfg.beta2)), eps=cfg.eps)
     if device.type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         # One kernel for the whole update: on CPU 3.5x faster than foreach (see train-throughput.md).
         try:

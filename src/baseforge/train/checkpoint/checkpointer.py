@@ -95,7 +95,9 @@ class Checkpointer:
                 "or start the FSDP run from its weights with `baseforge finetune`"
             )
         else:
-            ckpt.load_checked(plain, ckpt.read_model_tensors(path, device), path)
+            expected = ckpt.expected_shapes(plain)
+            weights = ckpt.read_model_tensors(path, expected, device, by="this run's config")
+            ckpt.load_checked(plain, weights, path)
             run.optimizers.load_state_dict(trainer["optimizers"], path)
         if run.train_step.scaler is not None and trainer["scaler"] is not None:
             run.train_step.scaler.load_state_dict(trainer["scaler"])

@@ -9,7 +9,9 @@ One checkpoint (the run dir's layout is rundir.py's):
         dcp/                         FSDP runs only: every rank's shards of the weights and optimizer
                                      state (torch.distributed.checkpoint; see sharded.py), which then
                                      stay out of trainer.*; model.safetensors is still written whole
-        state.json                   step, tokens seen, data position, losses, tokenizer record
+        state.json                   step, tokens seen, data position, losses, tokenizer record, and
+                                     "files": the sha256 and size of model.*, trainer.* and dcp/'s
+                                     files, verified before each is read (see integrity.py)
         config.json                  the resolved config
         tokenizer.json               for trained BPE tokenizers
 
@@ -17,7 +19,10 @@ A checkpoint is written under a temporary name and renamed into place, and only 
 pointers move (also atomically), so a kill at any moment leaves `latest` on a complete one.
 Checkpoints of imported models (and trainer-less writes) have no trainer.* files. Nothing in a
 checkpoint is executed when it is read: weights and trainer tensors are safetensors, the rest JSON
-(DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP).
+(DCP's own metadata file in dcp/ is its format's; baseforge reads it only through DCP). Nothing in one is
+trusted either: the files are verified against their checksums, the weights' shapes against the config
+(before the model is allocated) and their values for NaN and inf, and the tokenizer built from the record
+against the record's content hash and size (integrity.py, tokenizer.check_built).
 
 Which backend writes and reads a live run's checkpoint (plain or DCP shards) is decided in one place,
 train/checkpoint/checkpointer.py; the RNG states it holds are train/rng.py's.
@@ -40,14 +45,16 @@ from baseforge.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from baseforge.model import GPT
 from baseforge.records import count, excerpt, read_json, text
 from baseforge.rundir import RunDir, step_of
-from baseforge.tokenizer import Tokenizer, load_tokenizer
-from baseforge.train.checkpoint import statefile
+from baseforge.tokenizer import Tokenizer, check_built, load_tokenizer
+from baseforge.train.checkpoint import integrity, statefile
 from baseforge.train.rng import rng_state
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 MAX_VOCAB = 1 << 24  # a tokenizer larger than this is not one baseforge wrote
 TRAINER_TENSORS, TRAINER_JSON = "trainer.safetensors", "trainer.json"
+CHECKSUMMED = (MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON)  # and every file under dcp/ (sharded.DCP)
+DCP = "dcp"
 
 
 def model_tensors(model: GPT) -> dict[str, torch.Tensor]:
@@ -55,7 +62,12 @@ def model_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return drop_tied_head({k: v.detach().contiguous() for k, v in model.state_dict().items()}, model.config)
 
 
-def drop_tied_head(tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def expected_shapes(model: GPT) -> dict[str, torch.Size]:
+    """The names and shapes model_tensors gives for `model` (which may be on the meta device)."""
+    return drop_tied_head({k: v.shape for k, v in model.state_dict().items()}, model.config)
+
+
+def drop_tied_head(tensors: dict, config) -> dict:
     """A tied output head is stored once, as wte: safetensors refuses shared tensors; re-tied on load."""
     if config.tie_weights:
         tensors.pop("lm_head.weight", None)
@@ -111,8 +123,9 @@ def save_checkpoint(
                 skeleton, tensors = statefile.encode(trainer)
                 save_file(tensors, str(tmp / TRAINER_TENSORS))
                 (tmp / TRAINER_JSON).write_text(json.dumps(skeleton))
+            files = integrity.record_files(tmp, CHECKSUMMED, tree=DCP)
             (tmp / STATE_FILE).write_text(
-                json.dumps({**state, "step": step, "tokenizer": tokenizer.record()}, indent=2)
+                json.dumps({**state, "step": step, "tokenizer": tokenizer.record(), "files": files}, indent=2)
             )
             (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             tokenizer.save(tmp)
@@ -234,27 +247,44 @@ def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
     return config, state
 
 
-def read_model_tensors(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_model_tensors(
+    ckpt: Path, expected: dict[str, torch.Size], device: str | torch.device = "cpu", by: str | None = None
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, checked: the file against its checksum, then its names and shapes against
+    `expected` (expected_shapes of the model `by` describes; default the checkpoint's config.json) before
+    any is read, then every value finite."""
     path = ckpt / MODEL_FILE
     if path.is_symlink():
         raise UserError(
             f"{path} is a symlink; baseforge loads weights only from a plain file in the checkpoint"
         )
+    integrity.verify(ckpt / STATE_FILE, [MODEL_FILE])
+    integrity.check_shapes(path, expected, by or str(ckpt / "config.json"))
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise UserError(
             f"{path} is not readable safetensors ({excerpt(str(exc), 80)}); it is torn or corrupt"
         ) from None
+    integrity.check_finite(ckpt, tensors)
+    return tensors
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu", which: str = "latest"):
-    """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune."""
+    """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune.
+
+    Everything is checked before the model is allocated: its shapes come from a copy on the meta device."""
     ckpt = find_checkpoint(path, which)
     config, state = read_checkpoint_meta(ckpt)
-    model = GPT(config.with_vocab(state["tokenizer"]["vocab_size"], state["tokenizer"].get("eot_id")).model)
-    load_checked(model, read_model_tensors(ckpt), ckpt)
-    tokenizer = load_tokenizer(state["tokenizer"], ckpt)
+    record = state["tokenizer"]
+    model_config = config.with_vocab(record["vocab_size"], record.get("eot_id")).model
+    with torch.device("meta"):
+        expected = expected_shapes(GPT(model_config))
+    tensors = read_model_tensors(ckpt, expected)
+    tokenizer = load_tokenizer(record, ckpt)
+    check_built(tokenizer, record, str(ckpt / STATE_FILE), model_config.known_vocab_size)
+    model = GPT(model_config)
+    load_checked(model, tensors, ckpt)
     model.to(device).eval()
     return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
 
@@ -274,11 +304,12 @@ def read_trainer_state(ckpt: Path) -> dict:
     if (ckpt / "trainer.pt").is_file() and not (ckpt / TRAINER_JSON).is_file():
         raise UserError(
             f"{ckpt} was written by an older baseforge: its trainer.pt is a pickle, which baseforge no "
-            "longer loads (a pickle can run code). Its weights still load (sample, eval, export, finetune)"
+            "longer loads (a pickle can run code), so it cannot be resumed: start the run again"
         )
-    skeleton = read_json(ckpt / TRAINER_JSON, "trainer state")
     if (ckpt / TRAINER_TENSORS).is_symlink():
         raise UserError(f"{ckpt / TRAINER_TENSORS} is a symlink; resume from another checkpoint")
+    integrity.verify(ckpt / STATE_FILE, [TRAINER_JSON, TRAINER_TENSORS])
+    skeleton = read_json(ckpt / TRAINER_JSON, "trainer state")
     try:
         state = statefile.decode(skeleton, load_file(str(ckpt / TRAINER_TENSORS)))
     except (SafetensorError, OSError, KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -17,6 +17,9 @@ No pickle from a run dir runs code: DCP writes its index (`dcp/.metadata`) with 
 reads it through `SafeReader`, whose unpickler builds only DCP's own metadata classes, torch sizes,
 dtypes and layouts, and paths (anything else is refused); the shards' tensors are raw bytes, and their
 few non-tensor values (step counts, hyperparameters) DCP loads with `torch.load(weights_only=True)`.
+Every file in dcp/ is checksummed in state.json with the others (integrity.py): rank 0 hashes them all
+when it completes the folder, and every rank verifies them all before loading (the same verdict on every
+rank, so a refusal needs no message between them).
 
 Loading reshards: DCP reads into whatever layout the live run has, so a checkpoint written by N
 processes resumes on M, and on one process without FSDP. Several nodes need the run dir on a
@@ -46,14 +49,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from baseforge.errors import UserError
-from baseforge.fileio import atomic_path
+from baseforge.fileio import atomic_path, atomic_write_json
 from baseforge.model import GPT
+from baseforge.records import read_json
 from baseforge.rundir import RunDir
 from baseforge.train.checkpoint import format as ckpt
+from baseforge.train.checkpoint import integrity
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.optim import run_hyperparameters_kept
 
-DCP = "dcp"
+DCP = ckpt.DCP
 
 # What DCP's metadata pickle may build: its own dataclasses, and the torch / pathlib values they hold.
 _SAFE_MODULES = {"torch.distributed.checkpoint.metadata"}
@@ -150,6 +155,7 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizers) -> None:
 def _load(state: dict, path: Path, no_dist: bool) -> None:
     """dcp.load through SafeReader; an unreadable or refused checkpoint is the user's one-line error."""
 
+    integrity.verify_tree(path.parent / ckpt.STATE_FILE, path.name)
     # The index is checked here first: torch 2.11's dcp.load swallows the reader's refusal and fails
     # later with "metadata is None", which would hide why the checkpoint was refused.
     SafeReader(path).read_metadata()
@@ -168,8 +174,12 @@ def consolidate(checkpoint: Path) -> Path:
     _load(weights, checkpoint / DCP, no_dist=True)
     model.load_state_dict(weights["model"])
     out = checkpoint / ckpt.MODEL_FILE
+    state_path = checkpoint / ckpt.STATE_FILE
     with atomic_path(out) as tmp:
         save_file(ckpt.model_tensors(model), str(tmp), metadata={"format": "pt", "step": str(state["step"])})
+        # Recorded before the file appears: a kill in between leaves no model.safetensors; a rerun redoes it
+        files = {**integrity.recorded(state_path), out.name: integrity.digest(tmp)}
+        atomic_write_json(state_path, {**read_json(state_path, "checkpoint state"), "files": files})
     return out
 
 
