@@ -103,3 +103,9 @@ def test_the_loader_checks_each_batch_in_process(data):
     stream = TokenData(data, 64, 0)
     with pytest.raises(UserError, match="past the vocabulary"):
         stream.micro_batch(0, 0, BatchLayout(micro_batch=4))
+
+
+def test_a_tokenizer_record_renamed_gpt2_is_refused(data):
+    edit(data, lambda m: _set(m, ["tokenizer", "name"], "gpt2"))
+    with pytest.raises(UserError, match="records tokenizer gpt2"):
+        TokenData(data, 64, 0)

@@ -31,7 +31,7 @@ import torch
 
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, PackingStats
-from baseforge.data.manifest import Manifest, read_manifest
+from baseforge.data.manifest import MANIFEST, Manifest, read_manifest
 from baseforge.data.shards import check_ids, split_shards
 from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
@@ -132,6 +132,13 @@ class TokenData:
         self.source = Path(data_dir)
         manifest = read_manifest(self.source)
         self.tokenizer = load_tokenizer(manifest.tokenizer, self.source)
+        built, record = self.tokenizer, manifest.tokenizer
+        if built.vocab_size != manifest.vocab_size or record.get("sha256", built.sha256) != built.sha256:
+            # the record's name picks what is built: an edited name would build another tokenizer
+            raise UserError(
+                f"{self.source / MANIFEST} records tokenizer {record['name']} ({manifest.vocab_size} tokens) "
+                f"but it builds {built.name} ({built.vocab_size} tokens, another hash): re-run prepare"
+            )
         self.vocab_size = manifest.vocab_size
         self.stream: TrainStream | BestFitStream
         self.packing_stats: PackingStats | None = None
