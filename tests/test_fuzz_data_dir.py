@@ -59,7 +59,10 @@ def _past_vocab(data: bytes) -> bytes:
 
 def _json_case(keys, value):
     def mutate(data):
-        record = json.loads((data / "manifest.json").read_text())
+        try:
+            record = json.loads((data / "manifest.json").read_text())
+        except (ValueError, RecursionError):  # an earlier mutation of a pair broke the file
+            return
         try:
             set_field(record, keys, value)
         except (KeyError, TypeError, IndexError):  # an earlier mutation of a pair removed the parent
