@@ -39,7 +39,7 @@ def emit_results(
         return
     if any(r.get("step") is not None for r in rows):
         columns = [("step", ">10,"), *columns]
-    errors = [r.get("stderr") if isinstance(r.get("stderr"), dict) else {} for r in rows]
+    errors: list[dict] = [r["stderr"] if isinstance(r.get("stderr"), dict) else {} for r in rows]
     spread = {key for key, _ in columns if any(isinstance(e.get(key), float) for e in errors)}
     if spread:
         note = (note + "   " if note else "") + "± one standard error (a 95% interval is about ±2 of them)"
