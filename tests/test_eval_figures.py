@@ -8,7 +8,6 @@ import math
 
 import pytest
 
-from baseforge.eval.hellaswag import binomial_stderr
 from helpers import TINY, baseforge
 
 ROWS = [
@@ -44,6 +43,12 @@ def hellaswag_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("hs") / "hellaswag.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return path
+
+
+def binomial_stderr(p: float, n: int) -> float:
+    from baseforge.eval.hellaswag import binomial_stderr
+
+    return binomial_stderr(p, n)
 
 
 def test_binomial_stderr():
