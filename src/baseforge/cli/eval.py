@@ -88,7 +88,7 @@ def run(args) -> int:
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
             show_progress=True,
         )
-        rows.append({"model": m.name, **result})
+        rows.append({"model": m.name, "step": m.step, **result})
     emit_results(
         rows,
         [("loss", ">10.4f"), ("perplexity", ">12.2f"), ("tokens", ">12,")],

@@ -10,6 +10,7 @@ from baseforge.cli.options import add_which
 from baseforge.data.hub import check_reachable, describe, login_hint
 from baseforge.errors import UserError
 from baseforge.eval.hf_export import export_run
+from baseforge.eval.model_card import usage_snippet
 from baseforge.fileio import check_out_dir
 
 EPILOG = """\
@@ -17,14 +18,14 @@ examples:
   baseforge export runs/seed --out exports/seed
   baseforge export runs/seed --which best --out exports/seed --push-to-hub you/gpt2-seed-163m
 
-then, anywhere:
-  from transformers import AutoModelForCausalLM, AutoTokenizer
-  model = AutoModelForCausalLM.from_pretrained("exports/seed")
-
 GPT-2-shaped runs export as a plain GPT2LMHeadModel. Models with rotary embeddings, RMSNorm,
 QK-norm, ReLU² or soft-capped logits (the modern presets) are not GPT-2 architectures: the folder
-then ships its own modeling_baseforge.py (torch + transformers only) and loads with
-  AutoModelForCausalLM.from_pretrained("exports/modern", trust_remote_code=True)
+then ships its own modeling_baseforge.py (torch + transformers only) and its model and tokenizer load
+with trust_remote_code=True. The export prints the lines that load what it wrote; its README.md
+(the model card) holds them too.
+
+An --out that holds anything is refused unless --overwrite, which replaces the folder whole (the new
+one is built beside it and swapped in: a failed export leaves the old one as it was).
 """
 
 
@@ -38,6 +39,7 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder whole")
     add_which(p)
     p.add_argument("--push-to-hub", metavar="NAME", help="upload the folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
@@ -45,10 +47,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    out = export_run(args.run_dir, check_out_dir(args.out), args.which)
-    remote = (out / "modeling_baseforge.py").is_file()
-    kind = "remote-code model (load with trust_remote_code=True)" if remote else "GPT2LMHeadModel"
+    exported = export_run(
+        args.run_dir, check_out_dir(args.out), args.which, args.overwrite, hub_name=args.push_to_hub
+    )
+    out = exported.path
+    kind = "remote-code model (needs trust_remote_code=True)" if exported.remote else "GPT2LMHeadModel"
     print(f"exported {args.run_dir} to {out} as a {kind}")
+    for note in exported.notes:
+        print(f"note: {note}")
+    print("load it with:")
+    print("\n".join(f"  {line}" for line in usage_snippet(str(out), exported.remote)[:3]))
     if args.push_to_hub:
         check_reachable(args.push_to_hub, hint="the export folder is complete; upload it later")
         from huggingface_hub import HfApi

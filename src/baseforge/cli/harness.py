@@ -70,7 +70,7 @@ def register(sub) -> None:
     add_which(p)
     add_device(p)
     add_save_to(p, "harness")
-    add_json(p, "a JSON list: one object per model (model, a key per task metric, stderr)")
+    add_json(p, "a JSON list: one object per model (model, step, a key per task metric, stderr)")
     p.set_defaults(run=run)
 
 
@@ -84,9 +84,10 @@ def run(args) -> int:
         if not Path(folder).is_dir():
             raise UserError(f"--include-path {folder} is not a folder")
     device = resolve_device(args.device)
-    results = []
+    results, steps = [], []
     for spec in args.models:
         loaded = load_any(spec, device, args.which)
+        steps.append(loaded.step)
         results.append(
             run_harness(
                 loaded, tasks, args.limit, args.include_path, args.batch_size, device, args.num_fewshot
@@ -94,8 +95,13 @@ def run(args) -> int:
         )
     keys = list(dict.fromkeys(k for r in results for k in r.metrics))
     rows = [
-        {"model": r.model, **{k: r.metrics.get(k, float("nan")) for k in keys}, "stderr": r.stderr}
-        for r in results
+        {
+            "model": r.model,
+            "step": step,
+            **{k: r.metrics.get(k, float("nan")) for k in keys},
+            "stderr": r.stderr,
+        }
+        for r, step in zip(results, steps)
     ]
     emit_results(
         rows,

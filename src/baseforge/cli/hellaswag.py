@@ -46,7 +46,7 @@ def register(sub) -> None:
     add_which(p)
     add_device(p)
     add_save_to(p, "hellaswag")
-    add_json(p, "a JSON list: one object per model (model, acc, acc_norm, acc_norm_tok, items)")
+    add_json(p, "a JSON list: one object per model (model, step, acc, acc_norm, acc_norm_tok, items, stderr)")
     p.set_defaults(run=run)
 
 
@@ -57,7 +57,7 @@ def run(args) -> int:
     for spec in args.models:
         m = load_any(spec, device, args.which)
         result = evaluate_hellaswag(m.model, m.tokenizer, args.data, args.limit, device, show_progress=True)
-        rows.append({"model": spec, **result})
+        rows.append({"model": spec, "step": m.step, **result})
     emit_results(
         rows,
         [("acc", ">8.4f"), ("acc_norm", ">10.4f"), ("acc_norm_tok", ">14.4f"), ("items", ">8")],

@@ -18,6 +18,7 @@ Random guessing scores 0.25. Rows are read from the rowanz/hellaswag jsonl
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.request
 from dataclasses import dataclass
@@ -138,10 +139,17 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])  # the first of ties, as numpy's argmax
 
 
+def binomial_stderr(accuracy: float, items: int) -> float:
+    """The standard error of an accuracy over `items` items, sqrt(p(1-p)/n): 50 items at 0.3 give
+    0.065, so a 95% interval of about ±0.13; a figure without it reads as more exact than it is."""
+    return math.sqrt(accuracy * (1 - accuracy) / items) if items > 0 else float("nan")
+
+
 def evaluate_hellaswag(
     model, tokenizer, path: Path | None = None, limit: int | None = None, device="cpu", show_progress=False
 ) -> dict:
-    """{"acc", "acc_norm", "acc_norm_tok", "items"} over the first `limit` items (all by default).
+    """{"acc", "acc_norm", "acc_norm_tok", "items", "stderr": {metric: standard error}} over the first
+    `limit` items (all by default); stderr as lm-eval's (harness.py), which the report shows as ±.
 
     acc and acc_norm follow lm-evaluation-harness (compare with published lm-eval figures);
     acc_norm_tok follows llm.c (compare with llm.c / nanoGPT figures).
@@ -156,4 +164,6 @@ def evaluate_hellaswag(
             for metric, key in keys.items():
                 hits[metric] += int(_argmax(scores[key]) == item.label)
             bar.update(1, acc_norm=f"{hits['acc_norm'] / n:.4f}")
-    return {**{k: v / len(items) for k, v in hits.items()}, "items": len(items)}
+    accuracy = {k: v / len(items) for k, v in hits.items()}
+    stderr = {k: binomial_stderr(v, len(items)) for k, v in accuracy.items()}
+    return {**accuracy, "items": len(items), "stderr": stderr}

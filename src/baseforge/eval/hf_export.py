@@ -13,13 +13,23 @@ running BPE on its own bytes); a trained byte-level BPE ships its tokenizer.json
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from baseforge.config import RunConfig, TrainConfig
 from baseforge.errors import UserError
+from baseforge.eval.model_card import RunSummary, model_card, read_summary
 from baseforge.eval.models import download_hf, load_hf_folder
-from baseforge.fileio import atomic_path, atomic_write_json, atomic_write_text
+from baseforge.fileio import (
+    apply_umask_modes,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    io_errors,
+    output_dir,
+)
 from baseforge.model import hf as hf_map
 from baseforge.model.config import ModelConfig
 from baseforge.rundir import RunDir
@@ -141,77 +151,55 @@ def copy_remote_code(out: Path) -> None:
         atomic_write_text(out / name, source.joinpath(name).read_text())
 
 
-def model_card(name: str, info: dict, summary: dict | None, remote_reasons: list[str] | None = None) -> str:
-    config = info["config"].to_dict()
-    state = info["state"]
-    remote = bool(remote_reasons)
-    kind = "A GPT-2-style" if remote else "A GPT-2-architecture"
-    lines = [
-        f"# {name}",
-        "",
-        f"{kind} base language model trained from scratch with "
-        "[baseforge](https://github.com/) (no instruction tuning).",
-        "",
-        f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
-        f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens",
-    ]
-    if state.get("best_val") is not None:
-        lines.append(f"- best validation loss: {state['best_val']:.4f}")
-    if summary and summary.get("data"):
-        lines.append(f"- data: `{summary['data']}`")
-    if summary:
-        lines.append(
-            f"- final train loss {summary.get('final_loss')}, final validation loss "
-            f"{summary.get('final_val_loss')}, {summary.get('tokens_per_s', 0):,.0f} tokens/s "
-            f"on {summary.get('processes', 1)} x {summary.get('device')}"
+@dataclass(frozen=True)
+class Export:
+    """An exported folder: where, whether it loads with trust_remote_code, and what the card left out."""
+
+    path: Path
+    remote: bool
+    notes: tuple[str, ...] = ()
+
+
+def check_export_out(out: Path, overwrite: bool) -> None:
+    """Before any work: an --out that holds anything is replaced (whole) only with --overwrite."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"--out {out} is not empty; pass --overwrite to replace it whole, or choose another folder"
         )
-    if remote:
-        lines += _remote_code_section(remote_reasons or [])
-    return "\n".join(lines + _usage_and_config(config, remote))
 
 
-def _remote_code_section(reasons: list[str]) -> list[str]:
-    return [
-        "",
-        "## Remote code needed",
-        "",
-        "This model is not a standard GPT-2: it uses " + "; ".join(reasons) + ". "
-        "No built-in transformers class computes that combination, so the folder ships its own "
-        "`modeling_baseforge.py` and `configuration_baseforge.py` (plain PyTorch + transformers, no "
-        "baseforge needed) and loading needs `trust_remote_code=True`. Read those two files before "
-        "trusting them: they are all the code that runs. Generation recomputes the prefix at each step "
-        "(no KV cache).",
-    ]
-
-
-def _usage_and_config(config: dict, remote: bool) -> list[str]:
-    """How to load the folder with transformers, then the run's training config."""
-    trust = ", trust_remote_code=True" if remote else ""
-    return [
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f"model = AutoModelForCausalLM.from_pretrained(PATH{trust})",
-        "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-        "```",
-        "",
-        "Training config:",
-        "",
-        "```json",
-        json.dumps(config, indent=2),
-        "```",
-        "",
-    ]
-
-
-def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
+def export_run(
+    run: Path | str,
+    out: Path | str,
+    which: str = "latest",
+    overwrite: bool = False,
+    hub_name: str | None = None,
+) -> Export:
     """Write a transformers folder for a run: GPT2LMHeadModel when the architecture is GPT-2's,
-    else baseforge's own modeling code loaded with `trust_remote_code=True`."""
-    model, tok, info = load_model(run, "cpu", which)
-    config = model.config
-    reasons = hf_map.exportable(config)
+    else baseforge's own modeling code loaded with `trust_remote_code=True`.
+
+    The folder is built beside `out` and swapped in, so what was there goes whole (another model's
+    remote-code files too) and a failed export leaves it as it was (as data/prepare.py's `_replace`)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_export_out(out, overwrite)
+    model, tok, info = load_model(run, "cpu", which)
+    reasons = hf_map.exportable(model.config)
+    card_summary, notes = _card_summary(RunDir(run).summary)
+    final = out.resolve()  # a symlinked --out: replace what it points to, beside it
+    staging = final.with_name(f".{final.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # a killed export's, with this pid again
+    with output_dir(staging):
+        _write_folder(staging, model, tok, reasons)
+        card = model_card(Path(run).resolve().name, info, card_summary, reasons, hub_name)
+        atomic_write_text(staging / "README.md", card)
+        apply_umask_modes(staging)
+        _swap_in(staging, final)
+    return Export(out, bool(reasons), notes)
+
+
+def _write_folder(out: Path, model, tok, reasons: list[str]) -> None:
+    """Weights, config.json, generation_config.json and the tokenizer files."""
+    config = model.config
     if reasons:
         _save_weights(out, remote_code_tensors(model))
         atomic_write_json(out / "config.json", remote_config_dict(config, tok.eot_id))
@@ -227,10 +215,34 @@ def export_run(run: Path | str, out: Path | str, which: str = "latest") -> Path:
         write_gpt2_tokenizer(tok, out, config.context)
     else:
         write_trained_tokenizer(tok, out, config.context)
-    summary_file = RunDir(run).summary
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    atomic_write_text(out / "README.md", model_card(Path(run).resolve().name, info, summary, reasons))
-    return out
+
+
+def _card_summary(path: Path) -> tuple[RunSummary | None, tuple[str, ...]]:
+    """The run's summary for the card, or None and a note saying why it was left out."""
+    if not path.exists() and not path.is_symlink():
+        return None, ()
+    try:
+        return read_summary(path), ()
+    except UserError as exc:
+        return None, (f"the model card leaves out the run's summary: {exc}",)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename the finished `staging` folder to `out`; an `out` already there is set aside first and
+    removed after, so a failure between the renames puts it back."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    with io_errors(out):
+        os.rename(out, aside)
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            os.rename(aside, out)
+            raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _save_weights(out: Path, tensors: dict) -> None:

@@ -33,6 +33,13 @@ class LoadedModel:
     source: str  # "baseforge" or "hf"
     info: dict
 
+    @property
+    def step(self) -> int | None:
+        """The training step of the checkpoint evaluated (None for a transformers folder or Hub model)."""
+        state = self.info.get("state")
+        step = state.get("step") if isinstance(state, dict) else None
+        return step if isinstance(step, int) and not isinstance(step, bool) else None
+
 
 def load_hf_folder(path: Path) -> tuple[GPT, dict]:
     """A baseforge GPT from a `transformers` GPT-2 folder, and its config.json."""

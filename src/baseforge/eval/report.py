@@ -6,7 +6,9 @@ What the page shows and where it comes from:
     losses           RUN/metrics.jsonl rows with a validation loss (step 0 has no train loss: a dash)
     during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step
     evaluations      RUN/evals/NAME.json, one table each: a row per model, so the reference models
-                     a user evaluated with `--save-to RUN` stand beside the run (lm-eval's stderr as ±)
+                     a user evaluated with `--save-to RUN` stand beside the run; a row's stderr (lm-eval's,
+                     HellaSwag's binomial one) as ±, and the step of the checkpoint evaluated ("at step";
+                     results saved before it was recorded have no such column)
     chart            drawn here from metrics.jsonl: titled with the run's preset and model, and a
                      dashed line at every step the run was resumed from (RUN/resumes.jsonl)
     sample, config   RUN/sample.txt (wrapped, not one long line) and RUN/config.json
@@ -95,7 +97,7 @@ def _eval_table(name: str, result, run: Path) -> tuple[list[str], list[list[str]
     if not isinstance(result, list) or not result or not all(isinstance(r, dict) for r in result):
         return None
     keys = [k for k in dict.fromkeys(k for r in result for k in r) if k not in ("model", "stderr")]
-    header = ["model", *keys]
+    header = ["model", *("at step" if k == "step" else k for k in keys)]
     rows = []
     for r in result:
         model = str(r.get("model", DASH))
