@@ -37,6 +37,13 @@ again with the same arguments; a second prepare into the same --out while one ru
 corpus with too few documents for --val-fraction (one .txt file) holds out the last --val-fraction
 of its tokens instead; validation gets at least --min-val-tokens (capped at 10% of the corpus) by
 holding out more whole documents, and the last line says what it holds; binary files are skipped.
+
+What is read: nothing outside a folder SOURCE (or --local DIR): a symlink in it whose target is
+outside it, file or folder, is skipped, and prepare names the first few (the manifest records the
+count and the first); --follow-symlinks reads them. A symlink to a file inside the folder is read; a
+symlinked folder is not walked (its files are read under their own path). A FILE given as SOURCE
+is read wherever it points.
+
 GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
 BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """
@@ -87,6 +94,11 @@ def register(sub) -> None:
         metavar="GLOB",
         help="in a folder SOURCE, read the files matching GLOB (their name or path in it) as text "
         "documents, e.g. --include '*.py'; repeatable",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="also read the symlinks in a folder SOURCE (or --local DIR) that lead out of it (default: skip)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir")
     p.set_defaults(run=run)
@@ -144,6 +156,7 @@ def run(args) -> int:
         sample=args.sample,
         text_column=args.text_column,
         include=tuple(args.include),
+        follow_symlinks=args.follow_symlinks,
         overwrite=args.overwrite,
     )
     return 0

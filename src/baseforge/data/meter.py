@@ -1,9 +1,10 @@
-"""What `prepare` tells its user: progress while it runs, the closing lines, and an empty input's refusal."""
+"""What `prepare` tells its user: the skipped input, progress while it runs, and the closing lines."""
 
 from __future__ import annotations
 
 import time
 
+from baseforge.data.files import shown
 from baseforge.data.packing import Counts
 from baseforge.errors import UserError
 from baseforge.progress import Progress
@@ -13,10 +14,18 @@ def check_not_empty(sources: list[str], counts: Counts) -> None:
     """No documents, or only empty ones (each just its end-of-text), is an error, not a tiny corpus."""
     if counts.tokens > counts.documents:
         return
-    binary = counts.binary_files
-    skipped = f" ({binary} binary file(s) skipped, first {counts.first_binary})" if binary else ""
+    notes = []
+    if counts.binary_files:
+        notes.append(f"{counts.binary_files} binary file(s) skipped, first {shown(counts.first_binary)}")
+    if counts.symlinks:
+        notes.append(
+            f"{counts.symlinks} symlink(s) out of a source folder skipped, "
+            f"first {shown(counts.first_symlink)}: --follow-symlinks reads them"
+        )
+    skipped = f" ({'; '.join(notes)})" if notes else ""
     what = "only empty documents" if counts.documents else "no documents"
-    raise UserError(f"the input is empty: {what} in {', '.join(sources)}{skipped}; give text files")
+    names = ", ".join(map(shown, sources))
+    raise UserError(f"the input is empty: {what} in {names}{skipped}; give text files")
 
 
 class Meter:
@@ -39,7 +48,7 @@ class Meter:
         if counts.binary_files:
             self.log(
                 f"skipped {counts.binary_files:,} binary file(s) (NUL bytes or mostly not UTF-8), "
-                f"first: {counts.first_binary}"
+                f"first: {shown(counts.first_binary)}"
             )
         if pack == "crop":
             total = counts.tokens + counts.cropped_tokens

@@ -38,6 +38,8 @@ class Counts:
     binary_files: int = 0
     first_binary: str = ""  # the first binary file skipped
     val_from_tail: int = 0  # 1 when validation is the stream's tail (too few documents)
+    symlinks: int = 0  # symlinks out of a source folder, not read (files.py): found again each run
+    first_symlink: str = ""
 
     @classmethod
     def from_record(cls, record: dict) -> Counts:

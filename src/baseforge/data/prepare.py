@@ -12,7 +12,8 @@ few documents for that rule (one .txt file) holds out the last f of its token st
 the manifest says so (`"held_out": "tail"`).
 
 Input that is no text (a binary file given as .txt) is skipped, counted and named; an input with
-no documents, or only empty ones, is an error.
+no documents, or only empty ones, is an error. Nothing outside a source folder is read unless
+asked (files.py: symlinks out of it are skipped and named).
 
 Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
 `crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from baseforge.data import resume
+from baseforge.data.files import links_line
 from baseforge.data.heldout import (
     MIN_VAL_TOKENS,
     floor_record,
@@ -108,6 +110,7 @@ class PrepareSpec:
     sample: str | None = None
     text_column: str = "text"
     include: tuple[str, ...] = ()  # globs picking the text files of a local folder
+    follow_symlinks: bool = False  # read symlinks out of a source folder too (files.py)
     overwrite: bool = False
 
     def check(self) -> None:
@@ -146,6 +149,8 @@ class PrepareSpec:
             args["include"] = list(self.include)
         if self.min_val_tokens != MIN_VAL_TOKENS:  # likewise
             args["min_val_tokens"] = self.min_val_tokens
+        if self.follow_symlinks:  # likewise
+            args["follow_symlinks"] = True
         return args
 
 
@@ -178,10 +183,18 @@ def prepare(
                 )
         opened = [
             open_source(
-                s, local=spec.local, sample=spec.sample, text_column=spec.text_column, include=spec.include
+                s,
+                local=spec.local,
+                sample=spec.sample,
+                text_column=spec.text_column,
+                include=spec.include,
+                follow_symlinks=spec.follow_symlinks,
             )
             for s in spec.sources
         ]
+        for source in opened:
+            if source.links:
+                log(links_line(spec.local or source.name, source.links))
         if spec.overwrite and (out / MANIFEST).exists():
             return _replace(spec, out, key, args, opened, log)
         (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
@@ -222,6 +235,8 @@ def _prepare(
 ) -> tuple[dict, Callable[[], None]]:
     """Prepare into `out`; returns the manifest and the closing report's lines (called once in place)."""
     tok, writers, counts = _start_or_resume(spec, out, key, opened, log)
+    links = [str(p) for source in opened for p in source.links]
+    counts.symlinks, counts.first_symlink = len(links), links[0] if links else ""
     router = Router(
         writers,
         counts,
@@ -302,7 +317,11 @@ def _flush_all(writers: dict[str, SplitWriter], shard_tokens: int) -> dict:
 
 
 def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict) -> dict:
-    """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped."""
+    """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped
+    (symlinks out of a source folder only when some were)."""
+    skipped: dict = {"binary_files": counts.binary_files, "first": counts.first_binary or None}
+    if counts.symlinks:
+        skipped.update(symlinks=counts.symlinks, first_symlink=counts.first_symlink)
     return {
         "tokenizer": tok.record(),
         "pack": spec.pack,
@@ -312,7 +331,7 @@ def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: 
         "tokens": counts.tokens,
         "splits": splits,
         "held_out": "tail" if counts.val_from_tail else "documents",
-        "skipped": {"binary_files": counts.binary_files, "first": counts.first_binary or None},
+        "skipped": skipped,
         "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
     }
 

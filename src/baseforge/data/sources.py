@@ -13,11 +13,12 @@ megabyte of jsonl lines, a group of text files), so the corpus is never held in 
                             each read as one text document unless it is .jsonl/.parquet
     fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu), sample-10BT by default (see hub.py)
     hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
+
+Which files of a local folder are read, symlinks included: files.py.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import gzip
 import io
@@ -26,10 +27,9 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from baseforge.data.hub import hub_files
+from baseforge.data.files import Listing, local_files
+from baseforge.data.hub import hub_files, mirror_files
 from baseforge.errors import UserError
-
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
 
 
 def builtin_files() -> list[Path]:
@@ -46,41 +46,6 @@ def builtin_files() -> list[Path]:
     if not files:
         raise UserError(f"the built-in corpus is empty: no standard library sources under {root}")
     return files
-
-
-def _is_data_file(path: Path) -> bool:
-    return path.name.endswith(SUFFIXES)
-
-
-def _included(path: Path, root: Path, include: tuple[str, ...]) -> bool:
-    """Does a glob match the file's name or its path under root ('*.py', 'pkg/*.py')?"""
-    rel = path.relative_to(root).as_posix() if path != root else path.name
-    return any(fnmatch.fnmatchcase(path.name, g) or fnmatch.fnmatchcase(rel, g) for g in include)
-
-
-def local_files(spec: str, include: tuple[str, ...] = ()) -> list[Path]:
-    """The files of a local source; `include` globs pick any text files instead of the data suffixes."""
-    path = Path(spec)
-    if not path.exists():
-        raise UserError(
-            f"source {spec!r} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
-            "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'"
-        )
-    wanted = (lambda p: _included(p, path, include)) if include else _is_data_file
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and wanted(p))
-        if not files:
-            kinds = " or ".join(include) if include else ".txt, .jsonl(.gz) or .parquet"
-            raise UserError(f"folder {spec} holds no {kinds} files")
-        return files
-    if not wanted(path):
-        if include:
-            raise UserError(f"{spec} matches none of --include {' '.join(include)}")
-        raise UserError(
-            f"{spec}: unknown file type; use .txt, .jsonl, .jsonl.gz or .parquet "
-            "(or --include GLOB for other text files)"
-        )
-    return [path]
 
 
 # --- pieces: the units of reading and tokenizing ----------------------------------------------------
@@ -274,10 +239,11 @@ def _grouped(pieces: Iterator) -> Iterator:
 class Source:
     """A named, ordered list of files and how to read documents from them."""
 
-    def __init__(self, name: str, files: list, text_column: str = "text"):
+    def __init__(self, name: str, files: list, text_column: str = "text", links: list[Path] | None = None):
         self.name = name
         self.files = files  # Paths, or hub.LazyFile objects that download on first use
         self.text_column = text_column
+        self.links = links or []  # symlinks out of a local folder, not followed (files.py)
 
     def pieces(self) -> Iterator:
         """Units of reading, in document order; Hub files are downloaded as their turn comes."""
@@ -301,12 +267,19 @@ def open_source(
     text_column: str = "text",
     max_files: int | None = None,
     include: tuple[str, ...] = (),
+    follow_symlinks: bool = False,
 ) -> Source:
-    """Resolve a SOURCE argument of `baseforge prepare`; `include` globs apply to local folders."""
+    """Resolve a SOURCE argument of `baseforge prepare`; `include` globs apply to local folders, and
+    symlinks out of a local folder (or a --local copy) are read only with `follow_symlinks`."""
     if spec == "builtin":
         return Source("builtin", builtin_files())
+    listing: Listing
     if spec in ("fineweb", "fineweb-edu") or spec.startswith("hf:"):
-        return Source(spec, hub_files(spec, local=local, sample=sample, max_files=max_files), text_column)
-    if local:
+        if not local:
+            return Source(spec, hub_files(spec, sample=sample, max_files=max_files), text_column)
+        listing = mirror_files(spec, local, sample=sample, max_files=max_files, follow=follow_symlinks)
+    elif local:
         raise UserError("--local applies to Hub sources (fineweb, fineweb-edu, hf:OWNER/NAME) only")
-    return Source(spec, local_files(spec, tuple(include)), text_column)
+    else:
+        listing = local_files(spec, tuple(include), follow_symlinks)
+    return Source(spec, listing.files, text_column, listing.links)
