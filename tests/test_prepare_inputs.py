@@ -117,3 +117,101 @@ def test_a_local_hub_copy_is_a_source_folder_too(tmp_path):
         prepare(
             ["hf:org/name"], tmp_path / "e", "bpe:300", local=str(root / "data"), sample="../../..", log=print
         )
+
+
+def outcome(sources, out, workers: int, **options):
+    """("ok", the manifest without its arguments, the log) or ("refused", the message)."""
+    lines: list[str] = []
+    try:
+        m = prepare(
+            [str(s) for s in sources],
+            out,
+            "bpe:300",
+            val_fraction=0.0,
+            workers=workers,
+            log=lines.append,
+            **options,
+        )
+    except UserError as exc:
+        assert "\n" not in str(exc)
+        return "refused", str(exc)
+    return (
+        "ok",
+        {k: v for k, v in m.items() if k not in ("args", "args_key")},
+        [line for line in lines if "prepared" not in line],
+    )
+
+
+def same_for_1_and_2_workers(tmp_path, sources, **options):
+    one = outcome(sources, tmp_path / "w1", 1, **options)
+    two = outcome(sources, tmp_path / "w2", 2, **options)
+    assert one == two
+    return one
+
+
+def test_json_lines_that_are_not_utf8_are_one_line_naming_file_and_line(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 cr\xe8me"}\n')
+    kind, message = same_for_1_and_2_workers(tmp_path, [src])
+    assert kind == "refused" and message.startswith(f"{src}:2: not UTF-8 (byte 0xe9 at column 14)")
+    assert "iconv" in message
+    assert_clean_error(
+        baseforge("prepare", src, "--out", tmp_path / "d", "--tokenizer", "bpe:300", "--workers", "2"),
+        f"{src}:2: not UTF-8",
+    )
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_lone_surrogate_becomes_ufffd_counted_and_named(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    rows = [WORDS, "half an emoji \ud83d here", WORDS, "and \udc00 another \ud800"]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))  # json.dumps writes \ud83d escapes
+    kind, m, lines = same_for_1_and_2_workers(tmp_path, [src])
+    assert kind == "ok" and m["documents"] == 4
+    assert m["surrogates"] == {"documents": 2, "first": f"{src}:2"}
+    assert any(line.startswith("replaced lone surrogate") and f"{src}:2" in line for line in lines), lines
+    text = corpus_text(tmp_path / "w1")
+    assert "half an emoji \ufffd here" in text and "and \ufffd another \ufffd" in text
+    assert (tmp_path / "w1" / "train_000000.bin").read_bytes() == (
+        tmp_path / "w2" / "train_000000.bin"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "column, kind",
+    [
+        (pa.array([1, 2, 3]), "int64"),
+        (pa.array([["a"], ["b"], []]), "list<element: string>"),
+        (pa.array([b"caf\xc3\xa9", b"x", b"y"]), "binary"),
+        (pa.array([1.5, None, 2.0]), "double"),
+    ],
+)
+def test_a_parquet_text_column_of_another_type_is_one_line_naming_it(tmp_path, column, kind):
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": column}), src)
+    refused, message = same_for_1_and_2_workers(tmp_path, [src])
+    assert message == (
+        f"{src}: column 'text' holds {kind}, not text (a string column); "
+        "name the column that holds the text with --text-column"
+    )
+
+
+def test_a_parquet_string_that_is_not_utf8_is_one_line_naming_its_row(tmp_path):
+    src = tmp_path / "rows.parquet"
+    texts = pa.array([WORDS.encode(), b"caf\xe9", b"ok"], type=pa.binary()).view(pa.string())  # unchecked
+    pq.write_table(pa.table({"text": pa.chunked_array([texts, texts])}), src, row_group_size=3)
+    refused, message = same_for_1_and_2_workers(tmp_path, [src])
+    assert refused == "refused" and message.startswith(
+        f"{src}: row 1 (from 0) of its text column is not UTF-8"
+    )
+
+
+def test_a_bad_later_file_stops_at_the_same_error_for_any_number_of_workers(tmp_path):
+    """The parent finds a Parquet file's bad column while workers still read an earlier file: the
+    earlier file's error comes first, as a single worker reading in order would report it."""
+    (tmp_path / "src").mkdir()
+    first, second = tmp_path / "src" / "a.jsonl", tmp_path / "src" / "b.parquet"
+    first.write_text("".join(json.dumps({"text": WORDS}) + "\n" for _ in range(3)) + "{oops\n")
+    pq.write_table(pa.table({"body": ["x"]}), second)
+    refused, message = same_for_1_and_2_workers(tmp_path, [tmp_path / "src"])
+    assert message.startswith(f"{first}:4: not valid JSON at column 2")

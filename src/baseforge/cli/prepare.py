@@ -44,6 +44,15 @@ count and the first); --follow-symlinks reads them. A symlink to a file inside t
 symlinked folder is not walked (its files are read under their own path). A FILE given as SOURCE
 is read wherever it points.
 
+Bad input: a text file with a few bytes that are not UTF-8 gets U+FFFD for them; one with NUL
+bytes or mostly undecodable is binary: skipped, counted and named. JSON lines and Parquet must be
+UTF-8 text: a JSON line that is not UTF-8, not JSON, not an object with a string "text" field
+(--text-column), or nested over 200 levels, and a Parquet text column that is not a string column
+(or a row that is not UTF-8), stop prepare with one line naming the file and line, or the column
+and its type, or the row. A lone surrogate escape in a JSON string ("\ud800": valid JSON, but no
+Unicode text) becomes U+FFFD; the texts are counted and the first named. Null Parquet rows are
+skipped. Any number of --workers gives the same output, and the same error.
+
 GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
 BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """

@@ -50,6 +50,12 @@ class Meter:
                 f"skipped {counts.binary_files:,} binary file(s) (NUL bytes or mostly not UTF-8), "
                 f"first: {shown(counts.first_binary)}"
             )
+        if counts.surrogate_documents:
+            self.log(
+                "replaced lone surrogate escapes (\\ud800-\\udfff without their pair: no Unicode text) with "
+                f"U+FFFD in {counts.surrogate_documents:,} JSON text(s), "
+                f"first: {shown(counts.first_surrogate)}"
+            )
         if pack == "crop":
             total = counts.tokens + counts.cropped_tokens
             self.log(

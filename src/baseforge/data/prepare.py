@@ -13,7 +13,8 @@ the manifest says so (`"held_out": "tail"`).
 
 Input that is no text (a binary file given as .txt) is skipped, counted and named; an input with
 no documents, or only empty ones, is an error. Nothing outside a source folder is read unless
-asked (files.py: symlinks out of it are skipped and named).
+asked (files.py: symlinks out of it are skipped and named); what a bad JSON line or Parquet column
+gets is in decoding.py.
 
 Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
 `crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
@@ -318,7 +319,7 @@ def _flush_all(writers: dict[str, SplitWriter], shard_tokens: int) -> dict:
 
 def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict) -> dict:
     """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped
-    (symlinks out of a source folder only when some were)."""
+    (symlinks out of a source folder, and texts whose lone surrogates were replaced, only when some were)."""
     skipped: dict = {"binary_files": counts.binary_files, "first": counts.first_binary or None}
     if counts.symlinks:
         skipped.update(symlinks=counts.symlinks, first_symlink=counts.first_symlink)
@@ -332,6 +333,11 @@ def _manifest_fields(spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: 
         "splits": splits,
         "held_out": "tail" if counts.val_from_tail else "documents",
         "skipped": skipped,
+        **(
+            {"surrogates": {"documents": counts.surrogate_documents, "first": counts.first_surrogate}}
+            if counts.surrogate_documents
+            else {}
+        ),
         "cropped": {"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
     }
 
@@ -344,9 +350,9 @@ def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: li
     disk = BackgroundWrites()
     try:
         with encoded_pieces(tok, pieces, workers, out) as results:
-            for flat, lengths, binary in results:
+            for flat, lengths, binary, replaced in results:
                 done = router.add_batch(flat, lengths)
-                counts.add_piece(binary)
+                counts.add_piece(binary, replaced)
                 while writers["train"].buffered >= spec.shard_tokens:
                     disk.run(resume.commit_shard(out, key, tok, writers, counts, spec.shard_tokens))
                 meter.update(counts.documents, counts.tokens)

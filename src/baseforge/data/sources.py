@@ -14,20 +14,21 @@ megabyte of jsonl lines, a group of text files), so the corpus is never held in 
     fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu), sample-10BT by default (see hub.py)
     hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
 
-Which files of a local folder are read, symlinks included: files.py.
+Which files of a local folder are read, symlinks included: files.py. How JSON lines and Parquet
+text is decoded, and what a bad line or column gets: decoding.py.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
-import io
-import json
 import sysconfig
+import zlib
 from pathlib import Path
 from typing import Iterator
 
-from baseforge.data.files import Listing, local_files
+from baseforge.data.decoding import JsonlLines, check_text_column, read_text_column
+from baseforge.data.files import Listing, local_files, shown
 from baseforge.data.hub import hub_files, mirror_files
 from baseforge.errors import UserError
 
@@ -87,62 +88,11 @@ class TextFiles:
             try:
                 text = decode_text(path.read_bytes())
             except OSError as exc:
-                raise UserError(f"cannot read {exc.filename}: {exc.strerror}") from None
+                raise UserError(f"cannot read {shown(exc.filename)}: {exc.strerror}") from None
             if text is None:
                 self.binary.append(str(path))
             else:  # universal newlines, as reading in text mode gives
                 docs.append(text.replace("\r\n", "\n").replace("\r", "\n"))
-        return docs
-
-
-class JsonlLines:
-    """Whole lines of a .jsonl(.gz) file, as bytes, starting at line `first_line`."""
-
-    def __init__(self, path: Path, first_line: int, data: bytes, text_column: str):
-        self.path, self.first_line, self.data, self.text_column = path, first_line, data, text_column
-
-    def read(self) -> list[str]:
-        docs = self._read_arrow()
-        return docs if docs is not None else self._read_python()
-
-    def _read_arrow(self) -> list[str] | None:
-        """pyarrow's C++ JSON reader: a third of the time of json.loads per line, which costs a
-        worker 15% on top of tokenizing. None whenever it cannot give exactly json's answer
-        (a bad line, a missing or non-string text, an invalid surrogate): the line-by-line
-        reader then gives the answer or the error message with its line number."""
-        import pyarrow as pa
-        import pyarrow.json as pj
-
-        try:
-            table = pj.read_json(
-                io.BytesIO(self.data),
-                read_options=pj.ReadOptions(use_threads=False, block_size=max(len(self.data), 1 << 16) + 1),
-                parse_options=pj.ParseOptions(
-                    explicit_schema=pa.schema([(self.text_column, pa.string())]),
-                    unexpected_field_behavior="ignore",
-                ),
-            )
-        except (pa.ArrowException, ValueError):
-            return None
-        column = table.column(self.text_column)
-        return None if column.null_count else column.to_pylist()
-
-    def _read_python(self) -> list[str]:
-        docs = []
-        for lineno, line in enumerate(self.data.split(b"\n"), self.first_line):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"{self.path}:{lineno}: not valid JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get(self.text_column), str):
-                fields = f" (fields: {', '.join(map(str, row))})" if isinstance(row, dict) and row else ""
-                raise UserError(
-                    f"{self.path}:{lineno}: no {self.text_column!r} string field{fields}; "
-                    "name the field that holds the text with --text-column"
-                )
-            docs.append(row[self.text_column])
         return docs
 
 
@@ -151,15 +101,22 @@ class ParquetRowGroup:
         self.path, self.group, self.text_column = path, group, text_column
 
     def read(self) -> list[str]:
+        file = _parquet_file(self.path)
         try:  # one thread: the workers are the parallelism
-            column = (
-                _parquet_file(self.path)
-                .read_row_group(self.group, columns=[self.text_column], use_threads=False)
-                .column(0)
-            )
+            column = file.read_row_group(self.group, columns=[self.text_column], use_threads=False).column(0)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-            raise UserError(f"cannot read row group {self.group} of {self.path} ({exc})") from None
-        return [text for text in column.to_pylist() if text is not None]
+            raise UserError(
+                f"cannot read row group {self.group} of {shown(self.path)} ({_one_line(exc)})"
+            ) from None
+        return read_text_column(
+            column, self.path, lambda: sum(file.metadata.row_group(g).num_rows for g in range(self.group))
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error text for a one-line message: its first line, cut at 200 characters."""
+    text = str(exc).strip()
+    return shown(text.splitlines()[0][:200] if text else type(exc).__name__)
 
 
 @functools.lru_cache(maxsize=2)
@@ -186,8 +143,8 @@ def file_pieces(path: Path, text_column: str = "text") -> Iterator:
             yield from _jsonl_pieces(path, text_column)
         else:  # .txt, or any file an --include glob picked: one text document
             yield TextFiles([path])
-    except (OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz among them
+        raise UserError(f"cannot read {shown(path)}: {_one_line(exc)}") from None
 
 
 def _jsonl_pieces(path: Path, text_column: str) -> Iterator[JsonlLines]:
@@ -211,9 +168,8 @@ def _parquet_pieces(path: Path, text_column: str) -> Iterator[ParquetRowGroup]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise UserError(f"{path} is not a readable parquet file ({exc})") from None
-    if text_column not in pf.schema_arrow.names:
-        raise UserError(f"{path} has no {text_column!r} column (columns: {', '.join(pf.schema_arrow.names)})")
+        raise UserError(f"{shown(path)} is not a readable parquet file ({_one_line(exc)})") from None
+    check_text_column(path, pf.schema_arrow, text_column)
     for group in range(pf.num_row_groups):
         yield ParquetRowGroup(path, group, text_column)
 

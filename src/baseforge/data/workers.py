@@ -22,7 +22,8 @@ from baseforge.data.shards import token_dtype
 from baseforge.data.sources import preload_readers
 from baseforge.tokenizer import Tokenizer, load_tokenizer
 
-Encoded = tuple[np.ndarray, np.ndarray, list[str]]  # ids, document lengths, binary files skipped
+# ids, document lengths, binary files skipped, texts whose lone surrogates were replaced (FILE:LINE)
+Encoded = tuple[np.ndarray, np.ndarray, list[str], list[str]]
 
 _tokenizer: Tokenizer | None = None  # a worker process's own, set by _init_worker in that process
 
@@ -88,12 +89,14 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def read_and_encode(tok: Tokenizer, piece) -> Encoded:
-    """The piece's ids and document lengths (see encode_documents), and the binary files it skipped."""
+    """The piece's ids and document lengths (see encode_documents), the binary files it skipped and
+    where it replaced lone surrogates."""
     docs = piece.read()
     binary = getattr(piece, "binary", [])  # only text files can be binary
+    replaced = getattr(piece, "replaced", [])  # only JSON lines can hold lone surrogates
     if not docs:
-        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary
-    return (*encode_documents(tok, docs), binary)
+        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary, replaced
+    return (*encode_documents(tok, docs), binary, replaced)
 
 
 @contextmanager
@@ -131,9 +134,22 @@ def _in_order(pool, tasks, ahead: int):
 
     Pool.imap would read the whole input ahead (its feeder thread has no bound) and queue every
     result the parent has not consumed yet; this keeps memory flat however large the corpus.
+
+    Making the tasks can fail too (a later file's bad header, found here while workers read earlier
+    pieces): the pieces before it come first, so the error a prepare stops at is the one a single
+    worker, reading in order, would have stopped at.
     """
     pending: deque = deque()
-    for task in tasks:
+    tasks = iter(tasks)
+    while True:
+        try:
+            task = next(tasks)
+        except StopIteration:
+            break
+        except Exception:
+            while pending:
+                yield pending.popleft().get()
+            raise
         pending.append(pool.apply_async(_encode, (task,)))
         if len(pending) >= ahead:
             yield pending.popleft().get()
