@@ -215,3 +215,16 @@ def test_a_bad_later_file_stops_at_the_same_error_for_any_number_of_workers(tmp_
     pq.write_table(pa.table({"body": ["x"]}), second)
     refused, message = same_for_1_and_2_workers(tmp_path, [tmp_path / "src"])
     assert message.startswith(f"{first}:4: not valid JSON at column 2")
+
+
+def test_a_json_lines_file_that_opens_with_null_is_refused_not_a_crash(tmp_path):
+    """pyarrow's JSON reader dereferences a null pointer on a `null` first row (apache/arrow#47409):
+    the process died of SIGSEGV (and a worker's death left a pool waiting forever)."""
+    src = tmp_path / "rows.jsonl"
+    src.write_bytes(b"null\n" + json.dumps({"text": WORDS}).encode() + b"\n")
+    result = baseforge(
+        "prepare", src, "--out", tmp_path / "d", "--tokenizer", "bpe:300", "--workers", "1", timeout=300
+    )
+    assert_clean_error(result, f"{src}:1: null, not an object with a 'text' field")
+    refused, message = same_for_1_and_2_workers(tmp_path, [src])
+    assert message.startswith(f"{src}:1: null, not an object")

@@ -89,6 +89,8 @@ class JsonlLines:
         lines = [line for line in self.data.split(b"\n") if line.strip()]
         if not _utf8(self.data) or any(map(_too_deep, lines)):  # checks arrow does not make
             return None
+        if not lines or not lines[0].lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+            return None  # pyarrow 26 crashes (SIGSEGV) on a `null` first row: apache/arrow#47409
         try:
             table = pj.read_json(
                 io.BytesIO(self.data),
