@@ -228,3 +228,13 @@ def test_a_json_lines_file_that_opens_with_null_is_refused_not_a_crash(tmp_path)
     assert_clean_error(result, f"{src}:1: null, not an object with a 'text' field")
     refused, message = same_for_1_and_2_workers(tmp_path, [src])
     assert message.startswith(f"{src}:1: null, not an object")
+
+
+def test_a_parquet_file_written_again_at_the_same_path_is_read_again(tmp_path):
+    """The open-file cache was keyed by the path alone: a second prepare in the same process read the
+    new file's pages with the old file's footer."""
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": [WORDS, WORDS]}), src)
+    assert run(src, tmp_path / "a")[0]["documents"] == 2
+    pq.write_table(pa.table({"text": [WORDS.upper()] * 3, "id": [1, 2, 3]}), src)
+    assert run(src, tmp_path / "b")[0]["documents"] == 3

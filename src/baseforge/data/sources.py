@@ -101,8 +101,9 @@ class ParquetRowGroup:
         self.path, self.group, self.text_column = path, group, text_column
 
     def read(self) -> list[str]:
-        file = _parquet_file(self.path)
         try:  # one thread: the workers are the parallelism
+            stat = self.path.stat()
+            file = _parquet_file(self.path, stat.st_mtime_ns, stat.st_size)
             column = file.read_row_group(self.group, columns=[self.text_column], use_threads=False).column(0)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise UserError(
@@ -120,8 +121,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def _parquet_file(path: Path):
-    """The open file, kept for its next row groups: parsing the footer again cost a third of the reading."""
+def _parquet_file(path: Path, mtime_ns: int, size: int):
+    """The open file, kept for its next row groups: parsing the footer again cost a third of the reading.
+    Keyed by its modification time and size too: a file written again at the same path is opened again."""
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path)
