@@ -238,3 +238,11 @@ def test_a_parquet_file_written_again_at_the_same_path_is_read_again(tmp_path):
     assert run(src, tmp_path / "a")[0]["documents"] == 2
     pq.write_table(pa.table({"text": [WORDS.upper()] * 3, "id": [1, 2, 3]}), src)
     assert run(src, tmp_path / "b")[0]["documents"] == 3
+
+
+def test_prepare_help_says_what_is_read_and_what_bad_input_gets():
+    result = baseforge("prepare", "--help")
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "--follow-symlinks" in flat and "What is read: nothing outside a folder SOURCE" in flat
+    assert 'A lone surrogate escape in a JSON string ("\\ud800"' in flat and "Bad input:" in flat

@@ -49,7 +49,7 @@ bytes or mostly undecodable is binary: skipped, counted and named. JSON lines an
 UTF-8 text: a JSON line that is not UTF-8, not JSON, not an object with a string "text" field
 (--text-column), or nested over 200 levels, and a Parquet text column that is not a string column
 (or a row that is not UTF-8), stop prepare with one line naming the file and line, or the column
-and its type, or the row. A lone surrogate escape in a JSON string ("\ud800": valid JSON, but no
+and its type, or the row. A lone surrogate escape in a JSON string ("\\ud800": valid JSON, but no
 Unicode text) becomes U+FFFD; the texts are counted and the first named. Null Parquet rows are
 skipped. Any number of --workers gives the same output, and the same error.
 
