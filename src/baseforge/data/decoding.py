@@ -58,7 +58,9 @@ def _kind(value) -> str:
         return "true/false"
     if isinstance(value, (int, float)):
         return "a number"
-    return {list: "a list", dict: "an object", str: "a string"}[type(value)]
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else "a string"
 
 
 class JsonlLines:
