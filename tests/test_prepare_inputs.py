@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -15,8 +16,10 @@ import pytest
 
 from baseforge.data.prepare import prepare
 from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.sources import open_source
+from baseforge.data.workers import encoded_pieces
 from baseforge.errors import UserError
-from baseforge.tokenizer import load_tokenizer
+from baseforge.tokenizer import TrainedBPETokenizer, load_tokenizer
 from helpers import assert_clean_error, baseforge
 
 WORDS = "the quick brown fox jumps over the lazy dog while the cat sleeps in the sun. " * 40
@@ -207,12 +210,19 @@ def test_a_parquet_string_that_is_not_utf8_is_one_line_naming_its_row(tmp_path):
 
 
 def test_a_bad_later_file_stops_at_the_same_error_for_any_number_of_workers(tmp_path):
-    """The parent finds a Parquet file's bad column while workers still read an earlier file: the
-    earlier file's error comes first, as a single worker reading in order would report it."""
+    """The parent finds a Parquet file's missing column while workers still read an earlier file: the
+    earlier file's error comes first, as a single worker reading in order would report it. (prepare's
+    own run with a bpe tokenizer reads every document for the BPE first, in the parent; GPT-2's does not.)"""
     (tmp_path / "src").mkdir()
     first, second = tmp_path / "src" / "a.jsonl", tmp_path / "src" / "b.parquet"
     first.write_text("".join(json.dumps({"text": WORDS}) + "\n" for _ in range(3)) + "{oops\n")
     pq.write_table(pa.table({"body": ["x"]}), second)
+    tok = TrainedBPETokenizer.train([WORDS], 300)
+    for workers in (1, 2):
+        pieces = open_source(str(tmp_path / "src")).pieces()
+        with pytest.raises(UserError, match=rf"^{re.escape(str(first))}:4: not valid JSON"):
+            with encoded_pieces(tok, pieces, workers, tmp_path) as results:
+                list(results)
     refused, message = same_for_1_and_2_workers(tmp_path, [tmp_path / "src"])
     assert message.startswith(f"{first}:4: not valid JSON at column 2")
 
