@@ -181,6 +181,8 @@ JSON_LINES = {
     "raw tab": (b'{"text":"a\tb"}', "refuse"),
     "raw nul after the object": (b'{"text":"a"}\x00', "refuse"),
     "two objects": (b'{"text":"a"}{"text":"b"}', "refuse"),
+    "an object over two lines, then two on one": (b'{"text":"a"\n}{"text":"b"}', "refuse"),
+    "pretty-printed": (b'{\n  "text": "a"\n}', "refuse"),
     "trailing garbage": (b'{"text":"a"} x', "refuse"),
     "trailing comma": (b'{"text":"a",}', "refuse"),
     "single quotes": (b"{'text':'a'}", "refuse"),

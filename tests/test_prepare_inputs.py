@@ -256,3 +256,25 @@ def test_prepare_help_says_what_is_read_and_what_bad_input_gets():
     flat = " ".join(result.stdout.split())
     assert "--follow-symlinks" in flat and "What is read: nothing outside a folder SOURCE" in flat
     assert 'A lone surrogate escape in a JSON string ("\\ud800"' in flat and "Bad input:" in flat
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (b'{"text":"a"}{"text":"b"}', ":2: not valid JSON at column 13 (Extra data)"),
+        (b'{"text":"a"\n}{"text":"b"}', ":2: not valid JSON at column 12 (Expecting ',' delimiter)"),
+        (b'{"text":"a","x":' + b"[" * 300 + b"]" * 300 + b"}", ":2: JSON nested deeper than 200 levels"),
+        (b'{"text":"a","x":"caf\xe9"}', ":2: not UTF-8 (byte 0xe9 at column 21)"),
+    ],
+    ids=["two objects", "over two lines", "deep", "bad byte elsewhere"],
+)
+def test_a_line_that_is_not_one_json_object_is_refused_whatever_its_neighbours(tmp_path, bad, error):
+    """pyarrow's reader, tried first on a whole piece, took an object over two lines, two objects on
+    one, deep nesting and bad bytes outside the text field; the line-by-line reader refuses them, so
+    which one answered depended on the lines around."""
+    src = tmp_path / "rows.jsonl"
+    good = json.dumps({"text": WORDS}).encode()
+    src.write_bytes(b"\n".join([good, bad, good, good]) + b"\n")
+    with pytest.raises(UserError) as refused:
+        list(open_source(str(src)).documents())
+    assert str(refused.value).startswith(f"{src}{error}")
