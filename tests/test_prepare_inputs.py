@@ -278,3 +278,42 @@ def test_a_line_that_is_not_one_json_object_is_refused_whatever_its_neighbours(t
     with pytest.raises(UserError) as refused:
         list(open_source(str(src)).documents())
     assert str(refused.value).startswith(f"{src}{error}")
+
+
+WORKER_DIES = """
+import os
+from baseforge.data.workers import encoded_pieces
+from baseforge.errors import UserError
+from baseforge.tokenizer import TrainedBPETokenizer
+
+class Dies:
+    def read(self):
+        os._exit(3)  # as a crash in a reading library, or the kernel's out-of-memory killer, would
+
+tok = TrainedBPETokenizer.train(["some words to learn from"], 300)
+try:
+    with encoded_pieces(tok, [Dies(), Dies(), Dies()], 2, ".") as results:
+        list(results)
+except UserError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_worker_that_dies_is_an_error_not_a_wait_forever(tmp_path):
+    """multiprocessing.Pool waited forever on a dead worker's task, and its terminate() could hang for
+    good when a worker was stopped mid-reply (python/cpython#96995)."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_DIES],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused: a tokenizer worker process died" in result.stdout, result.stdout + result.stderr
