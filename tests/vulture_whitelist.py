@@ -40,3 +40,7 @@ _.allow_tf32
 
 # A class for the type checker only, named in a string: cast("Transformer", ...) in model/gpt.py.
 _.Transformer
+
+# functools.lru_cache keys (data/sources.py `_parquet_file`): the file's modification time and size are
+# arguments only so that a file written again at the same path is a new key.
+_.mtime_ns
