@@ -47,3 +47,7 @@ _.clip_frac
 _.peak_alloc_gib
 _.peak_reserved_gib
 _.peak_rss_gib
+
+# functools.lru_cache keys (data/sources.py `_parquet_file`): the file's modification time and size are
+# arguments only so that a file written again at the same path is a new key.
+_.mtime_ns

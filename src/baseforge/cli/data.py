@@ -60,8 +60,10 @@ def data_summary(data_dir: Path, manifest: Manifest) -> dict:
         summary["cropped"] = manifest.cropped
     if manifest.held_out == "tail":  # too few documents: val is the end of the token stream
         summary["held_out"] = "tail"
-    if manifest.skipped.get("binary_files"):
+    if manifest.skipped.get("binary_files") or manifest.skipped.get("symlinks"):
         summary["skipped"] = manifest.skipped
+    if manifest.surrogates:
+        summary["surrogates"] = manifest.surrogates
     return summary
 
 
@@ -95,6 +97,15 @@ def print_summary(data_dir: Path, summary: dict, tok: dict) -> None:
         print("  val is the last tokens of the stream (too few documents to hold whole ones out)")
     if "skipped" in summary:
         skipped = summary["skipped"]
-        print(f"  skipped {skipped['binary_files']:,} binary file(s), first {skipped['first']}")
+        if skipped.get("binary_files"):
+            print(f"  skipped {skipped['binary_files']:,} binary file(s), first {skipped['first']}")
+        if skipped.get("symlinks"):
+            print(
+                f"  skipped {skipped['symlinks']:,} symlink(s) out of a source folder, "
+                f"first {skipped['first_symlink']}"
+            )
+    if "surrogates" in summary:
+        s = summary["surrogates"]
+        print(f"  {s['documents']:,} document(s) had lone surrogates replaced by U+FFFD, first {s['first']}")
     if "check" in summary:
         print("check: every shard is intact")

@@ -38,6 +38,22 @@ again with the same arguments; a second prepare into the same --out while one ru
 corpus with too few documents for --val-fraction (one .txt file) holds out the last --val-fraction
 of its tokens instead; validation gets at least --min-val-tokens (capped at 10% of the corpus) by
 holding out more whole documents, and the last line says what it holds; binary files are skipped.
+
+What is read: nothing outside a folder SOURCE (or --local DIR): a symlink in it whose target is
+outside it, file or folder, is skipped, and prepare names the first few (the manifest records the
+count and the first); --follow-symlinks reads them. A symlink to a file inside the folder is read; a
+symlinked folder is not walked (its files are read under their own path). A FILE given as SOURCE
+is read wherever it points.
+
+Bad input: a text file with a few bytes that are not UTF-8 gets U+FFFD for them; one with NUL
+bytes or mostly undecodable is binary: skipped, counted and named. JSON lines and Parquet must be
+UTF-8 text: a JSON line that is not UTF-8, not JSON, not an object with a string "text" field
+(--text-column), or nested over 200 levels, and a Parquet text column that is not a string column
+(or a row that is not UTF-8), stop prepare with one line naming the file and line, or the column
+and its type, or the row. A lone surrogate escape in a JSON string ("\\ud800": valid JSON, but no
+Unicode text) becomes U+FFFD; the texts are counted and the first named. Null Parquet rows are
+skipped. Any number of --workers gives the same output, and the same error.
+
 GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
 BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
 """
@@ -83,6 +99,11 @@ def register(sub) -> None:
         metavar="GLOB",
         help="in a folder SOURCE, read the files matching GLOB (their name or path in it) as text "
         "documents, e.g. --include '*.py'; repeatable",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="also read the symlinks in a folder SOURCE (or --local DIR) that lead out of it (default: skip)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data dir")
     p.set_defaults(run=run)
@@ -141,6 +162,7 @@ def run(args) -> int:
         sample=args.sample,
         text_column=args.text_column,
         include=tuple(args.include),
+        follow_symlinks=args.follow_symlinks,
         overwrite=args.overwrite,
     )
     return 0

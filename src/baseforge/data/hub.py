@@ -19,6 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
+from baseforge.data.files import Listing, inside, links_note, shown, walk
 from baseforge.errors import UserError
 
 REPOS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
@@ -226,26 +227,44 @@ class LazyFile:
         return f"{self.repo}/{self.filename}"
 
 
-def hub_files(
-    spec: str, *, local: str | None = None, sample: str | None = None, max_files: int | None = None
-) -> list:
-    """The parquet files of a Hub source, in the repo's sorted order (local Paths or LazyFiles)."""
-    repo = REPOS.get(spec) or spec[len("hf:") :]
+def _folder(spec: str, sample: str | None) -> str:
+    """The repo folder a Hub source reads: a FineWeb sample's, else --sample's, else the root."""
     if spec in REPOS:
-        folder = sample_folder(sample or DEFAULT_SAMPLE)
-    else:
-        folder = sample_folder(sample) if sample else ""
-    if local:
-        root = Path(local)
-        if not root.is_dir():
-            raise UserError(f"--local {local}: no such folder")
-        files = sorted((root / folder).rglob("*.parquet")) if (root / folder).is_dir() else []
-        if not files:
-            raise UserError(
-                f"--local {local}: no parquet files under {root / folder} "
-                f"(expected the repo's layout, e.g. {folder or '.'}/000_00000.parquet)"
-            )
-        return files[:max_files]
+        return sample_folder(sample or DEFAULT_SAMPLE)
+    return sample_folder(sample) if sample else ""
+
+
+def mirror_files(
+    spec: str, local: str, *, sample: str | None = None, max_files: int | None = None, follow: bool = False
+) -> Listing:
+    """The parquet files of a Hub source's local copy (--local DIR, laid out like the repo); symlinks
+    out of DIR are not read unless `follow` (files.py: a copy is as untrusted as any folder)."""
+    folder = _folder(spec, sample)
+    root = Path(local)
+    if not root.is_dir():
+        raise UserError(f"--local {shown(local)}: no such folder")
+    where = root / folder
+    if where.is_dir() and not follow and not inside(where, root):
+        raise UserError(
+            f"--local {shown(local)}: {shown(where)} leads out of it (a symlink, or '..' in --sample); "
+            "--follow-symlinks reads it"
+        )
+    listing = (
+        walk(where, lambda p: p.name.endswith(".parquet"), follow, within=root) if where.is_dir() else None
+    )
+    listing = listing or Listing([])
+    if not listing.files:
+        raise UserError(
+            f"--local {shown(local)}: no parquet files under {shown(where)} "
+            f"(expected the repo's layout, e.g. {folder or '.'}/000_00000.parquet){links_note(listing.links)}"
+        )
+    return Listing(listing.files[:max_files], listing.links)
+
+
+def hub_files(spec: str, *, sample: str | None = None, max_files: int | None = None) -> list:
+    """The parquet files of a Hub source, in the repo's sorted order (LazyFiles, downloaded on first use)."""
+    repo = REPOS.get(spec) or spec[len("hf:") :]
+    folder = _folder(spec, sample)
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 

@@ -8,7 +8,9 @@
     splits              train / val / test: {"documents", "tokens", "shards": [{"file", "tokens"}]}
     held_out            how val was chosen: "documents", or "tail" when the corpus had too few documents
                         and val is the end of the token stream
-    skipped             files not read: binary ones (`binary_files`, the `first`)
+    skipped             files not read: binary ones (`binary_files`, the `first`), and symlinks out of a
+                        source folder (`symlinks`, `first_symlink`; only when there were some)
+    surrogates          texts whose lone surrogate escapes became U+FFFD (documents, first; when any)
     cropped             what crop packing dropped (documents, tokens)
     val_floor           present when --min-val-tokens moved documents into val (heldout.floor_record)
     args_key, args      the prepare arguments, so the same command finds its data dir already made
@@ -66,6 +68,7 @@ class Manifest:
     sources: tuple[str, ...] = ()
     held_out: str = "documents"
     skipped: dict = field(default_factory=lambda: {"binary_files": 0, "first": None})
+    surrogates: dict | None = None  # texts whose lone surrogates became U+FFFD: documents, first
     cropped: dict = field(default_factory=lambda: {"documents": 0, "tokens": 0})
     val_floor: dict | None = None
     args_key: str | None = None
@@ -100,6 +103,7 @@ class Manifest:
             "splits": splits,
             "held_out": self.held_out,
             "skipped": self.skipped,
+            "surrogates": self.surrogates,
             "cropped": self.cropped,
             "val_floor": self.val_floor,
             "args_key": self.args_key,
@@ -167,6 +171,7 @@ def _parse(record: dict, path: Path, data_dir: Path) -> Manifest:
         sources=tuple(sources),
         held_out=held_out,
         skipped=_counted(record, "skipped", path, {"binary_files": 0, "first": None}),
+        surrogates=_counted(record, "surrogates", path, None),
         cropped=_counted(record, "cropped", path, {"documents": 0, "tokens": 0}),
         val_floor=_mapping(record, "val_floor", path, None),
         args_key=text(record, "args_key", path, optional=True),
@@ -189,11 +194,11 @@ def _mapping(record: dict, key: str, path: Path, default=...) -> Any:
     return value
 
 
-def _counted(record: dict, key: str, path: Path, default: dict) -> dict:
-    """A record of counts (and the first file named), each checked."""
+def _counted(record: dict, key: str, path: Path, default: dict | None) -> Any:
+    """A record of counts (and the first file named), each checked; `default` when absent."""
     value = _mapping(record, key, path, default)
     where = Path(f"{path} {key}")
-    for name, field_value in value.items():
+    for name, field_value in (value or {}).items():
         if isinstance(field_value, str) or field_value is None:
             text(value, name, where, optional=True)
         else:

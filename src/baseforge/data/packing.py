@@ -38,18 +38,25 @@ class Counts:
     binary_files: int = 0
     first_binary: str = ""  # the first binary file skipped
     val_from_tail: int = 0  # 1 when validation is the stream's tail (too few documents)
+    surrogate_documents: int = 0  # JSON texts whose lone surrogates became U+FFFD (decoding.py)
+    first_surrogate: str = ""  # FILE:LINE of the first
+    symlinks: int = 0  # symlinks out of a source folder, not read (files.py): found again each run
+    first_symlink: str = ""
 
     @classmethod
     def from_record(cls, record: dict) -> Counts:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
 
-    def add_piece(self, binary: list[str]) -> None:
-        """One more piece read, with the binary files it skipped."""
+    def add_piece(self, binary: list[str], surrogates: list[str]) -> None:
+        """One more piece read, with the binary files it skipped and the texts it replaced surrogates in."""
         self.pieces += 1
         if binary:
             self.binary_files += len(binary)
             self.first_binary = self.first_binary or binary[0]
+        if surrogates:
+            self.surrogate_documents += len(surrogates)
+            self.first_surrogate = self.first_surrogate or surrogates[0]
 
 
 class SplitWriter:

@@ -12,7 +12,9 @@ few documents for that rule (one .txt file) holds out the last f of its token st
 the manifest says so (`"held_out": "tail"`).
 
 Input that is no text (a binary file given as .txt) is skipped, counted and named; an input with
-no documents, or only empty ones, is an error.
+no documents, or only empty ones, is an error. Nothing outside a source folder is read unless
+asked (files.py: symlinks out of it are skipped and named); what a bad JSON line or Parquet column
+gets is in decoding.py.
 
 Packing: `concat` puts one end-of-text token after every document (the write-up's choice);
 `crop` also truncates each document (with its end-of-text) to `context` tokens and reports what
@@ -28,7 +30,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from baseforge.data import resume
+from baseforge.data.files import links_line
 from baseforge.data.heldout import (
     MIN_VAL_TOKENS,
     floor_record,
@@ -47,12 +49,12 @@ from baseforge.data.heldout import (
     val_warning,
 )
 from baseforge.data.manifest import MANIFEST, Manifest, SplitEntry, read_manifest, write_manifest
+from baseforge.data.meter import Meter, check_not_empty
 from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
 from baseforge.data.sources import open_source
 from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, io_errors, output_dir
-from baseforge.progress import Progress
 from baseforge.runlock import RunLock
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
@@ -109,6 +111,7 @@ class PrepareSpec:
     sample: str | None = None
     text_column: str = "text"
     include: tuple[str, ...] = ()  # globs picking the text files of a local folder
+    follow_symlinks: bool = False  # read symlinks out of a source folder too (files.py)
     overwrite: bool = False
 
     def check(self) -> None:
@@ -147,6 +150,8 @@ class PrepareSpec:
             args["include"] = list(self.include)
         if self.min_val_tokens != MIN_VAL_TOKENS:  # likewise
             args["min_val_tokens"] = self.min_val_tokens
+        if self.follow_symlinks:  # likewise
+            args["follow_symlinks"] = True
         return args
 
 
@@ -179,10 +184,18 @@ def prepare(
                 )
         opened = [
             open_source(
-                s, local=spec.local, sample=spec.sample, text_column=spec.text_column, include=spec.include
+                s,
+                local=spec.local,
+                sample=spec.sample,
+                text_column=spec.text_column,
+                include=spec.include,
+                follow_symlinks=spec.follow_symlinks,
             )
             for s in spec.sources
         ]
+        for source in opened:
+            if source.links:
+                log(links_line(spec.local or source.name, source.links))
         if spec.overwrite and (out / MANIFEST).exists():
             return _replace(spec, out, key, args, opened, log)
         (out / MANIFEST).unlink(missing_ok=True)  # no longer a valid data dir until the new manifest lands
@@ -223,6 +236,8 @@ def _prepare(
 ) -> tuple[Manifest, Callable[[], None]]:
     """Prepare into `out`; returns the manifest and the closing report's lines (called once in place)."""
     tok, writers, counts = _start_or_resume(spec, out, key, opened, log)
+    links = [str(p) for source in opened for p in source.links]
+    counts.symlinks, counts.first_symlink = len(links), links[0] if links else ""
     router = Router(
         writers,
         counts,
@@ -233,9 +248,9 @@ def _prepare(
         spec.max_tokens,
         spec.max_train_tokens,
     )
-    meter = _Meter(log, spec.max_tokens or spec.max_train_tokens)
+    meter = Meter(log, spec.max_tokens or spec.max_train_tokens)
     _tokenize(spec, out, key, tok, opened, router, meter)
-    _check_not_empty(spec, counts)
+    check_not_empty(spec.sources, counts)
 
     def reach_back(n: int) -> None:
         """Have the train buffer hold its last n tokens; shards read back for that are written again
@@ -300,7 +315,12 @@ def _flush_all(writers: dict[str, SplitWriter], shard_tokens: int) -> dict:
 def _manifest(
     spec: PrepareSpec, tok: Tokenizer, counts: Counts, splits: dict, floor: dict | None, key: str, args: dict
 ) -> Manifest:
-    """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped."""
+    """What the manifest says of the data: tokenizer, packing, sources, counts, splits, what was skipped
+    (symlinks out of a source folder, and texts whose lone surrogates were replaced, only when some were)."""
+    skipped: dict = {"binary_files": counts.binary_files, "first": counts.first_binary or None}
+    if counts.symlinks:
+        skipped.update(symlinks=counts.symlinks, first_symlink=counts.first_symlink)
+    surrogates = {"documents": counts.surrogate_documents, "first": counts.first_surrogate}
     return Manifest(
         tokenizer=tok.record(),
         pack=spec.pack,
@@ -313,7 +333,8 @@ def _manifest(
             for name, s in splits.items()
         },
         held_out="tail" if counts.val_from_tail else "documents",
-        skipped={"binary_files": counts.binary_files, "first": counts.first_binary or None},
+        skipped=skipped,
+        surrogates=surrogates if counts.surrogate_documents else None,
         cropped={"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},
         val_floor=floor,
         args_key=key,
@@ -329,9 +350,9 @@ def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: li
     disk = BackgroundWrites()
     try:
         with encoded_pieces(tok, pieces, workers, out) as results:
-            for flat, lengths, binary in results:
+            for flat, lengths, binary, replaced in results:
                 done = router.add_batch(flat, lengths)
-                counts.add_piece(binary)
+                counts.add_piece(binary, replaced)
                 while writers["train"].buffered >= spec.shard_tokens:
                     disk.run(resume.commit_shard(out, key, tok, writers, counts, spec.shard_tokens))
                 meter.update(counts.documents, counts.tokens)
@@ -339,57 +360,3 @@ def _tokenize(spec: PrepareSpec, out: Path, key: str, tok: Tokenizer, opened: li
                     break
     finally:
         disk.close()
-
-
-def _check_not_empty(spec: PrepareSpec, counts: Counts) -> None:
-    """No documents, or only empty ones (each just its end-of-text), is an error, not a tiny corpus."""
-    if counts.tokens > counts.documents:
-        return
-    binary = counts.binary_files
-    skipped = f" ({binary} binary file(s) skipped, first {counts.first_binary})" if binary else ""
-    what = "only empty documents" if counts.documents else "no documents"
-    raise UserError(f"the input is empty: {what} in {', '.join(spec.sources)}{skipped}; give text files")
-
-
-class _Meter:
-    """Progress (a bar on a terminal, else a line every 5 s on stderr: documents, tokens, rate, ETA
-    when the token budget is known) and the closing summary."""
-
-    def __init__(self, log, total_tokens: int | None, every_s: float = 5.0):
-        self.log = log
-        self.start = time.monotonic()
-        self.bar = Progress(total_tokens, "prepare", "tok", every_s=every_s, scale=True)
-
-    def update(self, docs: int, tokens: int) -> None:
-        self.bar.update(tokens - self.bar.n, documents=f"{docs:,}")
-
-    def finish(self, counts: Counts, splits, pack, warning: str | None = None) -> None:
-        """The closing lines: skipped files, what crop dropped, the val warning, then the summary
-        (last: the documents and tokens of each split, validation's too)."""
-        self.bar.close()
-        seconds = time.monotonic() - self.start
-        if counts.binary_files:
-            self.log(
-                f"skipped {counts.binary_files:,} binary file(s) (NUL bytes or mostly not UTF-8), "
-                f"first: {counts.first_binary}"
-            )
-        if pack == "crop":
-            total = counts.tokens + counts.cropped_tokens
-            self.log(
-                f"crop dropped {counts.cropped_tokens:,} tokens "
-                f"({100 * counts.cropped_tokens / max(total, 1):.1f}%) "
-                f"from {counts.cropped_documents:,} documents longer than the context"
-            )
-        if warning:
-            self.log(warning)
-        sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
-        val = splits.get("val")
-        held = (
-            f"; validation {val['documents']:,} documents, {val['tokens']:,} tokens"
-            if val
-            else "; no validation"
-        )
-        self.log(
-            f"prepared {counts.documents:,} documents, {counts.tokens:,} tokens ({sizes}) "
-            f"in {seconds:.1f}s ({counts.tokens / max(seconds, 1e-9) / 1e3:.0f}k tokens/s){held}"
-        )

@@ -13,23 +13,24 @@ megabyte of jsonl lines, a group of text files), so the corpus is never held in 
                             each read as one text document unless it is .jsonl/.parquet
     fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu), sample-10BT by default (see hub.py)
     hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
+
+Which files of a local folder are read, symlinks included: files.py. How JSON lines and Parquet
+text is decoded, and what a bad line or column gets: decoding.py.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import gzip
-import io
-import json
 import sysconfig
+import zlib
 from pathlib import Path
 from typing import Iterator
 
-from baseforge.data.hub import hub_files
+from baseforge.data.decoding import JsonlLines, check_text_column, read_text_column
+from baseforge.data.files import Listing, local_files, shown
+from baseforge.data.hub import hub_files, mirror_files
 from baseforge.errors import UserError
-
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
 
 
 def builtin_files() -> list[Path]:
@@ -46,41 +47,6 @@ def builtin_files() -> list[Path]:
     if not files:
         raise UserError(f"the built-in corpus is empty: no standard library sources under {root}")
     return files
-
-
-def _is_data_file(path: Path) -> bool:
-    return path.name.endswith(SUFFIXES)
-
-
-def _included(path: Path, root: Path, include: tuple[str, ...]) -> bool:
-    """Does a glob match the file's name or its path under root ('*.py', 'pkg/*.py')?"""
-    rel = path.relative_to(root).as_posix() if path != root else path.name
-    return any(fnmatch.fnmatchcase(path.name, g) or fnmatch.fnmatchcase(rel, g) for g in include)
-
-
-def local_files(spec: str, include: tuple[str, ...] = ()) -> list[Path]:
-    """The files of a local source; `include` globs pick any text files instead of the data suffixes."""
-    path = Path(spec)
-    if not path.exists():
-        raise UserError(
-            f"source {spec!r} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
-            "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'"
-        )
-    wanted = (lambda p: _included(p, path, include)) if include else _is_data_file
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and wanted(p))
-        if not files:
-            kinds = " or ".join(include) if include else ".txt, .jsonl(.gz) or .parquet"
-            raise UserError(f"folder {spec} holds no {kinds} files")
-        return files
-    if not wanted(path):
-        if include:
-            raise UserError(f"{spec} matches none of --include {' '.join(include)}")
-        raise UserError(
-            f"{spec}: unknown file type; use .txt, .jsonl, .jsonl.gz or .parquet "
-            "(or --include GLOB for other text files)"
-        )
-    return [path]
 
 
 # --- pieces: the units of reading and tokenizing ----------------------------------------------------
@@ -122,62 +88,11 @@ class TextFiles:
             try:
                 text = decode_text(path.read_bytes())
             except OSError as exc:
-                raise UserError(f"cannot read {exc.filename}: {exc.strerror}") from None
+                raise UserError(f"cannot read {shown(exc.filename)}: {exc.strerror}") from None
             if text is None:
                 self.binary.append(str(path))
             else:  # universal newlines, as reading in text mode gives
                 docs.append(text.replace("\r\n", "\n").replace("\r", "\n"))
-        return docs
-
-
-class JsonlLines:
-    """Whole lines of a .jsonl(.gz) file, as bytes, starting at line `first_line`."""
-
-    def __init__(self, path: Path, first_line: int, data: bytes, text_column: str):
-        self.path, self.first_line, self.data, self.text_column = path, first_line, data, text_column
-
-    def read(self) -> list[str]:
-        docs = self._read_arrow()
-        return docs if docs is not None else self._read_python()
-
-    def _read_arrow(self) -> list[str] | None:
-        """pyarrow's C++ JSON reader: a third of the time of json.loads per line, which costs a
-        worker 15% on top of tokenizing. None whenever it cannot give exactly json's answer
-        (a bad line, a missing or non-string text, an invalid surrogate): the line-by-line
-        reader then gives the answer or the error message with its line number."""
-        import pyarrow as pa
-        import pyarrow.json as pj
-
-        try:
-            table = pj.read_json(
-                io.BytesIO(self.data),
-                read_options=pj.ReadOptions(use_threads=False, block_size=max(len(self.data), 1 << 16) + 1),
-                parse_options=pj.ParseOptions(
-                    explicit_schema=pa.schema([(self.text_column, pa.string())]),
-                    unexpected_field_behavior="ignore",
-                ),
-            )
-        except (pa.ArrowException, ValueError):
-            return None
-        column = table.column(self.text_column)
-        return None if column.null_count else column.to_pylist()
-
-    def _read_python(self) -> list[str]:
-        docs = []
-        for lineno, line in enumerate(self.data.split(b"\n"), self.first_line):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"{self.path}:{lineno}: not valid JSON") from None
-            if not isinstance(row, dict) or not isinstance(row.get(self.text_column), str):
-                fields = f" (fields: {', '.join(map(str, row))})" if isinstance(row, dict) and row else ""
-                raise UserError(
-                    f"{self.path}:{lineno}: no {self.text_column!r} string field{fields}; "
-                    "name the field that holds the text with --text-column"
-                )
-            docs.append(row[self.text_column])
         return docs
 
 
@@ -187,19 +102,28 @@ class ParquetRowGroup:
 
     def read(self) -> list[str]:
         try:  # one thread: the workers are the parallelism
-            column = (
-                _parquet_file(self.path)
-                .read_row_group(self.group, columns=[self.text_column], use_threads=False)
-                .column(0)
-            )
+            stat = self.path.stat()
+            file = _parquet_file(self.path, stat.st_mtime_ns, stat.st_size)
+            column = file.read_row_group(self.group, columns=[self.text_column], use_threads=False).column(0)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-            raise UserError(f"cannot read row group {self.group} of {self.path} ({exc})") from None
-        return [text for text in column.to_pylist() if text is not None]
+            raise UserError(
+                f"cannot read row group {self.group} of {shown(self.path)} ({_one_line(exc)})"
+            ) from None
+        return read_text_column(
+            column, self.path, lambda: sum(file.metadata.row_group(g).num_rows for g in range(self.group))
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error text for a one-line message: its first line, cut at 200 characters."""
+    text = str(exc).strip()
+    return shown(text.splitlines()[0][:200] if text else type(exc).__name__)
 
 
 @functools.lru_cache(maxsize=2)
-def _parquet_file(path: Path):
-    """The open file, kept for its next row groups: parsing the footer again cost a third of the reading."""
+def _parquet_file(path: Path, mtime_ns: int, size: int):
+    """The open file, kept for its next row groups: parsing the footer again cost a third of the reading.
+    Keyed by its modification time and size too: a file written again at the same path is opened again."""
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(path)
@@ -221,8 +145,8 @@ def file_pieces(path: Path, text_column: str = "text") -> Iterator:
             yield from _jsonl_pieces(path, text_column)
         else:  # .txt, or any file an --include glob picked: one text document
             yield TextFiles([path])
-    except (OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz among them
+        raise UserError(f"cannot read {shown(path)}: {_one_line(exc)}") from None
 
 
 def _jsonl_pieces(path: Path, text_column: str) -> Iterator[JsonlLines]:
@@ -246,9 +170,8 @@ def _parquet_pieces(path: Path, text_column: str) -> Iterator[ParquetRowGroup]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise UserError(f"{path} is not a readable parquet file ({exc})") from None
-    if text_column not in pf.schema_arrow.names:
-        raise UserError(f"{path} has no {text_column!r} column (columns: {', '.join(pf.schema_arrow.names)})")
+        raise UserError(f"{shown(path)} is not a readable parquet file ({_one_line(exc)})") from None
+    check_text_column(path, pf.schema_arrow, text_column)
     for group in range(pf.num_row_groups):
         yield ParquetRowGroup(path, group, text_column)
 
@@ -274,10 +197,11 @@ def _grouped(pieces: Iterator) -> Iterator:
 class Source:
     """A named, ordered list of files and how to read documents from them."""
 
-    def __init__(self, name: str, files: list, text_column: str = "text"):
+    def __init__(self, name: str, files: list, text_column: str = "text", links: list[Path] | None = None):
         self.name = name
         self.files = files  # Paths, or hub.LazyFile objects that download on first use
         self.text_column = text_column
+        self.links = links or []  # symlinks out of a local folder, not followed (files.py)
 
     def pieces(self) -> Iterator:
         """Units of reading, in document order; Hub files are downloaded as their turn comes."""
@@ -301,12 +225,19 @@ def open_source(
     text_column: str = "text",
     max_files: int | None = None,
     include: tuple[str, ...] = (),
+    follow_symlinks: bool = False,
 ) -> Source:
-    """Resolve a SOURCE argument of `baseforge prepare`; `include` globs apply to local folders."""
+    """Resolve a SOURCE argument of `baseforge prepare`; `include` globs apply to local folders, and
+    symlinks out of a local folder (or a --local copy) are read only with `follow_symlinks`."""
     if spec == "builtin":
         return Source("builtin", builtin_files())
+    listing: Listing
     if spec in ("fineweb", "fineweb-edu") or spec.startswith("hf:"):
-        return Source(spec, hub_files(spec, local=local, sample=sample, max_files=max_files), text_column)
-    if local:
+        if not local:
+            return Source(spec, hub_files(spec, sample=sample, max_files=max_files), text_column)
+        listing = mirror_files(spec, local, sample=sample, max_files=max_files, follow=follow_symlinks)
+    elif local:
         raise UserError("--local applies to Hub sources (fineweb, fineweb-edu, hf:OWNER/NAME) only")
-    return Source(spec, local_files(spec, tuple(include)), text_column)
+    else:
+        listing = local_files(spec, tuple(include), follow_symlinks)
+    return Source(spec, listing.files, text_column, listing.links)

@@ -12,6 +12,8 @@ import multiprocessing as mp
 import re
 import sys
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,9 +22,11 @@ import numpy as np
 
 from baseforge.data.shards import token_dtype
 from baseforge.data.sources import preload_readers
+from baseforge.errors import UserError
 from baseforge.tokenizer import Tokenizer, load_tokenizer
 
-Encoded = tuple[np.ndarray, np.ndarray, list[str]]  # ids, document lengths, binary files skipped
+# ids, document lengths, binary files skipped, texts whose lone surrogates were replaced (FILE:LINE)
+Encoded = tuple[np.ndarray, np.ndarray, list[str], list[str]]
 
 _tokenizer: Tokenizer | None = None  # a worker process's own, set by _init_worker in that process
 
@@ -88,12 +92,14 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def read_and_encode(tok: Tokenizer, piece) -> Encoded:
-    """The piece's ids and document lengths (see encode_documents), and the binary files it skipped."""
+    """The piece's ids and document lengths (see encode_documents), the binary files it skipped and
+    where it replaced lone surrogates."""
     docs = piece.read()
     binary = getattr(piece, "binary", [])  # only text files can be binary
+    replaced = getattr(piece, "replaced", [])  # only JSON lines can hold lone surrogates
     if not docs:
-        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary
-    return (*encode_documents(tok, docs), binary)
+        return np.zeros(0, dtype=token_dtype(tok.vocab_size)), np.zeros(0, dtype=np.int64), binary, replaced
+    return (*encode_documents(tok, docs), binary, replaced)
 
 
 @contextmanager
@@ -109,11 +115,16 @@ def encoded_pieces(
     preload_readers()
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
     inherited = tok if ctx.get_start_method() == "fork" else None  # fork: passed, never pickled
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(inherited, tok.record(), str(directory)))
+    # Not multiprocessing.Pool: its terminate() can hang for good when a worker is stopped while it
+    # sends a result (python/cpython#96995), and a worker that dies leaves its task waited on forever.
+    # The executor's shutdown lets the pieces already handed out finish, and a death is an error.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(inherited, tok.record(), str(directory))
+    )
     try:
         yield _in_order(pool, pieces, ahead=4 * workers)
     finally:
-        pool.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(tok: Tokenizer | None, record: dict, directory: str) -> None:
@@ -129,13 +140,36 @@ def _encode(piece) -> Encoded:
 def _in_order(pool, tasks, ahead: int):
     """Worker results in task order, with at most `ahead` tasks in flight.
 
-    Pool.imap would read the whole input ahead (its feeder thread has no bound) and queue every
+    Executor.map would read the whole input ahead (it submits every task at once) and keep every
     result the parent has not consumed yet; this keeps memory flat however large the corpus.
+
+    Making the tasks can fail too (a later file's bad header, found here while workers read earlier
+    pieces): the pieces before it come first, so the error a prepare stops at is the one a single
+    worker, reading in order, would have stopped at.
     """
     pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(_encode, (task,)))
+    tasks = iter(tasks)
+    while True:
+        try:
+            task = next(tasks)
+        except StopIteration:
+            break
+        except Exception:
+            while pending:
+                yield _result(pending.popleft())
+            raise
+        pending.append(pool.submit(_encode, task))
         if len(pending) >= ahead:
-            yield pending.popleft().get()
+            yield _result(pending.popleft())
     while pending:
-        yield pending.popleft().get()
+        yield _result(pending.popleft())
+
+
+def _result(future) -> Encoded:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise UserError(
+            "a tokenizer worker process died (killed, out of memory, or a crash in a library reading "
+            "the input); try fewer --workers, or --workers 1"
+        ) from None
