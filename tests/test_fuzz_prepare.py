@@ -29,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from baseforge.data.manifest import MANIFEST, read_manifest
 from baseforge.data.prepare import prepare
-from baseforge.data.shards import MANIFEST, read_manifest, split_shards
+from baseforge.data.shards import split_shards
 from baseforge.errors import UserError
 from baseforge.tokenizer import load_tokenizer
 
@@ -452,7 +453,7 @@ def outcome(case: Case, workers: int, tokenizer: str):
         return "refused", str(exc)
     shards = {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
     log = [line for line in lines if not line.startswith("prepared ")]  # the last line has timings
-    return "ok", {k: v for k, v in m.items() if k != "args"}, shards, log
+    return "ok", {k: v for k, v in m.to_json().items() if k != "args"}, shards, log
 
 
 def check(case: Case, expect: str, results: dict) -> list[str]:
@@ -496,7 +497,7 @@ def _check_data_dir(case: Case, out: Path, result) -> list[str]:
     if not case.options.get("follow_symlinks") and not case.options.get("expect_secret"):
         m = read_manifest(out)
         ids = np.concatenate([np.asarray(s) for s in split_shards(out, m, "train")])
-        if SECRET in load_tokenizer(m["tokenizer"], out).decode(ids.tolist()):
+        if SECRET in load_tokenizer(m.tokenizer, out).decode(ids.tolist()):
             problems.append("the corpus holds text from outside the source folder")
     return problems
 

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from baseforge.data.manifest import read_manifest
 from baseforge.data.prepare import prepare
-from baseforge.data.shards import read_manifest, split_shards
+from baseforge.data.shards import split_shards
 from baseforge.data.sources import open_source
 from baseforge.data.workers import encoded_pieces
 from baseforge.errors import UserError
@@ -27,7 +28,7 @@ WORDS = "the quick brown fox jumps over the lazy dog while the cat sleeps in the
 
 def corpus_text(data_dir) -> str:
     m = read_manifest(data_dir)
-    tok = load_tokenizer(m["tokenizer"], data_dir)
+    tok = load_tokenizer(m.tokenizer, data_dir)
     ids = np.concatenate([np.asarray(s) for s in split_shards(data_dir, m, "train")])
     return tok.decode(ids.tolist())
 
@@ -65,20 +66,20 @@ def linked(tmp_path):
 def test_symlinks_out_of_a_source_folder_are_skipped_named_and_recorded(linked, tmp_path):
     m, lines = run(linked, tmp_path / "d")
     assert "SECRETWORD" not in corpus_text(tmp_path / "d")
-    assert m["documents"] == 3  # a.txt, sub/b.txt and alias.txt (a link inside the folder)
+    assert m.documents == 3  # a.txt, sub/b.txt and alias.txt (a link inside the folder)
     out = [f"{linked}/{n}" for n in ("abs.txt", "dir", "gone.txt", "rows.jsonl", "sub/rel.txt")]
-    assert m["skipped"]["symlinks"] == 5 and m["skipped"]["first_symlink"] == out[0]
+    assert m.skipped["symlinks"] == 5 and m.skipped["first_symlink"] == out[0]
     (line,) = [line for line in lines if "symlink" in line]
     assert line.startswith("skipped 5 symlink(s)") and all(name in line for name in out[:3]), line
     assert "and 2 more" in line and "--follow-symlinks" in line and "secret" not in line
-    assert read_manifest(tmp_path / "d")["skipped"]["symlinks"] == 5
-    assert "follow_symlinks" not in m["args"]
+    assert read_manifest(tmp_path / "d").skipped["symlinks"] == 5
+    assert "follow_symlinks" not in m.args
 
 
 def test_follow_symlinks_reads_them_and_a_link_to_an_ancestor_ends(linked, tmp_path):
     m, lines = run(linked, tmp_path / "d", follow_symlinks=True)
     assert corpus_text(tmp_path / "d").count("SECRETWORD") == 50 + 20 + 50 + 50
-    assert m["documents"] == 7 and "symlinks" not in m["skipped"] and m["args"]["follow_symlinks"] is True
+    assert m.documents == 7 and "symlinks" not in m.skipped and m.args["follow_symlinks"] is True
     assert not [line for line in lines if "symlink" in line]
 
 
@@ -109,7 +110,7 @@ def test_a_local_hub_copy_is_a_source_folder_too(tmp_path):
         workers=1,
         log=lines.append,
     )
-    assert m["documents"] == 4 and m["skipped"]["symlinks"] == 1
+    assert m.documents == 4 and m.skipped["symlinks"] == 1
     assert "SECRETWORD" not in corpus_text(tmp_path / "d")
     assert any(str(root) in line and "001.parquet" in line for line in lines), lines
     (root / "only").mkdir()
@@ -140,7 +141,7 @@ def outcome(sources, out, workers: int, **options):
         return "refused", str(exc)
     return (
         "ok",
-        {k: v for k, v in m.items() if k not in ("args", "args_key")},
+        {k: v for k, v in m.to_json().items() if k not in ("args", "args_key")},
         [line for line in lines if "prepared" not in line],
     )
 
@@ -245,9 +246,9 @@ def test_a_parquet_file_written_again_at_the_same_path_is_read_again(tmp_path):
     new file's pages with the old file's footer."""
     src = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"text": [WORDS, WORDS]}), src)
-    assert run(src, tmp_path / "a")[0]["documents"] == 2
+    assert run(src, tmp_path / "a")[0].documents == 2
     pq.write_table(pa.table({"text": [WORDS.upper()] * 3, "id": [1, 2, 3]}), src)
-    assert run(src, tmp_path / "b")[0]["documents"] == 3
+    assert run(src, tmp_path / "b")[0].documents == 3
 
 
 def test_prepare_help_says_what_is_read_and_what_bad_input_gets():
