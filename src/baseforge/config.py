@@ -27,11 +27,14 @@ from baseforge.model.config import ModelConfig, check_choices, help_text, option
 @dataclass(frozen=True)
 class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
-    # when global_batch is set, grad_accum follows from it (data.batch_plan.BatchLayout.from_config).
+    # when global_batch is set, grad_accum follows from it (data.batch_plan.BatchLayout.from_config),
+    # so a grad_accum above 1 beside it is refused rather than ignored.
     micro_batch: int | Literal["auto"] = option(
         8, "sequences per forward/backward; auto: the largest that fits"
     )
-    grad_accum: int = option(1, "micro-batches per optimizer step (derived when global_batch is set)")
+    grad_accum: int = option(
+        1, "micro-batches per optimizer step (derived, and not to be set, when global_batch is set)"
+    )
     global_batch: int = option(
         0,
         "sequences per optimizer step over all processes (kept on any number); 0: micro x accum x processes",
@@ -153,6 +156,12 @@ class TrainConfig:
                 bad(key, "must be in [0, 1]")
         if self.tokens_per_param <= 0:
             bad("tokens_per_param", "must be positive")
+        if self.global_batch and self.grad_accum > 1:  # it would be dropped: the layout derives it
+            bad(
+                "grad_accum",
+                f"beside global_batch = {self.global_batch}: the accumulation follows from global_batch "
+                "(global_batch / (micro_batch x processes)); set micro_batch instead, or global_batch=0",
+            )
         if parse_batch_schedule(self.batch_schedule) and not self.global_batch:
             bad("batch_schedule", "needs global_batch: the batch the schedule grows to")
 
