@@ -72,6 +72,11 @@ class TrainConfig:
     warmup_fraction: float = option(0.0, "warmup as a fraction of the steps, used when warmup_steps = 0")
     min_lr_ratio: float = option(0.1, "floor of the decay, as a fraction of lr")
     decay_fraction: float = option(0.2, "wsd: the last fraction of steps decays linearly")
+    extend_lr: float = option(
+        0.0,
+        "--extend: re-warm to this fraction of lr where the rate has decayed below it, then decay again "
+        "(0: continue from the current rate, refused under 5% of lr)",
+    )
     # Length: max_steps, else max_tokens, else tokens_per_param x parameters (Chinchilla's 20).
     max_steps: int = option(0, "optimizer steps to train (0: from max_tokens or tokens_per_param)")
     max_tokens: int = option(0, "tokens to train on (0: tokens_per_param x parameters)")
@@ -151,7 +156,7 @@ class TrainConfig:
         for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
-        for key in ("min_lr_ratio", "decay_fraction", "warmup_fraction"):
+        for key in ("min_lr_ratio", "decay_fraction", "warmup_fraction", "extend_lr"):
             if not 0 <= getattr(self, key) <= 1:
                 bad(key, "must be in [0, 1]")
         if self.tokens_per_param <= 0:

@@ -39,7 +39,8 @@ examples:
   baseforge train --out runs/seed --resume --extend --set max_steps=30000
       make a run longer: the schedule so far is kept and continues from the current learning rate
       (constant, then a decay over the last decay_fraction of the new steps); without --extend a
-      length change that would move the learning rate is refused
+      length change that would move the learning rate is refused. A run decayed under 5% of its
+      peak is refused too, unless --set extend_lr=F re-warms it to F x the peak and decays again
   baseforge train --data data/tiny --out runs/t --preset cpu-tiny --set lr=1e-3 --set max_steps=200
   baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed --dry-run
       print the resolved config, parameter count, tokens per step, steps and tokens; train nothing
