@@ -47,3 +47,10 @@ _.clip_frac
 _.peak_alloc_gib
 _.peak_reserved_gib
 _.peak_rss_gib
+
+# RunState's schedule tail (train/state.py): saved in state.json by asdict, read back by key in
+# train/schedule.py Tail.from_state.
+_.tail_from
+_.tail_lr
+_.tail_peak
+_.tail_warmup
