@@ -115,6 +115,27 @@ def test_set_lr_inf_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_grad_accum_beside_global_batch_is_refused_not_dropped(tmp_path):
+    """It was dropped: global_batch=16 grad_accum=3 trained with accumulation 2 and saved grad_accum 3."""
+    result = baseforge(
+        "train",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "run",
+        *sets("global_batch=16", "grad_accum=3"),
+        cwd=tmp_path,
+    )
+    assert_clean_error(result, "grad_accum = 3", "global_batch = 16", "micro_batch")
+    assert not (tmp_path / "run").exists()
+    # Either alone still lays out the batch; every preset still resolves.
+    accum = resolve_config("cpu-tiny", None, ["global_batch=0", "grad_accum=3"]).train
+    assert BatchPlan.from_config(accum, 64).layout.grad_accum == 3
+    gb = resolve_config("cpu-tiny", None, ["global_batch=16", "micro_batch=4"]).train
+    assert BatchPlan.from_config(gb, 64).layout.grad_accum == 4
+    assert all(resolve_config(name).train for name in PRESETS)
+
+
 def test_a_toml_inf_is_refused(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text("lr = inf\n")

@@ -8,7 +8,9 @@ import shutil
 
 import pytest
 
+from baseforge.overrides import resolve_config
 from baseforge.train.metrics import read_metrics
+from baseforge.train.schedule import Schedule, Tail, continued
 from helpers import TINY, assert_clean_error, baseforge, sets
 
 RUN = [*TINY, "eval_every=100", "checkpoint_every=4"]
@@ -71,3 +73,46 @@ def test_a_wsd_run_before_its_decay_extends_as_it_is(shakespeare_dir, tmp_path):
 def test_extend_needs_resume(shakespeare_dir, tmp_path):
     result = baseforge("train", "--data", shakespeare_dir, "--out", tmp_path / "x", "--extend")
     assert_clean_error(result, "--extend")
+
+
+def test_extending_a_fully_decayed_run_is_refused_without_extend_lr_and_rewarms_with_it(
+    shakespeare_dir, tmp_path
+):
+    """It trained the added steps at learning rate 0 (a finished WSD run decays to min_lr_ratio 0), the
+    validation loss bit-identical before and after. Now: refused naming the choice; with extend_lr, a
+    short re-warm to that fraction of the peak, then a decay again; and the extension resumes exactly."""
+    run = tmp_path / "run"
+    wsd = ("schedule=wsd", "min_lr_ratio=0", "decay_fraction=0.25", "lr=1e-3")
+    assert train(shakespeare_dir, run, *RUN, *wsd, "max_steps=8").returncode == 0
+    assert lrs(run)[8] == 0.0
+    longer = ("train", "--data", shakespeare_dir, "--out", run, "--resume", "--extend")
+    refused = baseforge(*longer, *sets("max_steps=16"))
+    assert_clean_error(refused, "decayed to 0x the peak by step 8", "extend_lr", "before the decay")
+    extended = baseforge(*longer, *sets("max_steps=16", "extend_lr=0.5"))
+    assert extended.returncode == 0, extended.stderr
+    rows = {r.step: r for r in read_metrics(run)}
+    ratio = {s: r.lr / 1e-3 for s, r in rows.items() if r.lr is not None}
+    # Re-warm over min(warmup_steps 3, a quarter of the 8 added steps) = 2 steps, hold, decay over 2.
+    assert [ratio[s] for s in range(9, 17)] == pytest.approx([0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.0])
+    vals = [r.val_loss for r in read_metrics(run) if r.val_loss is not None]
+    assert vals[-1] != vals[-2]  # the added steps trained
+    # The extension is part of the run: resumed from step 12, it replays the same rates and losses.
+    (run / "checkpoints" / "latest").write_text("step_0000012\n")
+    again = baseforge("train", "--data", shakespeare_dir, "--out", run, "--resume")
+    assert again.returncode == 0, again.stderr
+    replayed = {r.step: r for r in read_metrics(run)}
+    assert [replayed[s].lr for s in range(9, 17)] == [rows[s].lr for s in range(9, 17)]
+    assert [replayed[s].loss for s in range(13, 17)] == [rows[s].loss for s in range(13, 17)]
+
+
+def test_extend_lr_only_rewarms_a_rate_below_it():
+    cfg = resolve_config("cpu-tiny", None, ["schedule=cosine", "warmup_steps=4"]).train
+    old, new = (Schedule.from_config(cfg, n) for n in (100, 200))
+    assert continued(old, new, 50, True, 0.3) == Tail(50, old.multiplier(50), old.multiplier(50))
+    finished = continued(old, new, 100, True)  # cosine's floor, min_lr_ratio 0.1, is above the 5% floor
+    assert finished == Tail(100, pytest.approx(0.1), pytest.approx(0.1))
+    rewarm = continued(old, new, 100, True, 0.6)
+    assert rewarm.warmup == 4 and rewarm.to_lr == 0.6
+    tail = Schedule.from_config(cfg, 200, rewarm)
+    assert [round(tail.multiplier(s), 6) for s in (100, 103, 150)] == [0.225, 0.6, 0.6]
+    assert tail.multiplier(199) == pytest.approx(0.1)

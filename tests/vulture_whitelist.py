@@ -51,3 +51,10 @@ _.peak_rss_gib
 # functools.lru_cache keys (data/sources.py `_parquet_file`): the file's modification time and size are
 # arguments only so that a file written again at the same path is a new key.
 _.mtime_ns
+
+# RunState's schedule tail (train/state.py): saved in state.json by asdict, read back by key in
+# train/schedule.py Tail.from_state.
+_.tail_from
+_.tail_lr
+_.tail_peak
+_.tail_warmup

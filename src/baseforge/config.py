@@ -27,11 +27,14 @@ from baseforge.model.config import ModelConfig, check_choices, help_text, option
 @dataclass(frozen=True)
 class TrainConfig:
     # Batch: sequences of `context` tokens. global_batch = micro_batch * grad_accum * processes;
-    # when global_batch is set, grad_accum follows from it (data.batch_plan.BatchLayout.from_config).
+    # when global_batch is set, grad_accum follows from it (data.batch_plan.BatchLayout.from_config),
+    # so a grad_accum above 1 beside it is refused rather than ignored.
     micro_batch: int | Literal["auto"] = option(
         8, "sequences per forward/backward; auto: the largest that fits"
     )
-    grad_accum: int = option(1, "micro-batches per optimizer step (derived when global_batch is set)")
+    grad_accum: int = option(
+        1, "micro-batches per optimizer step (derived, and not to be set, when global_batch is set)"
+    )
     global_batch: int = option(
         0,
         "sequences per optimizer step over all processes (kept on any number); 0: micro x accum x processes",
@@ -69,6 +72,11 @@ class TrainConfig:
     warmup_fraction: float = option(0.0, "warmup as a fraction of the steps, used when warmup_steps = 0")
     min_lr_ratio: float = option(0.1, "floor of the decay, as a fraction of lr")
     decay_fraction: float = option(0.2, "wsd: the last fraction of steps decays linearly")
+    extend_lr: float = option(
+        0.0,
+        "--extend: re-warm to this fraction of lr where the rate has decayed below it, then decay again "
+        "(0: continue from the current rate, refused under 5% of lr)",
+    )
     # Length: max_steps, else max_tokens, else tokens_per_param x parameters (Chinchilla's 20).
     max_steps: int = option(0, "optimizer steps to train (0: from max_tokens or tokens_per_param)")
     max_tokens: int = option(0, "tokens to train on (0: tokens_per_param x parameters)")
@@ -148,11 +156,17 @@ class TrainConfig:
         for key in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
-        for key in ("min_lr_ratio", "decay_fraction", "warmup_fraction"):
+        for key in ("min_lr_ratio", "decay_fraction", "warmup_fraction", "extend_lr"):
             if not 0 <= getattr(self, key) <= 1:
                 bad(key, "must be in [0, 1]")
         if self.tokens_per_param <= 0:
             bad("tokens_per_param", "must be positive")
+        if self.global_batch and self.grad_accum > 1:  # it would be dropped: the layout derives it
+            bad(
+                "grad_accum",
+                f"beside global_batch = {self.global_batch}: the accumulation follows from global_batch "
+                "(global_batch / (micro_batch x processes)); set micro_batch instead, or global_batch=0",
+            )
         if parse_batch_schedule(self.batch_schedule) and not self.global_batch:
             bad("batch_schedule", "needs global_batch: the batch the schedule grows to")
 

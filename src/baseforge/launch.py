@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,14 +26,19 @@ from baseforge.eval.loss import check_vocab
 from baseforge.eval.models import load_any
 from baseforge.model import GPT
 from baseforge.overrides import parse_overrides, parse_value
+from baseforge.plan.estimate import DEFAULT_MFU
 from baseforge.plan.memory import activation_bytes, shape_of, state_bytes
 from baseforge.progress import format_duration, format_ratio
 from baseforge.rundir import RunDir
+from baseforge.train.build import check_vocab as check_vocab_size
 from baseforge.train.build import total_steps
+from baseforge.train.checkpoint.checkpointer import Checkpointer
 from baseforge.train.checkpoint.data_record import data_use, read_data_history
 from baseforge.train.checkpoint.format import model_tensors
-from baseforge.train.mfu import measure_matmul_peak
+from baseforge.train.distributed import DistInfo
+from baseforge.train.mfu import device_peak
 from baseforge.train.precision import resolve_device, resolve_precision
+from baseforge.train.trackers import tracker_names
 
 
 def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
@@ -120,17 +125,35 @@ def open_data(config: RunConfig, data: Path) -> TokenData:
     return TokenData(data, config.model.context, config.train.seed, config.train.packing)
 
 
-def dry_run_report(config: RunConfig, path: Path) -> str:
-    """What `train` would do, without training: the resolved config, model size, steps and tokens, and
-    the same warnings `train` prints (`preflight`)."""
-    data = open_data(config, path)
+def check_run(
+    config: RunConfig, data: TokenData, out: Path, *, resume: bool, extend: bool, world: int
+) -> None:
+    """Every check `train` makes before its first step that allocates no model, so that `--dry-run`
+    refuses what `train` would: the trackers, the device and precision, the vocabulary, the batch layout
+    at this world size, the run dir (a fresh run into a run, a resume's tokenizer and schedule), the
+    in-training evaluators' files. The data's own checks (a split shorter than one window, best-fit's
+    documents) ran when it was opened (`open_data`)."""
+    cfg = config.train
+    tracker_names(cfg.trackers)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    check_vocab_size(config.with_vocab(data.vocab_size, data.tokenizer.eot_id), data.tokenizer)
+    if cfg.micro_batch != "auto" or cfg.global_batch:  # else the search decides it, on the model
+        BatchPlan.from_config(cfg, config.model.context, world=world)
+    Checkpointer(RunDir(out), DistInfo()).resume_point(resume, data, config, extend)
+    evaluators(cfg)
+
+
+def dry_run_report(config: RunConfig, data: TokenData) -> str:
+    """What `train` would do, without training: the resolved config, model size, steps and tokens, the
+    same warnings `train` prints (`preflight`) and an estimate of the time it takes (`time_estimate`)."""
+    path = data.source
     config = config.with_vocab(data.vocab_size, data.tokenizer.eot_id)
     n_params = GPT.count_params(config.model)
     cfg = config.train
     lines = [json.dumps(config.to_dict(), indent=2), f"parameters: {n_params:,}"]
     if cfg.micro_batch == "auto" and not cfg.global_batch:
         lines.append("tokens per step: decided by the micro-batch search (micro_batch=auto, no global_batch)")
-        return "\n".join(lines + preflight(config, data))
+        return "\n".join(lines + preflight(config, data) + ["time: unknown until the micro-batch search"])
     plan = BatchPlan.from_config(cfg, config.model.context)
     sequences, per_step = plan.layout.global_batch, plan.tokens_of(plan.layout.from_step)
     steps = total_steps(cfg, n_params, plan)
@@ -141,12 +164,43 @@ def dry_run_report(config: RunConfig, path: Path) -> str:
         f"steps: {steps:,}; tokens: {tokens:,} ({format_ratio(tokens / n_params)} per parameter)",
         f"data: {path} (tokenizer {data.tokenizer.name})",
     ]
-    return "\n".join(lines + preflight(config, data))
+    return "\n".join(lines + preflight(config, data) + [time_estimate(config).describe(per_step, steps)])
 
 
 PASSES_WARN = 4  # more passes than this over the training split: the model will largely memorise it
 STEP_SECONDS_WARN = 30.0  # a CPU step longer than this: a GPU-sized run
 CPU_MFU = 0.75  # the share of the measured matmul peak a CPU training step reaches (75-80%, bench_train.py)
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """Seconds a token of training takes on the run's device, and how that was estimated."""
+
+    per_token: float
+    basis: str
+
+    def describe(self, per_step: int, steps: int) -> str:
+        """The dry run's line: a step of `per_step` tokens, and `steps` of them."""
+        return (
+            f"time: about {format_duration(self.per_token * per_step)} a step, "
+            f"{format_duration(self.per_token * per_step * steps)} for {steps:,} steps ({self.basis}; "
+            "evaluation and checkpoints not counted)"
+        )
+
+
+def time_estimate(config: RunConfig, world: int = 1) -> TimeEstimate:
+    """A training token's time from the device's peak: a CPU's (or MPS's) measured by a matmul, at
+    CPU_MFU of it (what a CPU step reaches); a GPU's from the table in hardware.py (measured when the
+    GPU is not in it), at plan.estimate's DEFAULT_MFU, an assumption rather than a measurement."""
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    peak, source = device_peak(device, precision)
+    mfu = CPU_MFU if device.type == "cpu" else DEFAULT_MFU
+    what = "this CPU's measured matmul peak" if device.type == "cpu" else f"the peak ({source})"
+    if device.type == "cuda":
+        what += f" x {world} processes"
+    flops = shape_of(config).flops_per_token
+    return TimeEstimate(flops / (mfu * peak * world), f"at an assumed {mfu:.0%} of {what}")
 
 
 def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
@@ -181,8 +235,7 @@ def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
             "micro_batch, use activation_checkpointing, or a larger machine (`baseforge plan`)"
         )
     if device.type == "cpu":
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        per_token = shape.flops_per_token / (CPU_MFU * measure_matmul_peak(device, dtype))  # seconds
+        per_token = time_estimate(config).per_token
         if per_token * per_step > STEP_SECONDS_WARN:
             warnings.append(
                 f"warning: on this CPU one step takes about {format_duration(per_token * per_step)} "

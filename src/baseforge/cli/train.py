@@ -15,7 +15,15 @@ from baseforge.data.manifest import MANIFEST
 from baseforge.data.prepare import prepare
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
-from baseforge.launch import dry_run_report, evaluators, init_from, open_data, preflight, resume_data
+from baseforge.launch import (
+    check_run,
+    dry_run_report,
+    evaluators,
+    init_from,
+    open_data,
+    preflight,
+    resume_data,
+)
 from baseforge.overrides import resolve_config, resume_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import RunLock
@@ -39,10 +47,12 @@ examples:
   baseforge train --out runs/seed --resume --extend --set max_steps=30000
       make a run longer: the schedule so far is kept and continues from the current learning rate
       (constant, then a decay over the last decay_fraction of the new steps); without --extend a
-      length change that would move the learning rate is refused
+      length change that would move the learning rate is refused. A run decayed under 5% of its
+      peak is refused too, unless --set extend_lr=F re-warms it to F x the peak and decays again
   baseforge train --data data/tiny --out runs/t --preset cpu-tiny --set lr=1e-3 --set max_steps=200
   baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed --dry-run
-      print the resolved config, parameter count, tokens per step, steps and tokens; train nothing
+      run train's checks (data, run dir, resume), print the resolved config, parameter count, tokens
+      per step, steps, tokens and an estimated time; train nothing
   baseforge train --data data/new --out runs/more --init-from runs/seed --set max_steps=2000
       continued pretraining: a run's (or hf:DIR's) weights, a fresh optimizer and schedule
   torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
@@ -126,11 +136,12 @@ def run(args) -> int:
     init = None
     if args.init_from:
         config, init = init_from(args.init_from, config, data, args.overrides)
-    if args.dry_run:
-        print(dry_run_report(config, data))
-        return 0
     env = dist_from_env()
     token_data = open_data(config, data)  # read once: preflight counts its passes, the run trains on it
+    check_run(config, token_data, out, resume=args.resume, extend=args.extend, world=env.world)
+    if args.dry_run:  # the same checks as the run's, then what it would do
+        print(dry_run_report(config, token_data))
+        return 0
     for line in preflight(config, token_data, world=env.world) if env.is_main else []:
         print(line)
     return train(config, token_data, out, args.resume, init, extend=args.extend)

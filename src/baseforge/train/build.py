@@ -29,7 +29,7 @@ from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
 from baseforge.train.optim import Optimizers, build_optimizers
 from baseforge.train.parallel import ModelViews, wrap_model
 from baseforge.train.rng import start_rank_stream
-from baseforge.train.schedule import Schedule, attention_window
+from baseforge.train.schedule import Schedule, Tail, attention_window
 from baseforge.train.step import TrainStep
 
 
@@ -92,10 +92,10 @@ def total_steps(cfg: TrainConfig, n_params: int, batches: BatchPlan) -> int:
 
 
 def build_run(
-    config: RunConfig, data: TrainData, runtime: Runtime, *, init_weights=None, tail=(0, 1.0), say=print
+    config: RunConfig, data: TrainData, runtime: Runtime, *, init_weights=None, tail=Tail(), say=print
 ) -> Run:
     """The run of `config` on `data` (see the module docstring); `init_weights` start it from given
-    tensors instead of a random initialisation; `tail` is an extended run's schedule tail (Schedule);
+    tensors instead of a random initialisation; `tail` is an extended run's schedule tail (schedule.Tail);
     `say` logs on the main process."""
     config = config.with_vocab(data.tokenizer.vocab_size, data.tokenizer.eot_id)
     check_vocab(config, data.tokenizer)

@@ -47,7 +47,9 @@ class RunState:
     elapsed_s: float = 0.0  # training wall time, evaluation excluded
     flops: float = 0.0  # training FLOPs of every step so far (the whole run's MFU)
     tail_from: int = 0  # an extended run's schedule: from this step on (0: not extended) ...
-    tail_lr: float = 1.0  # ... the tail starts at this multiplier of the peak (schedule.Schedule)
+    tail_lr: float = 1.0  # ... the tail starts at this multiplier of the peak (schedule.Tail) ...
+    tail_peak: float = 1.0  # ... and re-warms to this one ...
+    tail_warmup: int = 0  # ... over this many steps (0: no re-warm)
     interval: LogInterval = field(default_factory=LogInterval)
 
     def record_step(self, loss: float, grad_norm: float, applied: bool, clip: float) -> None:

@@ -14,7 +14,7 @@ from baseforge.config import RunConfig
 from baseforge.data.batch_plan import BatchLayout, BatchPlan
 from baseforge.errors import UserError
 from baseforge.model import GPT
-from baseforge.records import count, number
+from baseforge.records import count
 from baseforge.rundir import RunDir
 from baseforge.tokenizer import check_same_tokenizer
 from baseforge.train.build import Run, total_steps
@@ -24,7 +24,7 @@ from baseforge.train.checkpoint.data_record import record_data
 from baseforge.train.distributed import DistInfo, barrier
 from baseforge.train.metrics import record_resume, truncate_metrics
 from baseforge.train.rng import gather_rng_states, restore_rng
-from baseforge.train.schedule import Schedule, continued
+from baseforge.train.schedule import Schedule, Tail, continued
 from baseforge.train.state import RunState
 
 
@@ -51,7 +51,7 @@ class Checkpointer:
                     f"{self.run_dir.path} already holds a run; continue it with --resume, "
                     "or choose another --out"
                 )
-            return None, (0, 1.0)
+            return None, Tail()
         path = ckpt.find_checkpoint(self.run_dir.path)
         saved, state = ckpt.read_checkpoint_meta(path)
         check_same_tokenizer(
@@ -61,12 +61,12 @@ class Checkpointer:
 
     def schedule_tail(
         self, path: Path, saved: RunConfig, state: dict, config: RunConfig, extend: bool
-    ) -> tuple[int, float]:
+    ) -> Tail:
         """The schedule tail a run resumed from checkpoint `path` (its config `saved` and state.json
         `state`, as read_checkpoint_meta checked them) continues with (schedule.continued): the
         checkpoint's own unless `config` changes the rate at its step, which needs `extend`."""
         step, where = state["step"], path / ckpt.STATE_FILE
-        tail = (count(state, "tail_from", where, optional=True) or 0, number(state, "tail_lr", where) or 1.0)
+        tail = Tail.from_state(state, where)
         tokens = count(state, "tokens", where, optional=True)
         if not step or not tokens:
             return tail
@@ -77,7 +77,7 @@ class Checkpointer:
             )
             for c in (saved, config)
         )
-        return continued(old, new, step, extend)
+        return continued(old, new, step, extend, config.train.extend_lr)
 
     def restore(self, path: Path, run: Run) -> RunState:
         """Weights, optimizer, scaler and RNG states from checkpoint `path` into the live run; its RunState.
@@ -103,7 +103,9 @@ class Checkpointer:
             run.train_step.scaler.load_state_dict(trainer["scaler"])
         restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
         restored = RunState.from_json(state, path / ckpt.STATE_FILE)
-        restored.tail_from, restored.tail_lr = run.schedule.tail_from, run.schedule.tail_lr
+        tail = run.schedule.tail
+        restored.tail_from, restored.tail_lr = tail.start, tail.from_lr
+        restored.tail_peak, restored.tail_warmup = tail.to_lr, tail.warmup
         return restored
 
     def prepare_run_dir(self, config: RunConfig, source, *, resume: bool, step: int) -> None:
