@@ -245,8 +245,10 @@ def test_report_html_escapes_every_metrics_value(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"preset": "cpu-tiny", "model": {}, "train": {}}))
-    row = {"step": 1, "tokens": 2, "loss": "<script>x</script>", "val_loss": "<b>1</b>"}
-    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    # Values are numbers (a row with a string for one is not a row); an evaluator's name is text.
+    row = {"step": 1, "tokens": 2, "loss": 3.0, "val_loss": 2.5, "<script>x</script>": 0.5}
+    torn = {"step": 2, "tokens": 4, "loss": "<b>1</b>"}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(torn) + "\n")
     build_report(run)
     page = (run / "report.html").read_text()
     assert "<script>x" not in page and "&lt;script&gt;" in page and "<b>1</b>" not in page

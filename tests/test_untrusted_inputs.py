@@ -215,7 +215,7 @@ def test_report_on_torn_or_misshapen_files_is_a_page_with_notes(tmp_path, capsys
     notes = report_notes(capsys, run)
     why = dict(line.removeprefix("baseforge report: note: left out ").split(": ", 1) for line in notes)
     assert list(why) == ["config.json", "summary.json", "evals/x.json"], notes
-    assert "nested too deeply" in why["config.json"]
+    assert "nests too deeply" in why["config.json"]
     assert "holds list, not a JSON object" in why["summary.json"]
     assert "not readable JSON" in why["evals/x.json"]
     page = (run / "report.html").read_text()

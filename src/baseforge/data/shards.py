@@ -84,7 +84,7 @@ def check_ids(batch: torch.Tensor, vocab_size: int, where: str) -> None:
     """Refuse a batch holding an id past the vocabulary (bytes changed in a shard, or another tokenizer's
     shard) before it indexes an embedding: on the host, over the batch just gathered (B x T ints; no
     device sync), so the error names the data instead of an index error deep in the model."""
-    top = int(batch.max()) if batch.numel() else 0
+    top = int(batch.numpy().max()) if batch.numel() else 0  # numpy: a CPU batch, no tensor read
     if top >= vocab_size:
         raise UserError(
             f"{where} holds token id {top}, past the vocabulary's {vocab_size}: a corrupt shard; "
