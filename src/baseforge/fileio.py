@@ -270,6 +270,18 @@ def output_dir(path: Path | str, *, keep=lambda path: False):
         raise
 
 
+def swap_dir(staging: Path, out: Path, aside: Path) -> None:
+    """Put the finished folder `staging` where `out` is: `out` renamed to `aside` first, then `staging` to
+    `out`; if that second rename fails, `out` is put back. The caller removes `aside` once it is done."""
+    with io_errors(out):
+        os.rename(out, aside)
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            os.rename(aside, out)
+            raise
+
+
 def read_jsonl(path: Path | str) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file.
 

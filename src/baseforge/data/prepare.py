@@ -54,7 +54,7 @@ from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter
 from baseforge.data.sources import open_source
 from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
-from baseforge.fileio import check_out_dir, io_errors, output_dir
+from baseforge.fileio import check_out_dir, output_dir, swap_dir
 from baseforge.runlock import RunLock
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
@@ -219,13 +219,7 @@ def _replace(spec: PrepareSpec, out: Path, key: str, args: dict, opened: list, l
             shutil.rmtree(stale, ignore_errors=True)
     with output_dir(staging):
         manifest, finish = _prepare(spec, staging, key, args, opened, log)
-        with io_errors(out):
-            os.rename(out, aside)
-            try:
-                os.rename(staging, out)
-            except BaseException:
-                os.rename(aside, out)
-                raise
+        swap_dir(staging, out, aside)
     shutil.rmtree(aside, ignore_errors=True)
     finish()
     return manifest

@@ -27,8 +27,8 @@ from baseforge.fileio import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
-    io_errors,
     output_dir,
+    swap_dir,
 )
 from baseforge.model import hf as hf_map
 from baseforge.model.config import ModelConfig
@@ -235,13 +235,7 @@ def _swap_in(staging: Path, out: Path) -> None:
         return
     aside = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(aside, ignore_errors=True)
-    with io_errors(out):
-        os.rename(out, aside)
-        try:
-            os.rename(staging, out)
-        except BaseException:
-            os.rename(aside, out)
-            raise
+    swap_dir(staging, out, aside)
     shutil.rmtree(aside, ignore_errors=True)
 
 
