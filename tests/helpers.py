@@ -73,12 +73,26 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
 
 
 def free_port() -> int:
-    """A port nobody listens on now (other test runs may share this machine)."""
+    """A port nobody listens on now, below the kernel's ephemeral range: a port the kernel handed out
+    (bind to 0) can be handed out again as the local end of an outgoing connection (gloo opens many)
+    before the test's process listens on it, seen in CI as EADDRINUSE."""
+    import random
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    low = 32768
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.SystemRandom().randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def torchrun_cmd(nproc: int, *args) -> list[str]:
