@@ -108,7 +108,11 @@ def test_splits_crop_and_test_slice(shared_data, tmp_path):
         test_tokens=50,
         log=quiet,
     )
-    assert m.splits["val"].documents + m.splits["test"].documents >= m.documents // 4
+    from baseforge.data.prepare import held_out
+
+    # the seeded sample's documents, each counted once (one straddling the test slice: in test)
+    held = sum(held_out(i, 0.25) for i in range(m.documents))
+    assert m.splits["val"].documents + m.splits["test"].documents == held
     assert m.splits["test"].tokens == 50
     assert m.cropped["documents"] > 0 and m.cropped["tokens"] > 0
     # Every cropped document is at most 64 tokens and ends where its end-of-text would be.
@@ -158,7 +162,7 @@ def test_every_token_lands_where_the_split_rule_says(shared_data, gpt2_available
         [src], tmp_path / "b", "gpt2", val_fraction=0.05, max_train_tokens=budget, min_val_tokens=0,
         log=quiet, **pack,
     )  # fmt: skip
-    assert m.held_out == "documents"
+    assert m.held_out == "sample" and m.val_seed == 0
     got = all_tokens(tmp_path / "b", "train").tolist()
     ends = np.cumsum([len(d) for i, d in enumerate(docs) if not held_out(i, 0.05)])
     assert got == train[: ends[np.argmax(ends >= budget)]]  # up to the end of the document that reaches it

@@ -34,7 +34,7 @@ def test_a_single_document_corpus_gets_its_val_split_from_the_stream_tail(shared
         src, tmp_path / "d", "bpe:300", val_fraction=0.1, shard_tokens=20_000, workers=1, log=lines.append
     )
     whole = prepare(src, tmp_path / "all", "bpe:300", val_fraction=0.0, workers=1, log=quiet)
-    assert m.held_out == "tail" and whole.held_out == "documents"
+    assert m.held_out == "tail" and whole.held_out == "sample"
     assert m.splits["val"].tokens == int(m.tokens * 0.1) > 20_000  # reaches back into written shards
     stream = tokens(tmp_path / "all", "train")
     assert np.array_equal(
@@ -220,24 +220,43 @@ def few_long_documents(shared_data, tmp_path, n=105):
     return str(path)
 
 
-def test_few_long_documents_get_the_val_floor_by_moving_whole_documents(shared_data, tmp_path):
+def split_documents(ids: np.ndarray, eot: int) -> list[tuple[int, ...]]:
+    """A concat-packed stream's documents, each with its end-of-text."""
+    ends = np.flatnonzero(ids == eot) + 1
+    return [tuple(d) for d in np.split(ids, ends) if len(d)]
+
+
+def test_few_long_documents_get_the_val_floor_by_sampling_more_whole_documents(shared_data, tmp_path):
+    from baseforge.data.docsample import held_out
+
     src = few_long_documents(shared_data, tmp_path)
-    plain = prepare([src], tmp_path / "p", "bpe:300", val_fraction=0.01, min_val_tokens=0, log=quiet)
-    assert plain.splits["val"].documents == 1 and plain.val_floor is None
+    opts = dict(val_fraction=0.01, val_seed=3)
+    plain = prepare([src], tmp_path / "p", "bpe:300", min_val_tokens=0, log=quiet, **opts)
+    sampled = np.flatnonzero(held_out(np.arange(105), 0.01, 3))
+    assert plain.splits["val"].documents == len(sampled) > 0 and plain.val_floor is None
+    assert plain.held_out == "sample" and plain.val_seed == 3
     lines = []
-    m = prepare([src], tmp_path / "f", "bpe:300", val_fraction=0.01, min_val_tokens=20_000, log=lines.append)
+    m = prepare([src], tmp_path / "f", "bpe:300", min_val_tokens=20_000, log=lines.append, **opts)
     val = m.splits["val"]
-    assert 20_000 <= val.tokens < 40_000 and val.documents > 1
-    assert m.val_floor["min_val_tokens"] == 20_000 and m.val_floor["moved_documents"] == val.documents - 1
+    assert 20_000 <= val.tokens < 40_000 and val.documents > len(sampled)
+    assert m.val_floor["min_val_tokens"] == 20_000
+    assert m.val_floor["moved_documents"] == val.documents - len(sampled)
+    assert m.val_floor["from"] == "a seeded sample of the train documents"
     assert m.args["min_val_tokens"] == 20_000
-    moved = m.val_floor["moved_tokens"]
-    plain_train, eot = tokens(tmp_path / "p", "train"), m.tokenizer["eot_id"]
-    assert np.array_equal(tokens(tmp_path / "f", "train"), plain_train[:-moved])  # the last whole documents
-    assert np.array_equal(tokens(tmp_path / "f", "val")[-moved:], plain_train[-moved:])
-    assert plain_train[-moved - 1] == eot and m.splits["train"].documents == 105 - val.documents
+    # The floor's documents are whole train documents from across the stream, not its end.
+    eot = m.tokenizer["eot_id"]
+    before, after = (split_documents(tokens(tmp_path / d, "train"), eot) for d in ("p", "f"))
+    kept = set(after)
+    moved = [i for i, doc in enumerate(before) if doc not in kept]
+    assert len(moved) == m.val_floor["moved_documents"]
+    assert [d for i, d in enumerate(before) if i not in moved] == after
+    assert split_documents(tokens(tmp_path / "f", "val"), eot)[len(sampled) :] == [before[i] for i in moved]
+    assert min(moved) < len(before) // 2, moved  # a sample spread over the stream
+    assert m.splits["train"].documents == 105 - val.documents
     assert (
         lines[-1].startswith("prepared 105 documents")
         and f"validation {val.documents} documents" in lines[-1]
+        and "a seeded sample of whole documents (seed 3)" in lines[-1]
     )
     warning = [line for line in lines if line.startswith("warning:")]  # the floor is met, but it is small
     assert len(warning) == 1 and "65,536" in warning[0] and "--min-val-tokens" not in warning[0], lines
@@ -308,20 +327,54 @@ def test_a_prepare_that_dies_after_the_stream_tail_split_resumes_to_the_same_spl
 
 
 def test_a_floor_no_whole_document_can_meet_leaves_val_and_warns(shared_data, tmp_path):
+    """The sample holds out one short document; every other one is longer than the floor may add
+    (twice the floor, less what val holds): val stays as sampled, with a warning."""
     import json
 
+    from baseforge.data.docsample import held_out
+
     text = shakespeare(shared_data).read_text()
-    docs = [text[i * 500 : (i + 1) * 500] for i in range(104)] + [text[60_000:360_000]]  # a long last one
+    docs = [text[i * 60_000 : (i + 1) * 60_000] for i in range(5)]  # ~20% of the corpus each
+    docs.insert(2, text[300_000:306_000])  # the short one, ~2%
+    seed = next(s for s in range(1000) if list(np.flatnonzero(held_out(np.arange(6), 0.2, s))) == [2])
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     lines = []
     m = prepare(
-        [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.01, min_val_tokens=5000, log=lines.append
-    )
-    assert m.splits["val"].documents == 1 and m.val_floor is None  # the last document is too long to move
+        [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.2, val_seed=seed, log=lines.append
+    )  # the default floor, capped at 10% of the corpus
+    assert m.splits["val"].documents == 1 and m.val_floor is None and m.held_out == "sample"
     warning = [line for line in lines if line.startswith("warning:")]
-    assert len(warning) == 1 and "under the floor of 5,000" in warning[0], lines
+    assert len(warning) == 1 and "no more whole documents fit" in warning[0], lines
     assert "validation 1 documents" in lines[-1]
+
+
+def test_a_topic_ordered_corpus_is_held_out_from_every_topic(tmp_path):
+    """Documents ordered by topic (a site's pages, a book's chapters): the held-out sample reaches
+    each topic, where the end of the stream would be the last one."""
+    import json
+
+    topics = ["alpha", "beta", "gamma", "delta"]
+    docs = [f"{t} page {i}: " + " ".join([t] * 30) for t in topics for i in range(100)]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    m = prepare([str(path)], tmp_path / "d", "bpe:300", val_fraction=0.05, min_val_tokens=0, log=quiet)
+    from baseforge.data.docsample import held_out
+
+    held = np.flatnonzero(held_out(np.arange(400), 0.05, 0))
+    assert m.splits["val"].documents == len(held) and {i // 100 for i in held} == {0, 1, 2, 3}
+    tail = prepare(
+        [str(path)],
+        tmp_path / "t",
+        "bpe:300",
+        val_fraction=0.05,
+        held_out="tail",
+        min_val_tokens=0,
+        log=quiet,
+    )
+    assert tail.held_out == "tail" and tail.val_seed is None and tail.args["held_out"] == "tail"
+    # The tail is the end of the stream: the last topic's tokens only.
+    assert tail.splits["val"].tokens == int(tail.tokens * 0.05)
 
 
 def test_a_run_opens_with_a_warning_when_val_is_smaller_than_eval_tokens(shakespeare_dir, tmp_path, capsys):

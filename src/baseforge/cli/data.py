@@ -58,8 +58,11 @@ def data_summary(data_dir: Path, manifest: Manifest) -> dict:
     }
     if manifest.cropped.get("tokens"):
         summary["cropped"] = manifest.cropped
-    if manifest.held_out == "tail":  # too few documents: val is the end of the token stream
-        summary["held_out"] = "tail"
+    summary["held_out"] = {
+        "method": manifest.held_out,
+        "seed": manifest.val_seed,
+        "how": manifest.held_out_words(),
+    }
     if manifest.skipped.get("binary_files") or manifest.skipped.get("symlinks"):
         summary["skipped"] = manifest.skipped
     if manifest.surrogates:
@@ -93,8 +96,7 @@ def print_summary(data_dir: Path, summary: dict, tok: dict) -> None:
             f"  crop dropped {summary['cropped']['tokens']:,} tokens "
             f"from {summary['cropped']['documents']:,} documents"
         )
-    if "held_out" in summary:
-        print("  val is the last tokens of the stream (too few documents to hold whole ones out)")
+    print(f"  val is {summary['held_out']['how']}")
     if "skipped" in summary:
         skipped = summary["skipped"]
         if skipped.get("binary_files"):

@@ -34,10 +34,14 @@ examples:
 The data dir holds shards (train_000000.bin, val_000000.bin, ...) and manifest.json; see
 `baseforge data info DIR`. An interrupted prepare resumes from its last complete shard when run
 again with the same arguments; a second prepare into the same --out while one runs is refused.
---overwrite builds the new data dir beside the old one and swaps it in only once complete. A
-corpus with too few documents for --val-fraction (one .txt file) holds out the last --val-fraction
-of its tokens instead; validation gets at least --min-val-tokens (capped at 10% of the corpus) by
-holding out more whole documents, and the last line says what it holds; binary files are skipped.
+--overwrite builds the new data dir beside the old one and swaps it in only once complete.
+
+Validation is a seeded random sample of whole documents (--val-fraction of them, --val-seed),
+drawn from the whole corpus, so a corpus ordered by topic is held out from every topic; it gets at
+least --min-val-tokens (capped at 10% of the corpus) by sampling more whole documents. A corpus
+with too few documents for a sample (one .txt file), or --held-out tail, holds out the last
+--val-fraction of its tokens instead. The last line says what validation holds and how it was
+chosen (also in the manifest: `baseforge data info DIR`); binary files are skipped.
 
 What is read: nothing outside a folder SOURCE (or --local DIR): a symlink in it whose target is
 outside it, file or folder, is skipped, and prepare names the first few (the manifest records the
@@ -118,12 +122,22 @@ def _add_held_out_arguments(p) -> None:
         help="fraction of documents held out (default 0.01)",
     )
     p.add_argument(
+        "--held-out",
+        choices=("sample", "tail"),
+        default="sample",
+        help="how validation is chosen: a seeded random sample of whole documents (default), or the "
+        "last --val-fraction of the token stream",
+    )
+    p.add_argument(
+        "--val-seed", type=count, default=0, metavar="N", help="the seed of the held-out sample (default 0)"
+    )
+    p.add_argument(
         "--min-val-tokens",
         type=count,
         metavar="N",
         help="hold out at least N tokens (default 1,048,576: the trainer's default eval_tokens, so a "
-        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by moving whole "
-        "documents from the end of the train stream into val (at most twice the floor); "
+        "default run evaluates on what it asks for), capped at 10%% of the corpus, met by sampling more "
+        "whole documents from the train split into val (at most twice the floor); "
         "0 = --val-fraction alone",
     )
     p.add_argument("--test-start", type=count, default=0, help="first held-out token of the fixed test slice")
@@ -151,6 +165,8 @@ def run(args) -> int:
         pack=args.pack,
         context=args.context,
         val_fraction=args.val_fraction,
+        held_out=args.held_out,
+        val_seed=args.val_seed,
         **({} if args.min_val_tokens is None else {"min_val_tokens": args.min_val_tokens}),
         test_start=args.test_start,
         test_tokens=args.test_tokens,

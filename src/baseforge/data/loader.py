@@ -140,6 +140,7 @@ class TokenData:
                 f"but it builds {built.name} ({built.vocab_size} tokens, another hash): re-run prepare"
             )
         self.vocab_size = manifest.vocab_size
+        self.held_out = manifest.held_out_words()  # how val was chosen, for the opening lines
         self.stream: TrainStream | BestFitStream
         self.packing_stats: PackingStats | None = None
         if packing == "bestfit":  # windows that start at documents (bestfit.py)

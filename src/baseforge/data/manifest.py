@@ -6,8 +6,10 @@
     sources             what was read
     documents, tokens   totals over every split
     splits              train / val / test: {"documents", "tokens", "shards": [{"file", "tokens"}]}
-    held_out            how val was chosen: "documents", or "tail" when the corpus had too few documents
-                        and val is the end of the token stream
+    held_out            how val was chosen: "sample" (a seeded sample of whole documents, docsample.py),
+                        "tail" (the end of the token stream: --held-out tail, or too few documents),
+                        or "documents" (every 1/f-th document: data dirs prepared before the sample)
+    val_seed            the sample's seed (with "sample")
     skipped             files not read: binary ones (`binary_files`, the `first`), and symlinks out of a
                         source folder (`symlinks`, `first_symlink`; only when there were some)
     surrogates          texts whose lone surrogate escapes became U+FFFD (documents, first; when any)
@@ -36,6 +38,7 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
 MAX_VOCAB = 1 << 32  # shards hold ids as uint16 or uint32
 MAX_SHARDS = 1 << 20
+HELD_OUT = ("sample", "tail", "documents")  # how val was chosen; "documents": before the sample
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class Manifest:
     pack: str = "concat"
     context: int | None = None
     sources: tuple[str, ...] = ()
-    held_out: str = "documents"
+    held_out: str = "sample"
+    val_seed: int | None = None
     skipped: dict = field(default_factory=lambda: {"binary_files": 0, "first": None})
     surrogates: dict | None = None  # texts whose lone surrogates became U+FFFD: documents, first
     cropped: dict = field(default_factory=lambda: {"documents": 0, "tokens": 0})
@@ -81,6 +85,14 @@ class Manifest:
     @property
     def eot_id(self) -> int | None:
         return self.tokenizer.get("eot_id")
+
+    def held_out_words(self) -> str:
+        """How val was chosen, in words, for the lines a user reads (prepare, data info, train)."""
+        if self.held_out == "sample":
+            return f"a seeded sample of whole documents (seed {self.val_seed})"
+        if self.held_out == "tail":
+            return "the last tokens of the stream"
+        return "every 1/f-th document (a data dir prepared before the seeded sample)"
 
     def to_json(self) -> dict:
         splits = {
@@ -102,6 +114,7 @@ class Manifest:
             "tokens": self.tokens,
             "splits": splits,
             "held_out": self.held_out,
+            "val_seed": self.val_seed,
             "skipped": self.skipped,
             "surrogates": self.surrogates,
             "cropped": self.cropped,
@@ -157,9 +170,9 @@ def _parse(record: dict, path: Path, data_dir: Path) -> Manifest:
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise UserError(f"{path}: sources is {excerpt(sources)}, not a list of names; corrupt manifest")
     held_out = record.get("held_out", "documents")
-    if held_out not in ("documents", "tail"):
+    if held_out not in HELD_OUT:
         raise UserError(
-            f"{path}: held_out is {excerpt(held_out)}, not 'documents' or 'tail'; corrupt manifest"
+            f"{path}: held_out is {excerpt(held_out)}, not one of {', '.join(HELD_OUT)}; corrupt manifest"
         )
     return Manifest(
         tokenizer=_tokenizer(record, path),
@@ -170,6 +183,7 @@ def _parse(record: dict, path: Path, data_dir: Path) -> Manifest:
         context=context,
         sources=tuple(sources),
         held_out=held_out,
+        val_seed=count(record, "val_seed", path, high=(1 << 32) - 1, optional=True),
         skipped=_counted(record, "skipped", path, {"binary_files": 0, "first": None}),
         surrogates=_counted(record, "surrogates", path, None),
         cropped=_counted(record, "cropped", path, {"documents": 0, "tokens": 0}),

@@ -40,7 +40,7 @@ class Meter:
     def update(self, docs: int, tokens: int) -> None:
         self.bar.update(tokens - self.bar.n, documents=f"{docs:,}")
 
-    def finish(self, counts: Counts, splits, pack, warning: str | None = None) -> None:
+    def finish(self, counts: Counts, splits, pack, warning: str | None, held_out: str) -> None:
         """The closing lines: skipped files, what crop dropped, the val warning, then the summary
         (last: the documents and tokens of each split, validation's too)."""
         self.bar.close()
@@ -68,7 +68,7 @@ class Meter:
         sizes = ", ".join(f"{s} {e['tokens']:,}" for s, e in splits.items())
         val = splits.get("val")
         held = (
-            f"; validation {val['documents']:,} documents, {val['tokens']:,} tokens"
+            f"; validation {val['documents']:,} documents, {val['tokens']:,} tokens: {held_out}"
             if val
             else "; no validation"
         )

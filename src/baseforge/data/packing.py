@@ -14,14 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from baseforge.data.docsample import held_out
 from baseforge.data.shards import read_shard, write_shard
-
-
-def held_out(i, fraction: float):
-    """Is document i (an int, or an array of them) held out? The same float64 arithmetic either way."""
-    if isinstance(i, np.ndarray):
-        return ((i + 1) * fraction).astype(np.int64) > (i * fraction).astype(np.int64)
-    return int((i + 1) * fraction) > int(i * fraction)
 
 
 @dataclass
@@ -130,19 +124,21 @@ class Router:
         counts: Counts,
         crop: int | None,
         val_fraction: float,
+        val_seed: int,
         test_start: int,
         test_tokens: int,
         max_tokens: int | None,
         max_train_tokens: int | None,
     ):
         self.writers, self.counts, self.crop, self.val_fraction = writers, counts, crop, val_fraction
+        self.val_seed = val_seed
         self.test_start, self.test_tokens = test_start, test_tokens
         self.max_tokens, self.max_train_tokens = max_tokens, max_train_tokens
 
     def add_batch(self, flat: np.ndarray, lengths: np.ndarray) -> bool:
         """Route one batch; True once a token limit is reached (the batch is cut after that document)."""
         counts, train = self.counts, self.writers["train"]
-        held = held_out(counts.documents + np.arange(len(lengths)), self.val_fraction)
+        held = held_out(counts.documents + np.arange(len(lengths)), self.val_fraction, self.val_seed)
         if self.crop:
             cut = lengths > self.crop
             counts.cropped_documents += int(cut.sum())
@@ -197,6 +193,23 @@ class Router:
         else:
             writers["val"].add(doc)
             writers["val"].documents += 1
+
+    def sampled_everything(self) -> bool:
+        """Did the sample hold out every document (a corpus of a few)? Then nothing was trained on yet."""
+        train = self.writers["train"]
+        return self.counts.held_out_tokens > 0 and not train.shards and not train.buffered
+
+    def unroute_held_out(self) -> None:
+        """Put the held-out stream (val, with the test slice back at its place) into train, in order;
+        only while nothing is written (sampled_everything), for the tail rule to take over."""
+        val, test, train = self.writers["val"], self.writers["test"], self.writers["train"]
+        held = [np.concatenate(w.buffer) if w.buffer else np.zeros(0, dtype=np.uint32) for w in (val, test)]
+        a = min(self.test_start, len(held[0]))
+        train.add(np.concatenate([held[0][:a], held[1], held[0][a:]]))
+        train.documents += val.documents + test.documents
+        for w in (val, test):
+            w.buffer, w.buffered, w.documents = [], 0, 0
+        self.counts.held_out_tokens = 0
 
     def val_from_tail(self, n: int) -> None:
         """Hold out the last `n` tokens of the token stream (for a corpus of too few documents for the

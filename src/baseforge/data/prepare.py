@@ -39,18 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from baseforge.data import resume
+from baseforge.data.docsample import held_out
 from baseforge.data.files import links_line
-from baseforge.data.heldout import (
-    MIN_VAL_TOKENS,
-    floor_record,
-    meet_floor,
-    val_from_tail,
-    val_target,
-    val_warning,
-)
+from baseforge.data.heldout import MIN_VAL_TOKENS, finish_val, val_warning
 from baseforge.data.manifest import MANIFEST, Manifest, SplitEntry, read_manifest, write_manifest
 from baseforge.data.meter import Meter, check_not_empty
-from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter, held_out
+from baseforge.data.packing import BackgroundWrites, Counts, Router, SplitWriter
 from baseforge.data.sources import open_source
 from baseforge.data.workers import MAX_PIECE_CHARS, cut_points, encoded_pieces
 from baseforge.errors import UserError
@@ -59,6 +53,7 @@ from baseforge.runlock import RunLock
 from baseforge.tokenizer import GPT2Tokenizer, Tokenizer, TrainedBPETokenizer, load_tokenizer, parse_spec
 
 BPE_SAMPLE_CHARS = 200_000_000  # a trained BPE sees at most this much train text
+HELD_OUT = ("sample", "tail")  # --held-out: a seeded sample of documents (docsample.py), or the tail
 LOCK_FILE = ".prepare.lock"  # one prepare per data dir at a time (runlock.RunLock's mechanism)
 
 
@@ -72,12 +67,12 @@ def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
     return tok
 
 
-def _bpe_sample(sources, val_fraction):
+def _bpe_sample(sources, val_fraction, val_seed):
     """Train text for a BPE; a long document in pieces (workers.cut_points: at pre-token boundaries,
     so the trainer counts the same words) so the trainer's memory is bounded by the piece."""
     chars = 0
     for i, doc in enumerate(_documents(sources)):
-        if not held_out(i, val_fraction):
+        if not held_out(i, val_fraction, val_seed):
             bounds = [0, *cut_points(doc, MAX_PIECE_CHARS), len(doc)] if len(doc) > MAX_PIECE_CHARS else None
             yield from (doc[a:b] for a, b in zip(bounds, bounds[1:])) if bounds else (doc,)
             chars += len(doc)
@@ -100,6 +95,8 @@ class PrepareSpec:
     pack: str = "concat"  # or "crop" (needs context)
     context: int | None = None
     val_fraction: float = 0.01
+    held_out: str = "sample"  # or "tail": val is the end of the token stream
+    val_seed: int = 0  # which documents the sample holds out
     min_val_tokens: int = MIN_VAL_TOKENS  # val's token floor, met by holding out more whole documents
     test_start: int = 0
     test_tokens: int = 0
@@ -124,11 +121,20 @@ class PrepareSpec:
             raise UserError("--pack crop needs --context N (the length documents are cropped to)")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if self.held_out not in HELD_OUT:
+            raise UserError(f"--held-out must be one of {', '.join(HELD_OUT)}, not {self.held_out!r}")
+        if not 0 <= self.val_seed < 1 << 32:
+            raise UserError(f"--val-seed must be in [0, 2^32), not {self.val_seed}")
         if self.min_val_tokens < 0:
             raise UserError(f"--min-val-tokens must be 0 or more, not {self.min_val_tokens}")
         if self.shard_tokens < 1:
             raise UserError("--shard-tokens must be positive")
         parse_spec(self.tokenizer)
+
+    @property
+    def sample_fraction(self) -> float:
+        """The fraction of documents the sample holds out as they stream (none under --held-out tail)."""
+        return self.val_fraction if self.held_out == "sample" else 0.0
 
     def key_args(self) -> dict:
         """The arguments that decide the output, as recorded in the manifest and hashed into its key."""
@@ -138,6 +144,8 @@ class PrepareSpec:
             pack=self.pack,
             context=self.context,
             val_fraction=self.val_fraction,
+            held_out=self.held_out,
+            val_seed=self.val_seed,
             test_start=self.test_start,
             test_tokens=self.test_tokens,
             max_tokens=self.max_tokens,
@@ -235,12 +243,13 @@ def _prepare(
     router = Router(
         writers,
         counts,
-        spec.context if spec.pack == "crop" else None,
-        spec.val_fraction,
-        spec.test_start,
-        spec.test_tokens,
-        spec.max_tokens,
-        spec.max_train_tokens,
+        crop=spec.context if spec.pack == "crop" else None,
+        val_fraction=spec.sample_fraction,
+        val_seed=spec.val_seed,
+        test_start=spec.test_start,
+        test_tokens=spec.test_tokens,
+        max_tokens=spec.max_tokens,
+        max_train_tokens=spec.max_train_tokens,
     )
     meter = Meter(log, spec.max_tokens or spec.max_train_tokens)
     _tokenize(spec, out, key, tok, opened, router, meter)
@@ -253,19 +262,22 @@ def _prepare(
             for job in resume.commit_now(out, key, tok, writers, counts):
                 job()
 
-    target = val_target(spec.val_fraction, spec.min_val_tokens, counts.tokens)
-    moved = (0, 0)
-    if spec.val_fraction > 0 and counts.held_out_tokens == 0:
-        val_from_tail(router, spec.val_fraction, target, reach_back, log)
-    elif target:
-        moved = meet_floor(router, target, reach_back, tok.eot_id)
+    floor = finish_val(
+        router,
+        method=spec.held_out,
+        fraction=spec.val_fraction,
+        seed=spec.val_seed,
+        min_val_tokens=spec.min_val_tokens,
+        reach_back=reach_back,
+        eot=tok.eot_id,
+        log=log,
+    )
     splits = _flush_all(writers, spec.shard_tokens)
-    floor = floor_record(spec.min_val_tokens, target, moved) if moved[0] else None
     manifest = _manifest(spec, tok, counts, splits, floor, key, args)
     write_manifest(out, manifest)
     resume.clear(out, splits)
     warning = val_warning(spec.val_fraction, spec.min_val_tokens, counts.tokens, splits)
-    return manifest, partial(meter.finish, counts, splits, spec.pack, warning)
+    return manifest, partial(meter.finish, counts, splits, spec.pack, warning, manifest.held_out_words())
 
 
 def _start_or_resume(
@@ -277,7 +289,7 @@ def _start_or_resume(
     if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
     else:
-        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.val_fraction))
+        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.sample_fraction, spec.val_seed))
     writers = {
         s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
         for s in ("train", "val", "test")
@@ -326,7 +338,8 @@ def _manifest(
             name: SplitEntry.of([(e["file"], e["tokens"]) for e in s["shards"]], s["documents"])
             for name, s in splits.items()
         },
-        held_out="tail" if counts.val_from_tail else "documents",
+        held_out="tail" if counts.val_from_tail else "sample",
+        val_seed=None if counts.val_from_tail else spec.val_seed,
         skipped=skipped,
         surrogates=surrogates if counts.surrogate_documents else None,
         cropped={"documents": counts.cropped_documents, "tokens": counts.cropped_tokens},

@@ -30,7 +30,7 @@ def announce_lines(run: Run, step: int) -> list[str]:
         f"{layout.grad_accum} x {world} processes",
         f"{run.total} steps, {format_count(tokens)} tokens "
         f"({format_ratio(tokens / n_params)} per parameter); "
-        f"train split {format_count(data.train_tokens)} tokens",
+        f"train split {format_count(data.train_tokens)} tokens{held_out_words(data)}",
         *filter(
             None,
             [
@@ -41,6 +41,13 @@ def announce_lines(run: Run, step: int) -> list[str]:
             ],
         ),
     ]
+
+
+def held_out_words(data) -> str:
+    """ "; validation N tokens: HOW" for prepared data (how its val was chosen), "" for other data."""
+    val, how = getattr(data, "val", None), getattr(data, "held_out", None)
+    tokens = getattr(val, "tokens", None)
+    return f"; validation {format_count(tokens)} tokens: {how}" if how and isinstance(tokens, int) else ""
 
 
 def compiled(run: Run) -> str:
