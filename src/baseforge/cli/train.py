@@ -120,6 +120,8 @@ def run(args) -> int:
         print(describe_keys())
         return 0
     out = check_out_dir(args.out or DEMO_RUN)
+    # Before anything reads the run dir: a live run's reads as a stopped one (no checkpoint yet).
+    run_lock(out).check()
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run; it cannot be combined with --resume")
     if args.extend and not args.resume:
@@ -166,8 +168,11 @@ def train(
     def log(message: str) -> None:
         print(message, flush=True)
 
-    def resumable(path: Path) -> bool:  # a fresh run that failed before its first checkpoint leaves no folder
-        return RunDir(path).pointer("latest").is_file()
+    lock = run_lock(out)
+
+    def keep(path: Path) -> bool:  # a fresh run that failed before its first checkpoint leaves no folder
+        # ... unless another process holds it: it may have made that folder after we looked
+        return lock.refused or RunDir(path).pointer("latest").is_file()
 
     def run_in(dist) -> RunResult:  # the trainer (and its DDP model) is gone once this returns
         trainer = Trainer(
@@ -181,8 +186,8 @@ def train(
             dist=dist,
             init_weights=init_weights,
         )
-        with output_dir(out, keep=resumable) if dist.is_main else contextlib.nullcontext():
-            with RunLock(out) if dist.is_main else contextlib.nullcontext():
+        with output_dir(out, keep=keep) if dist.is_main else contextlib.nullcontext():
+            with lock if dist.is_main else contextlib.nullcontext():
                 return trainer.run()
 
     try:
@@ -194,3 +199,7 @@ def train(
             "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
         ) from None
     return 130 if result.stopped else 0
+
+
+def run_lock(out: Path) -> RunLock:
+    return RunLock(out, doing="being trained")

@@ -1,0 +1,61 @@
+"""Messages that point the right way, round two (#34 item 6): a resume of a run another process is
+training, --help-config under a preset, plan --from-run across devices, a BPE short of its size."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from baseforge.cli import main
+from baseforge.overrides import resolve_config
+from baseforge.runlock import RunLock
+from helpers import TINY, assert_clean_error, baseforge, sets
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder`: its bytes and modification time."""
+    return {
+        p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resume_of_a_run_another_process_is_training_says_so_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"  # a live run before its first checkpoint: config, data record, metrics
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(resolve_config("cpu-tiny").to_dict()))
+    (run / "data.json").write_text(json.dumps([{"path": "data", "manifest_sha256": "0" * 64, "step": 0}]))
+    (run / "metrics.jsonl").write_text('{"step": 0, "tokens": 0, "loss": null, "val_loss": 7.1}\n')
+    with RunLock(run):  # the trainer holds its run dir's lock
+        before = snapshot(run)
+        result = baseforge("train", "--out", run, "--resume")
+        after = snapshot(run)
+    assert_clean_error(result, "being trained by", f"pid {os.getpid()}", "wait for that run")
+    assert "checkpoint" not in result.stderr  # was: "has no checkpoint yet (it stopped before the first)"
+    assert after == before
+
+
+def test_a_fresh_start_refused_by_a_run_that_made_the_folder_first_leaves_it(
+    shakespeare_dir, tmp_path, monkeypatch, capsys
+):
+    """The race: this start finds no folder and makes it, another trainer locks it first and writes."""
+    run = tmp_path / "run"
+    acquire, other = RunLock.acquire, []
+
+    def another_wins(self):
+        if not other:
+            other.append(acquire(RunLock(self.run_dir)))  # the other trainer
+            (self.run_dir / "metrics.jsonl").write_text('{"step": 0, "tokens": 0, "loss": null}\n')
+        return acquire(self)
+
+    monkeypatch.setattr(RunLock, "acquire", another_wins)
+    try:
+        argv = ["train", "--data", str(shakespeare_dir), "--out", str(run), "--preset", "cpu-tiny"]
+        assert main([*argv, *sets(*TINY, "max_steps=2")]) == 1
+    finally:
+        for lock in other:
+            lock.release()
+    assert f"pid {os.getpid()}" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").is_file()  # was: removed with the folder this start had made
