@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from baseforge.cli import main
 from baseforge.overrides import resolve_config
 from baseforge.runlock import RunLock
@@ -59,3 +61,16 @@ def test_a_fresh_start_refused_by_a_run_that_made_the_folder_first_leaves_it(
             lock.release()
     assert f"pid {os.getpid()}" in capsys.readouterr().err
     assert (run / "metrics.jsonl").is_file()  # was: removed with the folder this start had made
+
+
+@pytest.mark.parametrize("preset", [None, "cpu-tiny"])
+def test_help_config_says_whose_defaults_it_shows(preset, capsys):
+    assert main(["train", "--help-config", *(["--preset", preset] if preset else [])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    if preset is None:
+        assert "base values" in lines[0] and "--help-config --preset NAME" in lines[0]
+        assert "  n_embd = 768  (int)" in lines
+    else:
+        assert lines[0].startswith("defaults below: preset cpu-tiny's values")
+        assert "  n_embd = 128  (int)" in lines and "  context = 128  (int)" in lines
+        assert "  vocab_size = None  (int)" in lines  # from the data's tokenizer, as cpu-tiny says

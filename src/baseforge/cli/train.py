@@ -24,7 +24,8 @@ from baseforge.launch import (
     preflight,
     resume_data,
 )
-from baseforge.overrides import resolve_config, resume_config
+from baseforge.overrides import DEFAULT_PRESET, resolve_config, resume_config
+from baseforge.presets import preset_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import RunLock
 from baseforge.train.distributed import dist_from_env, process_group
@@ -58,12 +59,13 @@ examples:
   torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
 
 config: a preset, then --config FILE.toml (flat keys or [model]/[train] tables), then --set
-key=value (repeatable). `--help-config` lists every key and its default. The resolved config
-is saved in RUN/config.json and in every checkpoint. On --resume the run's saved config is used,
-with any --set of a train key applied on top (for example a larger max_steps to extend a run);
-re-running the original command with --resume appended works, and a flag that would change the
-saved config is refused, naming the key. The run remembers its data (RUN/data.json): --resume
-without --data uses it; other data needs --new-data and the same tokenizer.
+key=value (repeatable). `--help-config` lists every key and its default (the base values; with
+--preset NAME, that preset's). The resolved config is saved in RUN/config.json and in every
+checkpoint. On --resume the run's saved config is used, with any --set of a train key applied on
+top (for example a larger max_steps to extend a run); re-running the original command with --resume
+appended works, and a flag that would change the saved config is refused, naming the key. The run
+remembers its data (RUN/data.json): --resume without --data uses it; other data needs --new-data
+and the same tokenizer.
 
 the run dir: config.json, data.json, metrics.jsonl (one JSON row per logged step), charts/training.png,
 checkpoints/step_NNNNNNN/ (model.safetensors, trainer.safetensors + trainer.json, state.json, config.json),
@@ -111,13 +113,17 @@ def register(sub) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved run (config, size, steps) and exit"
     )
-    p.add_argument("--help-config", action="store_true", help="list every config key: type, default, meaning")
+    p.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list every config key: type, default (with --preset, that preset's value), meaning",
+    )
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     if args.help_config:
-        print(describe_keys())
+        print(help_config(args.preset))
         return 0
     out = check_out_dir(args.out or DEMO_RUN)
     # Before anything reads the run dir: a live run's reads as a stopped one (no checkpoint yet).
@@ -147,6 +153,20 @@ def run(args) -> int:
     for line in preflight(config, token_data, world=env.world) if env.is_main else []:
         print(line)
     return train(config, token_data, out, args.resume, init, extend=args.extend)
+
+
+def help_config(preset: str | None) -> str:
+    """`--help-config`: every key, its default a preset's value with --preset, else the base value;
+    the first line says which, since no run trains on the base values as they are."""
+    if preset:
+        header = f"defaults below: preset {preset}'s values (the config it starts a run with)"
+        return header + "\n" + describe_keys(preset_config(preset))
+    header = (
+        "defaults below: the base values, before any preset; a run starts from a preset's (--preset, "
+        f"one named in --config, else {DEFAULT_PRESET}; the demo {DEMO_PRESET}): "
+        "--help-config --preset NAME shows them"
+    )
+    return header + "\n" + describe_keys()
 
 
 def run_config(args, out: Path):
