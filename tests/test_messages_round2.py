@@ -74,3 +74,49 @@ def test_help_config_says_whose_defaults_it_shows(preset, capsys):
         assert lines[0].startswith("defaults below: preset cpu-tiny's values")
         assert "  n_embd = 128  (int)" in lines and "  context = 128  (int)" in lines
         assert "  vocab_size = None  (int)" in lines  # from the data's tokenizer, as cpu-tiny says
+
+
+def test_plan_refuses_the_mfu_of_a_cpu_run_for_a_gpu(shakespeare_dir, tmp_path, capsys):
+    from baseforge.train.loop import Trainer
+
+    run = tmp_path / "cpu-run"
+    config = resolve_config("cpu-tiny", None, [*TINY, "max_steps=3"])
+    Trainer(config, shakespeare_dir, run, log=lambda *a: None).run()
+    assert json.loads((run / "summary.json").read_text())["device"] == "cpu"
+    assert main(["plan", "--preset", "gpt2-124m", "--gpu", "rtx-4090", "--from-run", str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "trained on the CPU" in err and "RTX 4090" in err
+    assert "drop --from-run" in err and "--mfu" in err and "\n" not in err
+    (run / "summary.json").unlink()  # unfinished: its rows still hold no GPU memory
+    assert main(["plan", "--preset", "gpt2-124m", "--from-run", str(run), "--json"]) == 1
+    assert "did not train on a CUDA GPU" in capsys.readouterr().err
+
+
+def gpu_run(folder: Path, gpu_name: str | None) -> Path:
+    """What a CUDA run leaves for the planner: rows with MFU and GPU memory; summary.json once finished."""
+    folder.mkdir()
+    rows = [{"step": s, "tokens": s * 512, "mfu": m, "peak_alloc_gib": 3.0} for s, m in ((9, 0.5), (18, 0.3))]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if gpu_name:
+        summary = {"device": "cuda:0", "peak_source": f"table: {gpu_name}", "mfu": 0.3}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def plan_json(run: Path, gpu: str, capsys) -> dict:
+    assert main(["plan", "--preset", "gpt2-124m", "--gpu", gpu, "--from-run", str(run), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_says_when_a_run_measured_its_mfu_on_another_gpu(tmp_path, capsys):
+    rtx = gpu_run(tmp_path / "rtx", "NVIDIA GeForce RTX 4090")
+    other = plan_json(rtx, "h100-sxm", capsys)
+    assert other["mfu"] == pytest.approx(0.3)
+    assert "RTX 4090" in other["mfu_source"]
+    assert "RTX 4090" in other["mfu_note"] and "H100 SXM" in other["mfu_note"]
+    assert plan_json(rtx, "rtx-4090", capsys)["mfu_note"] == ""  # the same GPU: nothing to say
+    unnamed = plan_json(gpu_run(tmp_path / "unfinished", None), "h100-sxm", capsys)
+    assert "does not record which GPU" in unnamed["mfu_note"]
+    argv = ["plan", "--preset", "gpt2-124m", "--gpu", "h100-sxm", "--from-run", str(rtx)]
+    assert main(argv) == 0
+    assert "note: measured on NVIDIA GeForce RTX 4090, not the H100 SXM" in capsys.readouterr().out
