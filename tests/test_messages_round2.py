@@ -120,3 +120,17 @@ def test_plan_says_when_a_run_measured_its_mfu_on_another_gpu(tmp_path, capsys):
     argv = ["plan", "--preset", "gpt2-124m", "--gpu", "h100-sxm", "--from-run", str(rtx)]
     assert main(argv) == 0
     assert "note: measured on NVIDIA GeForce RTX 4090, not the H100 SXM" in capsys.readouterr().out
+
+
+def test_a_bpe_that_runs_out_of_merges_says_how_far_it_got(tmp_path, capsys):
+    source = tmp_path / "tiny.txt"
+    source.write_text("the cat sat on the mat and the dog sat on the log\n")  # 18 tokens or so
+    data = tmp_path / "data"
+    assert main(["prepare", str(source), "--out", str(data), "--tokenizer", "bpe:4096"]) == 0
+    vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    assert 257 < vocab < 4096  # the manifest holds the size reached, not the one asked
+    warning = [line for line in capsys.readouterr().out.splitlines() if "bpe:4096" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning:"), warning
+    assert f"reached {vocab:,} tokens, not 4,096" in warning[0] and "too small" in warning[0]
+    assert main(["prepare", str(source), "--out", str(tmp_path / "d2"), "--tokenizer", "bpe:260"]) == 0
+    assert "warning: --tokenizer" not in capsys.readouterr().out  # 3 merges: reached
