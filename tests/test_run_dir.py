@@ -93,7 +93,7 @@ def test_a_second_trainer_on_the_same_run_dir_stops_at_once(shakespeare_dir, tmp
 
     run = tmp_path / "run"
     with RunLock(run):  # another process holds the run dir
-        assert_clean_error(train(shakespeare_dir, run), "in use by", f"pid {os.getpid()}")
+        assert_clean_error(train(shakespeare_dir, run), "being trained by", f"pid {os.getpid()}")
     assert train(shakespeare_dir, run).returncode == 0  # the lock went with its holder
 
 

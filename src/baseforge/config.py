@@ -269,16 +269,18 @@ def load_run_config(run_dir: Path | str) -> RunConfig:
         raise UserError(f"{path} is corrupt ({exc})") from None
 
 
-def describe_keys() -> str:
-    """Every config key: its type or choices, default and help text, for `--help-config`."""
+def describe_keys(config: RunConfig | None = None) -> str:
+    """Every config key: its type or choices, default and help text, for `--help-config`. The default
+    shown is `config`'s value (a preset's), else the field's own (the base, before any preset)."""
     lines = []
-    for title, cls, keys in (
-        ("model keys", ModelConfig, MODEL_KEYS),
-        ("train keys", TrainConfig, TRAIN_KEYS),
+    for title, cls, keys, values in (
+        ("model keys", ModelConfig, MODEL_KEYS, config and config.model),
+        ("train keys", TrainConfig, TRAIN_KEYS, config and config.train),
     ):
         lines.append(f"{title}:")
         for name, f in keys.items():
-            lines.append(f"  {name} = {f.default!r}  ({type_name(cls, name)})")
+            default = getattr(values, name) if values else f.default
+            lines.append(f"  {name} = {default!r}  ({type_name(cls, name)})")
             lines.append(f"      {help_text(cls, name)}")
     lines.append(
         "renamed keys (the old name still works): " + ", ".join(f"{o} -> {n}" for o, n in RENAMED.items())

@@ -22,6 +22,8 @@ from baseforge.config import (
 from baseforge.errors import ConfigError, UserError
 from baseforge.presets import preset_config
 
+DEFAULT_PRESET = "cpu-small"  # a config that names no preset (no --preset, none in its TOML) starts here
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -95,7 +97,7 @@ def resolve_config(
 ) -> RunConfig:
     """Preset, then TOML file (flat keys or [model]/[train] tables; may name a `preset`), then --set."""
     table = load_toml(toml_path) if toml_path else {}
-    name = preset or table.pop("preset", None) or "cpu-small"
+    name = preset or table.pop("preset", None) or DEFAULT_PRESET
     table.pop("preset", None)
     config = preset_config(name)
     flat = {}

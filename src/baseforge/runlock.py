@@ -4,6 +4,7 @@
 holder's pid and host into it (JSON: {"pid", "host", "started"}). A second holder fails at once
 with a UserError naming them. The kernel drops a flock when its holder dies, however it dies, so a
 lock file left by a killed process never blocks anyone: the file is only a note, the lock is the OS's.
+`RunLock(run_dir).check()` refuses the same way without taking the lock, for what reads the folder first.
 
 The file is never deleted: removing it while another process waits on it would let two holders
 lock two different files. Forked children share the lock (their copy of the descriptor holds it
@@ -26,8 +27,9 @@ LOCK_FILE = ".lock"
 class RunLock:
     """An exclusive lock on a run dir; a context manager, or acquire() / release().
 
-    `name`, `what` and `user` let another kind of folder use the same mechanism: `prepare` locks a
-    data dir with `RunLock(out, name=".prepare.lock", what="data dir", user="prepare", remove=True)`.
+    `name`, `what`, `user` and `doing` let another kind of folder use the same mechanism: `prepare` locks
+    a data dir with `RunLock(out, name=".prepare.lock", what="data dir", user="prepare", remove=True)`;
+    a refusal reads "{what} DIR is {doing} by pid N on host H ...; wait for that {user} to finish".
     `remove=True` deletes the lock file on release, so the folder keeps no trace of it. That is safe
     because acquire() then checks, after the flock, that the path still names the file it locked (a
     holder may have deleted it in between) and tries again if not; release deletes the path only
@@ -41,11 +43,12 @@ class RunLock:
         name: str = LOCK_FILE,
         what: str = "run dir",
         user: str = "run",
+        doing: str = "in use",
         remove: bool = False,
     ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / name
-        self.what, self.user, self.remove = what, user, remove
+        self.what, self.user, self.doing, self.remove = what, user, doing, remove
         self.fd: int | None = None
         self.refused = False  # set when another process held it
 
@@ -55,15 +58,8 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            self.refused = True
-            raise UserError(
-                f"{self.what} {self.run_dir} is in use by {holder} (it holds {self.path}); "
-                f"wait for that {self.user} to finish or stop it, or choose another --out"
-            ) from None
+            if not _flock(fd, fcntl.LOCK_EX):
+                raise self._in_use(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -75,6 +71,31 @@ class RunLock:
         os.pwrite(fd, (note + "\n").encode(), 0)
         self.fd = fd
         return self
+
+    def check(self) -> None:
+        """Refuse now, as acquire() would, if another process holds the lock; take nothing, write nothing.
+
+        For what reads the folder before acquire(): `train --resume` reads the run's config and
+        checkpoint pointer first, and a live run before its first checkpoint reads as one that stopped.
+        """
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or no folder): nobody holds it
+            return
+        try:
+            if not _flock(fd, fcntl.LOCK_SH):  # shared: two checks never refuse each other
+                raise self._in_use(fd)
+        finally:
+            os.close(fd)  # drops the shared lock
+
+    def _in_use(self, fd: int) -> UserError:
+        self.refused = True
+        return UserError(
+            f"{self.what} {self.run_dir} is {self.doing} by {_read_holder(fd)} (it holds {self.path}); "
+            f"wait for that {self.user} to finish or stop it, or choose another --out"
+        )
 
     def release(self) -> None:
         if self.fd is not None:
@@ -88,6 +109,21 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _flock(fd: int, mode: int) -> bool:
+    """Take flock `mode` without blocking; False if another process holds it. Tried three times over
+    60 ms, so that another process's check() (a shared lock held for microseconds) is not a holder."""
+    import fcntl
+
+    for pause in (0.0, 0.01, 0.05):
+        time.sleep(pause)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            continue
+    return False
 
 
 def _same_file(path: Path, fd: int) -> bool:

@@ -9,7 +9,8 @@ from baseforge.cli import VERBS
 from baseforge.cli.options import add_json, fraction, non_negative_float, positive_count, positive_int
 from baseforge.errors import UserError
 from baseforge.hardware import GPUS, find_gpu
-from baseforge.plan.estimate import format_plan, make_plan, mfu_from_run
+from baseforge.plan.estimate import format_plan, make_plan
+from baseforge.plan.from_run import measured_mfu
 from baseforge.plan.memory import Setup
 
 EPILOG = """\
@@ -20,6 +21,10 @@ examples:
 GPUs: see `baseforge plan --list-gpus`. Memory is modelled on the trainer's code
 (src/baseforge/plan/memory.py); speed is the GPU's dense peak times an MFU: assumed (40%) unless --mfu
 or --from-run says otherwise.
+--from-run RUN takes RUN's measured MFU as it is: when RUN ran on another GPU than --gpu, or does not
+record which (summary.json names it once a run finishes), the plan says so (a note; `mfu_note` in
+--json). A run that trained on the CPU is refused: its MFU is of a matmul timed on that CPU and says
+nothing of a GPU (drop --from-run, or give --mfu).
 """
 
 
@@ -45,7 +50,11 @@ def register(subparsers) -> None:
     p.add_argument("--activation-checkpointing", choices=("none", "blocks"), default="none")
     p.add_argument("--precision", choices=("bf16", "fp16", "fp32"), help="default: bf16 where the GPU has it")
     p.add_argument("--mfu", type=fraction, help="MFU to assume, as a fraction (default 0.40)")
-    p.add_argument("--from-run", metavar="RUN", help="take the MFU measured in RUN/metrics.jsonl")
+    p.add_argument(
+        "--from-run",
+        metavar="RUN",
+        help="take the MFU measured in RUN/metrics.jsonl (a GPU run's; see below)",
+    )
     add_json(p, "the plan as JSON")
     p.add_argument("--list-gpus", action="store_true", help="list the GPUs the planner knows")
     p.set_defaults(run=run)
@@ -65,24 +74,25 @@ def run(args) -> int:
         return 0
     if not args.preset:
         raise UserError("--preset is required (e.g. --preset gpt2-124m)")
-    mfu, source = args.mfu, "given with --mfu" if args.mfu is not None else ""
+    gpu = find_gpu(args.gpu)
+    mfu, source, note = args.mfu, "given with --mfu" if args.mfu is not None else "", ""
     if args.from_run:
-        mfu = mfu_from_run(args.from_run)
-        source = f"median measured in {args.from_run}"
+        measured = measured_mfu(args.from_run)
+        mfu, source, note = measured.mfu, measured.source, measured.note_for(gpu)
         if mfu > 1:
             raise UserError(
                 f"{args.from_run}: its MFU ({mfu:.2f}) is above 100%: its peak was under-measured"
             )
     setup = Setup(
         args.preset,
-        find_gpu(args.gpu),
+        gpu,
         args.gpus,
         args.parallel,
         args.micro_batch,
         args.activation_checkpointing,
         args.precision or "",
     )
-    plan = make_plan(setup, args.tokens, args.price, mfu, source)
+    plan = make_plan(setup, args.tokens, args.price, mfu, source, note)
     if plan.fits:
         print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
         return 0

@@ -73,7 +73,11 @@ def register(sub) -> None:
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.add_argument("--out", type=Path, required=True, help="data dir to write")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (tiktoken) or bpe:N (trained here)")
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2 (tiktoken) or bpe:N (trained here; up to N tokens: text too small for that says so)",
+    )
     p.add_argument(
         "--pack",
         choices=["concat", "crop"],

@@ -24,7 +24,8 @@ from baseforge.launch import (
     preflight,
     resume_data,
 )
-from baseforge.overrides import resolve_config, resume_config
+from baseforge.overrides import DEFAULT_PRESET, resolve_config, resume_config
+from baseforge.presets import preset_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import RunLock
 from baseforge.train.distributed import dist_from_env, process_group
@@ -58,12 +59,13 @@ examples:
   torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
 
 config: a preset, then --config FILE.toml (flat keys or [model]/[train] tables), then --set
-key=value (repeatable). `--help-config` lists every key and its default. The resolved config
-is saved in RUN/config.json and in every checkpoint. On --resume the run's saved config is used,
-with any --set of a train key applied on top (for example a larger max_steps to extend a run);
-re-running the original command with --resume appended works, and a flag that would change the
-saved config is refused, naming the key. The run remembers its data (RUN/data.json): --resume
-without --data uses it; other data needs --new-data and the same tokenizer.
+key=value (repeatable). `--help-config` lists every key and its default (the base values; with
+--preset NAME, that preset's). The resolved config is saved in RUN/config.json and in every
+checkpoint. On --resume the run's saved config is used, with any --set of a train key applied on
+top (for example a larger max_steps to extend a run); re-running the original command with --resume
+appended works, and a flag that would change the saved config is refused, naming the key. The run
+remembers its data (RUN/data.json): --resume without --data uses it; other data needs --new-data
+and the same tokenizer.
 
 the run dir: config.json, data.json, metrics.jsonl (one JSON row per logged step), charts/training.png,
 checkpoints/step_NNNNNNN/ (model.safetensors, trainer.safetensors + trainer.json, state.json, config.json),
@@ -111,15 +113,21 @@ def register(sub) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved run (config, size, steps) and exit"
     )
-    p.add_argument("--help-config", action="store_true", help="list every config key: type, default, meaning")
+    p.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list every config key: type, default (with --preset, that preset's value), meaning",
+    )
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     if args.help_config:
-        print(describe_keys())
+        print(help_config(args.preset))
         return 0
     out = check_out_dir(args.out or DEMO_RUN)
+    # Before anything reads the run dir: a live run's reads as a stopped one (no checkpoint yet).
+    run_lock(out).check()
     if args.resume and args.init_from:
         raise UserError("--init-from starts a new run; it cannot be combined with --resume")
     if args.extend and not args.resume:
@@ -147,6 +155,20 @@ def run(args) -> int:
     return train(config, token_data, out, args.resume, init, extend=args.extend)
 
 
+def help_config(preset: str | None) -> str:
+    """`--help-config`: every key, its default a preset's value with --preset, else the base value;
+    the first line says which, since no run trains on the base values as they are."""
+    if preset:
+        header = f"defaults below: preset {preset}'s values (the config it starts a run with)"
+        return header + "\n" + describe_keys(preset_config(preset))
+    header = (
+        "defaults below: the base values, before any preset; a run starts from a preset's (--preset, "
+        f"one named in --config, else {DEFAULT_PRESET}; the demo {DEMO_PRESET}): "
+        "--help-config --preset NAME shows them"
+    )
+    return header + "\n" + describe_keys()
+
+
 def run_config(args, out: Path):
     if args.resume:
         return resume_config(load_run_config(out), args.preset, args.config, args.overrides)
@@ -166,8 +188,11 @@ def train(
     def log(message: str) -> None:
         print(message, flush=True)
 
-    def resumable(path: Path) -> bool:  # a fresh run that failed before its first checkpoint leaves no folder
-        return RunDir(path).pointer("latest").is_file()
+    lock = run_lock(out)
+
+    def keep(path: Path) -> bool:  # a fresh run that failed before its first checkpoint leaves no folder
+        # ... unless another process holds it: it may have made that folder after we looked
+        return lock.refused or RunDir(path).pointer("latest").is_file()
 
     def run_in(dist) -> RunResult:  # the trainer (and its DDP model) is gone once this returns
         trainer = Trainer(
@@ -181,8 +206,8 @@ def train(
             dist=dist,
             init_weights=init_weights,
         )
-        with output_dir(out, keep=resumable) if dist.is_main else contextlib.nullcontext():
-            with RunLock(out) if dist.is_main else contextlib.nullcontext():
+        with output_dir(out, keep=keep) if dist.is_main else contextlib.nullcontext():
+            with lock if dist.is_main else contextlib.nullcontext():
                 return trainer.run()
 
     try:
@@ -194,3 +219,7 @@ def train(
             "micro_batch=auto), the context, or the model size; checkpoints so far are kept"
         ) from None
     return 130 if result.stopped else 0
+
+
+def run_lock(out: Path) -> RunLock:
+    return RunLock(out, doing="being trained")

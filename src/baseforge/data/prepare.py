@@ -57,14 +57,25 @@ HELD_OUT = ("sample", "tail")  # --held-out: a seeded sample of documents (docsa
 LOCK_FILE = ".prepare.lock"  # one prepare per data dir at a time (runlock.RunLock's mechanism)
 
 
-def make_tokenizer(spec: str, out_dir: Path, train_texts) -> Tokenizer:
+def make_tokenizer(spec: str, out_dir: Path, train_texts, log=print) -> Tokenizer:
     kind, size = parse_spec(spec)
     if kind == "gpt2":
         return GPT2Tokenizer()
     assert size is not None, "parse_spec gives bpe:N its size"
     tok = TrainedBPETokenizer.train(train_texts, size)
+    if tok.vocab_size < size:  # the trainer stops, silently, when no pair is left to merge
+        log(_short_vocab(spec, size, tok.vocab_size))
     tok.save(out_dir)
     return tok
+
+
+def _short_vocab(spec: str, asked: int, reached: int) -> str:
+    base = 257  # 256 bytes and <|endoftext|>: every token past them is one merge
+    return (
+        f"warning: --tokenizer {spec} reached {reached:,} tokens, not {asked:,}: the training text is too "
+        f"small for {asked - base:,} merges (after {reached - base:,}, no pair in it was left to merge); "
+        f"the data dir records vocab_size {reached:,}; more text gives a larger vocabulary"
+    )
 
 
 def _bpe_sample(sources, val_fraction, val_seed):
@@ -289,7 +300,9 @@ def _start_or_resume(
     if progress and parse_spec(spec.tokenizer)[0] == "bpe":
         tok = load_tokenizer(progress["tokenizer"], out)
     else:
-        tok = make_tokenizer(spec.tokenizer, out, _bpe_sample(opened, spec.sample_fraction, spec.val_seed))
+        tok = make_tokenizer(
+            spec.tokenizer, out, _bpe_sample(opened, spec.sample_fraction, spec.val_seed), log
+        )
     writers = {
         s: SplitWriter(out, s, tok.vocab_size, (progress or {}).get("splits", {}).get(s))
         for s in ("train", "val", "test")

@@ -4,14 +4,13 @@ Memory per GPU comes from the memory model (plan/memory.py, where its terms are 
 on the code that runs; this module turns it into a verdict, a speed, a time and a cost.
 
 Speed: FLOPs per token from `GPT.flops_per_token` (6N + attention), tokens/s = MFU x peak x GPUs
-/ FLOPs per token, with a stated MFU assumption or the median MFU of a run's metrics.jsonl.
+/ FLOPs per token, with a stated MFU assumption or the median MFU of a run's metrics.jsonl
+(plan/from_run.py, which says when that run's device is not the planned GPU: `mfu_note`).
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from baseforge.errors import UserError
 from baseforge.plan.memory import (
@@ -25,7 +24,6 @@ from baseforge.plan.memory import (
     model_shape,
 )
 from baseforge.presets import preset_config
-from baseforge.train.metrics import read_metrics
 
 DEFAULT_MFU = 0.40  # an assumption for GPT-2-class models with flash attention, not a measurement
 
@@ -52,21 +50,12 @@ class Plan:
     hours: float
     cost_usd: float | None
     verdict: str = ""
+    mfu_note: str = ""  # a measured MFU's caveat: taken on another GPU, or on one the run does not name
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["memory"]["total"] = self.memory.total
         return d
-
-
-def mfu_from_run(run_dir: Path | str) -> float:
-    """Median MFU over a run's logged rows (the first row, which includes warm-up, left out)."""
-    values = [r.mfu for r in read_metrics(run_dir) if r.mfu]
-    if len(values) > 1:
-        values = values[1:]
-    if not values:
-        raise UserError(f"{run_dir}: no MFU in metrics.jsonl; train a few log intervals first")
-    return statistics.median(values)
 
 
 def _gib(n: float, digits: int = 1) -> str:
@@ -147,6 +136,7 @@ def make_plan(
     price: float | None = None,
     mfu: float | None = None,
     mfu_source: str = "",
+    mfu_note: str = "",
 ) -> Plan:
     _check_setup(setup)
     setup.precision = setup.precision or ("bf16" if setup.gpu.bf16 else "fp16")
@@ -180,6 +170,7 @@ def make_plan(
         tokens=tokens,
         hours=hours,
         cost_usd=hours * setup.gpus * price if price is not None else None,
+        mfu_note=mfu_note,
     )
     plan.verdict = _verdict(plan, s, setup)
     return plan
@@ -211,6 +202,7 @@ def format_plan(plan: Plan) -> str:
         "",
         f"FLOPs per token  {plan.flops_per_token / 1e9:.2f} GFLOP (6N + attention)",
         f"MFU              {100 * plan.mfu:.1f}% ({plan.mfu_source})",
+        *([f"                 note: {plan.mfu_note}"] if plan.mfu_note else []),
         f"throughput       {plan.tokens_per_s:,.0f} tokens/s on {plan.gpus} GPU(s)",
         f"budget           {plan.tokens / 1e9:.2f}B tokens: {plan.hours:,.1f} h"
         + (f", ${plan.cost_usd:,.0f}" if plan.cost_usd is not None else ""),
