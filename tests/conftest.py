@@ -29,9 +29,10 @@ def gpt2_available(shared_data) -> None:
         pytest.skip(f"GPT-2 tiktoken cache not found at {TIKTOKEN_CACHE}")
 
 
-def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) -> Path:
+def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10, tok=None) -> Path:
     """A small prepared data dir written with the tokenizer and shard writer directly, so trainer
-    tests do not depend on `prepare`. Documents are the text's paragraphs; every 10th is validation."""
+    tests do not depend on `prepare`. Documents are the text's paragraphs; every 10th is validation.
+    `tok`: a trained tokenizer to use (several dirs of one mixture), else one trained on the text."""
     import numpy as np
 
     from baseforge.data.manifest import Manifest, SplitEntry, write_manifest
@@ -39,7 +40,7 @@ def build_data_dir(out: Path, text: str, vocab: int = 512, val_every: int = 10) 
     from baseforge.tokenizer import TrainedBPETokenizer
 
     docs = [d for d in text.split("\n\n") if d.strip()]
-    tok = TrainedBPETokenizer.train(docs, vocab)
+    tok = tok or TrainedBPETokenizer.train(docs, vocab)
     train, val = [], []
     for i, ids in enumerate(tok.encode_batch(docs)):
         (val if i % val_every == 0 else train).extend(ids + [tok.eot_id])

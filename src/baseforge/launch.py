@@ -20,6 +20,8 @@ from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.loader import TokenData
 from baseforge.data.manifest import read_manifest
+from baseforge.data.mixed import MixedData
+from baseforge.data.mixture import Source, parse_sources
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
@@ -33,7 +35,7 @@ from baseforge.rundir import RunDir
 from baseforge.train.build import check_vocab as check_vocab_size
 from baseforge.train.build import total_steps
 from baseforge.train.checkpoint.checkpointer import Checkpointer
-from baseforge.train.checkpoint.data_record import data_use, read_data_history
+from baseforge.train.checkpoint.data_record import DataUse, data_use, read_data_history
 from baseforge.train.checkpoint.format import model_tensors
 from baseforge.train.distributed import DistInfo
 from baseforge.train.mfu import device_peak
@@ -41,10 +43,13 @@ from baseforge.train.precision import resolve_device, resolve_precision
 from baseforge.train.trackers import tracker_names
 
 
-def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, unrecorded=None) -> Path:
-    """The data a resumed run continues on: the data it last trained on (RUN/data.json), checked by its
-    manifest's sha256 whether or not `data` is given; other data (another dir, or the same dir prepared
-    again) only with `new_data`.
+def resume_data(
+    out: Path, data: list | None = None, *, new_data: bool = False, unrecorded=None
+) -> list[Source]:
+    """The data a resumed run continues on: what it last trained on (RUN/data.json: one data dir or a
+    weighted mixture), checked by each manifest's sha256 whether or not `data` (--data values) is given;
+    other data (another dir, the same dir prepared again, other weights, an added source) only with
+    `new_data`, which continues from the checkpoint's step on the new stream.
 
     `unrecorded` is the data of a run that does not record it (the CLI's demo run); else that is an error.
     """
@@ -57,28 +62,42 @@ def resume_data(out: Path, data: Path | None = None, *, new_data: bool = False, 
         )
     history = read_data_history(run)
     if history is None:
-        if data is None and unrecorded is None:
+        if not data and unrecorded is None:
             raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
-        return Path(data or unrecorded)
+        return parse_sources(data or [unrecorded])
     last = history[-1]
-    target = Path(data) if data is not None else Path(last.path)
-    now = data_use(target)
-    if (now.path, now.manifest_sha256) == (last.path, last.manifest_sha256) or new_data:
-        return target
-    if now.manifest_sha256 is None:
-        raise UserError(
-            f"{out} was trained on {last.short()}, and {target} holds no prepared data now: restore it, "
-            "or pass other data with --data and --new-data"
+    given = data or [p.path if len(last.parts) == 1 else f"{p.path}:{p.weight!r}" for p in last.parts]
+    sources = parse_sources(given)
+    now = data_use(sources)
+    if now.same_data(last) or new_data:
+        return sources
+    raise UserError(data_change(out, last, now, given_data=bool(data)))
+
+
+def data_change(out: Path, last: DataUse, now: DataUse, *, given_data: bool) -> str:
+    """The one line refusing a resume on data other than the run's: what differs, and the two ways on."""
+    was, what = last.short(), now.short()
+    if len(last.parts) == len(now.parts) == 1:
+        if now.parts[0].manifest_sha256 is None:
+            return (
+                f"{out} was trained on {was}, and {now.parts[0].path} holds no prepared data now: "
+                "restore it, or pass other data with --data and --new-data"
+            )
+        if now.parts[0].path == last.parts[0].path:
+            return (
+                f"{out} was trained on {was}, but that folder now holds other data ({what}: prepared again); "
+                "restore it, or add --new-data to continue on what it holds now"
+            )
+    elif [p.path for p in now.parts] == [p.path for p in last.parts] and all(
+        a.manifest_sha256 == b.manifest_sha256 for a, b in zip(now.parts, last.parts)
+    ):
+        weights = ", ".join(f"{b.weight:.3g}" for b in now.parts)
+        return (
+            f"{out} was trained on {was}; --data gives other weights ({weights}): add --new-data to "
+            "continue from the checkpoint's step with the new mixture (e.g. to anneal on one source)"
         )
-    if now.path == last.path:
-        raise UserError(
-            f"{out} was trained on {last.short()}, but that folder now holds other data ({now.short()}: "
-            "prepared again); restore it, or add --new-data to continue on what it holds now"
-        )
-    raise UserError(
-        f"{out} was trained on {last.short()}, not {now.short()}; resume without --data, or add "
-        "--new-data to continue on other data prepared with the same tokenizer"
-    )
+    hint = "resume without --data, or" if given_data else "restore it, or"
+    return f"{out} was trained on {was}, not {what}; {hint} add --new-data to continue on other data"
 
 
 def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunConfig, dict]:
@@ -120,9 +139,13 @@ def evaluators(cfg: TrainConfig) -> dict:
     return {"hellaswag": hellaswag}
 
 
-def open_data(config: RunConfig, data: Path) -> TokenData:
-    """The data as the run will read it (its packing, its windows): what preflight counts passes over."""
-    return TokenData(data, config.model.context, config.train.seed, config.train.packing)
+def open_data(config: RunConfig, sources: list[Source]) -> TokenData | MixedData:
+    """The data as the run will read it (its packing, its windows): what preflight counts passes over;
+    several sources are a mixture (data/mixture.py)."""
+    c = config.train
+    if len(sources) == 1:
+        return TokenData(sources[0].path, config.model.context, c.seed, c.packing)
+    return MixedData(sources, config.model.context, c.seed, c.packing)
 
 
 def check_run(
@@ -216,8 +239,10 @@ def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
     plan = BatchPlan.from_config(cfg, config.model.context, world=world)
     layout, steps = plan.layout, total_steps(cfg, shape.params, plan)
     per_step, tokens = layout.global_batch * config.model.context, plan.tokens_before(steps)
+    if isinstance(data, MixedData):
+        warnings += mixture_lines(data, tokens // config.model.context)
     epoch = data.train_tokens  # what one pass yields as the run reads it (best-fit: its windows)
-    if tokens / epoch > PASSES_WARN:
+    if not isinstance(data, MixedData) and tokens / epoch > PASSES_WARN:
         warnings.append(
             f"warning: the run trains on {tokens:,} tokens, {tokens / epoch:.0f} passes over the "
             f"{epoch:,} tokens one epoch of the train split gives (packing {cfg.packing}): it will "
@@ -243,6 +268,20 @@ def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
                 "measured matmul peak): a model this size wants a GPU"
             )
     return warnings
+
+
+def mixture_lines(data: MixedData, windows: int) -> list[str]:
+    """Each source of a mixture: its weight, and the passes over its train split the run's `windows`
+    make; a warning for a source read more than PASSES_WARN times."""
+    lines = [f"data: a mixture of {len(data.sources)} sources, weights as shares of the training tokens"]
+    for source, passes in data.passes(windows):
+        lines.append(f"  {source.name}: weight {source.weight:.3f}, {passes:.2f} passes over {source.path}")
+        if passes > PASSES_WARN:
+            lines.append(
+                f"warning: the run reads {source.name} {passes:.0f} times: past ~{PASSES_WARN} passes "
+                "repeated data stops paying (Muennighoff et al., 2023); lower its weight or add data"
+            )
+    return lines
 
 
 def device_memory(device: torch.device) -> int | None:

@@ -12,6 +12,7 @@ from baseforge.cli import VERBS
 from baseforge.config import describe_keys, load_run_config
 from baseforge.data.loader import TokenData
 from baseforge.data.manifest import MANIFEST
+from baseforge.data.mixture import parse_sources
 from baseforge.data.prepare import prepare
 from baseforge.errors import UserError
 from baseforge.fileio import check_out_dir, output_dir
@@ -82,7 +83,13 @@ def register(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", type=Path, help=f"prepared data dir (default: {DEMO_DATA}, prepared if missing)")
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="DIR[:WEIGHT]",
+        help=f"prepared data dir (default: {DEMO_DATA}, prepared if missing); repeat it with a weight each "
+        "to train on a mixture, e.g. --data data/web:0.7 --data data/code:0.3 (shares of the tokens)",
+    )
     p.add_argument("--out", type=Path, help=f"run dir (default: {DEMO_RUN})")
     p.add_argument(
         "--preset", help="model + recipe preset: cpu-tiny, cpu-small, gpt2-small-seed, gpt2-124m, ..."
@@ -134,18 +141,18 @@ def run(args) -> int:
         raise UserError("--extend makes a run longer: use it with --resume and a larger --set max_steps")
     if args.resume:
         unrecorded = DEMO_DATA if out == DEMO_RUN else None
-        data = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
+        sources = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
     else:
-        data = args.data or DEMO_DATA
-    if data == DEMO_DATA and not (data / MANIFEST).is_file():
-        print(f"preparing the built-in corpus into {data} (tokenizer {DEMO_TOKENIZER})")
-        prepare(["builtin"], data, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
+        sources = parse_sources(args.data or [DEMO_DATA])
+    if sources[0].path == DEMO_DATA and not (DEMO_DATA / MANIFEST).is_file():
+        print(f"preparing the built-in corpus into {DEMO_DATA} (tokenizer {DEMO_TOKENIZER})")
+        prepare(["builtin"], DEMO_DATA, tokenizer=DEMO_TOKENIZER, val_fraction=0.05)
     config = run_config(args, out)
     init = None
     if args.init_from:
-        config, init = init_from(args.init_from, config, data, args.overrides)
+        config, init = init_from(args.init_from, config, sources[0].path, args.overrides)
     env = dist_from_env()
-    token_data = open_data(config, data)  # read once: preflight counts its passes, the run trains on it
+    token_data = open_data(config, sources)  # read once: preflight counts its passes, the run trains on it
     check_run(config, token_data, out, resume=args.resume, extend=args.extend, world=env.world)
     if args.dry_run:  # the same checks as the run's, then what it would do
         print(dry_run_report(config, token_data))
@@ -172,13 +179,13 @@ def help_config(preset: str | None) -> str:
 def run_config(args, out: Path):
     if args.resume:
         return resume_config(load_run_config(out), args.preset, args.config, args.overrides)
-    if args.data is None and RunDir(out).has_checkpoint() and not args.preset:
+    if not args.data and RunDir(out).has_checkpoint() and not args.preset:
         raise UserError(
             f"{out} already holds the demo run; sample it with `baseforge sample {out}`, "
             f"continue it with `baseforge train --resume`, or remove it to start over"
         )
     return resolve_config(
-        args.preset or (DEMO_PRESET if args.data is None else None), args.config, args.overrides
+        args.preset or (DEMO_PRESET if not args.data else None), args.config, args.overrides
     )
 
 

@@ -182,10 +182,13 @@ class BestFitStream:
             parts.append(self.shards[shard][start : start + int(p.take[s])])
         return np.concatenate(parts)
 
+    def rows(self, j) -> np.ndarray:
+        """Stream windows j (any positions) as rows of context+1 ids (int64)."""
+        return np.stack([self.row(int(i)) for i in j]).astype(np.int64)
+
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
-        rows = np.stack([self.row(j) for j in range(start, start + count)]).astype(np.int64)
-        data = torch.from_numpy(rows)
+        data = torch.from_numpy(self.rows(range(start, start + count)))
         return data[:, :-1], data[:, 1:]
 
     def micro_batch(self, step: int, micro_step: int, layout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ import torch
 from baseforge.data.batch_plan import BatchLayout
 from baseforge.data.bestfit import BestFitStream, PackingStats
 from baseforge.data.manifest import MANIFEST, Manifest, read_manifest
+from baseforge.data.mixture import Source
 from baseforge.data.shards import check_ids, split_shards
 from baseforge.data.shuffle import permute
 from baseforge.errors import UserError
@@ -68,8 +69,8 @@ class TokenWindows:
         offset = (k - self.starts[shard]) * self.context
         return self.shards[shard][offset : offset + self.context + 1]
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows `indices` as (inputs, targets), gathered shard by shard with numpy fancy indexing."""
+    def rows(self, indices) -> np.ndarray:
+        """Windows `indices` as rows of context+1 ids (int64), gathered shard by shard, ids checked."""
         k = np.asarray(indices, dtype=np.int64).reshape(-1)
         rows = np.empty((len(k), self.context + 1), dtype=np.int64)
         shard_of = np.searchsorted(self._starts, k, side="right") - 1
@@ -78,8 +79,12 @@ class TokenWindows:
             mine = shard_of == shard
             offsets = (k[mine] - self._starts[shard]) * self.context
             rows[mine] = self.shards[shard][offsets[:, None] + span]
-        data = torch.from_numpy(rows)
-        check_ids(data, self.manifest.vocab_size, f"the {self.split} split of {self.data_dir}")
+        check_ids(rows, self.manifest.vocab_size, f"the {self.split} split of {self.data_dir}")
+        return rows
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows `indices` as (inputs, targets)."""
+        data = torch.from_numpy(self.rows(indices))
         return data[:, :-1], data[:, 1:]
 
 
@@ -91,10 +96,13 @@ class TrainStream:
         self.seed = seed
 
     def _window_indices(self, start: int, count: int) -> np.ndarray:
+        return self._storage(np.arange(start, start + count, dtype=np.int64))
+
+    def _storage(self, j: np.ndarray) -> np.ndarray:
+        """Stream windows j as windows of the split: epoch j // n, read in that epoch's permutation."""
         n = self.windows.n
-        j = np.arange(start, start + count, dtype=np.int64)
         epochs, k = j // n, j % n
-        out = np.empty(count, dtype=np.int64)
+        out = np.empty(len(j), dtype=np.int64)
         for epoch in np.unique(epochs):
             mine = epochs == epoch
             out[mine] = permute(k[mine], n, self.seed, int(epoch))
@@ -106,6 +114,14 @@ class TrainStream:
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
         return self.windows.batch(self._window_indices(start, count))
+
+    def rows(self, j: np.ndarray) -> np.ndarray:
+        """Stream windows j (any positions) as rows of context+1 ids: what a mixture reads."""
+        return self.windows.rows(self._storage(np.asarray(j, dtype=np.int64)))
+
+    @property
+    def tokens(self) -> int:
+        return self.windows.tokens
 
     def micro_batch(
         self, step: int, micro_step: int, layout: BatchLayout
@@ -152,6 +168,11 @@ class TokenData:
             self.stream = TrainStream(TokenWindows(self.source, "train", context, manifest), seed)
             self.train_tokens = self.stream.windows.tokens
         self.val = TokenWindows(self.source, "val", context, manifest) if "val" in manifest.splits else None
+
+    @property
+    def sources(self) -> list[Source]:
+        """The one source, as a mixture's are listed (the run's data record)."""
+        return [Source(self.source, 1.0, self.source.resolve().name)]
 
     def micro_batch(self, step: int, micro_step: int, layout: BatchLayout):
         x, y = self.stream.micro_batch(step, micro_step, layout)

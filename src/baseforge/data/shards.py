@@ -80,11 +80,12 @@ def read_shard(path: Path | str) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(f"<u{width}"), mode="r", offset=HEADER.size, shape=(count,))
 
 
-def check_ids(batch: torch.Tensor, vocab_size: int, where: str) -> None:
+def check_ids(batch: torch.Tensor | np.ndarray, vocab_size: int, where: str) -> None:
     """Refuse a batch holding an id past the vocabulary (bytes changed in a shard, or another tokenizer's
     shard) before it indexes an embedding: on the host, over the batch just gathered (B x T ints; no
     device sync), so the error names the data instead of an index error deep in the model."""
-    top = int(batch.numpy().max()) if batch.numel() else 0  # numpy: a CPU batch, no tensor read
+    ids = batch.numpy() if isinstance(batch, torch.Tensor) else batch  # a CPU batch: no tensor read
+    top = int(ids.max()) if ids.size else 0
     if top >= vocab_size:
         raise UserError(
             f"{where} holds token id {top}, past the vocabulary's {vocab_size}: a corrupt shard; "

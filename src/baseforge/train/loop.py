@@ -103,7 +103,7 @@ class Trainer:
     def run(self) -> RunResult:
         self.setup()
         built, state, cfg = self.built, self.state, self.config.train
-        self.checkpointer.prepare_run_dir(self.config, built.data.source, resume=self.resume, step=state.step)
+        self.checkpointer.prepare_run_dir(self.config, built.data, resume=self.resume, step=state.step)
         for line in announce_lines(built, state.step):
             self.reporter.say(line)
         cadence, validator = Cadence.from_config(cfg), Validator(built, self.evaluators)
@@ -114,7 +114,7 @@ class Trainer:
         with recording:
             if state.step == 0:
                 state.initial_val = validator.loss()
-                self.reporter.initial_validation(state.initial_val, built.data.source)
+                self.reporter.initial_validation(state.initial_val, built.data, validator.source_losses)
             progress = self.reporter.progress(*progress_counts(built, state))
             with progress, StopRequested() as stop:
                 end = built.total
@@ -164,6 +164,7 @@ class Trainer:
             if val is not None:
                 row.val_loss = val
                 self.state.record_val(val)
+            row.evals.update(validator.source_losses)
         if due.evaluators:
             row.evals.update(validator.extras())
         self.reporter.row(row)

@@ -77,14 +77,15 @@ class Reporter:
         if self._trackers is not None:
             self._trackers.log(row.to_json(), row.step)
 
-    def initial_validation(self, val: float | None, source) -> None:
-        """The step-0 row: validation before the first step, so the curve shows how far training moved it."""
+    def initial_validation(self, val: float | None, data, per_source: dict[str, float]) -> None:
+        """The step-0 row: validation before the first step, so the curve shows how far training moved it
+        (with a mixture's loss on each source)."""
         if not self.is_main:
             return
         if val is None:
-            self.log(f"warning: {source} has no validation split: training without a validation loss")
+            self.log(f"warning: {data.source} has no validation split: training without a validation loss")
             return
-        self._record(MetricsRow(step=0, tokens=0, val_loss=val))
+        self._record(MetricsRow(step=0, tokens=0, val_loss=val, evals=dict(per_source)))
         self.log(f"step 0 | val {val:.4f}")
 
     def row(self, row: MetricsRow) -> None:

@@ -18,14 +18,30 @@ class Validator:
     def __init__(self, run: Run, evaluators: dict[str, Evaluator] | None = None):
         self.run = run
         self.evaluators = evaluators or {}
+        self.source_losses: dict[str, float] = {}  # a mixture's "val_loss/NAME", from the last loss()
 
     def loss(self) -> float | None:
-        """Held-out loss on the fixed validation slice (model.loss's definition), token-weighted over all
-        ranks' shares of it; None without a validation split. A collective: every rank calls it."""
+        """Held-out loss on the fixed validation slice; for a mixture (data/mixture.py) each source's on
+        its own slice (kept in `source_losses`) and their mean under the run's weights, so runs with
+        other weights are scored on the same tokens of each source. A collective: every rank calls it."""
+        sets = getattr(self.run.data, "val_sets", None)
+        if sets is None:
+            return self._loss_of(self.run.data)
+        self.source_losses, total, weight = {}, 0.0, 0.0
+        for source, part in sets():
+            value = self._loss_of(part)
+            if value is not None:
+                self.source_losses[f"val_loss/{source.name}"] = value
+                total, weight = total + source.weight * value, weight + source.weight
+        return total / weight if weight else None
+
+    def _loss_of(self, data) -> float | None:
+        """`data`'s held-out loss (model.loss's definition), token-weighted over all ranks' shares of
+        its slice; None without a validation split."""
         run, dist = self.run, self.run.runtime.dist
         model = run.views.eval
         model.eval()
-        batches: Iterable = run.data.val_batches(
+        batches: Iterable = data.val_batches(
             run.config.train.eval_tokens, run.layout.micro_batch, dist.rank, dist.world
         )
         if run.views.kind == "fsdp":  # only FSDP needs the count up front; others stream the slice

@@ -108,13 +108,14 @@ class Checkpointer:
         restored.tail_peak, restored.tail_warmup = tail.to_lr, tail.warmup
         return restored
 
-    def prepare_run_dir(self, config: RunConfig, source, *, resume: bool, step: int) -> None:
+    def prepare_run_dir(self, config: RunConfig, data, *, resume: bool, step: int) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
         if not self.dist.is_main:
             return
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         ckpt.write_run_config(self.run_dir, config)
-        if isinstance(source, Path):  # a fresh start writes the record; a resume appends a change of data
+        source = getattr(data, "sources", None) or getattr(data, "source", data)  # fine-tuning: its file
+        if isinstance(source, (Path, list)):  # a fresh start writes the record; a resume appends a change
             record_data(self.run_dir, source, step)
         if resume:  # the checkpoint is loaded and checked by now: only then is anything set aside
             rows = truncate_metrics(self.run_dir.path, step, set_aside=True)

@@ -3,6 +3,9 @@
     {"path": ..., "manifest_sha256": ...,              the data the run started on
      "changes": [{"step", "path", "manifest_sha256"}]}   each later switch (--new-data), from that step
 
+A mixture of data dirs (data/mixture.py) is recorded as "sources": [{"path", "manifest_sha256",
+"weight"}, ...] in place of "path" and "manifest_sha256", at the start and in a change alike.
+
 A data dir is identified by its manifest's sha256 (the manifest lists every shard with its token count
 and the tokenizer's hash, so other data, or the same folder prepared again, has another one). The record
 is written once when the run starts and never rewritten: a resume on other data appends a change, so
@@ -12,28 +15,55 @@ what each step trained on stays known.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baseforge.data.manifest import MANIFEST
+from baseforge.data.mixture import MAX_SOURCES
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_json
-from baseforge.records import count, read_json, text
+from baseforge.records import count, number, read_json, text
 from baseforge.rundir import RunDir
 
 MAX_CHANGES = 10_000
 
 
 @dataclass(frozen=True)
-class DataUse:
-    """One data dir a run trained on, from `step` on."""
+class Part:
+    """One data dir of what a run trained on, with its share of the training windows."""
 
     path: str
     manifest_sha256: str | None
-    step: int = 0
+    weight: float = 1.0
 
     def short(self) -> str:
         return f"{self.path} (manifest sha256 {(self.manifest_sha256 or 'none')[:12]})"
+
+
+@dataclass(frozen=True)
+class DataUse:
+    """The data a run trained on from `step` on: one data dir, or a weighted mixture of several."""
+
+    parts: tuple[Part, ...]
+    step: int = 0
+
+    def short(self) -> str:
+        if len(self.parts) == 1:
+            return self.parts[0].short()
+        return " + ".join(f"{p.short()} at weight {p.weight:.3g}" for p in self.parts)
+
+    def same_data(self, other: DataUse) -> bool:
+        """The same dirs with the same contents and weights (to rounding: weights are normalised)."""
+        return len(self.parts) == len(other.parts) and all(
+            (a.path, a.manifest_sha256) == (b.path, b.manifest_sha256) and math.isclose(a.weight, b.weight)
+            for a, b in zip(self.parts, other.parts)
+        )
+
+    def to_json(self) -> dict:
+        if len(self.parts) == 1:
+            return {"path": self.parts[0].path, "manifest_sha256": self.parts[0].manifest_sha256}
+        return {"sources": [asdict(p) for p in self.parts]}
 
 
 def data_fingerprint(source: Path) -> str | None:
@@ -43,8 +73,36 @@ def data_fingerprint(source: Path) -> str | None:
     return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
 
 
-def data_use(source: Path, step: int = 0) -> DataUse:
-    return DataUse(str(Path(source).resolve()), data_fingerprint(source), step)
+def data_use(sources, step: int = 0) -> DataUse:
+    """What `sources` (mixture.Source list, or one path) are now, identified by content."""
+    if isinstance(sources, (str, Path)):
+        return DataUse((Part(str(Path(sources).resolve()), data_fingerprint(Path(sources))),), step)
+    parts = tuple(Part(str(s.path.resolve()), data_fingerprint(s.path), s.weight) for s in sources)
+    return DataUse(parts if len(parts) > 1 else (Part(parts[0].path, parts[0].manifest_sha256),), step)
+
+
+def _parts(record: dict, where: Path) -> tuple[Part, ...]:
+    """A record's or a change's data: its "sources" list, or its "path" and "manifest_sha256"."""
+    if "sources" not in record:
+        return (
+            Part(text(record, "path", where) or "", text(record, "manifest_sha256", where, optional=True)),
+        )
+    sources = record["sources"]
+    if not isinstance(sources, list) or not 1 < len(sources) <= MAX_SOURCES:
+        raise UserError(
+            f"{where}: sources is not a list of 2 to {MAX_SOURCES} data dirs; corrupt data record"
+        )
+    parts = []
+    for i, item in enumerate(sources):
+        at = Path(f"{where} sources[{i}]")
+        if not isinstance(item, dict):
+            raise UserError(f"{at} is not a JSON object; corrupt data record")
+        weight = number(item, "weight", at, optional=False)
+        if weight is None or not 0 < weight <= 1:
+            raise UserError(f"{at}: weight is not in (0, 1]; corrupt data record")
+        sha = text(item, "manifest_sha256", at, optional=True)
+        parts.append(Part(text(item, "path", at) or "", sha, weight))
+    return tuple(parts)
 
 
 def read_data_history(run: RunDir | Path) -> list[DataUse] | None:
@@ -55,34 +113,30 @@ def read_data_history(run: RunDir | Path) -> list[DataUse] | None:
     if not path.exists() and not path.is_symlink():
         return None
     record = read_json(path, "data record")
-    first = DataUse(text(record, "path", path) or "", text(record, "manifest_sha256", path, optional=True))
     changes = record.get("changes", [])
     if not isinstance(changes, list) or len(changes) > MAX_CHANGES:
         raise UserError(f"{path}: changes is not a list of data changes; corrupt data record")
-    uses = [first]
+    uses = [DataUse(_parts(record, path))]
     for i, change in enumerate(changes):
         where = Path(f"{path} changes[{i}]")
         if not isinstance(change, dict):
             raise UserError(f"{where} is not a JSON object; corrupt data record")
         step = count(change, "step", where)
         assert step is not None
-        sha = text(change, "manifest_sha256", where, optional=True)
-        uses.append(DataUse(text(change, "path", where) or "", sha, step))
+        uses.append(DataUse(_parts(change, where), step))
     return uses
 
 
-def record_data(run: RunDir | Path, source: Path, step: int) -> None:
+def record_data(run: RunDir | Path, sources, step: int) -> None:
     """Note the data the run trains on from `step`: the whole record for a run starting at step 0, else
     a change appended when it differs from the data the run last trained on."""
     run = RunDir.of(run)
-    now = data_use(source, step)
+    now = data_use(sources, step)
     history = read_data_history(run) if step else None
     if not history:
-        atomic_write_json(run.data_record, {"path": now.path, "manifest_sha256": now.manifest_sha256})
+        atomic_write_json(run.data_record, now.to_json())
         return
-    last = history[-1]
-    if (last.path, last.manifest_sha256) == (now.path, now.manifest_sha256):
+    if history[-1].same_data(now):
         return
-    first, later = history[0], [asdict(u) for u in history[1:]]
-    record = {"path": first.path, "manifest_sha256": first.manifest_sha256, "changes": [*later, asdict(now)]}
-    atomic_write_json(run.data_record, record)
+    later = [{"step": u.step, **u.to_json()} for u in [*history[1:], now]]
+    atomic_write_json(run.data_record, {**history[0].to_json(), "changes": later})
