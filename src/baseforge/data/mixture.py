@@ -12,7 +12,7 @@ window j of the mixed stream comes from and which of that source's windows it is
 That is a pure function of (weights, j) in O(log S) numpy operations, with no scan of the past: exact
 resume, N processes sharing one global batch, best-fit packing and batch schedules are unchanged. Over
 every prefix of J windows, source s has received J*w_s windows to within ceil(log2 S) (one window for
-two sources): each level's floor moves a count by less than one window (`shares_bound`; tested). A
+two sources): each level's floor moves a count by less than one window (tests/test_mixture.py). A
 small source simply reaches its next epoch sooner, with that epoch's own permutation.
 """
 
@@ -124,11 +124,6 @@ def windows_taken(total: int, weights: list[float]) -> list[int]:
 
     walk(total, 0, len(weights))
     return counts
-
-
-def shares_bound(sources: int) -> int:
-    """The most windows a source's count over any prefix may differ from its share (exclusive)."""
-    return max(1, math.ceil(math.log2(sources)))
 
 
 class MixtureStream:
