@@ -166,7 +166,7 @@ class Trainer:
                 self.state.record_val(val)
         if due.evaluators:
             row.evals.update(validator.extras())
-        self.reporter.row(row)
+        self.reporter.row(row, self.state.interval.span)
         self.state.interval = LogInterval()
         self.last_row = row
 

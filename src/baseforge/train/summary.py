@@ -116,15 +116,19 @@ def progress_counts(run: Run, state: RunState) -> tuple[int, int, bool]:
     return run.total, state.step, False
 
 
-def progress_fields(row: MetricsRow) -> dict:
-    """What the progress bar / line shows of a metrics row: few enough fields that the bar stays visible."""
-    fields = {"loss": f"{row.loss:.4f}"}
-    if row.val_loss is not None:
-        fields["val"] = f"{row.val_loss:.4f}"
-    fields["tok/s"] = format_count(row.tokens_per_s or 0.0)  # lr and grad norm: metrics.jsonl, the charts
+def progress_fields(row: MetricsRow, span: int) -> dict:
+    """What the progress bar / line shows of a metrics row, which covers the last `span` steps: its
+    means and rates under that label ("last 10 steps: loss 3.2000, 12.3k tok/s, mfu 31.0%"), and the
+    validation loss with its step (the line keeps showing it until the next evaluation). Few enough
+    fields that the bar stays visible; lr and grad norm: metrics.jsonl, the charts."""
+    figures = [f"loss {row.loss:.4f}", f"{format_count(row.tokens_per_s or 0.0)} tok/s"]
     mfu = format_mfu(row.mfu)
     if mfu:
-        fields["mfu"] = mfu
+        figures.append(f"mfu {mfu}")
+    # One key whatever the span ("last" + "10 steps: ..."): the line keeps one field per key.
+    fields = {"last": f"{f'{span} steps' if span != 1 else 'step'}: {', '.join(figures)}"}
+    if row.val_loss is not None:
+        fields["val"] = f"{row.val_loss:.4f} at step {row.step}"
     return fields
 
 

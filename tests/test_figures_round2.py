@@ -1,0 +1,87 @@
+"""Issue #34, items 2 and 8 (round 2): each figure a run reports says what it is over and what it rests on.
+
+The progress line: the last interval's figures are labelled with the steps they cover, the ETA names the
+rate it comes from. The learning-rate chart of a Muon run: one line per optimizer, each labelled. A run
+started with --init-from records where its model came from. In-training HellaSwag: a standard error
+beside every accuracy, shown as ± on the report."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+from baseforge.progress import Progress
+from baseforge.rundir import RunDir
+from baseforge.train.metrics import MetricsRow
+from baseforge.train.reporter import Reporter
+from baseforge.train.state import LogInterval, RunState
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# --- 1. the progress line: one span per figure, and a stated rate for the ETA ---------------------
+
+
+def test_the_eta_names_the_rate_it_is_computed_from():
+    clock = Clock()
+    bar = Progress(1000, "train", "step", initial=900, file=io.StringIO(), clock=clock)
+    for _ in range(10):
+        clock.t += 3.0
+        bar.update(1)
+    # 90 steps left at this process's mean of 1/3 step/s since the resume: 4m30s, and the line says so.
+    assert "eta 4m30s at 0.333 step/s (mean since resume)" in bar.line()
+    fresh = Progress(100, "answer", "item", file=io.StringIO(), clock=clock)
+    clock.t += 2.0
+    fresh.update(4)
+    assert fresh.line().endswith("eta 0m48s at 2 item/s (mean since start)")
+
+
+def test_the_terminal_bar_shows_the_same_rate_and_says_what_it_is():
+    out = Terminal()
+    with Progress(10, "train", "step", file=out) as bar:
+        assert bar.bar is not None and bar.bar.smoothing == 0  # the mean since start, as the plain line
+        bar.update(2, loss="3.5000")
+    text = out.getvalue()
+    assert "step/s (mean since start)" in text and "loss 3.5000" in text
+
+
+def test_a_metrics_row_on_the_line_names_the_steps_its_figures_cover():
+    lines: list[str] = []
+    reporter = Reporter(RunDir("unused"), is_main=True, log=lines.append)
+    first = MetricsRow(step=10, tokens=5120, loss=2.0, tokens_per_s=5000.0, mfu=0.031, val_loss=2.1)
+    last = MetricsRow(step=11, tokens=5632, loss=1.9, tokens_per_s=4000.0, mfu=0.025)
+    with reporter.progress(total=11, start=0):
+        reporter.row(first, span=10)
+        reporter.row(last, span=1)
+    assert "last 10 steps: loss 2.0000, 5.0k tok/s, mfu 3.1%" in lines[0]
+    assert "val 2.1000 at step 10" in lines[0]
+    # The last row covers one step; the validation shown is still step 10's, and says so.
+    assert "last step: loss 1.9000, 4.0k tok/s, mfu 2.5%" in lines[1] and "last 10 steps" not in lines[1]
+    assert "val 2.1000 at step 10" in lines[1]
+    assert re.search(r"eta \S+ at \S+ step/s \(mean since start\)", lines[0])
+
+
+def test_the_interval_counts_its_steps_across_a_checkpoint():
+    state = RunState()
+    for applied in (True, False, True):  # a skipped step is in the span: its tokens and time are
+        state.record_step(2.0, 1.0, applied, clip=0.0)
+    assert state.interval.span == 3 and state.interval.steps == 2
+    restored = RunState.from_json(json.loads(json.dumps(state.to_json())))
+    assert restored.interval.span == 3
+    older = state.to_json()
+    del older["interval"]["span"]  # a checkpoint from before the span was kept: its applied steps
+    assert RunState.from_json(older).interval == LogInterval(
+        loss_sum=4.0, steps=2, gnorm_sum=2.0, clipped=0, span=2
+    )
