@@ -11,6 +11,8 @@ import io
 import json
 import re
 
+import pytest
+
 from baseforge.progress import Progress
 from baseforge.rundir import RunDir
 from baseforge.train.metrics import MetricsRow
@@ -85,3 +87,53 @@ def test_the_interval_counts_its_steps_across_a_checkpoint():
     assert RunState.from_json(older).interval == LogInterval(
         loss_sum=4.0, steps=2, gnorm_sum=2.0, clipped=0, span=2
     )
+
+
+# --- 2. the learning-rate chart says whose rate each line is ----------------------------------------
+
+
+def lr_legend(run_dir) -> list[str]:
+    """The labels of the learning-rate panel of the run's chart, read off the figure as it is drawn."""
+    from baseforge.train import charts
+
+    seen: list[str] = []
+    assert charts._render(
+        run_dir, "t", [], lambda fig: seen.extend(fig.axes[1].get_legend_handles_labels()[1])
+    )
+    return seen
+
+
+def write_log(run_dir, rows: list[dict], optimizer: str | None) -> None:
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if optimizer:
+        config = {"preset": "x", "model": {}, "train": {"optimizer": optimizer}}
+        (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_a_muon_run_logs_and_charts_both_rates_each_named(shakespeare_dir, tmp_path):
+    from baseforge.overrides import resolve_config
+    from baseforge.train.loop import Trainer
+    from baseforge.train.metrics import read_metrics
+    from helpers import TINY
+
+    run = tmp_path / "muon"
+    sets = [*TINY, "max_steps=4", "optimizer=muon", "lr=0.004", "muon_lr=0.03", "eval_every=100"]
+    Trainer(resolve_config("cpu-tiny", None, sets), shakespeare_dir, run, log=lambda *a: None).run()
+    rows = [r for r in read_metrics(run) if r.loss is not None]
+    assert rows and all(r.muon_lr is not None and r.lr is not None for r in rows)
+    for r in rows:  # one schedule, two peaks: each optimizer's own rate under its own name
+        assert r.muon_lr / r.lr == pytest.approx(0.03 / 0.004)
+    assert sorted(lr_legend(run)) == ["AdamW (embeddings, head, norms, biases)", "Muon (hidden matrices)"]
+
+
+def test_the_chart_names_the_rate_of_an_adamw_run_and_of_a_muon_log_from_before(tmp_path):
+    rows = [{"step": s, "tokens": 64 * s, "loss": 3.0, "lr": 0.02 * s, "grad_norm": 1.0} for s in (1, 2)]
+    write_log(tmp_path / "adamw", rows, "adamw")
+    assert lr_legend(tmp_path / "adamw") == ["AdamW (all parameters)"]
+    # A Muon run's rows written before muon_lr was logged: lr was Muon's (the first param group).
+    write_log(tmp_path / "old-muon", rows, "muon")
+    assert lr_legend(tmp_path / "old-muon") == ["Muon (hidden matrices)"]
+    # No readable config: the row says only that it is the first parameter group's rate.
+    write_log(tmp_path / "unknown", rows, None)
+    assert lr_legend(tmp_path / "unknown") == ["learning rate of the first parameter group"]

@@ -6,7 +6,10 @@
     loss                 mean training loss over the steps since the last row (null on the step-0
                          row, which holds only the validation loss before training)
     val_loss             validation loss on the fixed slice (only on rows where it was evaluated)
-    lr                   learning rate of the first param group at this step
+    lr                   AdamW's learning rate at this step (the schedule times the `lr` key): every
+                         parameter's, or with optimizer=muon the embeddings', head's, norms' and biases'
+    muon_lr              Muon's learning rate at this step (times `muon_lr`), for the hidden matrices;
+                         Muon runs only. (Rows written before it was logged held Muon's rate as `lr`.)
     grad_norm            global gradient norm before clipping (mean since the last row)
     clip_frac            fraction of steps since the last row whose norm was clipped
     skipped              non-finite steps skipped so far
@@ -42,6 +45,7 @@ class MetricsRow:
     tokens: int
     loss: float | None = None
     lr: float | None = None
+    muon_lr: float | None = None
     grad_norm: float | None = None
     clip_frac: float | None = None
     skipped: int | None = None

@@ -96,7 +96,8 @@ def metrics_row(run: Run, state: RunState) -> MetricsRow:
         step=state.step,
         tokens=state.tokens,
         loss=all_reduce_mean(interval.mean_loss(), rt.dist, rt.device),
-        lr=run.optimizers.param_groups[0]["lr"],
+        lr=run.optimizers.rate("adamw"),
+        muon_lr=run.optimizers.rate("muon"),  # each under its own name: a Muon run has two rates
         grad_norm=interval.mean_grad_norm(),
         clip_frac=interval.clipped / max(interval.steps, 1),
         skipped=state.skipped,
