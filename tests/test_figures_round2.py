@@ -137,3 +137,81 @@ def test_the_chart_names_the_rate_of_an_adamw_run_and_of_a_muon_log_from_before(
     # No readable config: the row says only that it is the first parameter group's rate.
     write_log(tmp_path / "unknown", rows, None)
     assert lr_legend(tmp_path / "unknown") == ["learning rate of the first parameter group"]
+
+
+# --- 3. a run started with --init-from says where its model came from --------------------------------
+
+
+@pytest.fixture(scope="module")
+def source_run(shakespeare_dir, tmp_path_factory):
+    """A cpu-tiny run of 3 layers (cpu-small has 6): the shape a run initialised from it takes."""
+    from baseforge.overrides import resolve_config
+    from baseforge.train.loop import Trainer
+    from helpers import TINY
+
+    run = tmp_path_factory.mktemp("source") / "tiny3"
+    config = resolve_config("cpu-tiny", None, [*TINY, "n_layer=3", "max_steps=2"])
+    Trainer(config, shakespeare_dir, run, log=lambda *a: None).run()
+    return run
+
+
+def test_init_from_records_that_the_model_came_from_the_source_and_the_preset_gave_the_rest(
+    shakespeare_dir, source_run, tmp_path
+):
+    from helpers import baseforge, sets
+
+    more = tmp_path / "more"
+    train_keys = ["micro_batch=4", "global_batch=8", "max_steps=1", "eval_tokens=2048", "sample_tokens=0"]
+    result = baseforge(
+        "train", "--data", shakespeare_dir, "--out", more, "--preset", "cpu-small",
+        "--init-from", source_run, *sets(*train_keys, "precision=fp32", "warmup_steps=0"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    source = f"{source_run} (checkpoint at step 2, preset cpu-tiny)"
+    opening = result.stdout.splitlines()[0]
+    assert opening.startswith(f"training: model from {source}, training settings from preset cpu-small, "), (
+        opening
+    )
+    assert "(3 layers, 64 wide" in opening  # the source's shape, not cpu-small's 6 x 384
+    saved = json.loads((more / "config.json").read_text())
+    assert saved["preset"] == "cpu-small" and saved["init_from"] == source
+    assert saved["model"]["n_layer"] == 3
+    report = baseforge("report", more)
+    assert report.returncode == 0, report.stderr
+    md = (more / "report.md").read_text()
+    assert (
+        f"Preset `cpu-small` (the training settings); the model's shape and first weights from `{source}`"
+        in md
+    )
+
+
+def test_the_source_of_a_model_is_kept_and_checked_in_a_saved_config():
+    from baseforge.config import RunConfig
+    from baseforge.errors import ConfigError
+    from baseforge.presets import preset_config
+
+    config = preset_config("cpu-small")
+    assert config.origin() == "cpu-small" and "init_from" not in config.to_dict()
+    config.init_from = "runs/modern (checkpoint at step 400, preset cpu-small-modern)"
+    again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))  # as --resume reads it back
+    assert again.init_from == config.init_from
+    assert again.origin() == (
+        "model from runs/modern (checkpoint at step 400, preset cpu-small-modern), "
+        "training settings from preset cpu-small"
+    )
+    with pytest.raises(ConfigError, match="init_from"):
+        RunConfig.from_dict({**config.to_dict(), "init_from": 3})
+
+
+def test_the_model_card_of_a_continued_model_does_not_say_from_scratch():
+    from baseforge.eval.model_card import model_card
+    from baseforge.presets import preset_config
+
+    config = preset_config("cpu-small")
+    state = {"tokenizer": {"name": "bpe:4096"}, "step": 10, "tokens": 5120}
+    assert "trained from scratch" in model_card("m", {"config": config, "state": state}, None, [])
+    config.init_from = "runs/modern (checkpoint at step 400, preset cpu-small-modern)"
+    card = model_card("m", {"config": config, "state": state}, None, [])
+    assert "from scratch" not in card
+    assert f"trained from the weights of `{config.init_from}` with baseforge" in card
+    assert "- preset: `cpu-small` (the training settings; the model's shape from the source)" in card

@@ -23,7 +23,7 @@ from baseforge.data.manifest import read_manifest
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
-from baseforge.eval.models import load_any
+from baseforge.eval.models import LoadedModel, load_any
 from baseforge.model import GPT
 from baseforge.overrides import parse_overrides, parse_value
 from baseforge.plan.estimate import DEFAULT_MFU
@@ -85,6 +85,7 @@ def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunC
     """(config with the source model's shape, its weights) for continued pretraining from `spec`.
 
     The run keeps its own dropout; a `--set` of any other model key that differs from the source is refused.
+    The config records the source (`init_from`): its preset gave only the training settings.
     """
     loaded = load_any(spec)
     source = loaded.model.config
@@ -100,7 +101,18 @@ def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunC
     # By content: a baseforge tokenizer by its hash, a transformers folder's own tokenizer token by token.
     check_vocab(spec, loaded.model, loaded.tokenizer, data, read_manifest(data))
     config.update({**asdict(source), "dropout": config.model.dropout})
+    config.init_from = describe_source(loaded)
     return config, model_tensors(loaded.model)
+
+
+def describe_source(loaded: LoadedModel) -> str:
+    """An --init-from source as the run records it: as given, with the checkpoint's step and what made
+    its model (a baseforge source; a transformers folder or Hub name says nothing more)."""
+    config = loaded.info.get("config")
+    if loaded.source != "baseforge" or not isinstance(config, RunConfig):
+        return loaded.name
+    made = config.origin() if config.init_from else f"preset {config.preset}"
+    return f"{loaded.name} (checkpoint at step {loaded.step}, {made})"
 
 
 def evaluators(cfg: TrainConfig) -> dict:

@@ -14,14 +14,14 @@ from baseforge.train.state import RunState
 
 
 def announce_lines(run: Run, step: int) -> list[str]:
-    """The three lines a run opens with: the model, the hardware and batch, the length of the run;
-    then a warning when the validation split is smaller than eval_tokens (val_warning)."""
+    """The three lines a run opens with: the model (and where it came from), the hardware and batch, the
+    length of the run; then a warning when the validation split is smaller than eval_tokens (val_warning)."""
     c, rt, layout, data = run.config.model, run.runtime, run.layout, run.data
     n_params, world = run.n_params, rt.dist.world
     tokens = run.batches.tokens_before(run.total)
     verb = f"resuming from step {step}" if step else "training"
     return [
-        f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
+        f"{verb}: {run.config.origin()}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
         f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
         f"tokenizer {data.tokenizer.name})",
         f"device {rt.device} x{world}, {rt.precision.name}, {compiled(run)}; "
