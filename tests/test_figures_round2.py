@@ -215,3 +215,42 @@ def test_the_model_card_of_a_continued_model_does_not_say_from_scratch():
     assert "from scratch" not in card
     assert f"trained from the weights of `{config.init_from}` with baseforge" in card
     assert "- preset: `cpu-small` (the training settings; the model's shape from the source)" in card
+
+
+# --- 4. in-training HellaSwag carries its standard error, and the report shows it -------------------
+
+
+def test_in_training_hellaswag_logs_a_standard_error_and_the_item_count(source_run, shared_data):
+    from baseforge.config import TrainConfig
+    from baseforge.eval.hellaswag import binomial_stderr
+    from baseforge.launch import evaluators
+    from baseforge.train.checkpoint.format import load_model
+
+    hs = shared_data / "eval" / "hellaswag_val.jsonl.gz"
+    cfg = TrainConfig(evaluators_every=2, hellaswag_limit=12, hellaswag_data=str(hs))
+    model, tokenizer, _ = load_model(source_run)
+    figures = evaluators(cfg)["hellaswag"](model, tokenizer)
+    assert figures["items"] == 12
+    for metric in ("acc", "acc_norm", "acc_norm_tok"):  # as `baseforge eval hellaswag` reports them
+        assert figures[f"{metric}_stderr"] == pytest.approx(binomial_stderr(figures[metric], 12))
+
+
+def test_the_report_shows_in_training_figures_with_their_standard_error(tmp_path):
+    from baseforge.eval.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"preset": "cpu-tiny", "model": {}, "train": {}}))
+    evaluated = {"hellaswag_acc_norm": 0.25, "hellaswag_acc_norm_stderr": 0.0625, "hellaswag_items": 48}
+    rows = [
+        {"step": 10, "tokens": 640, "loss": 3.0, "lr": 1e-3, "grad_norm": 1.0, **evaluated},
+        {"step": 20, "tokens": 1280, "loss": 2.9, "lr": 1e-3, "grad_norm": 1.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md_path, html_path = build_report(run)
+    md = md_path.read_text()
+    assert (
+        "| step | hellaswag_acc_norm | hellaswag_items |" in md
+    )  # the stderr beside its figure, not a column
+    assert "| 10 | 0.2500 ± 0.0625 | 48 |" in md
+    assert "0.2500 ± 0.0625" in html_path.read_text()

@@ -117,7 +117,9 @@ def describe_source(loaded: LoadedModel) -> str:
 
 def evaluators(cfg: TrainConfig) -> dict:
     """In-training evaluations the config asks for, {name: fn(model, tokenizer) -> dict}; the loop runs
-    every one of them each `evaluators_every` steps (today: HellaSwag)."""
+    every one of them each `evaluators_every` steps (today: HellaSwag). Each figure comes with its
+    standard error (KEY_stderr) and the item count, as `baseforge eval` reports them: a figure of
+    hellaswag_limit items is only as exact as that many items make it."""
     if not cfg.evaluators_every:
         return {}
     path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
@@ -127,7 +129,9 @@ def evaluators(cfg: TrainConfig) -> dict:
         result = evaluate_hellaswag(
             model, tokenizer, path, cfg.hellaswag_limit, next(model.parameters()).device
         )
-        return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
+        metrics = ("acc", "acc_norm", "acc_norm_tok")
+        stderr = {f"{key}_stderr": result["stderr"][key] for key in metrics}
+        return {**{key: result[key] for key in metrics}, **stderr, "items": result["items"]}
 
     return {"hellaswag": hellaswag}
 

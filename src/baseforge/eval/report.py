@@ -4,7 +4,8 @@ What the page shows and where it comes from:
 
     summary          RUN/summary.json (MFU in percent, times as durations, a dash where unknown)
     losses           RUN/metrics.jsonl rows with a validation loss (step 0 has no train loss: a dash)
-    during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step
+    during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step, each with
+                     its standard error (KEY_stderr, logged beside it) as ±, and the item count
     evaluations      RUN/evals/NAME.json, one table each: a row per model, so the reference models
                      a user evaluated with `--save-to RUN` stand beside the run; a row's stderr (lm-eval's,
                      HellaSwag's binomial one) as ±, and the step of the checkpoint evaluated ("at step";
@@ -41,6 +42,7 @@ from baseforge.train.metrics import MetricsRow, read_metrics
 from baseforge.train.mfu import format_mfu
 
 DASH = "–"
+STDERR = "_stderr"  # an evaluator's KEY_stderr, the standard error of its KEY in the same row
 FROM_SOURCE = "(the training settings); the model's shape and first weights from"  # after the preset
 EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
 
@@ -219,8 +221,13 @@ def _training_sections(files: _RunFiles) -> list[Section]:
     ]
     if loss_rows:
         sections.append(Section("Losses", Table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)))
-    extra = list(dict.fromkeys(k for r in rows for k in r.evals))
-    during = [[_fmt(r.step), *(_fmt_metric(r.evals.get(k)) for k in extra)] for r in rows if r.evals]
+    logged = dict.fromkeys(k for r in rows for k in r.evals)
+    extra = [k for k in logged if not (k.endswith(STDERR) and k.removesuffix(STDERR) in logged)]
+    during = [
+        [_fmt(r.step), *(_fmt_metric(r.evals.get(k), r.evals.get(k + STDERR)) for k in extra)]
+        for r in rows
+        if r.evals
+    ]
     if during:
         sections.append(Section("Evaluations during training", Table(["step", *extra], during, 0)))
     return sections

@@ -19,7 +19,8 @@
                          micro-batch search count this one), since the process started, in GiB
     peak_rss_gib         CPU: peak resident memory of the process, in GiB (instead of the two above)
     elapsed_s            training wall time so far (excluding evaluation)
-    NAME_KEY             an in-training evaluator's figure (e.g. hellaswag_acc), on rows where it ran
+    NAME_KEY             an in-training evaluator's figure (e.g. hellaswag_acc), on rows where it ran;
+    NAME_KEY_stderr      its standard error (hellaswag_acc_stderr), and NAME_items the items it rests on
 
 `MetricsRow` is a row; `MetricsLog.write` the one writer and `iter_metrics` the one reader.
 """
