@@ -77,7 +77,7 @@ def _release_memory() -> None:
         pass
 
 
-def run_optimizer(run_dir: Path) -> str | None:
+def _run_optimizer(run_dir: Path) -> str | None:
     """The optimizer config.json names ("adamw", "muon"), or None when it cannot be read: the chart is
     drawn without it."""
     try:
@@ -163,7 +163,7 @@ def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list, op
 def _render(run_dir: Path, title: str, resumes: list[int], save) -> bool:
     """Draw the run's chart on the one reused figure and hand it to `save(fig)`; False if the log
     holds no row yet."""
-    optimizer = run_optimizer(run_dir)
+    optimizer = _run_optimizer(run_dir)
     read = _read_series(run_dir, optimizer)
     if read is None:
         return False
