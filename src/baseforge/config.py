@@ -7,7 +7,9 @@ and the training recipe (`TrainConfig`). Their keys are disjoint, so users write
 them with `dataclasses.replace` (and so re-validates). Each key's help text is in its field's metadata
 (`model.config.option`), read by `--help-config`. The resolved config is saved with every run and
 checkpoint as `{"preset", "model": {...}, "train": {...}}`. A config is resolved from a preset, a TOML
-file and `--set key=value` overrides in `overrides.py`.
+file and `--set key=value` overrides in `overrides.py`. A run started with `--init-from` also saves
+`"init_from"`, its source: the model's shape and first weights came from there, and the preset gave
+only the training settings.
 """
 
 from __future__ import annotations
@@ -214,6 +216,14 @@ class RunConfig:
     preset: str
     model: ModelConfig  # vocab_size may be None until the data's tokenizer is known
     train: TrainConfig
+    init_from: str | None = None  # --init-from's source (launch.init_from says it): the model came from it
+
+    def origin(self) -> str:
+        """Where the run's model and recipe came from, as its opening line says it: the preset, or the
+        --init-from source for the model and the preset for the training settings."""
+        if self.init_from is None:
+            return self.preset
+        return f"model from {self.init_from}, training settings from preset {self.preset}"
 
     def update(self, values: dict) -> None:
         """Change several keys at once: the one way a config changes. Each half is rebuilt once with
@@ -243,7 +253,8 @@ class RunConfig:
         return self if model is self.model else replace(self, model=model)
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset, "model": asdict(self.model), "train": asdict(self.train)}
+        source = {} if self.init_from is None else {"init_from": self.init_from}
+        return {"preset": self.preset, **source, "model": asdict(self.model), "train": asdict(self.train)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -252,8 +263,11 @@ class RunConfig:
         model, train = d.get("model", {}), with_new_names(d.get("train", {}))
         for name in (n for n in [*model, *train] if n not in MODEL_KEYS and n not in TRAIN_KEYS):
             raise unknown_key(name)
+        source = d.get("init_from")
+        if source is not None and not isinstance(source, str):
+            raise ConfigError(f"config: init_from is {type(source).__name__}, not the text naming a model")
         try:
-            return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train))
+            return cls(d.get("preset", "custom"), ModelConfig(**model), TrainConfig(**train), source)
         except TypeError as exc:  # a key under the wrong table
             raise ConfigError(f"config: {exc}") from None
 

@@ -25,7 +25,7 @@ from baseforge.data.mixture import Source, parse_sources
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
-from baseforge.eval.models import load_any
+from baseforge.eval.models import LoadedModel, load_any
 from baseforge.model import GPT
 from baseforge.overrides import parse_overrides, parse_value
 from baseforge.plan.estimate import DEFAULT_MFU
@@ -104,6 +104,7 @@ def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunC
     """(config with the source model's shape, its weights) for continued pretraining from `spec`.
 
     The run keeps its own dropout; a `--set` of any other model key that differs from the source is refused.
+    The config records the source (`init_from`): its preset gave only the training settings.
     """
     loaded = load_any(spec)
     source = loaded.model.config
@@ -119,12 +120,25 @@ def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunC
     # By content: a baseforge tokenizer by its hash, a transformers folder's own tokenizer token by token.
     check_vocab(spec, loaded.model, loaded.tokenizer, data, read_manifest(data))
     config.update({**asdict(source), "dropout": config.model.dropout})
+    config.init_from = describe_source(loaded)
     return config, model_tensors(loaded.model)
+
+
+def describe_source(loaded: LoadedModel) -> str:
+    """An --init-from source as the run records it: as given, with the checkpoint's step and what made
+    its model (a baseforge source; a transformers folder or Hub name says nothing more)."""
+    config = loaded.info.get("config")
+    if loaded.source != "baseforge" or not isinstance(config, RunConfig):
+        return loaded.name
+    made = config.origin() if config.init_from else f"preset {config.preset}"
+    return f"{loaded.name} (checkpoint at step {loaded.step}, {made})"
 
 
 def evaluators(cfg: TrainConfig) -> dict:
     """In-training evaluations the config asks for, {name: fn(model, tokenizer) -> dict}; the loop runs
-    every one of them each `evaluators_every` steps (today: HellaSwag)."""
+    every one of them each `evaluators_every` steps (today: HellaSwag). Each figure comes with its
+    standard error (KEY_stderr) and the item count, as `baseforge eval` reports them: a figure of
+    hellaswag_limit items is only as exact as that many items make it."""
     if not cfg.evaluators_every:
         return {}
     path = Path(cfg.hellaswag_data) if cfg.hellaswag_data else None
@@ -134,7 +148,9 @@ def evaluators(cfg: TrainConfig) -> dict:
         result = evaluate_hellaswag(
             model, tokenizer, path, cfg.hellaswag_limit, next(model.parameters()).device
         )
-        return {key: result[key] for key in ("acc", "acc_norm", "acc_norm_tok")}
+        metrics = ("acc", "acc_norm", "acc_norm_tok")
+        stderr = {f"{key}_stderr": result["stderr"][key] for key in metrics}
+        return {**{key: result[key] for key in metrics}, **stderr, "items": result["items"]}
 
     return {"hellaswag": hellaswag}
 

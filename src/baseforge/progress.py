@@ -18,8 +18,11 @@ A message (`note`) is the last thing on the screen until the next update: the ba
 by the next update, not right after the message, and a `close()` that follows a message directly
 draws nothing more (the "stopped by signal" line stays the last line).
 
-The ETA counts only the work done since the bar was created (after a resume, `initial` steps
-were done by an earlier process and say nothing about this one's rate).
+The ETA comes from one stated rate, the mean since the bar was created, wall clock (whatever else the
+loop does between updates, evaluation and checkpoints, counts: it will recur): the line says
+"eta 4m30s at 3.3 step/s (mean since start)", and the bar uses the same rate (tqdm without smoothing).
+After a resume, `initial` steps were done by an earlier process and say nothing about this one's
+rate: "since resume". Fields are shown as "name value" on the line and on the bar alike.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class Progress:
         self.write = write or (lambda text: print(text, file=self.file, flush=True))
         self.clock = clock
         self.start = clock()
+        self.since = "mean since resume" if initial else "mean since start"  # what the rate is
         self.fields: dict[str, str] = {}
         self.last_line_at: float | None = None
         self.last_line_n: int | None = None
@@ -89,7 +93,8 @@ class Progress:
         if enabled and _is_sized_terminal(self.file):
             from tqdm import tqdm
 
-            # tqdm's own rate and remaining time also exclude `initial`.
+            # tqdm's rate and remaining time also exclude `initial`; smoothing=0 makes its rate the mean
+            # since creation (its default is a moving average): the one rate the plain line states.
             self.bar = tqdm(
                 total=total,
                 desc=desc,
@@ -98,6 +103,8 @@ class Progress:
                 file=self.file,
                 dynamic_ncols=True,
                 unit_scale=scale,  # 3.48M tok, not 3483295tok
+                smoothing=0,
+                bar_format=_bar_format(self.since) if total else None,
             )
 
     @property
@@ -125,7 +132,7 @@ class Progress:
         noted, self.noted = self.noted, False
         if self.bar is not None:
             if fields:
-                self.bar.set_postfix(self.fields, refresh=False)
+                self.bar.set_postfix_str(self.fields_text(), refresh=False)
             self.bar.update(n)
             if noted:
                 self.bar.refresh()  # cleared for the message: back now
@@ -148,19 +155,21 @@ class Progress:
             self.write(text)
         self.noted = True
 
+    def fields_text(self) -> str:
+        return " | ".join(f"{k} {v}" for k, v in self.fields.items())
+
     def line(self) -> str:
         number = format_count if self.scale else str
         count = f"{number(self.n)}/{number(self.total)}" if self.total is not None else number(self.n)
         parts = [f"{self.desc} {count} {self.unit}".strip()]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-        parts += [f"{k} {v}" for k, v in self.fields.items()]
-        rate = self.rate
+        if self.fields:
+            parts.append(self.fields_text())
+        rate, eta = self.rate, self.eta_s
         if rate is not None:
-            parts.append(f"{format_count(rate) if self.scale else f'{rate:.3g}'} {self.unit}/s")
-        eta = self.eta_s
-        if eta is not None:
-            parts.append(f"eta {format_duration(eta)}")
+            speed = f"{format_count(rate) if self.scale else f'{rate:.3g}'} {self.unit}/s ({self.since})"
+            parts.append(f"eta {format_duration(eta)} at {speed}" if eta is not None else speed)
         return " | ".join(parts)
 
     def write_line(self, now: float) -> None:
@@ -182,6 +191,11 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _bar_format(since: str) -> str:
+    """tqdm's default layout, with its rate labelled as the line labels it."""
+    return "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining} at {rate_fmt} (" + since + "){postfix}]"
 
 
 def merge_fields(old: dict, new: dict) -> dict:

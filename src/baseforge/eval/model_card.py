@@ -100,12 +100,17 @@ def model_card(
     state = info["state"]
     remote = bool(remote_reasons)
     kind = "A GPT-2-style" if remote else "A GPT-2-architecture"
+    source = config.get("init_from")  # --init-from: the weights it started from, not from scratch
+    start = f"from the weights of `{source}`" if source else "from scratch"
+    preset = f"`{config['preset']}`" + (
+        " (the training settings; the model's shape from the source)" if source else ""
+    )
     lines = [
         f"# {name}",
         "",
-        f"{kind} base language model trained from scratch with baseforge (no instruction tuning).",
+        f"{kind} base language model trained {start} with baseforge (no instruction tuning).",
         "",
-        f"- preset: `{config['preset']}`; tokenizer: `{state['tokenizer']['name']}`",
+        f"- preset: {preset}; tokenizer: `{state['tokenizer']['name']}`",
         f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens",
     ]
     if state.get("best_val") is not None:

@@ -4,11 +4,14 @@ What the page shows and where it comes from:
 
     summary          RUN/summary.json (MFU in percent, times as durations, a dash where unknown)
     losses           RUN/metrics.jsonl rows with a validation loss (step 0 has no train loss: a dash)
-    during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step
+    during training  metrics columns the run's evaluators added (e.g. hellaswag_acc), by step, each with
+                     its standard error (KEY_stderr, logged beside it) as ±, and the item count
     evaluations      RUN/evals/NAME.json, one table each: a row per model, so the reference models
                      a user evaluated with `--save-to RUN` stand beside the run; a row's stderr (lm-eval's,
                      HellaSwag's binomial one) as ±, and the step of the checkpoint evaluated ("at step";
                      results saved before it was recorded have no such column)
+    origin           the preset; for a run started with --init-from, the source its model came from
+                     (config.json's init_from) beside it, the preset then giving the training settings
     chart            drawn here from metrics.jsonl: titled with the run's preset and model, and a
                      dashed line at every step the run was resumed from (RUN/resumes.jsonl)
     sample, config   RUN/sample.txt (wrapped, not one long line) and RUN/config.json
@@ -39,6 +42,8 @@ from baseforge.train.metrics import MetricsRow, read_metrics
 from baseforge.train.mfu import format_mfu
 
 DASH = "–"
+STDERR = "_stderr"  # an evaluator's KEY_stderr, the standard error of its KEY in the same row
+FROM_SOURCE = "(the training settings); the model's shape and first weights from"  # after the preset
 EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
 
 
@@ -121,6 +126,8 @@ def _chart_title(run: Path, config: dict, summary: dict) -> str:
         model = {}
     params = summary.get("params")
     parts = [str(config.get("preset", "run"))]
+    if isinstance(config.get("init_from"), str):
+        parts.append(f"model from {config['init_from']}")
     if isinstance(params, (int, float)):
         parts.append(f"{params / 1e6:.2f}M parameters")
     shape = [f"{model[k]} {label}" for k, label in (("n_layer", "layers"), ("n_embd", "wide")) if k in model]
@@ -164,6 +171,7 @@ class Section:
 class Page:
     name: str
     preset: str
+    init_from: str  # the source of the model of a run started with --init-from, or ""
     resumed: str  # the steps the run was resumed from ("20, 30"), or ""
     sections: list[Section]
 
@@ -213,8 +221,13 @@ def _training_sections(files: _RunFiles) -> list[Section]:
     ]
     if loss_rows:
         sections.append(Section("Losses", Table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)))
-    extra = list(dict.fromkeys(k for r in rows for k in r.evals))
-    during = [[_fmt(r.step), *(_fmt_metric(r.evals.get(k)) for k in extra)] for r in rows if r.evals]
+    logged = dict.fromkeys(k for r in rows for k in r.evals)
+    extra = [k for k in logged if not (k.endswith(STDERR) and k.removesuffix(STDERR) in logged)]
+    during = [
+        [_fmt(r.step), *(_fmt_metric(r.evals.get(k), r.evals.get(k + STDERR)) for k in extra)]
+        for r in rows
+        if r.evals
+    ]
     if during:
         sections.append(Section("Evaluations during training", Table(["step", *extra], during, 0)))
     return sections
@@ -258,7 +271,10 @@ def _md_body(body: Table | Pre | Image) -> list[str]:
 
 
 def render_markdown(page: Page) -> str:
-    intro = f"Preset `{page.preset}`." + (f" Resumed from step {page.resumed}." if page.resumed else "")
+    intro = f"Preset `{page.preset}`"
+    if page.init_from:
+        intro += f" {FROM_SOURCE} `{page.init_from}`"
+    intro += "." + (f" Resumed from step {page.resumed}." if page.resumed else "")
     lines = [f"# {page.name}", "", intro]
     for section in page.sections:
         lines += ["", f"## {section.title}", "", *_md_body(section.body)]
@@ -301,7 +317,10 @@ STYLE = (
 def render_html(page: Page) -> str:
     """The same content as one self-contained page (images embedded as base64); all text escaped."""
     e = html.escape
-    parts = [f"<h1>{e(page.name)}</h1>", f"<p>Preset <code>{e(page.preset)}</code>."]
+    parts = [f"<h1>{e(page.name)}</h1>", f"<p>Preset <code>{e(page.preset)}</code>"]
+    if page.init_from:
+        parts.append(f" {FROM_SOURCE} <code>{e(page.init_from)}</code>")
+    parts.append(".")
     if page.resumed:
         parts.append(f" Resumed from step {e(page.resumed)} (dashed lines on the chart).")
     parts.append("</p>")
@@ -329,8 +348,13 @@ def build_report(run: Path | str, out: Path | str | None = None, log=None) -> tu
     title = _chart_title(run, files.config, files.summary)
     png = chart_png(run, title, files.resumes)
     resumed = ", ".join(f"{s:,}" for s in files.resumes)
+    source = files.config.get("init_from")
     page = Page(
-        run.resolve().name, str(files.config.get("preset", "")), resumed, _sections(run, files, png, title)
+        run.resolve().name,
+        str(files.config.get("preset", "")),
+        source if isinstance(source, str) else "",
+        resumed,
+        _sections(run, files, png, title),
     )
     for section in page.sections:
         if isinstance(section.body, Image):

@@ -1,5 +1,9 @@
 """PNG charts of a run from its metrics log: loss (train + validation), learning rate, grad norm.
 
+The learning-rate panel names each line's optimizer and parameters: AdamW's rate (`lr`), and on a
+Muon run Muon's (`muon_lr`) for the hidden matrices beside it. A Muon run's rows written before
+`muon_lr` was logged held Muon's rate as `lr`; the run's config.json says which optimizer it used.
+
 Memory stays flat however often the charts are redrawn and however long the log grows:
 - each series is drawn from a bounded view of the log (`downsample`: at most MAX_BUCKETS buckets,
   each drawn by its minimum and its maximum, so a one-row spike still shows);
@@ -16,11 +20,16 @@ import io
 import math
 from pathlib import Path
 
+from baseforge.errors import UserError
 from baseforge.fileio import atomic_path
+from baseforge.records import read_json
 from baseforge.rundir import RunDir
 from baseforge.train.metrics import iter_metrics, read_resumes
 
 MAX_BUCKETS = 1000  # per series: at most 2 * MAX_BUCKETS points are drawn
+MUON = "Muon (hidden matrices)"
+ADAMW = {"muon": "AdamW (embeddings, head, norms, biases)", "adamw": "AdamW (all parameters)"}
+UNKNOWN_LR = "learning rate of the first parameter group"  # a log whose optimizer nothing says
 
 _figure = None  # the one reused Figure (see _reused_figure)
 
@@ -68,12 +77,33 @@ def _release_memory() -> None:
         pass
 
 
-def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
-    """(step, tokens and loss / lr / grad_norm of the training rows, validation tokens, validation
-    losses), streamed from the log one line at a time so that no list of row dicts is ever held (a
-    log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are skipped
-    (iter_metrics). None when the log holds no row yet."""
-    train: dict[str, list] = {"step": [], "tokens": [], "loss": [], "lr": [], "grad_norm": []}
+def _run_optimizer(run_dir: Path) -> str | None:
+    """The optimizer config.json names ("adamw", "muon"), or None when it cannot be read: the chart is
+    drawn without it."""
+    try:
+        train = read_json(RunDir(run_dir).config, "run config").get("train")
+    except (UserError, OSError, RecursionError):
+        return None
+    optimizer = train.get("optimizer", "adamw") if isinstance(train, dict) else None
+    return optimizer if optimizer in ADAMW else None
+
+
+def _rates(row, optimizer: str | None) -> tuple[float, float]:
+    """(AdamW's rate, Muon's rate) of a row, NaN (a gap) where it has none."""
+    nan = float("nan")
+    lr = row.lr if row.lr is not None else nan
+    if row.muon_lr is not None:
+        return lr, row.muon_lr
+    return (nan, lr) if optimizer == "muon" else (lr, nan)  # before muon_lr, a Muon run's lr was Muon's
+
+
+def _read_series(run_dir: Path, optimizer: str | None) -> tuple[dict[str, list], list, list] | None:
+    """(step, tokens and loss / AdamW's and Muon's rates / grad_norm of the training rows, validation
+    tokens, validation losses), streamed from the log one line at a time so that no list of row dicts
+    is ever held (a log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are
+    skipped (iter_metrics). None when the log holds no row yet."""
+    keys = ("step", "tokens", "loss", "grad_norm")
+    train: dict[str, list] = {key: [] for key in (*keys, "adamw_lr", "muon_lr")}
     val_x, val_y, rows = [], [], 0
     for row in iter_metrics(run_dir):
         rows += 1
@@ -81,20 +111,34 @@ def _read_series(run_dir: Path) -> tuple[dict[str, list], list, list] | None:
             val_x.append(row.tokens)
             val_y.append(row.val_loss)
         if row.loss is not None:  # the step-0 row holds only val_loss
-            for key, values in train.items():
-                values.append(getattr(row, key))
+            for key in keys:
+                train[key].append(getattr(row, key))
+            for key, rate in zip(("adamw_lr", "muon_lr"), _rates(row, optimizer)):
+                train[key].append(rate)
     return (train, val_x, val_y) if rows else None
 
 
-def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list[tuple[int, float]]) -> None:
-    """Three panels against tokens; each (step, tokens) in `marks` is a resume, a dashed red line."""
+def _draw_rates(ax, series: dict, optimizer: str | None) -> None:
+    """The learning-rate panel: a line per optimizer that has a rate, each named in the legend."""
+    has_muon = any(not math.isnan(y) for y in series["muon_lr"][1])
+    if any(not math.isnan(y) for y in series["adamw_lr"][1]):
+        kind = "muon" if has_muon else optimizer
+        ax.plot(*series["adamw_lr"], lw=1, label=ADAMW.get(kind, UNKNOWN_LR))
+    if has_muon:
+        ax.plot(*series["muon_lr"], lw=1, label=MUON)
+    ax.set_ylabel("learning rate")
+    ax.legend()
+
+
+def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list, optimizer: str | None) -> None:
+    """Three panels against tokens; each (step, tokens) in `marks` is a resume, a dashed red line; the
+    rates named by the run's `optimizer` (None: unknown)."""
     axes = fig.subplots(3, 1, sharex=True)
     axes[0].plot(*series["loss"], label="train", lw=1)
     if val[0]:
         axes[0].plot(*val, "o-", label="validation", ms=4)
     axes[0].set_ylabel("loss")
-    axes[1].plot(*series["lr"], lw=1)
-    axes[1].set_ylabel("learning rate")
+    _draw_rates(axes[1], series, optimizer)
     axes[2].plot(*series["grad_norm"], lw=1)
     axes[2].set_ylabel("grad norm (pre-clip)")
     axes[2].set_xlabel("tokens")
@@ -119,7 +163,8 @@ def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list[tup
 def _render(run_dir: Path, title: str, resumes: list[int], save) -> bool:
     """Draw the run's chart on the one reused figure and hand it to `save(fig)`; False if the log
     holds no row yet."""
-    read = _read_series(run_dir)
+    optimizer = _run_optimizer(run_dir)
+    read = _read_series(run_dir, optimizer)
     if read is None:
         return False
     train, val_x, val_y = read
@@ -132,7 +177,7 @@ def _render(run_dir: Path, title: str, resumes: list[int], save) -> bool:
     fig = _reused_figure()
     fig.clear()
     try:
-        _draw(fig, series, val, title, marks)
+        _draw(fig, series, val, title, marks, optimizer)
         save(fig)
     finally:
         fig.clear()

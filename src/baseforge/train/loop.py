@@ -167,7 +167,7 @@ class Trainer:
             row.evals.update(validator.source_losses)
         if due.evaluators:
             row.evals.update(validator.extras())
-        self.reporter.row(row)
+        self.reporter.row(row, self.state.interval.span)
         self.state.interval = LogInterval()
         self.last_row = row
 

@@ -6,7 +6,10 @@
     loss                 mean training loss over the steps since the last row (null on the step-0
                          row, which holds only the validation loss before training)
     val_loss             validation loss on the fixed slice (only on rows where it was evaluated)
-    lr                   learning rate of the first param group at this step
+    lr                   AdamW's learning rate at this step (the schedule times the `lr` key): every
+                         parameter's, or with optimizer=muon the embeddings', head's, norms' and biases'
+    muon_lr              Muon's learning rate at this step (times `muon_lr`), for the hidden matrices;
+                         Muon runs only. (Rows written before it was logged held Muon's rate as `lr`.)
     grad_norm            global gradient norm before clipping (mean since the last row)
     clip_frac            fraction of steps since the last row whose norm was clipped
     skipped              non-finite steps skipped so far
@@ -16,7 +19,8 @@
                          micro-batch search count this one), since the process started, in GiB
     peak_rss_gib         CPU: peak resident memory of the process, in GiB (instead of the two above)
     elapsed_s            training wall time so far (excluding evaluation)
-    NAME_KEY             an in-training evaluator's figure (e.g. hellaswag_acc), on rows where it ran
+    NAME_KEY             an in-training evaluator's figure (e.g. hellaswag_acc), on rows where it ran;
+    NAME_KEY_stderr      its standard error (hellaswag_acc_stderr), and NAME_items the items it rests on
 
 `MetricsRow` is a row; `MetricsLog.write` the one writer and `iter_metrics` the one reader.
 """
@@ -42,6 +46,7 @@ class MetricsRow:
     tokens: int
     loss: float | None = None
     lr: float | None = None
+    muon_lr: float | None = None
     grad_norm: float | None = None
     clip_frac: float | None = None
     skipped: int | None = None

@@ -57,6 +57,12 @@ class Optimizers:
     def param_groups(self):
         return [g for opt in self.optimizers.values() for g in opt.param_groups]
 
+    def rate(self, name: str) -> float | None:
+        """The learning rate of optimizer `name` now ("adamw", "muon"); None when the run has no such one.
+        Each one's groups share a rate (set_lr_multiplier scales the same base)."""
+        opt = self.optimizers.get(name)
+        return opt.param_groups[0]["lr"] if opt is not None else None
+
     def set_lr_multiplier(self, multiplier: float) -> None:
         for group in self.param_groups:
             group["lr"] = group["base_lr"] * multiplier

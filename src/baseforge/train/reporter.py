@@ -88,12 +88,12 @@ class Reporter:
         self._record(MetricsRow(step=0, tokens=0, val_loss=val, evals=dict(per_source)))
         self.log(f"step 0 | val {val:.4f}")
 
-    def row(self, row: MetricsRow) -> None:
-        """A metrics row: into metrics.jsonl and the trackers, and onto the bar."""
+    def row(self, row: MetricsRow, span: int) -> None:
+        """A metrics row of the last `span` steps: into metrics.jsonl and the trackers, and onto the bar."""
         self._record(row)
         if self._bar is not None:
             done = row.tokens if self._unit == "tokens" else row.step
-            self._bar.update(done - self._bar.n, **progress_fields(row))
+            self._bar.update(done - self._bar.n, **progress_fields(row, span))
 
     def stopped(self, step: int, saved: bool) -> None:
         where = (

@@ -20,6 +20,7 @@ class LogInterval:
 
     loss_sum: float = 0.0
     steps: int = 0  # applied (finite) steps
+    span: int = 0  # every step since the last row, skipped ones too: what its tokens and seconds cover
     gnorm_sum: float = 0.0
     clipped: int = 0
     tokens: int = 0
@@ -55,6 +56,7 @@ class RunState:
     def record_step(self, loss: float, grad_norm: float, applied: bool, clip: float) -> None:
         """Count one optimizer step's outcome (before its tokens and time are added)."""
         self.step += 1
+        self.interval.span += 1
         if not applied:
             self.skipped += 1
             self.bad_in_row += 1
@@ -98,6 +100,7 @@ class RunState:
         sums = {
             f.name: _field(interval, f.name, f.type, path) for f in fields(LogInterval) if f.name in interval
         }
+        sums.setdefault("span", sums.get("steps", 0))  # saved before the span was kept: its applied steps
         return cls(**kept, interval=LogInterval(**sums))
 
 

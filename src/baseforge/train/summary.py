@@ -14,14 +14,14 @@ from baseforge.train.state import RunState
 
 
 def announce_lines(run: Run, step: int) -> list[str]:
-    """The three lines a run opens with: the model, the hardware and batch, the length of the run;
-    then a warning when the validation split is smaller than eval_tokens (val_warning)."""
+    """The three lines a run opens with: the model (and where it came from), the hardware and batch, the
+    length of the run; then a warning when the validation split is smaller than eval_tokens (val_warning)."""
     c, rt, layout, data = run.config.model, run.runtime, run.layout, run.data
     n_params, world = run.n_params, rt.dist.world
     tokens = run.batches.tokens_before(run.total)
     verb = f"resuming from step {step}" if step else "training"
     return [
-        f"{verb}: {run.config.preset}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
+        f"{verb}: {run.config.origin()}, {n_params / 1e6:.2f}M parameters ({c.n_layer} layers, "
         f"{c.n_embd} wide, {c.n_head} heads, context {c.context}, vocab {c.vocab_size}, "
         f"tokenizer {data.tokenizer.name})",
         f"device {rt.device} x{world}, {rt.precision.name}, {compiled(run)}; "
@@ -103,7 +103,8 @@ def metrics_row(run: Run, state: RunState) -> MetricsRow:
         step=state.step,
         tokens=state.tokens,
         loss=all_reduce_mean(interval.mean_loss(), rt.dist, rt.device),
-        lr=run.optimizers.param_groups[0]["lr"],
+        lr=run.optimizers.rate("adamw"),
+        muon_lr=run.optimizers.rate("muon"),  # each under its own name: a Muon run has two rates
         grad_norm=interval.mean_grad_norm(),
         clip_frac=interval.clipped / max(interval.steps, 1),
         skipped=state.skipped,
@@ -123,15 +124,19 @@ def progress_counts(run: Run, state: RunState) -> tuple[int, int, bool]:
     return run.total, state.step, False
 
 
-def progress_fields(row: MetricsRow) -> dict:
-    """What the progress bar / line shows of a metrics row: few enough fields that the bar stays visible."""
-    fields = {"loss": f"{row.loss:.4f}"}
-    if row.val_loss is not None:
-        fields["val"] = f"{row.val_loss:.4f}"
-    fields["tok/s"] = format_count(row.tokens_per_s or 0.0)  # lr and grad norm: metrics.jsonl, the charts
+def progress_fields(row: MetricsRow, span: int) -> dict:
+    """What the progress bar / line shows of a metrics row, which covers the last `span` steps: its
+    means and rates under that label ("last 10 steps: loss 3.2000, 12.3k tok/s, mfu 31.0%"), and the
+    validation loss with its step (the line keeps showing it until the next evaluation). Few enough
+    fields that the bar stays visible; lr and grad norm: metrics.jsonl, the charts."""
+    figures = [f"loss {row.loss:.4f}", f"{format_count(row.tokens_per_s or 0.0)} tok/s"]
     mfu = format_mfu(row.mfu)
     if mfu:
-        fields["mfu"] = mfu
+        figures.append(f"mfu {mfu}")
+    # One key whatever the span ("last" + "10 steps: ..."): the line keeps one field per key.
+    fields = {"last": f"{f'{span} steps' if span != 1 else 'step'}: {', '.join(figures)}"}
+    if row.val_loss is not None:
+        fields["val"] = f"{row.val_loss:.4f} at step {row.step}"
     return fields
 
 

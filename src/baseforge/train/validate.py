@@ -10,7 +10,8 @@ from baseforge.model.loss import IGNORE, loss_sum
 from baseforge.train.build import Run
 from baseforge.train.distributed import all_reduce_max, all_reduce_sum
 
-# fn(model, tokenizer) -> {metric: value}: an in-training evaluation on rank 0 alone (launch.py makes them)
+# fn(model, tokenizer) -> {metric: value}: an in-training evaluation on rank 0 alone (launch.py makes them);
+# each figure with its standard error (metric_stderr) and the item count (items), so a row says how exact
 Evaluator = Callable[..., dict]
 
 
