@@ -19,7 +19,7 @@ from baseforge.data.corpora import BY_NAME, CORPORA, hub_source
 from baseforge.data.manifest import read_manifest
 from baseforge.data.sources import open_source
 from baseforge.errors import UserError
-from helpers import assert_clean_error, baseforge
+from helpers import ROOT, assert_clean_error, baseforge
 
 # Each new corpus's repo as researched (not read from the table under test): its data files in the
 # default folder, one data file elsewhere in the repo that a default prepare must not read, the
@@ -109,6 +109,13 @@ def test_one_frozen_record_per_corpus_shown_in_help():
         for field in (corpus.name, corpus.repo, corpus.example, corpus.licence):
             assert field in EPILOG, field
     assert max(len(line) for line in EPILOG.splitlines() if "baseforge prepare" not in line) <= 100
+
+
+def test_the_readme_table_has_every_corpus():
+    readme = (ROOT / "README.md").read_text()
+    for corpus in CORPORA:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{corpus.name}` |")), "")
+        assert corpus.repo in row and f"`{corpus.text_column}`" in row, corpus.name
 
 
 def test_a_corpus_reads_its_own_column_unless_told_another(tmp_path):

@@ -99,7 +99,7 @@ CORPORA: tuple[Corpus, ...] = (
         "python",  # one folder per language, plus GitHub issues, commits and notebooks
         "python/train-00000-of-00059.parquet",
         "content",
-        "gated: accept BigCode's terms of use",
+        "other: BigCode's terms of use",
         "StarCoder's training code, deduplicated",
     ),
     Corpus(
