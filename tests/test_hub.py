@@ -29,8 +29,8 @@ REPO = "HuggingFaceFW/fineweb"
 class HubServer:
     """Just enough of the Hub's HTTP API for list_repo_tree and hf_hub_download of a dataset repo."""
 
-    def __init__(self, root):
-        self.root, self.downloads, self.listed = root, [], []
+    def __init__(self, root, repo: str = REPO):
+        self.root, self.repo, self.downloads, self.listed = root, repo, [], []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,9 +46,10 @@ class HubServer:
             def answer(self, body):
                 path = self.path.split("?")[0]
                 files = sorted(p for p in server.root.rglob("*") if p.is_file())
-                if path.startswith(f"/api/datasets/{REPO}/tree/"):
+                if path.startswith(f"/api/datasets/{server.repo}/tree/"):
                     # /tree/REVISION[/FOLDER, quoted whole]: the files under that folder, at any depth
-                    _, _, folder = unquote(path[len(f"/api/datasets/{REPO}/tree/") :]).partition("/")
+                    tree = f"/api/datasets/{server.repo}/tree/"
+                    _, _, folder = unquote(path[len(tree) :]).partition("/")
                     server.listed.append(folder)
                     files = [p for p in files if p.relative_to(server.root).as_posix().startswith(folder)]
                     data = json.dumps(
@@ -64,7 +65,7 @@ class HubServer:
                     ).encode()
                     headers = {"Content-Type": "application/json"}
                 else:
-                    prefix = f"/datasets/{REPO}/resolve/main/"
+                    prefix = f"/datasets/{server.repo}/resolve/main/"
                     target = server.root / path[len(prefix) :] if path.startswith(prefix) else None
                     if target is None or not target.is_file():
                         self.send_response(404)
@@ -154,6 +155,43 @@ def test_fineweb_through_the_real_hub_client(hub, tmp_path, monkeypatch, gpt2_av
     assert result.returncode == 0, result.stderr
     assert read_manifest(tmp_path / "some").documents < 200
     assert hub.downloads == ["sample/10BT/000_00000.parquet"]
+
+
+def test_dclm_zstd_shards_are_listed_from_one_folder_and_fetched_as_needed(
+    tmp_path, monkeypatch, gpt2_available
+):
+    """DCLM-Baseline as it is on the Hub: JSON lines compressed with zstd, two folders deep. Only the
+    default folder is listed, and a small --max-tokens fetches only its first shard."""
+    import pyarrow as pa
+
+    root = tmp_path / "repo"
+    default = "global-shard_01_of_10/local-shard_0_of_10"
+    shards = [f"{default}/shard_0000000{k}_processed.jsonl.zstd" for k in range(2)]
+    for k, name in enumerate(
+        [*shards, "global-shard_02_of_10/local-shard_0_of_10/shard_00000000_processed.jsonl.zstd"]
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        with pa.output_stream(str(root / name), compression="zstd") as f:
+            for i in range(200):
+                line = {"text": f"Page {k}-{i} about the weather in town {i}." * 8, "url": f"http://x/{i}"}
+                f.write((json.dumps(line) + "\n").encode())
+    server = HubServer(root, "mlfoundations/dclm-baseline-1.0")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        args = ["--tokenizer", "gpt2", "--val-fraction", "0", "--workers", "1"]
+        some = baseforge(
+            "prepare", "dclm", "--out", tmp_path / "some", "--max-tokens", "2000", *args, timeout=120
+        )
+        assert some.returncode == 0, some.stderr
+        assert server.listed == [default] and server.downloads == shards[:1]
+        assert read_manifest(tmp_path / "some").documents < 200
+        every = baseforge("prepare", "dclm", "--out", tmp_path / "all", *args, timeout=120)
+        assert every.returncode == 0, every.stderr
+        assert read_manifest(tmp_path / "all").documents == 400 and server.downloads == shards
+    finally:
+        server.close()
 
 
 # --- failures, each told apart ------------------------------------------------------------------------

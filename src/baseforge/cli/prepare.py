@@ -7,6 +7,7 @@ from pathlib import Path
 
 from baseforge.cli import VERBS
 from baseforge.cli.options import count, positive_count, positive_int, real
+from baseforge.data.corpora import help_table
 from baseforge.data.prepare import prepare
 from baseforge.fileio import check_out_dir
 from baseforge.model import GPT
@@ -20,8 +21,14 @@ SOURCE is one or more of:
   FILE.parquet            one document per row (its "text" column)
   DIR                     every such file in DIR, recursively, in sorted order; with
                           --include GLOB, the files matching it instead (any text files)
-  fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu) from the Hub (--sample sample-10BT by default)
+  NAME                    an open corpus on the Hub, below
   hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
+
+The corpora by name (the Hub repo, the folder read unless --sample names another, what it is; a
+data file's path in the repo, the column read unless --text-column names another, the licence).
+Files download one at a time as tokenizing reaches them, so --max-tokens fetches only what it
+needs; --local DIR reads a copy laid out like the repo instead (offline, or a mirror):
+{CORPORA}
 
 examples:
   baseforge prepare builtin --out data/builtin --tokenizer bpe:4096
@@ -30,6 +37,8 @@ examples:
   baseforge prepare fineweb --out data/fineweb --tokenizer gpt2 --budget gpt2-small-seed
   baseforge prepare fineweb --local /mirror/fineweb --out data/fineweb --max-tokens 1e9
   baseforge prepare fineweb --out data/fw-test --test-start 0 --test-tokens 10e6
+  baseforge prepare climbmix --out data/climbmix --max-tokens 2e9
+  baseforge prepare dclm --local /mirror/dclm --sample global-shard_02_of_10 --out data/dclm
 
 The data dir holds shards (train_000000.bin, val_000000.bin, ...) and manifest.json; see
 `baseforge data info DIR`. An interrupted prepare resumes from its last complete shard when run
@@ -60,7 +69,7 @@ skipped. Any number of --workers gives the same output, and the same error.
 
 GPT-2's BPE comes from tiktoken (downloaded once, or offline from TIKTOKEN_CACHE_DIR or
 BASEFORGE_GPT2_DIR); bpe:N trains a byte-level BPE on the train text.
-"""
+""".replace("{CORPORA}", help_table())  # the table itself, so --help and data/corpora.py cannot differ
 
 
 def register(sub) -> None:
@@ -98,8 +107,16 @@ def register(sub) -> None:
         "--shard-tokens", type=positive_count, default=100_000_000, help="tokens per shard (default 1e8)"
     )
     p.add_argument("--local", help="read a Hub source from this local copy laid out like the repo")
-    p.add_argument("--sample", help="Hub sample/config folder, e.g. sample-10BT (default), sample-100BT")
-    p.add_argument("--text-column", default="text")
+    p.add_argument(
+        "--sample",
+        help="the Hub repo's folder to read, e.g. sample-100BT (FineWeb's sample/100BT); default: the "
+        "corpus's own (above), the root for hf:OWNER/NAME",
+    )
+    p.add_argument(
+        "--text-column",
+        default="text",
+        help="the JSON field or Parquet column holding the text (default: text; a named corpus's own)",
+    )
     p.add_argument(
         "--include",
         action="append",

@@ -1,9 +1,9 @@
-"""Hugging Face Hub datasets: FineWeb, FineWeb-Edu, or any repo of parquet files with a text column.
+"""Hugging Face Hub datasets: the corpora known by name (corpora.py), or any repo of parquet files.
 
 Files are listed with `huggingface_hub` (only the folder of the chosen sample) and downloaded one at
 a time, only when tokenization reaches them (so `--max-tokens` fetches only what it needs), into the
 Hub cache, resumably. `--local DIR` reads a local copy laid out like the repo
-(DIR/sample/10BT/*.parquet) instead: for offline machines and mirrors.
+(DIR/sample/10BT/*.parquet for FineWeb) instead: for offline machines and mirrors.
 
 A failure is told apart by `hub_error` and said in one line (no token in it) with what to do: a
 gated or private repo (log in, accept the licence), a name that is not there (check it, or
@@ -19,24 +19,20 @@ import socket
 import sys
 from pathlib import Path
 
+from baseforge.data.corpora import Corpus, hub_source
 from baseforge.data.files import Listing, inside, links_note, shown, walk
 from baseforge.errors import UserError
 
-REPOS = {"fineweb": "HuggingFaceFW/fineweb", "fineweb-edu": "HuggingFaceFW/fineweb-edu"}
-DEFAULT_SAMPLE = "sample-10BT"
+
+def local_hint(example: str = "sample/10BT/000_00000.parquet") -> str:
+    """What to do offline: a local copy, holding `example` (a data file's path in the repo)."""
+    return (
+        "offline, download the files elsewhere and pass --local DIR (a folder laid out like the "
+        f"repo, e.g. DIR/{example})"
+    )
 
 
-def sample_folder(sample: str) -> str:
-    """'sample-10BT' -> 'sample/10BT' (the repo's folder for that config)."""
-    if sample.startswith("sample-"):
-        return "sample/" + sample[len("sample-") :]
-    return sample.strip("/")
-
-
-LOCAL_HINT = (
-    "offline, download the parquet files elsewhere and pass --local DIR (a folder laid out like the "
-    "repo, e.g. DIR/sample/10BT/000_00000.parquet)"
-)
+LOCAL_HINT = local_hint()
 
 
 def _hub_class(name: str) -> type[BaseException]:
@@ -206,10 +202,10 @@ def check_reachable(spec: str, hint: str = LOCAL_HINT) -> None:
 
 
 class LazyFile:
-    """One parquet file of a Hub repo, downloaded on first use."""
+    """One data file of a Hub repo, downloaded on first use; `hint` is what to do offline."""
 
-    def __init__(self, repo: str, filename: str):
-        self.repo, self.filename = repo, filename
+    def __init__(self, repo: str, filename: str, hint: str = LOCAL_HINT):
+        self.repo, self.filename, self.hint = repo, filename, hint
 
     def fetch(self) -> Path:
         from huggingface_hub import hf_hub_download
@@ -220,6 +216,7 @@ class LazyFile:
             raise hub_error(
                 self.repo,
                 exc,
+                hint=self.hint,
                 missing=f"{self.filename} was listed a moment ago, so the repo changed: run again",
             ) from None
 
@@ -227,19 +224,20 @@ class LazyFile:
         return f"{self.repo}/{self.filename}"
 
 
-def _folder(spec: str, sample: str | None) -> str:
-    """The repo folder a Hub source reads: a FineWeb sample's, else --sample's, else the root."""
-    if spec in REPOS:
-        return sample_folder(sample or DEFAULT_SAMPLE)
-    return sample_folder(sample) if sample else ""
+def _corpus(spec: str) -> Corpus:
+    corpus = hub_source(spec)
+    if corpus is None:  # open_source sends only Hub sources here
+        raise UserError(f"{shown(spec)} is not a Hub source: a corpus name or hf:OWNER/NAME")
+    return corpus
 
 
 def mirror_files(
     spec: str, local: str, *, sample: str | None = None, max_files: int | None = None, follow: bool = False
 ) -> Listing:
-    """The parquet files of a Hub source's local copy (--local DIR, laid out like the repo); symlinks
+    """The data files of a Hub source's local copy (--local DIR, laid out like the repo); symlinks
     out of DIR are not read unless `follow` (files.py: a copy is as untrusted as any folder)."""
-    folder = _folder(spec, sample)
+    corpus = _corpus(spec)
+    folder = corpus.folder(sample)
     root = Path(local)
     if not root.is_dir():
         raise UserError(f"--local {shown(local)}: no such folder")
@@ -250,25 +248,28 @@ def mirror_files(
             "--follow-symlinks reads it"
         )
     listing = (
-        walk(where, lambda p: p.name.endswith(".parquet"), follow, within=root) if where.is_dir() else None
+        walk(where, lambda p: p.name.endswith(corpus.suffixes), follow, within=root)
+        if where.is_dir()
+        else None
     )
     listing = listing or Listing([])
     if not listing.files:
         raise UserError(
-            f"--local {shown(local)}: no parquet files under {shown(where)} "
-            f"(expected the repo's layout, e.g. {folder or '.'}/000_00000.parquet){links_note(listing.links)}"
+            f"--local {shown(local)}: no {corpus.kinds} files under {shown(where)} (expected the "
+            f"repo's layout, e.g. {corpus.example_in(folder)}){links_note(listing.links)}"
         )
     return Listing(listing.files[:max_files], listing.links)
 
 
 def hub_files(spec: str, *, sample: str | None = None, max_files: int | None = None) -> list:
-    """The parquet files of a Hub source, in the repo's sorted order (LazyFiles, downloaded on first use)."""
-    repo = REPOS.get(spec) or spec[len("hf:") :]
-    folder = _folder(spec, sample)
+    """The data files of a Hub source, in the repo's sorted order (LazyFiles, downloaded on first use)."""
+    corpus = _corpus(spec)
+    repo, folder = corpus.repo, corpus.folder(sample)
+    hint = local_hint(corpus.example_in(folder))
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    check_reachable(spec)
+    check_reachable(spec, hint)
     where = f"it names the folder {folder}" if folder else "none given: the repo's root"
     try:
         # Only the sample's folder: FineWeb's whole tree is tens of thousands of files.
@@ -276,8 +277,8 @@ def hub_files(spec: str, *, sample: str | None = None, max_files: int | None = N
             HfApi().list_repo_tree(repo, path_in_repo=folder or None, recursive=True, repo_type="dataset")
         )
     except Exception as exc:  # noqa: BLE001 - network and Hub errors come in many types
-        raise hub_error(repo, exc, missing=f"check --sample ({where})") from None
-    found = sorted(e.path for e in entries if isinstance(e, RepoFile) and e.path.endswith(".parquet"))
+        raise hub_error(repo, exc, hint=hint, missing=f"check --sample ({where})") from None
+    found = sorted(e.path for e in entries if isinstance(e, RepoFile) and e.path.endswith(corpus.suffixes))
     if not found:
-        raise UserError(f"{repo} has no parquet files under {folder or 'its root'}; check --sample")
-    return [LazyFile(repo, n) for n in found[:max_files]]
+        raise UserError(f"{repo} has no {corpus.kinds} files under {folder or 'its root'}; check --sample")
+    return [LazyFile(repo, n, hint) for n in found[:max_files]]

@@ -6,12 +6,15 @@ megabyte of jsonl lines, a group of text files), so the corpus is never held in 
 
     builtin                 the running Python's standard library source (~12.6 MB, ~800 files)
     PATH.txt                one document per file
-    PATH.jsonl[.gz]         one document per line, from its `text` field
+    PATH.jsonl[.gz]         one document per line, from its `text` field (and .jsonl.zst[d], as
+                            DCLM ships on the Hub: read through pyarrow's zstd, no new dependency)
     PATH.parquet            one document per row, from its `text` column
     DIR                     every file above in DIR, recursively, in sorted order; with include
                             globs (--include '*.py'), the files matching any of them instead,
                             each read as one text document unless it is .jsonl/.parquet
-    fineweb, fineweb-edu    HuggingFaceFW/fineweb(-edu), sample-10BT by default (see hub.py)
+    NAME                    an open corpus on the Hub known by name (corpora.py: fineweb,
+                            fineweb-edu, climbmix, dclm, starcoderdata, open-web-math), read from
+                            its own text column unless --text-column names another (see hub.py)
     hf:OWNER/NAME           any Hub dataset repo of parquet files with a text column
 
 Which files of a local folder are read, symlinks included: files.py. How JSON lines and Parquet
@@ -27,8 +30,9 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from baseforge.data.corpora import ZSTD_LINES, hub_source, names
 from baseforge.data.decoding import JsonlLines, check_text_column, read_text_column
-from baseforge.data.files import Listing, local_files, shown
+from baseforge.data.files import local_files, shown
 from baseforge.data.hub import hub_files, mirror_files
 from baseforge.errors import UserError
 
@@ -141,18 +145,28 @@ def file_pieces(path: Path, text_column: str = "text") -> Iterator:
     try:
         if name.endswith(".parquet"):
             yield from _parquet_pieces(path, text_column)
-        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz", *ZSTD_LINES)):
             yield from _jsonl_pieces(path, text_column)
         else:  # .txt, or any file an --include glob picked: one text document
             yield TextFiles([path])
-    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz among them
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz or .zst among them
         raise UserError(f"cannot read {shown(path)}: {_one_line(exc)}") from None
 
 
+def _open_lines(path: Path):
+    """The file's bytes, decompressed as its name says; a bad stream raises OSError as it is read."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(ZSTD_LINES):
+        import pyarrow as pa
+
+        return pa.input_stream(str(path), compression="zstd")
+    return open(path, "rb")
+
+
 def _jsonl_pieces(path: Path, text_column: str) -> Iterator[JsonlLines]:
-    opener = gzip.open if path.name.endswith(".gz") else open
     line, rest = 1, b""
-    with opener(path, "rb") as f:
+    with _open_lines(path) as f:
         while block := f.read(PIECE_BYTES):
             block = rest + block
             cut = block.rfind(b"\n") + 1
@@ -231,13 +245,20 @@ def open_source(
     symlinks out of a local folder (or a --local copy) are read only with `follow_symlinks`."""
     if spec == "builtin":
         return Source("builtin", builtin_files())
-    listing: Listing
-    if spec in ("fineweb", "fineweb-edu") or spec.startswith("hf:"):
+    hub = hub_source(spec)
+    if hub is not None:
+        # "text" is --text-column's default: a corpus keeps its own column (StarCoderData: content).
+        column = hub.text_column if text_column == "text" else text_column
         if not local:
-            return Source(spec, hub_files(spec, sample=sample, max_files=max_files), text_column)
+            return Source(spec, hub_files(spec, sample=sample, max_files=max_files), column)
         listing = mirror_files(spec, local, sample=sample, max_files=max_files, follow=follow_symlinks)
-    elif local:
-        raise UserError("--local applies to Hub sources (fineweb, fineweb-edu, hf:OWNER/NAME) only")
-    else:
-        listing = local_files(spec, tuple(include), follow_symlinks)
+        return Source(spec, listing.files, column, listing.links)
+    if local:
+        raise UserError(f"--local applies to Hub sources ({names()}, hf:OWNER/NAME) only")
+    if not Path(spec).exists() and not any(c in spec for c in "/\\."):  # a name, not a path
+        raise UserError(
+            f"source {shown(spec)} not found: no such file or folder, and not a corpus name "
+            f"({names()}, builtin, or hf:OWNER/NAME)"
+        )
+    listing = local_files(spec, tuple(include), follow_symlinks)
     return Source(spec, listing.files, text_column, listing.links)
