@@ -95,7 +95,8 @@ def meet_floor(router: Router, target: int, reach_back, eot: int, seed: int) -> 
     if len(starts) < 2:
         return 0, 0
     lengths = np.diff(np.append(starts, len(stream)))
-    chosen, got = [], 0
+    chosen: list[int] = []
+    got = 0
     for j in np.argsort(uniform(np.arange(len(starts)), seed, stream=1), kind="stable"):
         if got >= need or len(chosen) == len(starts) - 1:
             break
