@@ -97,25 +97,29 @@ def _rates(row, optimizer: str | None) -> tuple[float, float]:
     return (nan, lr) if optimizer == "muon" else (lr, nan)  # before muon_lr, a Muon run's lr was Muon's
 
 
-def _read_series(run_dir: Path, optimizer: str | None) -> tuple[dict[str, list], list, list] | None:
-    """(step, tokens and loss / AdamW's and Muon's rates / grad_norm of the training rows, validation
-    tokens, validation losses), streamed from the log one line at a time so that no list of row dicts
-    is ever held (a log of 12,000 rows would otherwise be ~12 MB of dicts per redraw). Torn lines are
-    skipped (iter_metrics). None when the log holds no row yet."""
+def _read_series(run_dir: Path, optimizer: str | None) -> tuple[dict[str, list], dict] | None:
+    """(step, tokens and loss / AdamW's and Muon's rates / grad_norm of the training rows, the validation
+    curves {label: (tokens, losses)}: the run's, and a mixture's on each source), streamed from the log
+    one line at a time so that no list of row dicts is ever held (a log of 12,000 rows would otherwise be
+    ~12 MB of dicts per redraw). Torn lines are skipped (iter_metrics). None when the log holds no row."""
     keys = ("step", "tokens", "loss", "grad_norm")
     train: dict[str, list] = {key: [] for key in (*keys, "adamw_lr", "muon_lr")}
-    val_x, val_y, rows = [], [], 0
+    val: dict[str, tuple[list, list]] = {}
+    rows = 0
     for row in iter_metrics(run_dir):
         rows += 1
-        if row.val_loss is not None:
-            val_x.append(row.tokens)
-            val_y.append(row.val_loss)
+        points = {"validation": row.val_loss} if row.val_loss is not None else {}
+        points.update({f"validation: {k[9:]}": v for k, v in row.evals.items() if k.startswith("val_loss/")})
+        for label, value in points.items():
+            xs, ys = val.setdefault(label, ([], []))
+            xs.append(row.tokens)
+            ys.append(value)
         if row.loss is not None:  # the step-0 row holds only val_loss
             for key in keys:
                 train[key].append(getattr(row, key))
             for key, rate in zip(("adamw_lr", "muon_lr"), _rates(row, optimizer)):
                 train[key].append(rate)
-    return (train, val_x, val_y) if rows else None
+    return (train, val) if rows else None
 
 
 def _draw_rates(ax, series: dict, optimizer: str | None) -> None:
@@ -130,13 +134,15 @@ def _draw_rates(ax, series: dict, optimizer: str | None) -> None:
     ax.legend()
 
 
-def _draw(fig, series: dict, val: tuple[list, list], title: str, marks: list, optimizer: str | None) -> None:
+def _draw(fig, series: dict, val: dict, title: str, marks: list, optimizer: str | None) -> None:
     """Three panels against tokens; each (step, tokens) in `marks` is a resume, a dashed red line; the
     rates named by the run's `optimizer` (None: unknown)."""
     axes = fig.subplots(3, 1, sharex=True)
     axes[0].plot(*series["loss"], label="train", lw=1)
-    if val[0]:
-        axes[0].plot(*val, "o-", label="validation", ms=4)
+    for label, points in val.items():  # the run's, then each source's of a mixture
+        mixed = label == "validation"
+        name = "validation (mixture)" if mixed and len(val) > 1 else label
+        axes[0].plot(*points, "o-" if mixed else ".--", label=name, ms=4, lw=1)
     axes[0].set_ylabel("loss")
     _draw_rates(axes[1], series, optimizer)
     axes[2].plot(*series["grad_norm"], lw=1)
@@ -167,12 +173,12 @@ def _render(run_dir: Path, title: str, resumes: list[int], save) -> bool:
     read = _read_series(run_dir, optimizer)
     if read is None:
         return False
-    train, val_x, val_y = read
+    train, curves = read
     steps, tokens = train.pop("step"), train.pop("tokens")
     # A resume at step s sits where the first training row at or after s was logged.
     marks = [(s, tokens[i]) for s in resumes if (i := bisect.bisect_left(steps, s)) < len(steps)]
     series = {key: downsample(tokens, values) for key, values in train.items()}
-    val = downsample(val_x, val_y)
+    val = {label: downsample(*points) for label, points in curves.items()}
     del read, train, tokens, steps
     fig = _reused_figure()
     fig.clear()
