@@ -110,6 +110,21 @@ def test_each_source_is_scored_on_the_same_tokens_whatever_the_weights(three, tm
     assert a.val_loss == pytest.approx(mixed)
     record = json.loads((runs["a"] / "data.json").read_text())
     assert [s["weight"] for s in record["sources"]] == pytest.approx([0.5, 0.3, 0.2])
+    # `eval` on the three dirs: a column per source, the run's own per-source losses at its last step.
+    scored = baseforge("eval", runs["a"], "--data", *three[:1], "--data", three[1], "--data", three[2],
+                       "--tokens", "2048", "--json", "--save-to", runs["a"])  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    (got,) = json.loads(scored.stdout)
+    last = [r for r in read_metrics(runs["a"]) if r.val_loss is not None][-1]
+    for name in ("first", "second", "small"):
+        assert got[f"loss/{name}"] == pytest.approx(last.evals[f"val_loss/{name}"], abs=1e-4)
+    # The report page: the mixture (sources, weights, passes) and a loss column per source.
+    summary = json.loads((runs["a"] / "summary.json").read_text())
+    assert [s["name"] for s in summary["sources"]] == ["first", "second", "small"]
+    assert summary["sources"][2]["passes"] > summary["sources"][0]["passes"]  # the small one wraps sooner
+    assert baseforge("report", runs["a"]).returncode == 0
+    page = (runs["a"] / "report.md").read_text()
+    assert "## Data: a mixture" in page and "| val: small |" in page
 
 
 def test_a_mixture_resumes_exactly_after_sigkill(three, tmp_path):

@@ -57,7 +57,7 @@ def parse_sources(specs: list[str] | list[Path]) -> list[Source]:
     if len(set(resolved)) < len(resolved):
         raise UserError("--data names the same data dir twice; give each source once, with its whole weight")
     total = sum(w or 1.0 for _, w in parsed)
-    names = _names([p for p, _ in parsed])
+    names = source_names([p for p, _ in parsed])
     return [Source(p, (w or 1.0) / total, n) for (p, w), n in zip(parsed, names)]
 
 
@@ -75,7 +75,7 @@ def _weight(text: str, spec: str) -> float:
     return weight
 
 
-def _names(paths: list[Path]) -> list[str]:
+def source_names(paths: list[Path]) -> list[str]:
     """Each source's name in metric keys: its folder's name (letters, digits, . _ -), made unique."""
     names: list[str] = []
     for p in paths:

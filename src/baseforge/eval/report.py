@@ -19,20 +19,19 @@ What the page shows and where it comes from:
                      misshapen (eval/run_files.py reads them): named with why, and said through `log`
 
 Each section is built once, as a `Section` (a title and a `Table`, `Pre` or `Image`), and rendered
-twice: `render_markdown` and `render_html`. Everything read from the run dir is escaped in the HTML.
+twice (eval/page.py): Markdown and HTML, everything read from the run dir escaped in the HTML.
 The page is written to the run dir, or to `out` (a folder) when the run dir cannot be written.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from baseforge.errors import UserError
+from baseforge.eval.page import Image, Page, Pre, Section, Table, render_html, render_markdown
 from baseforge.eval.run_files import RunReader
 from baseforge.fileio import atomic_write_bytes, atomic_write_text
 from baseforge.progress import format_duration
@@ -43,8 +42,10 @@ from baseforge.train.mfu import format_mfu
 
 DASH = "–"
 STDERR = "_stderr"  # an evaluator's KEY_stderr, the standard error of its KEY in the same row
-FROM_SOURCE = "(the training settings); the model's shape and first weights from"  # after the preset
 EVAL_TITLES = {"heldout-loss": "Held-out loss", "hellaswag": "HellaSwag", "harness": "lm-evaluation-harness"}
+
+
+SOURCE_LOSS = "val_loss/"  # a mixture's loss on each source (data/mixture.py), a column of Losses
 
 
 def _fmt(value) -> str:
@@ -113,6 +114,26 @@ def _eval_table(name: str, result, run: Path) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def _mixture_table(sources) -> Table | None:
+    """summary.json's "sources" of a mixture as a table: name, path, weight, passes; None if absent or
+    not a list of such records (a run dir is untrusted: a malformed entry is shown as a dash)."""
+    if not isinstance(sources, list) or not sources:
+        return None
+    rows = []
+    for s in sources[:64]:
+        s = s if isinstance(s, dict) else {}
+        weight, passes = s.get("weight"), s.get("passes")
+        rows.append(
+            [
+                _fmt(s.get("name")),
+                _fmt(s.get("path")),
+                f"{weight:.3f}" if isinstance(weight, (int, float)) else DASH,
+                f"{passes:.2f}" if isinstance(passes, (int, float)) else DASH,
+            ]
+        )
+    return Table(["source", "data dir", "weight", "passes over its train split"], rows, right_from=2)
+
+
 def _same_path(spec: str, run: Path) -> bool:
     try:
         return Path(spec).resolve() == run.resolve()
@@ -134,46 +155,6 @@ def _chart_title(run: Path, config: dict, summary: dict) -> str:
     if shape:
         parts.append(", ".join(shape))
     return " · ".join(parts) + f"  ({run.resolve().name})"
-
-
-@dataclass
-class Table:
-    header: list[str]  # all blank: the HTML draws no header row
-    rows: list[list[str]]
-    right_from: int = 1  # columns from this one on hold numbers, aligned right
-
-
-@dataclass
-class Pre:
-    """Preformatted text: a fenced block in Markdown (stripped), a <pre> in HTML."""
-
-    text: str
-    lang: str = ""  # the Markdown fence's language
-    css_class: str = ""  # the HTML <pre>'s class
-    folded: str = ""  # HTML: folded away in a <details> with this summary
-
-
-@dataclass
-class Image:
-    file: str  # written beside report.md, which links it; the HTML embeds it
-    png: bytes
-    alt: str  # the HTML's alt text (run-dir text: the Markdown shows `label` instead)
-    label: str
-
-
-@dataclass
-class Section:
-    title: str
-    body: Table | Pre | Image
-
-
-@dataclass
-class Page:
-    name: str
-    preset: str
-    init_from: str  # the source of the model of a run started with --init-from, or ""
-    resumed: str  # the steps the run was resumed from ("20, 30"), or ""
-    sections: list[Section]
 
 
 @dataclass
@@ -206,27 +187,43 @@ def _read_run(run_dir: RunDir) -> _RunFiles:
 def _training_sections(files: _RunFiles) -> list[Section]:
     """Summary, losses, and the in-training evaluators' columns by step."""
     measured = files.summary.get("peak_source") == "measured"
-    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v, measured)] for k, v in files.summary.items()]
+    summary = {k: v for k, v in files.summary.items() if k != "sources"}
+    summary_rows = [[_label(str(k)), _fmt_summary(str(k), v, measured)] for k, v in summary.items()]
     sections = [Section("Summary", Table(["", ""], summary_rows, right_from=2))]
+    if mixture := _mixture_table(files.summary.get("sources")):
+        sections.append(Section("Data: a mixture", mixture))
     rows = files.metrics
+    logged = dict.fromkeys(k for r in rows for k in r.evals)
+    per_source = [k for k in logged if k.startswith(SOURCE_LOSS)]
     loss_rows = [
         [
             _fmt(r.step),
             _fmt(r.tokens),
             _fmt_metric(r.loss),
             _fmt_metric(r.val_loss),
+            *(_fmt_metric(r.evals.get(k)) for k in per_source),
         ]
         for r in rows
         if r.val_loss is not None
     ]
     if loss_rows:
-        sections.append(Section("Losses", Table(["step", "tokens", "train loss", "val loss"], loss_rows, 0)))
-    logged = dict.fromkeys(k for r in rows for k in r.evals)
-    extra = [k for k in logged if not (k.endswith(STDERR) and k.removesuffix(STDERR) in logged)]
+        head = [
+            "step",
+            "tokens",
+            "train loss",
+            "val loss",
+            *(f"val: {k[len(SOURCE_LOSS) :]}" for k in per_source),
+        ]
+        sections.append(Section("Losses", Table(head, loss_rows, 0)))
+    extra = [
+        k
+        for k in logged
+        if not (k.endswith(STDERR) and k.removesuffix(STDERR) in logged) and k not in per_source
+    ]
     during = [
         [_fmt(r.step), *(_fmt_metric(r.evals.get(k), r.evals.get(k + STDERR)) for k in extra)]
         for r in rows
-        if r.evals
+        if any(k in r.evals for k in extra)
     ]
     if during:
         sections.append(Section("Evaluations during training", Table(["step", *extra], during, 0)))
@@ -248,88 +245,6 @@ def _sections(run: Path, files: _RunFiles, png: bytes | None, chart_title: str) 
         sections.append(Section("Sample", Pre(files.sample, css_class="sample")))
     config = Pre(json.dumps(files.config, indent=2), lang="json", folded="config.json")
     return [*sections, Section("Config", config)]
-
-
-def _md_table(table: Table) -> list[str]:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    align = ["---" if i < table.right_from else "---:" for i in range(len(table.header))]
-    return [
-        "| " + " | ".join(map(cell, table.header)) + " |",
-        "|" + "|".join(align) + "|",
-        *("| " + " | ".join(map(cell, r)) + " |" for r in table.rows),
-    ]
-
-
-def _md_body(body: Table | Pre | Image) -> list[str]:
-    if isinstance(body, Table):
-        return _md_table(body)
-    if isinstance(body, Pre):
-        return ["```" + body.lang, body.text.strip(), "```"]
-    return [f"![{body.label}]({body.file})"]
-
-
-def render_markdown(page: Page) -> str:
-    intro = f"Preset `{page.preset}`"
-    if page.init_from:
-        intro += f" {FROM_SOURCE} `{page.init_from}`"
-    intro += "." + (f" Resumed from step {page.resumed}." if page.resumed else "")
-    lines = [f"# {page.name}", "", intro]
-    for section in page.sections:
-        lines += ["", f"## {section.title}", "", *_md_body(section.body)]
-    return "\n".join([*lines, ""])
-
-
-def _html_table(table: Table) -> str:
-    def row(cells: list[str], tag: str) -> str:
-        tds = (
-            f"<{tag}{' class=num' if i >= table.right_from else ''}>{html.escape(c)}</{tag}>"
-            for i, c in enumerate(cells)
-        )
-        return "<tr>" + "".join(tds) + "</tr>"
-
-    head = row(table.header, "th") if any(table.header) else ""
-    return "<table>" + head + "".join(row(r, "td") for r in table.rows) + "</table>"
-
-
-def _html_body(body: Table | Pre | Image) -> str:
-    e = html.escape
-    if isinstance(body, Table):
-        return _html_table(body)
-    if isinstance(body, Pre):
-        css = f' class="{e(body.css_class)}"' if body.css_class else ""
-        pre = f"<pre{css}>{e(body.text)}</pre>"
-        return f"<details><summary>{e(body.folded)}</summary>{pre}</details>" if body.folded else pre
-    data = base64.b64encode(body.png).decode()
-    return f'<img alt="{e(body.alt)}" src="data:image/png;base64,{data}">'
-
-
-STYLE = (
-    "body{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 12px;text-align:left;"
-    "border-bottom:1px solid #ddd}th{background:#f4f4f4}td:first-child{color:#555}.num{text-align:right;"
-    "font-variant-numeric:tabular-nums}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;"
-    "overflow-wrap:anywhere}img{max-width:100%}"
-)
-
-
-def render_html(page: Page) -> str:
-    """The same content as one self-contained page (images embedded as base64); all text escaped."""
-    e = html.escape
-    parts = [f"<h1>{e(page.name)}</h1>", f"<p>Preset <code>{e(page.preset)}</code>"]
-    if page.init_from:
-        parts.append(f" {FROM_SOURCE} <code>{e(page.init_from)}</code>")
-    parts.append(".")
-    if page.resumed:
-        parts.append(f" Resumed from step {e(page.resumed)} (dashed lines on the chart).")
-    parts.append("</p>")
-    for section in page.sections:
-        parts += [f"<h2>{e(section.title)}</h2>", _html_body(section.body)]
-    return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{e(page.name)}: {e(page.preset)}</title>'
-        f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
-    )
 
 
 def build_report(run: Path | str, out: Path | str | None = None, log=None) -> tuple[Path, Path]:

@@ -143,7 +143,7 @@ def progress_fields(row: MetricsRow, span: int) -> dict:
 def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dict:
     """summary.json: time, tokens, throughput, losses, MFU of the whole run."""
     rt = run.runtime
-    return {
+    summary = {
         "data": str(run.data.source),
         "steps": state.step,
         "tokens": state.tokens,
@@ -164,6 +164,13 @@ def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dic
         "peak_source": rt.peak_source,
         "flex_compiles": FLEX.compiles,  # FlexAttention's compiled training shapes in this process
     }
+    if hasattr(run.data, "passes"):  # a mixture: each source's weight and passes (at today's weights)
+        windows = state.tokens // run.config.model.context
+        summary["sources"] = [
+            {"name": s.name, "path": str(s.path), "weight": s.weight, "passes": passes}
+            for s, passes in run.data.passes(windows)
+        ]
+    return summary
 
 
 def summary_line(summary: dict) -> str:
