@@ -188,3 +188,15 @@ def test_other_weights_on_resume_are_refused_untouched_then_continue_exactly_whe
     again = baseforge("train", "--out", run, "--resume")  # the record's new mixture, without --data
     assert again.returncode == 0, again.stderr[-3000:]
     assert curve(run) == full
+
+
+def test_a_recipe_names_its_mixture_in_the_same_syntax(three, tmp_path):
+    recipe = tmp_path / "mix.toml"
+    listed = ", ".join(f'"{d}:{w}"' for d, w in zip(three, (0.5, 0.3, 0.2)))
+    recipe.write_text(f"data = [{listed}]\n[train]\nmax_steps = 2\n")
+    result = baseforge("train", "--config", recipe, "--out", tmp_path / "run", "--dry-run", *sets(*COMMON))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "a mixture of 3 sources" in result.stdout and "small: weight 0.200" in result.stdout
+    recipe.write_text("data = [1, 2]\n")
+    bad = baseforge("train", "--config", recipe, "--out", tmp_path / "bad", "--dry-run")
+    assert_clean_error(bad, "data must be")

@@ -92,11 +92,21 @@ def load_toml(path: Path | str) -> dict:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def toml_data(toml_path: Path | str) -> list[str]:
+    """A recipe's `data = "DIR"` or `data = ["DIR:WEIGHT", ...]`: --data's syntax, [] when absent."""
+    value = load_toml(toml_path).get("data", [])
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise UserError(f"config file {toml_path}: data must be a data dir or a list of DIR:WEIGHT strings")
+    return values
+
+
 def resolve_config(
     preset: str | None, toml_path: Path | str | None = None, overrides: list[str] | tuple = ()
 ) -> RunConfig:
     """Preset, then TOML file (flat keys or [model]/[train] tables; may name a `preset`), then --set."""
     table = load_toml(toml_path) if toml_path else {}
+    table.pop("data", None)  # the run's data, not its config (toml_data)
     name = preset or table.pop("preset", None) or DEFAULT_PRESET
     table.pop("preset", None)
     config = preset_config(name)

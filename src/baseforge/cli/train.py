@@ -25,7 +25,7 @@ from baseforge.launch import (
     preflight,
     resume_data,
 )
-from baseforge.overrides import DEFAULT_PRESET, resolve_config, resume_config
+from baseforge.overrides import DEFAULT_PRESET, resolve_config, resume_config, toml_data
 from baseforge.presets import preset_config
 from baseforge.rundir import RunDir
 from baseforge.runlock import RunLock
@@ -60,8 +60,9 @@ examples:
   torchrun --nproc_per_node 8 -m baseforge train --data data/fineweb --out runs/seed --preset gpt2-small-seed
 
 config: a preset, then --config FILE.toml (flat keys or [model]/[train] tables), then --set
-key=value (repeatable). `--help-config` lists every key and its default (the base values; with
---preset NAME, that preset's). The resolved config is saved in RUN/config.json and in every
+key=value (repeatable). A recipe may name its data in --data's syntax (a --data given wins):
+data = ["data/web:0.7", "data/code:0.3"]. `--help-config` lists every key and its default (the base
+values; with --preset NAME, that preset's). The resolved config is saved in RUN/config.json and in every
 checkpoint. On --resume the run's saved config is used, with any --set of a train key applied on
 top (for example a larger max_steps to extend a run); re-running the original command with --resume
 appended works, and a flag that would change the saved config is refused, naming the key. The run
@@ -143,6 +144,7 @@ def run(args) -> int:
         unrecorded = DEMO_DATA if out == DEMO_RUN else None
         sources = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
     else:
+        args.data = args.data or (toml_data(args.config) if args.config else [])  # --data wins
         sources = parse_sources(args.data or [DEMO_DATA])
     if sources[0].path == DEMO_DATA and not (DEMO_DATA / MANIFEST).is_file():
         print(f"preparing the built-in corpus into {DEMO_DATA} (tokenizer {DEMO_TOKENIZER})")
