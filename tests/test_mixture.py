@@ -77,7 +77,7 @@ def three(shared_data, tmp_path_factory):
     return [
         build_data_dir(root / "first", text[:half], tok=tok),
         build_data_dir(root / "second", text[half:], tok=tok),
-        build_data_dir(root / "small", text[:12_000], tok=tok),
+        build_data_dir(root / "small", text[:3_000], tok=tok, val_every=3),  # ~15 windows of 64
     ]
 
 
@@ -121,7 +121,7 @@ def test_each_source_is_scored_on_the_same_tokens_whatever_the_weights(three, tm
     # The report page: the mixture (sources, weights, passes) and a loss column per source.
     summary = json.loads((runs["a"] / "summary.json").read_text())
     assert [s["name"] for s in summary["sources"]] == ["first", "second", "small"]
-    assert summary["sources"][2]["passes"] > summary["sources"][0]["passes"]  # the small one wraps sooner
+    assert summary["sources"][2]["passes"] > summary["sources"][0]["passes"]  # the small one, read sooner
     assert baseforge("report", runs["a"]).returncode == 0
     page = (runs["a"] / "report.md").read_text()
     assert "## Data: a mixture" in page and "| val: small |" in page
@@ -142,6 +142,8 @@ def test_a_mixture_resumes_exactly_after_sigkill(three, tmp_path):
     resumed = baseforge("train", *mix(three), "--out", cut, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert curve(cut) == curve(ref)
+    passes = {s["name"]: s["passes"] for s in json.loads((ref / "summary.json").read_text())["sources"]}
+    assert passes["small"] > 1 > passes["first"]  # the small source wrapped into its next epochs
     a, b = (load_file(str(find_checkpoint(r) / "model.safetensors")) for r in (ref, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
