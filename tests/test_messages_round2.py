@@ -134,3 +134,9 @@ def test_a_bpe_that_runs_out_of_merges_says_how_far_it_got(tmp_path, capsys):
     assert f"reached {vocab:,} tokens, not 4,096" in warning[0] and "too small" in warning[0]
     assert main(["prepare", str(source), "--out", str(tmp_path / "d2"), "--tokenizer", "bpe:260"]) == 0
     assert "warning: --tokenizer" not in capsys.readouterr().out  # 3 merges: reached
+
+
+def test_plan_refuses_two_sources_of_its_mfu(tmp_path):
+    """--mfu beside --from-run: the run's MFU was used and --mfu dropped without a word."""
+    result = baseforge("plan", "--preset", "gpt2-124m", "--mfu", "0.5", "--from-run", tmp_path)
+    assert_clean_error(result, "--mfu and --from-run", "keep one")

@@ -318,3 +318,25 @@ def test_a_worker_that_dies_is_an_error_not_a_wait_forever(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "refused: a tokenizer worker process died" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_local_zstd_json_lines_file_and_folder_are_read(tmp_path):
+    """DCLM's shard format (.jsonl.zstd, or .jsonl.zst) as a local file or in a folder, not only through
+    the corpus name."""
+    import json
+
+    import pyarrow as pa
+
+    from baseforge.data.prepare import prepare
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in ("a.jsonl.zst", "b.jsonl.zstd"):
+        with pa.output_stream(str(folder / name), compression="zstd") as out:
+            out.write(
+                "".join(json.dumps({"text": f"{name} document {i} " * 20}) + "\n" for i in range(30)).encode()
+            )
+    m = prepare([str(folder / "a.jsonl.zst")], tmp_path / "one", "bpe:300", log=lambda *_: None)
+    assert m.documents == 30
+    m = prepare([str(folder)], tmp_path / "both", "bpe:300", log=lambda *_: None)
+    assert m.documents == 60

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from baseforge.errors import UserError
 
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.zstd", ".parquet")
+KINDS = ".txt, .jsonl(.gz, .zst) or .parquet"  # SUFFIXES, as a message says them
 SHOWN_LINKS = 3  # symlinks named in prepare's line; the manifest has the count and the first
 
 
@@ -68,21 +69,21 @@ def local_files(spec: str, include: tuple[str, ...] = (), follow: bool = False) 
     path = Path(spec)
     if not path.exists():
         raise UserError(
-            f"source {shown(spec)} not found: give a file (.txt, .jsonl, .jsonl.gz, .parquet), a folder "
-            "of them, 'builtin', 'fineweb', 'fineweb-edu' or 'hf:OWNER/NAME'"
+            f"source {shown(spec)} not found: give a file ({KINDS}), a folder of them, 'builtin', an "
+            "open corpus by name (`baseforge prepare --help` lists them) or 'hf:OWNER/NAME'"
         )
     wanted = (lambda p: _included(p, path, include)) if include else is_data_file
     if path.is_dir():
         listing = walk(path, wanted, follow)
         if not listing.files:
-            kinds = " or ".join(include) if include else ".txt, .jsonl(.gz) or .parquet"
+            kinds = " or ".join(include) if include else KINDS
             raise UserError(f"folder {shown(spec)} holds no {kinds} files{links_note(listing.links)}")
         return listing
     if not wanted(path):
         if include:
             raise UserError(f"{shown(spec)} matches none of --include {' '.join(include)}")
         raise UserError(
-            f"{shown(spec)}: unknown file type; use .txt, .jsonl, .jsonl.gz or .parquet "
+            f"{shown(spec)}: unknown file type; use {KINDS} "
             "(or --include GLOB for other text files)"
         )
     return Listing([path])

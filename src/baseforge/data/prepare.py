@@ -183,7 +183,7 @@ def prepare(
     Every argument and path is checked before any work; a prepare that fails removes the folders
     it made, unless it got far enough to leave a progress record to resume from.
     """
-    spec = PrepareSpec(list(sources), Path(out_dir), tokenizer, **options)
+    spec = PrepareSpec([str(s) for s in sources], Path(out_dir), tokenizer, **options)
     spec.check()
     out = check_out_dir(spec.out)
     args = spec.key_args()
