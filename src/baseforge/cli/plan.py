@@ -75,7 +75,9 @@ def run(args) -> int:
     if not args.preset:
         raise UserError("--preset is required (e.g. --preset gpt2-124m)")
     if args.mfu is not None and args.from_run:
-        raise UserError("--mfu and --from-run both give the MFU: keep one (--from-run measures it from a run)")
+        raise UserError(
+            "--mfu and --from-run both give the MFU: keep one (--from-run measures it from a run)"
+        )
     gpu = find_gpu(args.gpu)
     mfu, source, note = args.mfu, "given with --mfu" if args.mfu is not None else "", ""
     if args.from_run:

@@ -83,8 +83,7 @@ def local_files(spec: str, include: tuple[str, ...] = (), follow: bool = False) 
         if include:
             raise UserError(f"{shown(spec)} matches none of --include {' '.join(include)}")
         raise UserError(
-            f"{shown(spec)}: unknown file type; use {KINDS} "
-            "(or --include GLOB for other text files)"
+            f"{shown(spec)}: unknown file type; use {KINDS} (or --include GLOB for other text files)"
         )
     return Listing([path])
 
