@@ -20,7 +20,7 @@ from baseforge.config import MODEL_KEYS, RunConfig, TrainConfig
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.loader import TokenData
 from baseforge.data.manifest import read_manifest
-from baseforge.data.mixed import MixedData
+from baseforge.data.mixed import MixedData, PreparedData
 from baseforge.data.mixture import Source, parse_sources
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
@@ -155,7 +155,7 @@ def evaluators(cfg: TrainConfig) -> dict:
     return {"hellaswag": hellaswag}
 
 
-def open_data(config: RunConfig, sources: list[Source]) -> TokenData | MixedData:
+def open_data(config: RunConfig, sources: list[Source]) -> PreparedData:
     """The data as the run will read it (its packing, its windows): what preflight counts passes over;
     several sources are a mixture (data/mixture.py)."""
     c = config.train
@@ -165,7 +165,7 @@ def open_data(config: RunConfig, sources: list[Source]) -> TokenData | MixedData
 
 
 def check_run(
-    config: RunConfig, data: TokenData, out: Path, *, resume: bool, extend: bool, world: int
+    config: RunConfig, data: PreparedData, out: Path, *, resume: bool, extend: bool, world: int
 ) -> None:
     """Every check `train` makes before its first step that allocates no model, so that `--dry-run`
     refuses what `train` would: the trackers, the device and precision, the vocabulary, the batch layout
@@ -182,7 +182,7 @@ def check_run(
     evaluators(cfg)
 
 
-def dry_run_report(config: RunConfig, data: TokenData) -> str:
+def dry_run_report(config: RunConfig, data: PreparedData) -> str:
     """What `train` would do, without training: the resolved config, model size, steps and tokens, the
     same warnings `train` prints (`preflight`) and an estimate of the time it takes (`time_estimate`)."""
     path = data.source
@@ -242,7 +242,7 @@ def time_estimate(config: RunConfig, world: int = 1) -> TimeEstimate:
     return TimeEstimate(flops / (mfu * peak * world), f"at an assumed {mfu:.0%} of {what}")
 
 
-def preflight(config: RunConfig, data: TokenData, world: int = 1) -> list[str]:
+def preflight(config: RunConfig, data: PreparedData, world: int = 1) -> list[str]:
     """Warnings about what a user would regret, estimated before anything is allocated: many passes
     over the data, a model whose training state will not fit this machine's memory, a GPU-sized run
     on a CPU (with the estimated time per step). `train` and `--dry-run` print the same lines."""

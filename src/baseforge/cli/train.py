@@ -10,8 +10,8 @@ import torch
 
 from baseforge.cli import VERBS
 from baseforge.config import describe_keys, load_run_config
-from baseforge.data.loader import TokenData
 from baseforge.data.manifest import MANIFEST
+from baseforge.data.mixed import PreparedData
 from baseforge.data.mixture import parse_sources
 from baseforge.data.prepare import prepare
 from baseforge.errors import UserError
@@ -192,7 +192,7 @@ def run_config(args, out: Path):
 
 
 def train(
-    config, data: TokenData, out: Path, resume: bool, init_weights=None, *, extend: bool = False
+    config, data: PreparedData, out: Path, resume: bool, init_weights=None, *, extend: bool = False
 ) -> int:
     def log(message: str) -> None:
         print(message, flush=True)

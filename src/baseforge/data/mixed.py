@@ -47,3 +47,6 @@ class MixedData:
     def val_batches(self, max_tokens: int, batch_size: int, rank: int = 0, world: int = 1):
         """The first source's slice, for callers that read one (per-source losses: val_sets)."""
         return self.parts[0].val_batches(max_tokens, batch_size, rank, world)
+
+
+PreparedData = TokenData | MixedData  # what a run trains on: one data dir, or a mixture of several

@@ -34,12 +34,16 @@ from baseforge.train.step import TrainStep
 
 
 class TrainData(Protocol):
-    """What the trainer needs of its data: data.loader.TokenData (pretraining) and
-    data.instructions.InstructionData (fine-tuning) both have it."""
+    """What the trainer needs of its data: data.loader.TokenData (pretraining), data.mixed.MixedData (a
+    mixture of data dirs) and data.instructions.InstructionData (fine-tuning) all have it."""
 
     tokenizer: Tokenizer
     train_tokens: int  # the train split's size, for the run's announcement
-    source: Path  # where the data is, for the records
+
+    @property
+    def source(self) -> Path | str:
+        """Where the data is, for the records (a mixture: its sources, in words)."""
+        ...
 
     def micro_batch(
         self, step: int, micro_step: int, layout: BatchLayout

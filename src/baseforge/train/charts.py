@@ -127,7 +127,7 @@ def _draw_rates(ax, series: dict, optimizer: str | None) -> None:
     has_muon = any(not math.isnan(y) for y in series["muon_lr"][1])
     if any(not math.isnan(y) for y in series["adamw_lr"][1]):
         kind = "muon" if has_muon else optimizer
-        ax.plot(*series["adamw_lr"], lw=1, label=ADAMW.get(kind, UNKNOWN_LR))
+        ax.plot(*series["adamw_lr"], lw=1, label=ADAMW.get(kind or "", UNKNOWN_LR))
     if has_muon:
         ax.plot(*series["muon_lr"], lw=1, label=MUON)
     ax.set_ylabel("learning rate")
