@@ -125,7 +125,9 @@ def test_finetune_answer_judge_end_to_end(ift_file, base_run, tmp_path):
     # Not a terminal: plain progress lines on stderr, no bar's carriage returns.
     assert "answer 3/3 item (100%)" in answered.stderr and "\r" not in answered.stderr
     first = answers.read_text()
-    assert baseforge(*args).returncode == 0 and answers.read_text() == first  # deterministic
+    refused = baseforge(*args)  # earlier answers are not written over without a word
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr and answers.read_text() == first
+    assert baseforge(*args, "--overwrite").returncode == 0 and answers.read_text() == first  # deterministic
     rows = [json.loads(line) for line in first.splitlines()]
     assert [r["id"] for r in rows] == ["test-0000", "test-0001", "test-0002"]
     assert set(rows[0]) == {"id", "model", "instruction", "input", "reference", "answer"}

@@ -196,6 +196,9 @@ def test_cli_end_to_end_and_errors(server, answer_files, tmp_path):
     table = json.loads(result.stdout)
     assert [r["model"] for r in table["models"]] == ["long", "short"] and table["failed"] == {}
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 3
+    kept = (tmp_path / "scores.jsonl").read_text()  # a second judge onto it: refused before any request
+    assert_clean_error(baseforge(*args), "scores.jsonl already exists", "--overwrite")
+    assert (tmp_path / "scores.jsonl").read_text() == kept
     server.faults = ["500"] * 50
     (tmp_path / "c.jsonl").unlink()
     failing = baseforge(*args[:-5], "--retries", "1", "--cache", tmp_path / "c2.jsonl")

@@ -216,6 +216,20 @@ def describe_write_error(exc: OSError) -> str | None:
 
 
 # --- output folders -------------------------------------------------------------------------------
+def check_out_file(path: Path | str, overwrite: bool, what: str = "--out") -> Path:
+    """Check, before any work, that file `path` may be written: not a folder, and not an existing file
+    unless `overwrite` (results of an earlier run are not lost at the end of this one)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file; choose a file path")
+    if path.exists() and not overwrite:
+        raise UserError(
+            f"{what} {path} already exists; add --overwrite to replace it, or choose another path"
+        )
+    check_out_dir(path.parent, what)
+    return path
+
+
 def check_out_dir(path: Path | str, what: str = "--out", *, make_parents: bool = True) -> Path:
     """Check, before any work, that folder `path` can be used or made; UserError (one line) if not.
 

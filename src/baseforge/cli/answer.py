@@ -8,6 +8,7 @@ from pathlib import Path
 from baseforge.cli import VERBS
 from baseforge.cli.options import add_device, add_which, positive_int
 from baseforge.eval.instruct import answer
+from baseforge.fileio import check_out_file
 from baseforge.train.precision import resolve_device
 
 EPILOG = """\
@@ -31,7 +32,8 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the answers file (JSON lines)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--name", help="model name in the answers (default: the run dir's name)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.add_argument("--limit", type=positive_int, help="only the first N test items")
@@ -41,6 +43,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    check_out_file(args.out, args.overwrite)  # before generating: earlier answers are not lost
     rows = answer(
         args.run_dir,
         args.data,

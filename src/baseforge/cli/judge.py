@@ -13,7 +13,7 @@ from baseforge.cli.options import add_json, non_negative_float, non_negative_int
 from baseforge.errors import UserError
 from baseforge.eval.judge import Cache, judge, load_answers, summarize
 from baseforge.eval.judge_api import Backend, check_api_key
-from baseforge.fileio import atomic_write_text
+from baseforge.fileio import atomic_write_text, check_out_file
 
 EPILOG = """\
 examples:
@@ -71,11 +71,14 @@ def register(sub) -> None:
     )
     add_json(p, "the table as JSON")
     p.add_argument("--out", type=Path, help="write per-item scores here (JSON lines)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even if some items failed")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.out:
+        check_out_file(args.out, args.overwrite)  # before any request: earlier scores are not lost
     items = load_answers(args.answers)
     key = None
     if args.backend == "openai" and args.api_key_env != "NONE":
