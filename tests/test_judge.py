@@ -255,6 +255,13 @@ def test_report_html_escapes_every_metrics_value(tmp_path):
     build_report(run)
     page = (run / "report.html").read_text()
     assert "<script>x" not in page and "&lt;script&gt;" in page and "<b>1</b>" not in page
+    # The Markdown page too: a renderer shows raw HTML in it, and a fence in a sample ends the block.
+    (run / "config.json").write_text(json.dumps({"preset": "a`b", "model": {}, "train": {}}))
+    (run / "sample.txt").write_text("before\n```\n<img src=x onerror=alert(1)>\n")
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "<script>x" not in md and "&lt;script&gt;" in md
+    assert "Preset ``a`b``." in md and "````\nbefore\n```\n<img" in md  # held inside a longer fence
 
 
 NOT_TEXT = ["content=7", "content=[1, 2]", "content=null", 'content={"A": 50}']

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 
 FROM_SOURCE = "(the training settings); the model's shape and first weights from"  # after the preset
@@ -51,9 +52,25 @@ class Page:
     sections: list[Section]
 
 
+def _ticks(text: str) -> int:
+    """The longest run of backticks in `text` (a code span or fence must be longer to hold it)."""
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
+
+
+def _code(text: str) -> str:
+    """`text` as an inline code span, whatever backticks it holds (a run dir's name is anyone's)."""
+    fence = "`" * (_ticks(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_text(text: str) -> str:
+    """Text from a run dir in Markdown: no raw HTML (a renderer would run it), no table breaks."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
 def _md_table(table: Table) -> list[str]:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+    cell = _md_text
 
     align = ["---" if i < table.right_from else "---:" for i in range(len(table.header))]
     return [
@@ -66,17 +83,18 @@ def _md_table(table: Table) -> list[str]:
 def _md_body(body: Table | Pre | Image) -> list[str]:
     if isinstance(body, Table):
         return _md_table(body)
-    if isinstance(body, Pre):
-        return ["```" + body.lang, body.text.strip(), "```"]
+    if isinstance(body, Pre):  # a fence longer than any backtick run in the text
+        fence = "`" * max(3, _ticks(body.text) + 1)
+        return [fence + body.lang, body.text.strip(), fence]
     return [f"![{body.label}]({body.file})"]
 
 
 def render_markdown(page: Page) -> str:
-    intro = f"Preset `{page.preset}`"
+    intro = f"Preset {_code(page.preset)}"
     if page.init_from:
-        intro += f" {FROM_SOURCE} `{page.init_from}`"
+        intro += f" {FROM_SOURCE} {_code(page.init_from)}"
     intro += "." + (f" Resumed from step {page.resumed}." if page.resumed else "")
-    lines = [f"# {page.name}", "", intro]
+    lines = [f"# {_md_text(page.name)}", "", intro]
     for section in page.sections:
         lines += ["", f"## {section.title}", "", *_md_body(section.body)]
     return "\n".join([*lines, ""])

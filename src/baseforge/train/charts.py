@@ -131,7 +131,8 @@ def _draw_rates(ax, series: dict, optimizer: str | None) -> None:
     if has_muon:
         ax.plot(*series["muon_lr"], lw=1, label=MUON)
     ax.set_ylabel("learning rate")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # rows without a rate (a hand-made log) draw no line
+        ax.legend()
 
 
 def _draw(fig, series: dict, val: dict, title: str, marks: list, optimizer: str | None) -> None:
