@@ -77,6 +77,7 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
             raise UserError(f"{path / 'pytorch_model.bin'} holds no state dict of tensors")
     else:
         raise UserError(f"{path} has no model.safetensors or pytorch_model.bin")
+    _check_weights(path, config, state)
     model = GPT(config)
     try:
         if remote:  # baseforge's own names; the RoPE tables are rebuilt, not stored
@@ -85,6 +86,21 @@ def load_hf_folder(path: Path) -> tuple[GPT, dict]:
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: the weights do not fit a GPT-2 of that config ({str(exc)[:200]})") from None
     return model, hf_config
+
+
+def _check_weights(path: Path, config, state: dict) -> None:
+    """Before the model is built: a config.json that describes a far larger model than its weights (an
+    edited n_embd would allocate it first), and weights that are not finite, are refused."""
+    stored = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    described = GPT.count_params(config)
+    if described > 2 * stored + 1_000_000:  # a tied head is stored once; buffers are rebuilt
+        raise UserError(
+            f"{path}: config.json describes a model of {described:,} parameters but its weights hold "
+            f"{stored:,} values; the config and the weights do not belong together"
+        )
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: weight {bad} holds NaN or infinite values; the model is damaged")
 
 
 class FolderTokenizer(Tokenizer):
