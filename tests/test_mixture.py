@@ -45,6 +45,28 @@ def test_every_prefix_holds_each_sources_share_within_the_stated_bound(seed):
     assert np.array_equal(part[0], source[a:b]) and np.array_equal(part[1], index[a:b])
 
 
+class _Numbered:
+    """A source stream whose window k is the row [k, k, ...]: what a mixture asks of each source."""
+
+    tokens = 0
+
+    def rows(self, k):
+        return np.repeat(np.asarray(k)[:, None], 3, axis=1)
+
+
+def test_after_a_change_of_weights_each_source_goes_on_where_it_stopped():
+    from baseforge.data.mixture import MixtureStream, Segment
+
+    before = windows_taken(1000, [0.9, 0.1])
+    stream = MixtureStream([_Numbered(), _Numbered()], [0.1, 0.9], 2, Segment(1000, tuple(before)))
+    x, _ = stream.batch(1000, 1000)
+    source, _ = route(np.arange(1000), [0.1, 0.9])
+    for s in range(2):  # the next windows of each source's own stream, none read twice, none skipped
+        got = x[torch.from_numpy(source == s), 0].tolist()
+        assert got == list(range(before[s], before[s] + len(got)))
+    assert stream.windows_read(2000) == [before[0] + (source == 0).sum(), before[1] + (source == 1).sum()]
+
+
 def test_two_sources_stay_within_one_window():
     source, _ = route(np.arange(10_000), [0.7, 0.3])
     assert np.abs(np.cumsum(source == 0) - 0.7 * np.arange(1, 10_001)).max() < 1
@@ -57,6 +79,9 @@ def test_data_values_parse_to_normalised_named_sources(tmp_path):
     assert [s.weight for s in got] == [0.75, 0.25] and [s.name for s in got] == ["web", "code"]
     assert parse_sources([tmp_path / "web"])[0].weight == 1.0
     for bad, needle in (
+        ([f"{tmp_path}/web:1e308", f"{tmp_path}/code:1e308"], "finite"),
+        ([f"{tmp_path}/web:5e-324", f"{tmp_path}/code:1"], "none under"),
+        (["a\x00b"], "not a usable path"),
         ([f"{tmp_path}/web:0.5", f"{tmp_path}/code"], "has no weight"),
         ([f"{tmp_path}/web:-1"], "positive"),
         ([f"{tmp_path}/web:1", f"{tmp_path}/web:1"], "twice"),
@@ -185,6 +210,13 @@ def test_other_weights_on_resume_are_refused_untouched_then_continue_exactly_whe
     record = json.loads((run / "data.json").read_text())
     assert record["changes"][0]["step"] == 4
     assert [s["weight"] for s in record["changes"][0]["sources"]] == pytest.approx([0.2, 0.2, 0.6])
+    # Each source went on where it stopped at step 4 (32 windows at 0.5/0.3/0.2), not re-reading its epoch.
+    from baseforge.launch import mixture_segment
+    from baseforge.overrides import resolve_config
+
+    config = resolve_config(None, None, [*COMMON, "max_steps=12"])
+    segment = mixture_segment(run, parse_sources(mix(three, (0.2, 0.2, 0.6))[1::2]), config, True)
+    assert segment.start == 32 and list(segment.offsets) == windows_taken(32, [0.5, 0.3, 0.2])
     full = curve(run)
     (run / "checkpoints" / "latest").write_text("step_0000008\n")
     again = baseforge("train", "--out", run, "--resume")  # the record's new mixture, without --data

@@ -390,3 +390,20 @@ def test_a_run_opens_with_a_warning_when_val_is_smaller_than_eval_tokens(shakesp
     assert main([*args[:-1], str(tmp_path / "run2"), *sets(*TINY, "max_steps=1")]) == 0  # eval_tokens=2048
     out = capsys.readouterr()
     assert "warning: the validation" not in out.out + out.err
+
+
+def test_the_floor_fills_val_not_the_test_slice(shared_data, tmp_path):
+    """Documents the floor moves go to val alone: routed as held-out ones, they filled the test slice
+    first and val ended under its floor (with a warning blaming the documents' size)."""
+    import json
+
+    text = shakespeare(shared_data).read_text()
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": text[i * 300 : (i + 1) * 300]}) + "\n" for i in range(400)))
+    lines = []
+    m = prepare(
+        [str(path)], tmp_path / "d", "bpe:300", val_fraction=0.01, test_tokens=1000, min_val_tokens=2000,
+        log=lines.append,
+    )  # fmt: skip
+    assert m.splits["val"].tokens >= 2000 and m.val_floor is not None
+    assert not [line for line in lines if "no more whole documents fit" in line], lines

@@ -21,7 +21,7 @@ from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.loader import TokenData
 from baseforge.data.manifest import read_manifest
 from baseforge.data.mixed import MixedData, PreparedData
-from baseforge.data.mixture import Source, parse_sources
+from baseforge.data.mixture import Segment, Source, parse_sources, resolve, windows_taken, with_names
 from baseforge.errors import UserError
 from baseforge.eval.hellaswag import evaluate_hellaswag, load_items
 from baseforge.eval.loss import check_vocab
@@ -36,7 +36,7 @@ from baseforge.train.build import check_vocab as check_vocab_size
 from baseforge.train.build import total_steps
 from baseforge.train.checkpoint.checkpointer import Checkpointer
 from baseforge.train.checkpoint.data_record import DataUse, data_use, read_data_history
-from baseforge.train.checkpoint.format import model_tensors
+from baseforge.train.checkpoint.format import find_checkpoint, model_tensors, read_checkpoint_meta
 from baseforge.train.distributed import DistInfo
 from baseforge.train.mfu import device_peak
 from baseforge.train.precision import resolve_device, resolve_precision
@@ -66,12 +66,40 @@ def resume_data(
             raise UserError(f"{out} does not record its data (an older run); pass --data with --resume")
         return parse_sources(data or [unrecorded])
     last = history[-1]
-    given = data or [p.path if len(last.parts) == 1 else f"{p.path}:{p.weight!r}" for p in last.parts]
-    sources = parse_sources(given)
+    if not data:  # the recorded weights as they are: normalised again, they could differ by a bit
+        sources = with_names([Path(p.path) for p in last.parts], [p.weight for p in last.parts])
+    else:
+        sources = parse_sources(data)
     now = data_use(sources)
     if now.same_data(last) or new_data:
         return sources
     raise UserError(data_change(out, last, now, given_data=bool(data)))
+
+
+def mixture_segment(out: Path, sources: list[Source], config: RunConfig, resume: bool) -> Segment:
+    """Where a resumed mixture's current weights start, and each source's windows read before: from
+    RUN/data.json's changes (and this resume's, when --new-data changes the mixture now), counted in
+    windows through the run's batch plan. A fresh run, or one that never changed its data: the start."""
+    history = read_data_history(RunDir(out)) if resume else None
+    if len(sources) < 2 or not history:
+        return Segment()
+    uses = list(history)
+    if not data_use(sources).same_data(uses[-1]):
+        _, state = read_checkpoint_meta(find_checkpoint(out))
+        uses.append(DataUse(data_use(sources).parts, int(state["step"])))
+    if len(uses) == 1:
+        return Segment()
+    cfg = config.train
+    if cfg.micro_batch == "auto" and not cfg.global_batch:
+        raise UserError("a mixture that changed its data needs a fixed global_batch to count its windows by")
+    plan = BatchPlan.from_config(cfg, config.model.context)
+    read: dict[str, int] = {}
+    for use, nxt in zip(uses, uses[1:]):
+        windows = plan.windows_before(nxt.step) - plan.windows_before(use.step)
+        for part, taken in zip(use.parts, windows_taken(windows, [p.weight for p in use.parts])):
+            read[part.path] = read.get(part.path, 0) + taken
+    offsets = tuple(read.get(str(resolve(s.path)), 0) for s in sources)
+    return Segment(plan.windows_before(uses[-1].step), offsets)
 
 
 def data_change(out: Path, last: DataUse, now: DataUse, *, given_data: bool) -> str:
@@ -155,13 +183,13 @@ def evaluators(cfg: TrainConfig) -> dict:
     return {"hellaswag": hellaswag}
 
 
-def open_data(config: RunConfig, sources: list[Source]) -> PreparedData:
+def open_data(config: RunConfig, sources: list[Source], segment: Segment = Segment()) -> PreparedData:
     """The data as the run will read it (its packing, its windows): what preflight counts passes over;
-    several sources are a mixture (data/mixture.py)."""
+    several sources are a mixture (data/mixture.py), from `segment` on (mixture_segment)."""
     c = config.train
     if len(sources) == 1:
         return TokenData(sources[0].path, config.model.context, c.seed, c.packing)
-    return MixedData(sources, config.model.context, c.seed, c.packing)
+    return MixedData(sources, config.model.context, c.seed, c.packing, segment)
 
 
 def check_run(
@@ -290,8 +318,13 @@ def mixture_lines(data: MixedData, windows: int) -> list[str]:
     """Each source of a mixture: its weight, and the passes over its train split the run's `windows`
     make; a warning for a source read more than PASSES_WARN times."""
     lines = [f"data: a mixture of {len(data.sources)} sources, weights as shares of the training tokens"]
-    for source, passes in data.passes(windows):
+    for (source, passes), part in zip(data.passes(windows), data.parts):
         lines.append(f"  {source.name}: weight {source.weight:.3f}, {passes:.2f} passes over {source.path}")
+        if part.val is None:
+            lines.append(
+                f"warning: {source.name} has no validation split: val_loss is the mean over the other "
+                "sources only (prepare it with --val-fraction above 0 to score it)"
+            )
         if passes > PASSES_WARN:
             lines.append(
                 f"warning: the run reads {source.name} {passes:.0f} times: past ~{PASSES_WARN} passes "

@@ -96,7 +96,8 @@ def print_summary(data_dir: Path, summary: dict, tok: dict) -> None:
             f"  crop dropped {summary['cropped']['tokens']:,} tokens "
             f"from {summary['cropped']['documents']:,} documents"
         )
-    print(f"  val is {summary['held_out']['how']}")
+    if "val" in summary["splits"]:
+        print(f"  val is {summary['held_out']['how']}")
     if "skipped" in summary:
         skipped = summary["skipped"]
         if skipped.get("binary_files"):

@@ -21,6 +21,7 @@ from baseforge.launch import (
     dry_run_report,
     evaluators,
     init_from,
+    mixture_segment,
     open_data,
     preflight,
     resume_data,
@@ -140,11 +141,11 @@ def run(args) -> int:
         raise UserError("--init-from starts a new run; it cannot be combined with --resume")
     if args.extend and not args.resume:
         raise UserError("--extend makes a run longer: use it with --resume and a larger --set max_steps")
+    args.data = args.data or (toml_data(args.config) if args.config else [])  # --data wins
     if args.resume:
         unrecorded = DEMO_DATA if out == DEMO_RUN else None
         sources = resume_data(out, args.data, new_data=args.new_data, unrecorded=unrecorded)
     else:
-        args.data = args.data or (toml_data(args.config) if args.config else [])  # --data wins
         sources = parse_sources(args.data or [DEMO_DATA])
     if sources[0].path == DEMO_DATA and not (DEMO_DATA / MANIFEST).is_file():
         print(f"preparing the built-in corpus into {DEMO_DATA} (tokenizer {DEMO_TOKENIZER})")
@@ -154,7 +155,10 @@ def run(args) -> int:
     if args.init_from:
         config, init = init_from(args.init_from, config, sources[0].path, args.overrides)
     env = dist_from_env()
-    token_data = open_data(config, sources)  # read once: preflight counts its passes, the run trains on it
+    segment = mixture_segment(out, sources, config, args.resume)
+    token_data = open_data(
+        config, sources, segment
+    )  # read once: preflight counts passes, the run trains on it
     check_run(config, token_data, out, resume=args.resume, extend=args.extend, world=env.world)
     if args.dry_run:  # the same checks as the run's, then what it would do
         print(dry_run_report(config, token_data))

@@ -142,6 +142,8 @@ class BestFitStream:
         self, shards: list[np.ndarray], context: int, seed: int, doc_token: int, split: str = "train"
     ):
         self.shards, self.context, self.seed = shards, context, seed
+        # this stream's own cache (a mixture holds several): the epoch being read and the next
+        self.packing = functools.lru_cache(maxsize=2)(self.packing)  # type: ignore[method-assign]
         self.docs = Documents.find(shards, doc_token)
         if not len(self.docs):
             raise UserError(f"the {split} split has no documents to pack (no <|endoftext|> in it)")
@@ -161,7 +163,6 @@ class BestFitStream:
     def tokens(self) -> int:
         return self.n * self.context
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - one stream per run; the epoch being read and the next
     def packing(self, epoch: int) -> tuple[Packing, np.ndarray]:
         """Epoch `epoch`'s packing and the order its windows are read in. The windows are shuffled
         again after packing: best-fit fills them longest-first, so in packing order a window's

@@ -80,7 +80,8 @@ def meet_floor(router: Router, target: int, reach_back, eot: int, seed: int) -> 
     the target; at least one document stays in train. They come from the whole train split, or its
     last FLOOR_REACH tokens for a larger one. Documents are found by their end-of-text tokens: with
     `--pack crop` a cropped document lost its end-of-text, so it moves together with the next one.
-    Moving shortens the train split, also under --budget / --max-train-tokens.
+    Moving shortens the train split, also under --budget / --max-train-tokens. Moved documents go to
+    val alone: the test slice is cut from the sampled documents only.
     """
     val, train = router.writers["val"], router.writers["train"]
     have = val.tokens + val.buffered
@@ -106,7 +107,7 @@ def meet_floor(router: Router, target: int, reach_back, eot: int, seed: int) -> 
     keep = np.ones(len(stream), dtype=bool)
     for j in sorted(chosen):  # in stream order, so val reads as the documents did
         a, b = int(starts[j]), int(starts[j] + lengths[j])
-        router.hold_out(stream[a:b])
+        router.to_val(stream[a:b])
         keep[a:b] = False
     kept = stream[keep]
     train.buffer, train.buffered = [kept], len(kept)

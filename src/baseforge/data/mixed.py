@@ -4,7 +4,8 @@ source's own validation slice."""
 from __future__ import annotations
 
 from baseforge.data.loader import TokenData
-from baseforge.data.mixture import MixtureStream, Source, windows_taken
+from baseforge.data.mixture import MixtureStream, Segment, Source
+from baseforge.data.shards import check_ids
 from baseforge.errors import UserError
 
 
@@ -13,7 +14,14 @@ class MixedData:
     (the same in every dir, by content), the mixed train stream, and each source's own fixed validation
     slice, so runs with different weights are scored on the same tokens of each source."""
 
-    def __init__(self, sources: list[Source], context: int, seed: int, packing: str = "concat"):
+    def __init__(
+        self,
+        sources: list[Source],
+        context: int,
+        seed: int,
+        packing: str = "concat",
+        segment: Segment = Segment(),
+    ):
         self.sources = sources
         self.parts = [TokenData(s.path, context, seed, packing) for s in sources]
         first = self.parts[0]
@@ -26,19 +34,23 @@ class MixedData:
                 )
         self.tokenizer, self.vocab_size = first.tokenizer, first.vocab_size
         self.source = " + ".join(f"{s.path}:{s.weight:.3g}" for s in sources)
-        self.stream = MixtureStream([p.stream for p in self.parts], [s.weight for s in sources], context)
+        weights = [s.weight for s in sources]
+        self.stream = MixtureStream([p.stream for p in self.parts], weights, context, segment)
         self.train_tokens = self.stream.tokens
         self.packing_stats = None  # each source's: the opening lines name the mixture instead
         self.val = None  # no one slice: val_sets() holds each source's
 
     def passes(self, windows: int) -> list[tuple[Source, float]]:
         """Passes the run's first `windows` windows make over each source's train split."""
-        taken = windows_taken(windows, self.stream.weights)
+        taken = self.stream.windows_read(windows)
         context = self.stream.context
         return [(s, n * context / max(p.train_tokens, 1)) for s, p, n in zip(self.sources, self.parts, taken)]
 
     def micro_batch(self, step: int, micro_step: int, layout):
-        return self.stream.micro_batch(step, micro_step, layout)
+        x, y = self.stream.micro_batch(step, micro_step, layout)
+        check_ids(y, self.vocab_size, f"the train split of one of {self.source}")  # x is y shifted by one
+        check_ids(x[:, :1], self.vocab_size, f"the train split of one of {self.source}")
+        return x, y
 
     def val_sets(self) -> list[tuple[Source, object]]:
         """Each source with its data (val_batches), for a held-out loss per source."""

@@ -29,6 +29,7 @@ import torch
 from baseforge.errors import UserError
 
 MAX_SOURCES = 64
+MIN_WEIGHT = 1e-9  # of the weights' sum: a smaller share would round a source away
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,27 @@ def parse_sources(specs: list[str] | list[Path]) -> list[Source]:
     if len(parsed) > 1 and any(w is None for _, w in parsed):
         missing = next(str(p) for p, w in parsed if w is None)
         raise UserError(f"--data {missing} has no weight: with several sources give each one as DIR:WEIGHT")
-    resolved = [p.resolve() for p, _ in parsed]
+    resolved = [resolve(p) for p, _ in parsed]
     if len(set(resolved)) < len(resolved):
         raise UserError("--data names the same data dir twice; give each source once, with its whole weight")
     total = sum(w or 1.0 for _, w in parsed)
-    names = source_names([p for p, _ in parsed])
-    return [Source(p, (w or 1.0) / total, n) for (p, w), n in zip(parsed, names)]
+    weights = [(w or 1.0) / total for _, w in parsed]
+    if not math.isfinite(total) or min(weights) < MIN_WEIGHT:
+        raise UserError(f"--data weights must be finite, none under {MIN_WEIGHT:g} of their sum")
+    return with_names([p for p, _ in parsed], weights)
+
+
+def with_names(paths: list[Path], weights: list[float]) -> list[Source]:
+    """Sources of `paths` at exactly these `weights` (a resume keeps its recorded ones, bit for bit)."""
+    return [Source(p, w, n) for p, w, n in zip(paths, weights, source_names(paths))]
+
+
+def resolve(path: Path) -> Path:
+    """The absolute path, or the user's one line for one that cannot be (a symlink loop, a NUL byte)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise UserError(f"--data {str(path)!r}: not a usable path ({exc})") from None
 
 
 def _looks_numeric(text: str) -> bool:
@@ -79,7 +95,7 @@ def source_names(paths: list[Path]) -> list[str]:
     """Each source's name in metric keys: its folder's name (letters, digits, . _ -), made unique."""
     names: list[str] = []
     for p in paths:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", p.resolve().name) or "data"
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", resolve(p).name) or "data"
         name, k = base, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
@@ -114,8 +130,8 @@ def windows_taken(total: int, weights: list[float]) -> list[int]:
     counts = [0] * len(weights)
 
     def walk(n: int, lo: int, hi: int) -> None:
-        if hi - lo == 1:
-            counts[lo] = n
+        if hi - lo == 1 or n == 0:
+            counts[lo] += n
             return
         mid = (lo + hi) // 2
         left = math.floor(n * (sum(weights[lo:mid]) / sum(weights[lo:hi])))
@@ -126,11 +142,23 @@ def windows_taken(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Segment:
+    """Where the current mixture starts in the run's stream of windows, and the windows of each source
+    the run read before it: after a --new-data change of weights (or of sources) each source goes on
+    where it stopped, rather than re-reading or skipping part of its epoch."""
+
+    start: int = 0
+    offsets: tuple[int, ...] = ()
+
+
 class MixtureStream:
     """The mixed stream of train windows; window j depends only on (each source's seed, weights, j)."""
 
-    def __init__(self, streams: list, weights: list[float], context: int):
+    def __init__(self, streams: list, weights: list[float], context: int, segment: Segment = Segment()):
         self.streams, self.weights, self.context = streams, list(weights), context
+        self.segment = segment
+        self.offsets = np.asarray(segment.offsets or [0] * len(streams), dtype=np.int64)
 
     @property
     def tokens(self) -> int:
@@ -138,7 +166,9 @@ class MixtureStream:
 
     def batch(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed-stream windows [start, start+count) as (inputs, targets), each (count, context) int64."""
-        source, k = route(np.arange(start, start + count, dtype=np.int64), self.weights)
+        assert start >= self.segment.start, "a mixture reads no window before its own segment"
+        source, k = route(np.arange(start, start + count, dtype=np.int64) - self.segment.start, self.weights)
+        k += self.offsets[source]
         rows = np.empty((count, self.context + 1), dtype=np.int64)
         for s in np.unique(source):
             mine = source == s
@@ -148,3 +178,8 @@ class MixtureStream:
 
     def micro_batch(self, step: int, micro_step: int, layout) -> tuple[torch.Tensor, torch.Tensor]:
         return self.batch(layout.start(step, micro_step), layout.micro_batch)
+
+    def windows_read(self, windows: int) -> list[int]:
+        """Each source's windows among the run's first `windows` (those before the segment included)."""
+        taken = windows_taken(max(0, windows - self.segment.start), self.weights)
+        return [int(o) + t for o, t in zip(self.offsets, taken)]

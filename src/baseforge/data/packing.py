@@ -176,6 +176,12 @@ class Router:
         first = min((int(np.argmax(r)) for r in reached if r.any()), default=None)
         return (False, len(lengths)) if first is None else (True, first + 1)
 
+    def to_val(self, doc: np.ndarray) -> None:
+        """A document for val alone (the floor's: what it adds is counted as val's, none is test's)."""
+        self.counts.held_out_tokens += len(doc)
+        self.writers["val"].add(doc)
+        self.writers["val"].documents += 1
+
     def hold_out(self, doc: np.ndarray) -> None:
         """Held-out tokens [test_start, test_start + test_tokens) go to test, the rest to val."""
         counts, writers = self.counts, self.writers

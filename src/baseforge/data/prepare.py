@@ -5,11 +5,12 @@ of text files; see sources.py) that worker processes read and tokenize (workers.
 come back in order (a bounded window of pieces in flight) and are written shard by shard, so memory
 stays flat however large the corpus, and the output is byte-identical for any number of workers.
 
-Splits: document i is held out when floor((i+1)*f) > floor(i*f) for f = val_fraction (exactly a
-fraction f of the documents, spread evenly). Held-out tokens go to `val`, except the optional fixed
-`test` slice, tokens [test_start, test_start + test_tokens) of the held-out stream. A corpus of too
-few documents for that rule (one .txt file) holds out the last f of its token stream instead, and
-the manifest says so (`"held_out": "tail"`).
+Splits: document i is held out when a uniform number drawn from (val_seed, i) is under f =
+val_fraction (docsample.py: a seeded sample of whole documents from the whole corpus; heldout.py tops
+val up to --min-val-tokens with more sampled documents). Held-out tokens go to `val`, except the
+optional fixed `test` slice, tokens [test_start, test_start + test_tokens) of the held-out stream. A
+corpus of too few documents for a sample (one .txt file), or --held-out tail, holds out the last f of
+its token stream instead, and the manifest says so (`"held_out": "tail"`).
 
 Input that is no text (a binary file given as .txt) is skipped, counted and named; an input with
 no documents, or only empty ones, is an error. Nothing outside a source folder is read unless

@@ -56,9 +56,13 @@ def source_name(source: str) -> str:
 
 
 def describe_data(path: str | None) -> str | None:
-    """The data dir's name, with its manifest's sources when the dir is still there to read."""
+    """The data dir's name, with its manifest's sources when the dir is still there to read; a
+    mixture (summary.json's data "A:0.7 + B:0.3") as each dir's name and weight."""
     if not path:
         return None
+    if " + " in path:
+        parts = [p.rpartition(":") for p in path.split(" + ")]
+        return "a mixture of " + ", ".join(f"`{source_name(d)}` (weight {w})" for d, _, w in parts)
     name = source_name(path)
     try:
         sources = read_manifest(path).sources

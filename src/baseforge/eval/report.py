@@ -127,11 +127,16 @@ def _mixture_table(sources) -> Table | None:
             [
                 _fmt(s.get("name")),
                 _fmt(s.get("path")),
-                f"{weight:.3f}" if isinstance(weight, (int, float)) else DASH,
-                f"{passes:.2f}" if isinstance(passes, (int, float)) else DASH,
+                f"{weight:.3f}" if _finite(weight) else DASH,
+                f"{passes:.2f}" if _finite(passes) else DASH,
             ]
         )
     return Table(["source", "data dir", "weight", "passes over its train split"], rows, right_from=2)
+
+
+def _finite(value) -> bool:
+    """A float from a run dir that formats as one (not a 400-digit JSON integer, not a bool)."""
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _same_path(spec: str, run: Path) -> bool:

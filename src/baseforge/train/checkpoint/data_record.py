@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from baseforge.data.manifest import MANIFEST
-from baseforge.data.mixture import MAX_SOURCES
+from baseforge.data.mixture import MAX_SOURCES, resolve
 from baseforge.errors import UserError
 from baseforge.fileio import atomic_write_json
 from baseforge.records import count, number, read_json, text
@@ -54,11 +54,9 @@ class DataUse:
         return " + ".join(f"{p.short()} at weight {p.weight:.3g}" for p in self.parts)
 
     def same_data(self, other: DataUse) -> bool:
-        """The same dirs with the same contents and weights (to rounding: weights are normalised)."""
-        return len(self.parts) == len(other.parts) and all(
-            (a.path, a.manifest_sha256) == (b.path, b.manifest_sha256) and math.isclose(a.weight, b.weight)
-            for a, b in zip(self.parts, other.parts)
-        )
+        """The same dirs with the same contents and weights, exactly: a weight a bit off routes windows
+        differently (a resume takes the recorded weights as they are)."""
+        return self.parts == other.parts
 
     def to_json(self) -> dict:
         if len(self.parts) == 1:
@@ -77,7 +75,7 @@ def data_use(sources, step: int = 0) -> DataUse:
     """What `sources` (mixture.Source list, or one path) are now, identified by content."""
     if isinstance(sources, (str, Path)):
         return DataUse((Part(str(Path(sources).resolve()), data_fingerprint(Path(sources))),), step)
-    parts = tuple(Part(str(s.path.resolve()), data_fingerprint(s.path), s.weight) for s in sources)
+    parts = tuple(Part(str(resolve(s.path)), data_fingerprint(s.path), s.weight) for s in sources)
     return DataUse(parts if len(parts) > 1 else (Part(parts[0].path, parts[0].manifest_sha256),), step)
 
 
@@ -100,8 +98,12 @@ def _parts(record: dict, where: Path) -> tuple[Part, ...]:
         weight = number(item, "weight", at, optional=False)
         if weight is None or not 0 < weight <= 1:
             raise UserError(f"{at}: weight is not in (0, 1]; corrupt data record")
+        if not 0 < len(text(item, "path", at) or "") or "\x00" in (text(item, "path", at) or ""):
+            raise UserError(f"{at}: path is empty or holds a NUL; corrupt data record")
         sha = text(item, "manifest_sha256", at, optional=True)
         parts.append(Part(text(item, "path", at) or "", sha, weight))
+    if not math.isclose(sum(p.weight for p in parts), 1.0, abs_tol=1e-6):
+        raise UserError(f"{where}: the sources' weights do not add up to 1; corrupt data record")
     return tuple(parts)
 
 
