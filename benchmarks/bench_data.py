@@ -106,7 +106,8 @@ def write_results(runs: dict, names: list[str], command: str, steps: int) -> Non
         f"Same model (4 layers, 128 wide, context 128), {steps} steps of 16 x 128 tokens, "
         f"{seeds} seed(s) each;",
         "each run scored on the first held-out tokens of each source (`baseforge eval --data A --data B`).",
-        "Mean loss ± standard deviation over seeds.",
+        "Mean loss ± standard deviation over seeds. tokens/s: each run's whole-run throughput",
+        "(summary.json), beside whatever else the machine ran: indicative only (one model in every row).",
         "",
         "| trained on | " + " | ".join(f"loss on {n}" for n in names) + " | tokens/s |",
         "|---|" + "---:|" * (len(names) + 1),
@@ -168,7 +169,7 @@ def main() -> None:
                 out = Path(tmp) / "runs" / f"{config.replace('/', '-')}-{seed}"
                 runs[config].append(run_one(data, out, seed, args.steps, [a, b], args.eval_tokens))
                 print(config, seed, runs[config][-1], flush=True)
-        write_results(runs, names, "python benchmarks/bench_data.py " + " ".join(sys.argv[1:]), args.steps)
+        write_results(runs, names, " ".join(["python benchmarks/bench_data.py", *sys.argv[1:]]), args.steps)
 
 
 if __name__ == "__main__":
