@@ -125,7 +125,10 @@ def data_change(out: Path, last: DataUse, now: DataUse, *, given_data: bool) -> 
             "continue from the checkpoint's step with the new mixture (e.g. to anneal on one source)"
         )
     hint = "resume without --data, or" if given_data else "restore it, or"
-    return f"{out} was trained on {was}, not {what}; {hint} add --new-data to continue on other data"
+    return (
+        f"{out} was trained on {was}, not {what}; {hint} add --new-data to continue on other data "
+        "prepared with the same tokenizer"
+    )
 
 
 def init_from(spec: str, config: RunConfig, data: Path, overrides) -> tuple[RunConfig, dict]:
