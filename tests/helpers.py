@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -125,3 +126,20 @@ def assert_a_dead_rank_ends_the_job(data: Path, run: Path, settings: list[str]) 
     assert proc.returncode != 0
     assert time.monotonic() - start < 60
     assert "failed" in err.lower() or "signal" in err.lower(), err[-2000:]
+
+
+class Clock:
+    """A clock a test moves by hand (progress bars take `clock=`)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Terminal(io.StringIO):
+    """Output that says it is a terminal: a progress bar draws on it."""
+
+    def isatty(self) -> bool:
+        return True

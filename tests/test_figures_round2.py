@@ -18,20 +18,7 @@ from baseforge.rundir import RunDir
 from baseforge.train.metrics import MetricsRow
 from baseforge.train.reporter import Reporter
 from baseforge.train.state import LogInterval, RunState
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
+from helpers import Clock, Terminal
 
 # --- 1. the progress line: one span per figure, and a stated rate for the ETA ---------------------
 

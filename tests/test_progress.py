@@ -7,19 +7,7 @@ import io
 import pytest
 
 from baseforge.progress import Progress, format_duration
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+from helpers import Clock, Terminal
 
 
 def test_eta_after_resume_counts_only_the_rate_since_the_resume():
