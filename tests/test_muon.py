@@ -48,6 +48,32 @@ def test_orthogonalize_close_to_exact_uv(shape):
     assert torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g, ord=2) - exact, ord=2) > 0.5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalize_in_fp32_lands_in_the_same_band_as_bf16(dtype):
+    # fp32 is the dtype on CPUs without native bf16 (emulated bf16 matmuls are ~40x slower there)
+    torch.manual_seed(0)
+    g = torch.randn(3, 192, 768)
+    o = orthogonalize(g, dtype=dtype)
+    assert o.dtype == dtype
+    sv = torch.linalg.svdvals(o.float())
+    assert BAND[0] <= sv.min() and sv.max() <= BAND[1]
+    other = orthogonalize(g, dtype=torch.bfloat16 if dtype == torch.float32 else torch.float32)
+    assert (o.float() - other.float()).abs().max() < 0.02  # bf16's rounding, no more
+
+
+def test_the_run_orthogonalizes_in_bf16_only_where_the_device_has_it(monkeypatch):
+    from baseforge.config import TrainConfig
+    from baseforge.train import optim
+
+    model = GPT(ModelConfig(vocab_size=64, context=16, n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainConfig(optimizer="muon")
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(optim, "native_bf16", lambda device, native=native: native)
+        muon = optim.build_optimizers(model, cfg, torch.device("cpu")).optimizers["muon"]
+        assert isinstance(muon, Muon) and muon.ns_dtype == want
+        assert "ns_dtype" not in muon.param_groups[0]  # a device property: not in checkpoints
+
+
 def test_tiny_singular_values_are_not_lifted_in_five_steps():
     # Honest limit: directions with a tiny share of the norm stay small (they are mostly noise).
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ The algorithm is Keller Jordan's (https://kellerjordan.github.io/posts/muon/, re
 https://github.com/KellerJordan/Muon): take SGD's Nesterov momentum, then replace the update matrix
 G = U S V^T by (approximately) its orthogonal factor U V^T, so every direction of the update moves
 by about the same amount however skewed the gradient's spectrum. A few Newton-Schulz iterations of
-an odd quintic polynomial compute that with matmuls only, stably in bfloat16.
+an odd quintic polynomial compute that with matmuls only, stably in bfloat16 (in fp32 on a device
+without native bf16: a CPU without AVX512-BF16 or AMX emulates bf16 matmuls ~40x slower than fp32).
 
 Only hidden matrices (attention and MLP weights) belong here. Embeddings, the output head, norms,
 biases and scalars go to AdamW: `param_groups_for_muon` splits a model's parameters that way.
@@ -58,8 +59,14 @@ POLAR_EXPRESS = (
 )
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, method: str = "jordan") -> torch.Tensor:
-    """Approximately U V^T for `g` = U S V^T, by `steps` Newton-Schulz iterations in bfloat16.
+def orthogonalize(
+    g: torch.Tensor,
+    steps: int = 5,
+    eps: float = 1e-7,
+    method: str = "jordan",
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Approximately U V^T for `g` = U S V^T, by `steps` Newton-Schulz iterations in `dtype`.
 
     `g` is one matrix (m, n) or a stack of equal-shape matrices (k, m, n), each orthogonalised on its own.
     `method`: "jordan" (one quintic, `steps` times) or "polar_express" (its five quintics, in order).
@@ -68,7 +75,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7, method: st
         raise ValueError(f"orthogonalize needs a matrix or a stack of matrices, got shape {tuple(g.shape)}")
     coeffs = POLAR_EXPRESS if method == "polar_express" else (NS_COEFFS,) * steps
     margin = 1.02 if method == "polar_express" else 1.0
-    x = g.bfloat16()
+    x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide orientation: X X^T is then the smaller Gram matrix
         x = x.mT
@@ -112,6 +119,7 @@ class Muon(torch.optim.Optimizer):
         normuon: bool = False,
         normuon_beta2: float = 0.95,
         cautious_wd: bool = False,
+        ns_dtype: torch.dtype = torch.bfloat16,
     ):
         if not lr > 0:
             raise ValueError(f"lr must be positive, not {lr}")
@@ -122,6 +130,8 @@ class Muon(torch.optim.Optimizer):
             ns=ns, normuon=normuon, normuon_beta2=normuon_beta2, cautious_wd=cautious_wd,
         )  # fmt: skip
         super().__init__(params, defaults)
+        # A property of the device, not a hyperparameter: kept out of the groups (and checkpoints).
+        self.ns_dtype = ns_dtype
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -159,7 +169,7 @@ class Muon(torch.optim.Optimizer):
         if sharded:
             # every rank: the whole matrices of this shape (all-gather)
             stacked = cast("DTensor", stacked).full_tensor()
-        full = orthogonalize(stacked, group["ns_steps"], method=group["ns"])
+        full = orthogonalize(stacked, group["ns_steps"], method=group["ns"], dtype=self.ns_dtype)
         if group["normuon"]:
             full = self._normuon(params, full, group["normuon_beta2"])
         ortho: list[torch.Tensor] | tuple[torch.Tensor, ...] = full.to(params[0].dtype).unbind(0)

@@ -16,6 +16,7 @@ import torch
 from baseforge.config import TrainConfig
 from baseforge.errors import UserError
 from baseforge.train.muon import Muon, neuron_moment_shape, param_groups_for_muon
+from baseforge.train.precision import native_bf16
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -143,5 +144,6 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
         ns=cfg.muon_ns,
         normuon=cfg.normuon,
         cautious_wd=cfg.cautious_wd,
+        ns_dtype=torch.bfloat16 if native_bf16(device) else torch.float32,
     )
     return Optimizers(muon=muon, adamw=make_adamw(adamw_groups(rest, cfg, cfg.lr), cfg, device))

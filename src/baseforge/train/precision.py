@@ -70,6 +70,13 @@ def gpu_has_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls in hardware (MPS: assumed, as before this check existed)."""
+    if device.type == "cuda":
+        return gpu_has_bf16(device)
+    return cpu_has_bf16() if device.type == "cpu" else True
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
@@ -78,9 +85,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
             raise UserError("config: this GPU has no bf16; use precision = fp16 (with loss scaling) or fp32")
         return name
     if device.type == "cuda":
-        return "bf16" if gpu_has_bf16(device) else "fp16"
+        return "bf16" if native_bf16(device) else "fp16"
     if device.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return "fp32"
 
 
