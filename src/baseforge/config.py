@@ -65,6 +65,12 @@ class TrainConfig:
     normuon: bool = option(False, "NorMuon: scale Muon's update per neuron by its running second moment")
     cautious_wd: bool = option(False, "Muon's weight decay only where the update moves the weight towards 0")
     grad_clip: float = option(1.0, "max global grad norm; 0 = off")
+    ema_decay: float = option(
+        0.0, "an EMA of the weights with this decay per step, evaluated and saved beside them (0: off)"
+    )
+    ema_start: float = option(
+        0.7, "fraction of the steps after which the EMA starts from the weights (0.7: where wsd decays)"
+    )
     # Schedule.
     schedule: Literal["constant", "cosine", "wsd"] = option(
         "cosine",
@@ -155,7 +161,7 @@ class TrainConfig:
             bad("lr", "must be positive")
         if self.optimizer == "muon" and not self.muon_lr > 0:
             bad("muon_lr", "must be positive")
-        for key in ("beta1", "beta2", "muon_momentum"):
+        for key in ("beta1", "beta2", "muon_momentum", "ema_decay", "ema_start"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
         for key in ("min_lr_ratio", "decay_fraction", "warmup_fraction", "extend_lr"):

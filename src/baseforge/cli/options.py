@@ -77,9 +77,10 @@ fraction = real(0, 1, low_open=True)  # (0, 1]
 def add_which(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--which",
-        choices=["latest", "best"],
+        choices=["latest", "best", "ema"],
         default="latest",
-        help="the checkpoint of a run dir: its latest, or its best by validation loss (default: latest)",
+        help="the checkpoint of a run dir: its latest, its best by validation loss, or the latest's averaged "
+        "weights (runs with ema_decay) (default: latest)",
     )
 
 

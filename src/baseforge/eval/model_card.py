@@ -117,6 +117,11 @@ def model_card(
         f"- preset: {preset}; tokenizer: `{state['tokenizer']['name']}`",
         f"- training: {state['step']:,} steps, {state.get('tokens', 0):,} tokens",
     ]
+    if info.get("weights") == "ema.safetensors":
+        lines.append(
+            f"- weights: the average of the last steps' weights (an EMA with decay {config.get('ema_decay')} "
+            f"from {config.get('ema_start')} of the run), not the last step's"
+        )
     if state.get("best_val") is not None:
         lines.append(f"- best validation loss: {state['best_val']:.4f}")
     if summary is not None:

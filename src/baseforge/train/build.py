@@ -24,6 +24,7 @@ from baseforge.errors import UserError
 from baseforge.model import GPT
 from baseforge.tokenizer import Tokenizer
 from baseforge.train.autobatch import search_micro_batch
+from baseforge.train.average import WeightAverage
 from baseforge.train.checkpoint.format import load_model_tensors
 from baseforge.train.device import Runtime, compile_for_training, warm_up_shapes
 from baseforge.train.optim import Optimizers, build_optimizers
@@ -72,6 +73,7 @@ class Run:
     schedule: Schedule
     total: int  # planned optimizer steps (early stopping may end the run before)
     train_step: TrainStep
+    average: WeightAverage | None = None  # ema_decay: the averaged weights (train/average.py)
 
     @property
     def layout(self) -> BatchLayout:
@@ -142,8 +144,9 @@ def build_run(
     # After wrapping: FSDP replaces the parameters with sharded ones, which the optimizers must hold.
     optimizers = build_optimizers(model, cfg, runtime.device)
     schedule = Schedule.from_config(cfg, total, tail)
-    train_step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window)
-    return Run(config, data, runtime, views, optimizers, batches, schedule, total, train_step)
+    average = WeightAverage.from_config(cfg, total)
+    train_step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window, average)
+    return Run(config, data, runtime, views, optimizers, batches, schedule, total, train_step, average)
 
 
 def check_vocab(config: RunConfig, tok) -> None:

@@ -164,7 +164,7 @@ class Trainer:
             if val is not None:
                 row.val_loss = val
                 self.state.record_val(val)
-            row.evals.update(validator.source_losses)
+            row.evals.update({**validator.source_losses, **validator.averaged()})  # averaged: ema_decay's
         if due.evaluators:
             row.evals.update(validator.extras())
         self.reporter.row(row, self.state.interval.span)

@@ -3,6 +3,7 @@
 for each micro-batch of this rank: forward under autocast, loss / accumulation, backward
     (gradients all-reduce only on the last micro-batch: DDP's no_sync on the others)
 unscale (fp16), clip the global norm, step the optimizers unless the norm is not finite
+move the averaged weights (ema_decay) after an applied step
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from baseforge.data.batch_plan import BatchPlan
 from baseforge.data.loader import Prefetcher
 from baseforge.model.attention import window_tensor
+from baseforge.train.average import WeightAverage
 from baseforge.train.device import Runtime
 from baseforge.train.optim import Optimizers
 from baseforge.train.parallel import ModelViews
@@ -39,6 +41,7 @@ class TrainStep:
         schedule: Schedule | None,  # None: no learning-rate schedule (autobatch's trials: no __call__)
         grad_clip: float,
         window: Callable[[int], int | None] = lambda step: None,  # attention's window at a step
+        average: WeightAverage | None = None,  # ema_decay: moved after every applied step
     ):
         self.views = views  # forward through views.train, clipping over views.plain's parameters
         self.optimizers = optimizers
@@ -47,6 +50,7 @@ class TrainStep:
         self.schedule = schedule
         self.grad_clip = grad_clip
         self.window = window
+        self.average = average
         self.scaler = runtime.precision.grad_scaler()
         self.prefetch = Prefetcher(pin=runtime.device.type == "cuda")
 
@@ -88,6 +92,8 @@ class TrainStep:
         loss, norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()  # the one sync
         applied = math.isfinite(norm)  # identical on every rank: gradients are all-reduced
         self.update(applied)
+        if self.average is not None and applied:
+            self.average.update(self.views.plain, step + 1)
         return StepResult(loss, norm, applied)
 
     def clip_gradients(self) -> torch.Tensor:

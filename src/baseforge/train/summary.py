@@ -154,6 +154,8 @@ def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dic
         "final_loss": last_row.loss if last_row else None,
         "final_val_loss": last_row.val_loss if last_row else None,
         "best_val_loss": state.best_val,
+        # ema_decay: the averaged weights' loss at the last evaluation (None before ema_start)
+        "final_ema_val_loss": last_row.evals.get("ema_val_loss") if last_row else None,
         "skipped_steps": state.skipped,
         "clip_frac": state.clipped / max(state.step, 1),
         "precision": rt.precision.name,
@@ -175,6 +177,8 @@ def build_summary(run: Run, state: RunState, last_row: MetricsRow | None) -> dic
 
 def summary_line(summary: dict) -> str:
     val = f", val loss {summary['final_val_loss']:.4f}" if summary["final_val_loss"] else ""
+    if summary.get("final_ema_val_loss"):
+        val += f" (averaged weights {summary['final_ema_val_loss']:.4f})"
     loss = f"{summary['final_loss']:.4f}" if summary["final_loss"] is not None else "n/a"
     return (
         f"done: {summary['steps']} steps, {format_count(summary['tokens'])} tokens in "

@@ -36,6 +36,18 @@ class Validator:
                 total, weight = total + source.weight * value, weight + source.weight
         return total / weight if weight else None
 
+    def averaged(self) -> dict[str, float]:
+        """The averaged weights' held-out losses ("ema_val_loss"; a mixture's "ema_val_loss/NAME" too) once
+        the run's average has started (train/average.py), else {}. A collective, as loss() is."""
+        average, raw = self.run.average, self.source_losses
+        if average is None or not average.started:
+            return {}
+        with average.swapped_in(self.run.views.plain):
+            value = self.loss()
+        found = {f"ema_{k}": v for k, v in self.source_losses.items()}
+        self.source_losses = raw  # the row's per-source losses stay the raw weights'
+        return {} if value is None else {"ema_val_loss": value, **found}
+
     def _loss_of(self, data) -> float | None:
         """`data`'s held-out loss (model.loss's definition), token-weighted over all ranks' shares of
         its slice; None without a validation split."""

@@ -99,6 +99,7 @@ class Checkpointer:
             weights = ckpt.read_model_tensors(path, expected, device, by="this run's config")
             ckpt.load_checked(plain, weights, path)
             run.optimizers.load_state_dict(trainer["optimizers"], path)
+            self._restore_average(path, run, expected)
         if run.train_step.scaler is not None and trainer["scaler"] is not None:
             run.train_step.scaler.load_state_dict(trainer["scaler"])
         restore_rng(trainer["rng"], self.dist, device, run.config.train.seed, state["step"])
@@ -107,6 +108,16 @@ class Checkpointer:
         restored.tail_from, restored.tail_lr = tail.start, tail.from_lr
         restored.tail_peak, restored.tail_warmup = tail.to_lr, tail.warmup
         return restored
+
+    @staticmethod
+    def _restore_average(path: Path, run: Run, expected: dict) -> None:
+        """The averaged weights, where the run keeps an average and the checkpoint has one (a run that
+        turns ema_decay on at --resume starts its average afresh; one that turns it off ignores it)."""
+        if run.average is None or not (path / ckpt.EMA_FILE).exists():
+            return
+        device = run.runtime.device
+        tensors = ckpt.read_model_tensors(path, expected, device, by="this run's config", file=ckpt.EMA_FILE)
+        run.average.load(run.views.plain, tensors)
 
     def prepare_run_dir(self, config: RunConfig, data, *, resume: bool, step: int) -> None:
         """The first writes: the run dir and its config; on resume, forget what came after the checkpoint."""
@@ -149,5 +160,8 @@ class Checkpointer:
             )
         elif self.dist.is_main:
             trainer = ckpt.trainer_state(run.optimizers, scaler, rng)
-            ckpt.save_checkpoint(self.run_dir, model=run.views.plain, trainer=trainer, **args)
+            average = run.average.tensors(run.views.plain) if run.average and run.average.started else None
+            ckpt.save_checkpoint(
+                self.run_dir, model=run.views.plain, trainer=trainer, average=average, **args
+            )
         barrier(self.dist)

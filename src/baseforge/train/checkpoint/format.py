@@ -4,13 +4,15 @@ One checkpoint (the run dir's layout is rundir.py's):
 
     RUN/checkpoints/step_0001000/
         model.safetensors            fp32 weights (a tied output head is stored once, as wte)
+        ema.safetensors              ema_decay runs, once the average has started: the averaged
+                                     weights, in the same layout (train/average.py)
         trainer.safetensors          optimizer(s) tensors and RNG states      } the trainer state, no pickle:
         trainer.json                 the rest of it, naming those tensors     } see statefile.py
         dcp/                         FSDP runs only: every rank's shards of the weights and optimizer
                                      state (torch.distributed.checkpoint; see sharded.py), which then
                                      stay out of trainer.*; model.safetensors is still written whole
         state.json                   step, tokens seen, data position, losses, tokenizer record, and
-                                     "files": the sha256 and size of model.*, trainer.* and dcp/'s
+                                     "files": the sha256 and size of model.*, ema.*, trainer.*, dcp/'s
                                      files, verified before each is read (see integrity.py)
         config.json                  the resolved config
         tokenizer.json               for trained BPE tokenizers
@@ -50,10 +52,11 @@ from baseforge.train.checkpoint import integrity, statefile
 from baseforge.train.rng import rng_state
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"  # ema_decay: the averaged weights, in model.safetensors' layout
 STATE_FILE = "state.json"
 MAX_VOCAB = 1 << 24  # a tokenizer larger than this is not one baseforge wrote
 TRAINER_TENSORS, TRAINER_JSON = "trainer.safetensors", "trainer.json"
-CHECKSUMMED = (MODEL_FILE, TRAINER_TENSORS, TRAINER_JSON)  # and every file under dcp/ (sharded.DCP)
+CHECKSUMMED = (MODEL_FILE, EMA_FILE, TRAINER_TENSORS, TRAINER_JSON)  # and every file under dcp/ (sharded.DCP)
 DCP = "dcp"
 
 
@@ -101,6 +104,7 @@ def save_checkpoint(
     keep_last: int = 0,
     is_best: bool = False,
     staged: Path | None = None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint `step_{step}` atomically, move the pointers, prune old ones.
 
@@ -108,7 +112,7 @@ def save_checkpoint(
     (state.json); `trainer` the optimizer / scaler / RNG state to resume from (None: a weights-only
     checkpoint, as for imported models). keep_last=0 prunes nothing. `staged`: a temporary folder that
     other ranks already wrote into (FSDP shards); it is completed and renamed into place instead of a
-    new one.
+    new one. `average`: the averaged weights (WeightAverage.tensors), saved as ema.safetensors.
     """
     run = RunDir.of(run_dir)
     path = run.checkpoint(step)
@@ -119,6 +123,12 @@ def save_checkpoint(
                 str(tmp / MODEL_FILE),
                 metadata={"format": "pt", "step": str(step)},
             )
+            if average is not None:
+                save_file(
+                    drop_tied_head(dict(average), config.model),
+                    str(tmp / EMA_FILE),
+                    metadata={"format": "pt", "step": str(step)},
+                )
             if trainer is not None:
                 skeleton, tensors = statefile.encode(trainer)
                 save_file(tensors, str(tmp / TRAINER_TENSORS))
@@ -248,17 +258,22 @@ def read_checkpoint_meta(ckpt: Path) -> tuple[RunConfig, dict]:
 
 
 def read_model_tensors(
-    ckpt: Path, expected: dict[str, torch.Size], device: str | torch.device = "cpu", by: str | None = None
+    ckpt: Path,
+    expected: dict[str, torch.Size],
+    device: str | torch.device = "cpu",
+    by: str | None = None,
+    file: str = MODEL_FILE,
 ) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights, checked: the file against its checksum, then its names and shapes against
-    `expected` (expected_shapes of the model `by` describes; default the checkpoint's config.json) before
-    any is read, then every value finite."""
-    path = ckpt / MODEL_FILE
+    """A checkpoint's weights (`file`: model.safetensors, or ema.safetensors for the averaged ones),
+    checked: the file against its checksum, then its names and shapes against `expected`
+    (expected_shapes of the model `by` describes; default the checkpoint's config.json) before any is
+    read, then every value finite."""
+    path = ckpt / file
     if path.is_symlink():
         raise UserError(
             f"{path} is a symlink; baseforge loads weights only from a plain file in the checkpoint"
         )
-    integrity.verify(ckpt / STATE_FILE, [MODEL_FILE])
+    integrity.verify(ckpt / STATE_FILE, [file])
     integrity.check_shapes(path, expected, by or str(ckpt / "config.json"))
     try:
         tensors = load_file(str(path), device=str(device))
@@ -272,21 +287,29 @@ def read_model_tensors(
 
 def load_model(path: Path | str, device: str | torch.device = "cpu", which: str = "latest"):
     """(model in eval mode, tokenizer, info) from a run dir or checkpoint dir, for sample/eval/finetune.
+    `which`: latest, best, or ema (the latest checkpoint's averaged weights, ema.safetensors).
 
     Everything is checked before the model is allocated: its shapes come from a copy on the meta device."""
-    ckpt = find_checkpoint(path, which)
+    ckpt = find_checkpoint(path, "latest" if which == "ema" else which)
+    file = EMA_FILE if which == "ema" else MODEL_FILE
+    if not (ckpt / file).exists():
+        raise UserError(
+            f"{ckpt} has no averaged weights ({EMA_FILE}): only runs with ema_decay > 0 keep them, from "
+            "ema_start on; use --which latest"
+        )
     config, state = read_checkpoint_meta(ckpt)
     record = state["tokenizer"]
     model_config = config.with_vocab(record["vocab_size"], record.get("eot_id")).model
     with torch.device("meta"):
         expected = expected_shapes(GPT(model_config))
-    tensors = read_model_tensors(ckpt, expected)
+    tensors = read_model_tensors(ckpt, expected, file=file)
     tokenizer = load_tokenizer(record, ckpt)
     check_built(tokenizer, record, str(ckpt / STATE_FILE), model_config.known_vocab_size)
     model = GPT(model_config)
     load_checked(model, tensors, ckpt)
     model.to(device).eval()
-    return model, tokenizer, {"checkpoint": str(ckpt), "config": config, "state": state}
+    info = {"checkpoint": str(ckpt), "config": config, "state": state, "weights": file}
+    return model, tokenizer, info
 
 
 def trainer_state(optimizers, scaler, rng: list[dict] | None = None) -> dict:
