@@ -22,9 +22,11 @@ from baseforge.plan.memory import (
     largest_micro_batch,
     memory,
     model_shape,
+    shape_of,
     state_bytes,
 )
 from baseforge.presets import preset_config
+from baseforge.train.average import WeightAverage
 from baseforge.train.optim import build_optimizers
 from baseforge.train.precision import cpu_has_bf16
 
@@ -203,3 +205,16 @@ def test_does_not_fit_exits_non_zero_with_no_time_or_cost():
     assert_clean_error(as_json, "does not fit")
     plan = json.loads(as_json.stdout)
     assert plan["fits"] is False and plan["hours"] is None and plan["cost_usd"] is None
+
+
+def test_averaged_weights_are_counted_as_the_tensors_they_are():
+    """ema_decay keeps an fp32 copy of every weight: the state estimate grows by what WeightAverage holds."""
+    run = preset_config("cpu-small-modern").with_vocab(VOCAB)
+    plain = state_bytes(shape_of(run))
+    run.update({"ema_decay": 0.9})
+    averaged = state_bytes(shape_of(run))
+    model, _ = _trained_model("cpu-small-modern", "fp32")
+    average = WeightAverage(0.9, 0)
+    average.update(model, 0)
+    held = sum(w.nbytes for w in average.weights or [])
+    assert averaged == (plain[0], plain[1], plain[2] + held)

@@ -8,6 +8,8 @@ autocasts the matmuls; `model/gpt.py`, `model/loss.py`, `train/optim.py`):
 - optimizer state: AdamW keeps two fp32 moments plus a 4-byte step per tensor; with Muon, the
   hidden matrices keep one fp32 momentum buffer and the rest is AdamW. FSDP divides these three
   by the number of GPUs (each tensor sharded on its first dimension, padded as FSDP pads).
+  Averaged weights (ema_decay) add 4 bytes per parameter, counted with the optimizer state (its
+  transient second copy while the average is evaluated comes after the step's activations are freed).
 - activations, per micro-batch of B sequences of T tokens (N = B*T, width C, H heads, L blocks,
   vocabulary V, a = 2 bytes under bf16/fp16 autocast, 4 in fp32). Each block keeps for backward:
   the fp32 inputs of its two norms (4NC each) with their statistics (RMSNorm also keeps its
@@ -74,6 +76,7 @@ class Shape:
     muon_tensors: list[tuple[int, ...]]  # the shapes Muon owns (empty for AdamW)
     normuon: bool  # NorMuon keeps a second moment per neuron of each Muon matrix
     flops_per_token: float
+    ema: bool = False  # ema_decay: an fp32 average of every weight (train/average.py)
 
 
 @dataclass
@@ -126,6 +129,7 @@ def shape_of(run: RunConfig) -> Shape:
         muon_tensors=[tuple(p.shape) for p in muon],
         normuon=bool(muon) and run.train.normuon,
         flops_per_token=model.flops_per_token(),
+        ema=run.train.ema_decay > 0,
     )
 
 
@@ -148,6 +152,8 @@ def state_bytes(shape: Shape, shards: int = 1) -> tuple[int, int, int]:
             optimizer += 4 * math.prod(neuron_moment_shape(t))
     # AdamW: exp_avg and exp_avg_sq in fp32, and `step` as a 4-byte fp32 tensor per parameter.
     optimizer += sum(8 * _sharded(t, shards) + 4 for t in remaining)
+    if shape.ema:  # FSDP is refused with an average: every rank keeps it whole
+        optimizer += sum(4 * _numel(t) for t in shape.tensors)
     return weights, weights, optimizer
 
 
