@@ -34,8 +34,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="timed steps per recipe and batch size")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    import round3  # the recipes (it imports this checkout's library, which --src then replaces)
     import torch
+
+    import round3  # the recipes (it imports this checkout's library, which --src then replaces)
 
     if args.src:  # the timed runs import baseforge afresh (ablation.rate), from the other checkout
         sys.path.insert(0, str(args.src.resolve()))
@@ -52,7 +53,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in names:
                 recipe = table[name] + round3.PRECISION
-                rates[name].append(ablation.whole_run_rate(recipe, data, Path(tmp), args.steps, round3.TOKENS))
+                rate = ablation.whole_run_rate(recipe, data, Path(tmp), args.steps, round3.TOKENS)
+                rates[name].append(rate)
                 print(f"{args.label} {name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
     import baseforge  # the library that was timed (this checkout's, or --src's)
 
