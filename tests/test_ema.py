@@ -93,9 +93,14 @@ def test_a_resumed_run_averages_as_the_uninterrupted_one(shakespeare_dir, tmp_pa
     ref = tmp_path / "ref"
     result = baseforge("train", "--data", shakespeare_dir, "--out", ref, *sets(*items))
     assert result.returncode == 0, result.stderr
-    assert "averaged weights" in result.stdout  # the last line gives both losses
+    assert "averaged weights: an EMA with decay 0.8 (about the last 5 steps) from step" in result.stdout
+    assert "(averaged weights " in result.stdout  # the last line gives both losses
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["final_ema_val_loss"] == ema_rows(ref)[-1][1]
+    from baseforge.train.charts import _read_series
+
+    series = _read_series(ref, "adamw")
+    assert series is not None and "validation, averaged weights" in series[1]  # a line of its own
     first = 2 if start == "0.25" else 6  # evaluated from the step the average starts at
     assert [s for s, _ in ema_rows(ref)] == list(range(first, 9, 2))
     middle = ref / "checkpoints" / "step_0000004"

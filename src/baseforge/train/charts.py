@@ -110,6 +110,8 @@ def _read_series(run_dir: Path, optimizer: str | None) -> tuple[dict[str, list],
         rows += 1
         points = {"validation": row.val_loss} if row.val_loss is not None else {}
         points.update({f"validation: {k[9:]}": v for k, v in row.evals.items() if k.startswith("val_loss/")})
+        if row.evals.get("ema_val_loss") is not None:  # ema_decay's averaged weights
+            points["validation, averaged weights"] = row.evals["ema_val_loss"]
         for label, value in points.items():
             xs, ys = val.setdefault(label, ([], []))
             xs.append(row.tokens)

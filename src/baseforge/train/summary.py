@@ -37,6 +37,7 @@ def announce_lines(run: Run, step: int) -> list[str]:
                 run.batches.describe(),
                 attention_line(run),
                 packing_line(data),
+                average_line(run),
                 val_warning(data, run.config.train.eval_tokens),
             ],
         ),
@@ -55,6 +56,18 @@ def compiled(run: Run) -> str:
     if hasattr(run.views.train, "_orig_mod"):
         return "compiled"
     return "eager (torch.compile failed)" if run.runtime.compile else "eager"
+
+
+def average_line(run: Run) -> str | None:
+    """What ema_decay keeps, from when, and where it shows (None without an average)."""
+    average = run.average
+    if average is None:
+        return None
+    span = 1 / (1 - average.decay)
+    return (
+        f"averaged weights: an EMA with decay {average.decay:g} (about the last {span:,.0f} steps) from step "
+        f"{average.start} on, evaluated as ema_val_loss and saved as ema.safetensors (--which ema reads it)"
+    )
 
 
 def packing_line(data) -> str | None:
