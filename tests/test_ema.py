@@ -13,6 +13,7 @@ from baseforge.config import TrainConfig
 from baseforge.errors import ConfigError, UserError
 from baseforge.model import GPT, ModelConfig
 from baseforge.train.average import WeightAverage
+from baseforge.train.charts import _read_series
 from baseforge.train.checkpoint.format import EMA_FILE, find_checkpoint
 from baseforge.train.metrics import read_metrics
 from helpers import TINY, baseforge, sets, torchrun
@@ -97,8 +98,6 @@ def test_a_resumed_run_averages_as_the_uninterrupted_one(shakespeare_dir, tmp_pa
     assert "(averaged weights " in result.stdout  # the last line gives both losses
     summary = json.loads((ref / "summary.json").read_text())
     assert summary["final_ema_val_loss"] == ema_rows(ref)[-1][1]
-    from baseforge.train.charts import _read_series
-
     series = _read_series(ref, "adamw")
     assert series is not None and "validation, averaged weights" in series[1]  # a line of its own
     first = 2 if start == "0.25" else 6  # evaluated from the step the average starts at
