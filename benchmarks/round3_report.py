@@ -90,9 +90,11 @@ def ema_table(runs: dict) -> tuple[list[str], dict]:
     from scipy.stats import ttest_rel
 
     pairs: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for part in runs.values():
-        for name, byf in part.items():
+    for part, table in runs.items():
+        for name, byf in table.items():
             for fraction, rs in byf.items():
+                if part == "budget" and fraction == 1.0:  # the keys part's runs, counted there
+                    continue
                 for r in rs:
                     for decay, loss in (r.get("ema") or {}).items():
                         if loss is not None:
