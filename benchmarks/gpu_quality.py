@@ -1,6 +1,6 @@
-"""The seed recipe (gpt2-small-seed) against gpt2-small-modern (with round 2's earned keys: documents
-apart through FlexAttention on CUDA, value embeddings, NorMuon) and gpt2-speedrun (every round-2 key
-at context 2048: sliding windows, U-net skips, best-fit packing, a batch schedule too) on one GPU:
+"""The seed recipe (gpt2-small-seed) against gpt2-small-modern (every round-2 key at context 1024:
+documents apart through FlexAttention on CUDA, sliding windows, value embeddings, U-net skips, NorMuon,
+best-fit packing, a batch schedule) and gpt2-speedrun (the same keys at context 2048) on one GPU:
 same data, same tokens each.
 
 Usage (normally as `python benchmarks/gpu_suite.py --part quality`):
@@ -34,7 +34,7 @@ RECIPES = ["gpt2-small-seed", "gpt2-small-modern", "gpt2-speedrun"]
 GPU_KEYS = ["compile=false", "precision=bf16", "device=cuda", "sample_tokens=0"]
 # A fixed micro-batch per preset, dividing each of its batch-schedule stages: about half of what
 # `baseforge plan --gpu h100-sxm` fits (193, 119 and 59), since the plan is unchecked on a GPU yet.
-MICRO = {"gpt2-small-seed": 32, "gpt2-small-modern": 64, "gpt2-speedrun": 32}
+MICRO = {"gpt2-small-seed": 32, "gpt2-small-modern": 16, "gpt2-speedrun": 32}
 # The race's tokens: about 30 s of the seed recipe eager on an H100 (an estimate until measured): a
 # comparison that fits the call, not a converged one.
 TOKENS = 12_000_000
@@ -42,7 +42,7 @@ QUICK_KEYS = ["device=cpu", "precision=fp32", "compile=false", "n_layer=2", "n_e
 QUICK_KEYS += ["context=64", "micro_batch=4", "global_batch=4", "sample_tokens=0"]
 # The quick shape has 2 layers (3 value tables need 6) and 4 sequences a step.
 QUICK_EXTRA = {
-    "gpt2-small-modern": ["value_embeds=1"],
+    "gpt2-small-modern": ["value_embeds=1", "batch_schedule=2@256"],
     "gpt2-speedrun": ["value_embeds=1", "batch_schedule=2@256"],
 }
 

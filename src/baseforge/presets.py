@@ -118,12 +118,22 @@ _MODERN_RECIPE = dict(
     decay_fraction=0.3,
     min_lr_ratio=0.0,
 )
-# The keys that each earned their place on the CPU proxy (p < 0.05 and a lower loss at the same tokens,
-# 3 seeds each: benchmarks/results/recipes-round2.md); the others stay off. value_embeds is 1
-# table (first and last block) at 4-6 layers, as measured, and 3 at 12 (modded-nanogpt's layout).
-# The measured reference carried Muon weight decay 0.01, so the recipe keeps it.
-_EARNED_MODEL = dict(attn_doc_mask=True, value_embeds=1)
-_EARNED_RECIPE = dict(normuon=True, muon_weight_decay=0.01)
+# Every round-2 key: on the CPU proxy the whole set ended 0.08 below the three keys that each earned
+# their place alone (p = 0.004, 3 seeds: benchmarks/results/recipes-round2.md) and 0.37 below round 1's
+# modern recipe in round 3 (benchmarks/results/recipes-round3.md), so the modern presets take it whole.
+# value_embeds is 1 table (first and last block) at 4-6 layers, as measured, and 3 at 12 (modded-nanogpt's
+# layout). The window is half the context and the batch schedule a quarter and then half the batch for
+# the first 8% and 24% of the tokens: the proxy's proportions. The measured reference carried Muon
+# weight decay 0.01, so the recipe keeps it.
+_EVERY_MODEL = dict(attn_doc_mask=True, rope_doc_reset=True, value_embeds=1, unet_skips=True)
+_EVERY_RECIPE = dict(
+    normuon=True,
+    muon_weight_decay=0.01,
+    muon_ns="polar_express",
+    cautious_wd=True,
+    packing="bestfit",
+    attn_window_warmup=0.3,
+)
 
 _ALL = [
     Preset.of(
@@ -159,45 +169,43 @@ _ALL = [
     ),
     Preset.of(
         "gpt2-small-modern",
-        "GPT-2 small's shape, modern recipe (rotary, RMSNorm, Muon, WSD, documents apart, value "
-        "embeddings, NorMuon), 0.81B tokens; one GPU",
+        "GPT-2 small's shape, modern recipe (rotary, RMSNorm, Muon, WSD and every measured key: documents "
+        "apart, sliding windows, value embeddings, U-net skips, a batch schedule), 0.81B tokens; one GPU",
         # Vocabulary padded from 50257 to 50304 (a multiple of 128) for faster matmuls.
-        dict(_GPT2_SMALL, **{**_MODERN_SHAPE, **_EARNED_MODEL, "value_embeds": 3}, vocab_size=50304),
+        dict(
+            _GPT2_SMALL,
+            **{**_MODERN_SHAPE, **_EVERY_MODEL, "value_embeds": 3},
+            vocab_size=50304,
+            attn_window=512,
+        ),
         dict(
             _WRITEUP,
             **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3},
-            **_EARNED_RECIPE,
+            **_EVERY_RECIPE,
             global_batch=64,
+            batch_schedule="16@6.5e7,32@1.95e8",
             # 5 tokens per parameter of the 162M that work on every token: the 116M of value-embedding
             # tables are lookups, and counting them would stretch the run 1.7x for no more compute.
             max_tokens=811_000_000,
         ),
     ),
-    # Every measured key: on the CPU proxy the whole set beat the earned keys alone ("round2-all"
-    # against "round2" in benchmarks/results/recipes-round2.md), so the speedrun takes them all, at
-    # the proxy's proportions: a window of half the context, a quarter and then half the batch for the first
-    # 5% and 15% of the tokens.
+    # Every measured key, as gpt2-small-modern, at context 2048: a window of half the context, a quarter
+    # and then half the batch for the first 5% and 15% of the tokens.
     Preset.of(
         "gpt2-speedrun",
         "GPT-2 small's shape with every measured modern key (documents apart, sliding windows, value "
         "embeddings, U-net skips, a batch schedule; context 2048): GPT-2 quality in hours on one GPU",
         dict(
             _GPT2_SMALL,
-            **{**_MODERN_SHAPE, **_EARNED_MODEL, "value_embeds": 3},
+            **{**_MODERN_SHAPE, **_EVERY_MODEL, "value_embeds": 3},
             vocab_size=50304,
             context=2048,
-            rope_doc_reset=True,
             attn_window=1024,
-            unet_skips=True,
         ),
         dict(
             _WRITEUP,
             **{**_MODERN_RECIPE, "muon_lr": 0.02, "lr": 3e-3},
-            **_EARNED_RECIPE,
-            muon_ns="polar_express",
-            cautious_wd=True,
-            packing="bestfit",
-            attn_window_warmup=0.3,
+            **_EVERY_RECIPE,
             global_batch=128,  # 262k tokens a step, after 32 and 64 sequences for the first 150M tokens
             batch_schedule="32@5e7,64@1.5e8",
             max_tokens=1_000_000_000,
@@ -217,9 +225,16 @@ _ALL = [
     ),
     Preset.of(
         "cpu-small-modern",
-        "cpu-small's shape with the modern recipe",
-        dict(_CPU_SMALL, **_MODERN_SHAPE, **_EARNED_MODEL),
-        dict(dict(_CPU, max_steps=600, lr=1.5e-3), **_MODERN_RECIPE, **_EARNED_RECIPE),
+        "cpu-small's shape with the modern recipe and every measured key, 2.46M tokens",
+        dict(_CPU_SMALL, **_MODERN_SHAPE, **_EVERY_MODEL, attn_window=128),
+        dict(
+            dict(_CPU, lr=1.5e-3),
+            **_MODERN_RECIPE,
+            **{**_EVERY_RECIPE, "attn_window_warmup": 0.0},  # its window is the warmup's first, 128
+            # cpu-small's 600 steps of 16 x 256 in tokens, so the schedule's smaller steps train on as many
+            max_tokens=2_457_600,
+            batch_schedule="4@2e5,8@6e5",
+        ),
     ),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
