@@ -48,6 +48,13 @@ def test_the_dry_run_prints_a_time_estimate_on_the_cpu(short_val_dir, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_batch_schedule_is_timed_by_its_tokens_not_its_steps():
+    """4 steps of 2 sequences, then 2 of 8: 24 sequences of tokens, not 6 full steps' 48."""
+    estimate = launch.TimeEstimate(per_token=1e-2, basis="stub")
+    line = estimate.describe(per_step=8 * 64, steps=6, tokens=24 * 64)
+    assert line.startswith("time: about 0m05s a step of 512 tokens, 0m15s for 6 steps"), line  # not 0m30s
+
+
 def test_the_dry_run_refuses_what_train_refuses_in_the_run_dir(shakespeare_dir, short_val_dir, tmp_path):
     run = tmp_path / "run"
     wsd = ("schedule=wsd", "min_lr_ratio=0", "max_steps=4", "eval_every=100", "checkpoint_every=100")
@@ -75,5 +82,5 @@ def test_a_gpu_estimate_is_the_tables_peak_at_a_stated_mfu(monkeypatch):
     estimate = launch.time_estimate(config, world=8)
     flops = launch.shape_of(config).flops_per_token
     assert estimate.per_token == pytest.approx(flops / (launch.DEFAULT_MFU * 989.5e12 * 8))
-    line = estimate.describe(32 * 1024, 1000)
+    line = estimate.describe(32 * 1024, 1000, 32 * 1024 * 1000)
     assert "assumed 40%" in line and "table: NVIDIA H100" in line and "8 processes" in line, line

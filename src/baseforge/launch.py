@@ -234,7 +234,9 @@ def dry_run_report(config: RunConfig, data: PreparedData) -> str:
         f"steps: {steps:,}; tokens: {tokens:,} ({format_ratio(tokens / n_params)} per parameter)",
         f"data: {path} (tokenizer {data.tokenizer.name})",
     ]
-    return "\n".join(lines + preflight(config, data) + [time_estimate(config).describe(per_step, steps)])
+    return "\n".join(
+        lines + preflight(config, data) + [time_estimate(config).describe(per_step, steps, tokens)]
+    )
 
 
 PASSES_WARN = 4  # more passes than this over the training split: the model will largely memorise it
@@ -249,11 +251,12 @@ class TimeEstimate:
     per_token: float
     basis: str
 
-    def describe(self, per_step: int, steps: int) -> str:
-        """The dry run's line: a step of `per_step` tokens, and `steps` of them."""
+    def describe(self, per_step: int, steps: int, tokens: int) -> str:
+        """The dry run's line: a step of the run's own `per_step` tokens, and the whole run's `steps`,
+        timed by their `tokens` (a batch schedule's early steps are smaller)."""
         return (
-            f"time: about {format_duration(self.per_token * per_step)} a step, "
-            f"{format_duration(self.per_token * per_step * steps)} for {steps:,} steps ({self.basis}; "
+            f"time: about {format_duration(self.per_token * per_step)} a step of {per_step:,} tokens, "
+            f"{format_duration(self.per_token * tokens)} for {steps:,} steps ({self.basis}; "
             "evaluation and checkpoints not counted)"
         )
 
