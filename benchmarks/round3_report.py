@@ -47,7 +47,8 @@ def mean_sd(values: list[float]) -> str:
 
 
 def keys_table(runs: dict, speed: dict) -> tuple[list[str], dict]:
-    keys = {name: byf[1.0] for name, byf in runs["keys"].items() if 1.0 in byf}
+    found = runs["keys"]  # in the recipes' order: seed, modern, round2-all, then each key removed
+    keys = {n: found[n][1.0] for n in round3.key_recipes() if 1.0 in found.get(n, {})}
     target = statistics.mean(final(r) for r in keys["seed"])
     seed_tokens = round3.TOKENS
     after, before = speed.get("after", {}), speed.get("before", {})
@@ -106,7 +107,8 @@ def ema_table(runs: dict) -> tuple[list[str], dict]:
     ]
     record = {}
     pooled: dict[str, list[tuple[float, float]]] = {}
-    for (group, decay), ps in sorted(pairs.items()):
+    rank = {name: i for i, name in enumerate(round3.key_recipes())}
+    for (group, decay), ps in sorted(pairs.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0])):
         pooled.setdefault(decay, []).extend(ps)
         record[f"{group} {decay}"] = ps
         lines.append(_ema_line(group, decay, ps, ttest_rel))
