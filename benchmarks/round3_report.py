@@ -263,6 +263,7 @@ def main() -> None:
         "",
         *key_lines,
         "",
+        *([f"Tokens/s: {speed['note']}", ""] if speed.get("note") else []),
         *headline(keys, speed),
         "",
         "## Averaged weights",
