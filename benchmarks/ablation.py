@@ -100,7 +100,18 @@ def short_documents(out: Path) -> Path:
     return data
 
 
-def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_every: int) -> dict:
+def run(
+    recipe: list[str],
+    seed: int,
+    data: Path,
+    tmp: Path,
+    tokens: int,
+    eval_every: int,
+    trainer_cls=None,
+    extra=lambda trainer: {},
+) -> dict:
+    """One run's validation curve and median tokens/s; `trainer_cls` (default Trainer) trains it and
+    `extra(trainer)` adds to the record (round3.py: its averaged weights' losses)."""
     from baseforge.overrides import resolve_config
     from baseforge.train.loop import Trainer
 
@@ -108,7 +119,10 @@ def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_e
     overrides = SHAPE + COMMON + recipe + [f"seed={seed}", "max_steps=0", f"max_tokens={tokens}"]
     overrides += [f"eval_every={eval_every}"]
     run_dir = tmp / f"run-{time.monotonic_ns()}"
-    result = Trainer(resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None).run()
+    trainer = (trainer_cls or Trainer)(
+        resolve_config("cpu-small", None, overrides), data, run_dir, log=lambda *a: None
+    )
+    result = trainer.run()
     if result.stopped:  # SIGTERM/SIGINT stop a run gracefully: a short run is no result
         raise SystemExit(f"stopped by signal {result.signal} at step {result.step}: nothing recorded")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -116,7 +130,7 @@ def run(recipe: list[str], seed: int, data: Path, tmp: Path, tokens: int, eval_e
         (r["tokens"], r.get("elapsed_s") or 0.0, r["val_loss"]) for r in rows if r.get("val_loss") is not None
     ]
     rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
-    return {"curve": curve, "tokens_per_s": statistics.median(rates) if rates else None}
+    return {"curve": curve, "tokens_per_s": statistics.median(rates) if rates else None, **extra(trainer)}
 
 
 def reach(curve: list, target: float, column: int) -> float | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -28,8 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402
-from ablation import COMMON, MODERN, ROUND2, SEED, SHAPE  # noqa: E402
-from baseforge.overrides import resolve_config  # noqa: E402  (common.py put src/ on the path)
+from ablation import MODERN, ROUND2, SEED  # noqa: E402
 from baseforge.train.average import WeightAverage  # noqa: E402
 from baseforge.train.loop import Trainer  # noqa: E402
 from baseforge.train.validate import Validator  # noqa: E402
@@ -95,27 +93,19 @@ def jobs(parts: list[str], seeds: int) -> list[Job]:
 def run_job(job: Job, data: Path, tmp: Path) -> dict:
     # keys: eval every 25 steps, round 2's curve; budget: only the final loss counts (and the start's)
     every = 25 if job.part == "keys" else 1_000_000
-    overrides = SHAPE + COMMON + job.overrides + [f"seed={job.seed}", "max_steps=0"]
-    overrides += [f"max_tokens={job.tokens}", f"eval_every={every}"]
     t0 = time.perf_counter()
-    trainer = AveragingTrainer(
-        resolve_config("cpu-small", None, overrides),
+    record = ablation.run(
+        job.overrides,
+        job.seed,
         data,
-        tmp / f"run-{time.monotonic_ns()}",
-        log=lambda *a: None,
+        tmp,
+        job.tokens,
+        every,
+        trainer_cls=AveragingTrainer,
+        extra=lambda trainer: {"ema": trainer.ema_losses()},
     )
-    result = trainer.run()
-    if result.stopped:  # SIGTERM/SIGINT stop a run gracefully: a short run is no result
-        raise SystemExit(f"stopped by signal {result.signal} at step {result.step}: nothing recorded")
-    rows = [json.loads(line) for line in (trainer.run_dir.metrics).read_text().splitlines()]
-    curve = [
-        (r["tokens"], r.get("elapsed_s") or 0.0, r["val_loss"]) for r in rows if r.get("val_loss") is not None
-    ]
-    rates = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
     return {
-        "curve": curve,
-        "tokens_per_s": statistics.median(rates) if rates else None,
-        "ema": trainer.ema_losses(),
+        **record,
         "part": job.part,
         "recipe": job.recipe,
         "fraction": job.fraction,
