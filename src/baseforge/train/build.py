@@ -73,7 +73,6 @@ class Run:
     schedule: Schedule
     total: int  # planned optimizer steps (early stopping may end the run before)
     train_step: TrainStep
-    average: WeightAverage | None = None  # ema_decay: the averaged weights (train/average.py)
 
     @property
     def layout(self) -> BatchLayout:
@@ -84,6 +83,11 @@ class Run:
     def tokens_per_step(self) -> int:
         """Tokens of a step of the run's own layout (a batch schedule's early steps have fewer)."""
         return self.layout.global_batch * self.config.model.context
+
+    @property
+    def average(self) -> WeightAverage | None:
+        """ema_decay's averaged weights (train/average.py), which the train step moves; None without."""
+        return self.train_step.average
 
     @property
     def n_params(self) -> int:
@@ -146,7 +150,7 @@ def build_run(
     schedule = Schedule.from_config(cfg, total, tail)
     average = WeightAverage.from_config(cfg, total)
     train_step = TrainStep(views, optimizers, runtime, batches, schedule, cfg.grad_clip, window, average)
-    return Run(config, data, runtime, views, optimizers, batches, schedule, total, train_step, average)
+    return Run(config, data, runtime, views, optimizers, batches, schedule, total, train_step)
 
 
 def check_vocab(config: RunConfig, tok) -> None:
